@@ -1,0 +1,168 @@
+//! Backing off from resource shortage without spinning and without flooding the log.
+//!
+//! An *episode* starts with the first shortage error and ends when the acceptor has caught up (an accept
+//! would block: the backlog is empty). One warning per episode, with a hint; one info line when it ends,
+//! with how long it lasted and how many accepts failed. Between retries the acceptor sleeps with an
+//! exponential delay (5 ms doubling to 1 s, as Go's net/http does), but wakes the moment one of this
+//! server's connections closes, because that closed a descriptor and the next accept can succeed.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::accept::classify::Shortage;
+use crate::stats::Stats;
+use crate::ListenAddr;
+
+/// The delays between retries while short of resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// The first delay. Default 5 ms.
+    pub initial: Duration,
+    /// The longest delay. Default 1 s.
+    pub max: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        BackoffPolicy {
+            initial: Duration::from_millis(5),
+            max: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Episode {
+    started: Instant,
+    failed: u64,
+    cause: Option<Shortage>,
+}
+
+/// Tracks the current shortage episode and the next delay for one acceptor.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    policy: BackoffPolicy,
+    next: Duration,
+    episode: Option<Episode>,
+}
+
+impl Backoff {
+    pub(crate) fn new(policy: BackoffPolicy) -> Self {
+        Backoff {
+            policy,
+            next: policy.initial,
+            episode: None,
+        }
+    }
+
+    /// Records a failed accept (`cause` is `None` for an undocumented errno) and returns how long to wait.
+    pub(crate) fn failed(
+        &mut self,
+        cause: Option<Shortage>,
+        err: &io::Error,
+        addr: &ListenAddr,
+        stats: &Stats,
+    ) -> Duration {
+        Stats::add(&stats.shortage_errors, 1);
+        let new_cause = self.episode.as_ref().is_none_or(|e| e.cause != cause);
+        if self.episode.is_none() {
+            Stats::add(&stats.shortage_episodes, 1);
+        }
+        if new_cause {
+            let hint = cause.map_or_else(
+                || "accept(2) returned an undocumented error; retrying with backoff".to_owned(),
+                Shortage::hint,
+            );
+            tracing::warn!(
+                listener = %addr,
+                error = %err,
+                hint = %hint,
+                "accept paused: {}; queued clients wait in the backlog and are served when it clears",
+                cause.map_or("unexpected error", describe),
+            );
+        }
+        let episode = self.episode.get_or_insert_with(|| Episode {
+            started: Instant::now(),
+            failed: 0,
+            cause,
+        });
+        episode.failed += 1;
+        episode.cause = cause;
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.policy.max);
+        delay
+    }
+
+    /// An accept succeeded: the next failure starts from the shortest delay again.
+    pub(crate) fn succeeded(&mut self) {
+        self.next = self.policy.initial;
+    }
+
+    /// The backlog is empty: the episode, if any, is over.
+    pub(crate) fn caught_up(&mut self, addr: &ListenAddr) {
+        if let Some(episode) = self.episode.take() {
+            tracing::info!(
+                listener = %addr,
+                lasted_ms = episode.started.elapsed().as_millis() as u64,
+                failed_accepts = episode.failed,
+                "accept resumed: shortage over, backlog drained",
+            );
+        }
+        self.next = self.policy.initial;
+    }
+
+    pub(crate) fn in_episode(&self) -> bool {
+        self.episode.is_some()
+    }
+}
+
+fn describe(cause: Shortage) -> &'static str {
+    match cause {
+        Shortage::ProcessFds => "out of file descriptors (EMFILE)",
+        Shortage::SystemFds => "system file table full (ENFILE)",
+        Shortage::Buffers => "out of socket buffers (ENOBUFS)",
+        Shortage::Memory => "out of kernel memory (ENOMEM)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emfile() -> io::Error {
+        io::Error::from_raw_os_error(libc::EMFILE)
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap_and_reset() {
+        let stats = Stats::default();
+        let addr = ListenAddr::Unix("/x".into());
+        let mut b = Backoff::new(BackoffPolicy::default());
+        let delays: Vec<_> = (0..10)
+            .map(|_| b.failed(Some(Shortage::ProcessFds), &emfile(), &addr, &stats))
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        let d = b.failed(Some(Shortage::ProcessFds), &emfile(), &addr, &stats);
+        assert_eq!(d, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn one_episode_until_caught_up() {
+        let stats = Stats::default();
+        let addr = ListenAddr::Unix("/x".into());
+        let mut b = Backoff::new(BackoffPolicy::default());
+        for _ in 0..100 {
+            b.failed(Some(Shortage::ProcessFds), &emfile(), &addr, &stats);
+            b.succeeded(); // a freed descriptor lets one accept through, the next fails again
+        }
+        assert!(b.in_episode());
+        assert_eq!(stats.snapshot().shortage_episodes, 1);
+        assert_eq!(stats.snapshot().shortage_errors, 100);
+        b.caught_up(&addr);
+        assert!(!b.in_episode());
+        b.failed(Some(Shortage::ProcessFds), &emfile(), &addr, &stats);
+        assert_eq!(stats.snapshot().shortage_episodes, 2);
+    }
+}

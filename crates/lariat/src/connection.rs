@@ -1,0 +1,185 @@
+//! [`Connection`]: what a handler receives. It owns the socket, so no other task can read its bytes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::registry::Entry;
+use crate::shared::Shared;
+use crate::stats::Stats;
+use crate::{LocalAddr, PeerAddr, Stream};
+
+/// An accepted connection, handed to exactly one handler.
+///
+/// **Ownership is the hand-off guarantee.** The accept loop moves the socket into the `Connection` and the
+/// `Connection` into the handler's task; nothing else holds the socket, and lariat reads nothing from it
+/// before the handler does. So every byte a client sends, even the ones it sends the instant it connects
+/// (seed 000's "fast packet loss"), is read by the handler and by no one else.
+///
+/// It implements tokio's `AsyncRead` and `AsyncWrite` and counts bytes both ways for the registry.
+/// Dropping it closes the socket, removes it from the registry and returns its slot under the cap, in that
+/// order, so an acceptor waiting on the cap or on descriptor exhaustion finds the descriptor already free.
+#[derive(Debug)]
+pub struct Connection {
+    // Field order matters: the socket is closed before the guard releases the slot.
+    stream: Stream,
+    guard: ConnectionGuard,
+}
+
+/// Keeps a connection's place in its server: its slot under the cap and its registry entry. Dropped
+/// (with the stream, or on its own after [`Connection::into_parts`]) it gives both back.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    shared: Arc<Shared>,
+    entry: Arc<Entry>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let stats = &self.shared.stats;
+        self.shared.registry.remove(self.entry.id);
+        Stats::add(&stats.bytes_in, self.entry.bytes_in.load(Relaxed));
+        Stats::add(&stats.bytes_out, self.entry.bytes_out.load(Relaxed));
+        Stats::add(&stats.closed, 1);
+        self.shared.limit.release();
+    }
+}
+
+impl ConnectionGuard {
+    /// The connection's id.
+    pub fn id(&self) -> u64 {
+        self.entry.id
+    }
+}
+
+impl Connection {
+    /// Wraps a freshly accepted socket. The caller holds a slot under the cap, which passes to the guard.
+    pub(crate) fn new(stream: Stream, peer: PeerAddr, shared: Arc<Shared>) -> Connection {
+        let entry = shared.registry.insert(peer);
+        Stats::add(&shared.stats.accepted, 1);
+        Connection {
+            stream,
+            guard: ConnectionGuard { shared, entry },
+        }
+    }
+
+    pub(crate) fn entry(&self) -> &Arc<Entry> {
+        &self.guard.entry
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.guard.shared
+    }
+
+    /// The connection's id, unique within its server; the registry lists and closes by it.
+    pub fn id(&self) -> u64 {
+        self.guard.entry.id
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> &PeerAddr {
+        &self.guard.entry.peer
+    }
+
+    /// The local address of this connection (a `getsockname` call, made only when asked).
+    pub fn local_addr(&self) -> io::Result<LocalAddr> {
+        self.stream.local_addr()
+    }
+
+    /// Time since the connection was accepted.
+    pub fn age(&self) -> Duration {
+        self.guard.entry.started.elapsed()
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.guard.entry.bytes_in.load(Relaxed)
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.guard.entry.bytes_out.load(Relaxed)
+    }
+
+    /// The underlying socket, for socket options (keepalive, buffer sizes, …). Reading or writing through
+    /// it is not counted.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Waits until there is something to read, without a buffer. A handler that parks here between
+    /// messages holds no read buffer, which is what keeps idle connections cheap.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.stream.readable().await
+    }
+
+    /// Reads what is available now, or fails with [`io::ErrorKind::WouldBlock`]. Counted.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.try_read(buf)?;
+        self.guard.entry.bytes_in.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+
+    /// Splits off the raw stream, for code that needs the concrete socket type. The guard must live as long
+    /// as the stream: dropping it early frees the slot under the cap while the socket is still open. Bytes
+    /// moved through the raw stream are not counted.
+    pub fn into_parts(self) -> (Stream, ConnectionGuard) {
+        (self.stream, self.guard)
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        this.guard.entry.bytes_in.fetch_add(n as u64, Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
+        this.guard.entry.bytes_out.fetch_add(n as u64, Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
+        this.guard.entry.bytes_out.fetch_add(n as u64, Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,68 @@
+//! # lariat
+//!
+//! TCP and Unix-socket listeners that never lose a connection or a byte.
+//!
+//! Every server starts with an accept loop, and the idiomatic one is subtly broken: it dies on EMFILE, or
+//! spins at 100% CPU when `?` becomes `continue`, over-admits past its cap, and (in actor-style runtimes)
+//! can deliver a fast client's first bytes to the wrong owner. lariat gets each part right:
+//!
+//! * **Binding** ([`Listener::bind`]): backlog from `somaxconn`, `SO_REUSEADDR`, optional `SO_REUSEPORT`,
+//!   `TCP_NODELAY`, real port for port 0, Unix sockets that replace stale files and never clobber live ones.
+//! * **Accepting** ([`Acceptor`]): errors classified by errno; per-connection errors retried at once;
+//!   shortage (EMFILE, ENFILE, ENOBUFS, ENOMEM) logged once per episode with a hint and backed off, waking
+//!   early when a connection frees a descriptor; fatal errors end the loop cleanly.
+//! * **An exact cap** ([`ServerBuilder::max_connections`]): a slot is taken *before* `accept`, so at the cap
+//!   clients wait in the kernel backlog; changeable at run time.
+//! * **Hand-off** ([`Connection`]): the socket moves to its handler, in its own task; nothing else reads it.
+//!   A panicking handler is caught and counted.
+//! * **Observing** ([`ServerHandle`]): live connection registry, close by id, counters.
+//!
+//! ```no_run
+//! use tokio::io::AsyncWriteExt;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = lariat::Listener::bind(&"127.0.0.1:0".parse()?)?;
+//! let server = lariat::Server::builder()
+//!     .max_connections(1_000)
+//!     .serve([listener], |mut conn: lariat::Connection| async move {
+//!         conn.write_all(b"hello\n").await
+//!     })?;
+//! println!("listening on {}", server.local_addrs()[0]);
+//! server.wait().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Platform: Linux first. Everything builds on Unix; the Linux-only parts are said where they are
+//! (abstract sockets, `somaxconn`, `TCP_NODELAY` inheritance, `ENONET`).
+
+#![warn(missing_docs)]
+
+pub mod accept;
+mod bind;
+mod connection;
+mod endpoint;
+mod handler;
+mod limit;
+mod listener;
+mod registry;
+mod server;
+mod shared;
+mod stats;
+mod stream;
+
+#[cfg(feature = "axum")]
+pub mod axum;
+
+pub use accept::backoff::BackoffPolicy;
+pub use accept::classify::{classify, ErrorClass, Shortage};
+pub use accept::{AcceptError, Acceptor, OnExhaustion};
+pub use bind::{default_backlog, BindError, BindOptions};
+pub use connection::{Connection, ConnectionGuard};
+pub use endpoint::{Endpoint, ParseEndpointError};
+pub use handler::{BoxError, Handler, Outcome};
+pub use limit::ConnectionLimit;
+pub use listener::{AcceptSource, ListenAddr, Listener};
+pub use registry::{CloseError, ConnectionInfo, Registry};
+pub use server::{Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS};
+pub use stats::{Stats, StatsSnapshot};
+pub use stream::{LocalAddr, PeerAddr, Stream};

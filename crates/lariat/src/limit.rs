@@ -1,0 +1,168 @@
+//! The exact connection cap.
+//!
+//! A slot is taken *before* `accept(2)` is called, so the server never holds more connections than the cap:
+//! at the cap, clients wait in the kernel's backlog (their handshake is done, their bytes are buffered by
+//! the kernel) until a connection closes. Accepting first and then refusing (as actix does) over-admits and
+//! turns waiting clients into failed ones.
+//!
+//! The cap can be changed at run time. Raising it wakes the acceptor at once; lowering it below the number
+//! of live connections takes effect as they close (nothing is cut off).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+/// A resizable counting limit with a wake-up on every release.
+///
+/// The same wake-up serves two waiters: an acceptor waiting for a slot at the cap, and an acceptor backing
+/// off from descriptor exhaustion, which retries the moment one of our connections closes and frees a
+/// descriptor.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    max: AtomicUsize,
+    held: AtomicUsize,
+    released: Notify,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` slots (`usize::MAX` for no limit).
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit {
+            max: AtomicUsize::new(max),
+            held: AtomicUsize::new(0),
+            released: Notify::new(),
+        }
+    }
+
+    /// The current cap.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// Slots held now: live connections plus at most one per acceptor waiting in `accept(2)`.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Changes the cap. Raising it admits waiting clients at once.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
+        self.released.notify_waiters();
+    }
+
+    /// Takes a slot if one is free.
+    pub(crate) fn try_acquire(&self) -> bool {
+        let mut held = self.held.load(Ordering::Acquire);
+        loop {
+            if held >= self.max.load(Ordering::Acquire) {
+                return false;
+            }
+            match self.held.compare_exchange_weak(
+                held,
+                held + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    /// Waits for a slot and takes it. The caller must [`release`](Self::release) it exactly once.
+    /// Cancel-safe: if the future is dropped, no slot was taken.
+    pub(crate) async fn acquire(&self) {
+        loop {
+            // Register for the wake-up before checking, so a release between the check and the wait is seen.
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.try_acquire() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Returns a slot and wakes whoever waits for one.
+    pub(crate) fn release(&self) {
+        let before = self.held.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "released a slot that was not held");
+        self.released.notify_waiters();
+    }
+
+    /// Completes at the next [`release`](Self::release) (or cap change). Register with
+    /// `enable` before the check the caller makes, as [`acquire`](Self::acquire) does.
+    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn never_more_than_max() {
+        let limit = ConnectionLimit::new(3);
+        assert!(limit.try_acquire());
+        assert!(limit.try_acquire());
+        assert!(limit.try_acquire());
+        assert!(!limit.try_acquire());
+        assert_eq!(limit.held(), 3);
+        limit.release();
+        assert!(limit.try_acquire());
+        assert!(!limit.try_acquire());
+    }
+
+    #[test]
+    fn lowering_the_cap_takes_effect_as_slots_return() {
+        let limit = ConnectionLimit::new(4);
+        for _ in 0..4 {
+            assert!(limit.try_acquire());
+        }
+        limit.set_max(2);
+        limit.release();
+        assert!(!limit.try_acquire(), "3 held, cap 2");
+        limit.release();
+        limit.release();
+        assert!(limit.try_acquire(), "1 held, cap 2");
+    }
+
+    #[tokio::test]
+    async fn raising_the_cap_wakes_a_waiter_at_once() {
+        let limit = Arc::new(ConnectionLimit::new(1));
+        limit.acquire().await;
+        let waiter = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        limit.set_max(2);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("waiter not woken by the raised cap")
+            .unwrap();
+        assert_eq!(limit.held(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_release_wakes_a_waiter() {
+        let limit = Arc::new(ConnectionLimit::new(1));
+        limit.acquire().await;
+        let waiter = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        limit.release();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("waiter not woken by the release")
+            .unwrap();
+        assert_eq!(limit.held(), 1);
+    }
+}

@@ -1,0 +1,250 @@
+//! A bound listening socket, and [`AcceptSource`], the seam the acceptor pulls connections from.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::task::{ready, Context, Poll};
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::bind::{self, BindError, BindOptions, UnixFile};
+use crate::{Endpoint, PeerAddr, Stream};
+
+/// Where a listener actually listens: for TCP the real port, even when port 0 was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A Linux abstract Unix socket name.
+    UnixAbstract(String),
+}
+
+impl fmt::Display for ListenAddr {
+    /// `tcp://127.0.0.1:7878`, `unix:/run/app.sock`, `unix:@name`: the same text [`Endpoint`] parses.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "tcp://{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::UnixAbstract(name) => write!(f, "unix:@{name}"),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// The TCP address, if this is a TCP listener.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(addr) => Some(*addr),
+            _ => None,
+        }
+    }
+}
+
+/// Where the acceptor gets connections from. [`Listener`] is the real one; tests implement it to inject
+/// faults (an `accept(2)` that fails with a chosen errno), and other sources (inherited sockets, in-memory
+/// pipes) can plug in the same way.
+///
+/// Errors must carry the raw OS error (`io::Error::from_raw_os_error`), because the acceptor classifies by
+/// errno: `io::ErrorKind` folds many distinct errors (EPROTO, ENONET, …) into `Uncategorized`.
+pub trait AcceptSource: Send + 'static {
+    /// Polls for the next connection, as `accept(2)` would return it.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, PeerAddr)>>;
+
+    /// The address this source listens on.
+    fn local_addr(&self) -> io::Result<ListenAddr>;
+}
+
+/// A bound, listening socket (TCP or Unix), registered with the tokio runtime.
+pub struct Listener {
+    socket: Socket,
+    addr: ListenAddr,
+    /// Set `TCP_NODELAY` on each accepted socket (only where the OS does not inherit it from the listener).
+    nodelay_per_accept: bool,
+    /// Removes our socket file on drop. Declared after `socket` so the socket closes first.
+    _unix_file: Option<UnixFile>,
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Listener {
+    /// Binds with [`BindOptions::default`]. Must be called inside a tokio runtime.
+    pub fn bind(endpoint: &Endpoint) -> Result<Listener, BindError> {
+        Listener::bind_with(endpoint, &BindOptions::default())
+    }
+
+    /// Binds with the given options. Must be called inside a tokio runtime.
+    pub fn bind_with(endpoint: &Endpoint, opts: &BindOptions) -> Result<Listener, BindError> {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let std = bind::bind_tcp(*addr, opts, endpoint)?;
+                let tokio = TcpListener::from_std(std).map_err(BindError::NoRuntime)?;
+                let local = tokio.local_addr().map_err(|source| BindError::Io {
+                    op: "read the address of",
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+                Ok(Listener {
+                    socket: Socket::Tcp(tokio),
+                    addr: ListenAddr::Tcp(local),
+                    nodelay_per_accept: opts.nodelay && !cfg!(target_os = "linux"),
+                    _unix_file: None,
+                })
+            }
+            Endpoint::Unix(path) => {
+                let (std, file) = bind::bind_unix_path(path, opts, endpoint)?;
+                let tokio = UnixListener::from_std(std).map_err(BindError::NoRuntime)?;
+                Ok(Listener {
+                    socket: Socket::Unix(tokio),
+                    addr: ListenAddr::Unix(path.clone()),
+                    nodelay_per_accept: false,
+                    _unix_file: Some(file),
+                })
+            }
+            Endpoint::UnixAbstract(name) => {
+                let std = bind::bind_unix_abstract(name, opts, endpoint)?;
+                let tokio = UnixListener::from_std(std).map_err(BindError::NoRuntime)?;
+                Ok(Listener {
+                    socket: Socket::Unix(tokio),
+                    addr: ListenAddr::UnixAbstract(name.clone()),
+                    nodelay_per_accept: false,
+                    _unix_file: None,
+                })
+            }
+        }
+    }
+
+    /// The address this listener is bound to; for TCP port 0, the port the kernel chose.
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+}
+
+impl AcceptSource for Listener {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, PeerAddr)>> {
+        match &self.socket {
+            Socket::Tcp(l) => {
+                let (stream, peer) = ready!(l.poll_accept(cx))?;
+                if self.nodelay_per_accept {
+                    // Best effort: a failure here is no reason to drop the connection.
+                    let _ = stream.set_nodelay(true);
+                }
+                Poll::Ready(Ok((Stream::Tcp(stream), PeerAddr::Tcp(peer))))
+            }
+            Socket::Unix(l) => {
+                let (stream, _peer) = ready!(l.poll_accept(cx))?;
+                Poll::Ready(Ok((Stream::Unix(stream), PeerAddr::Unix)))
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<ListenAddr> {
+        Ok(self.addr.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    #[tokio::test]
+    async fn port_zero_reports_the_real_port() {
+        let listener = Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().tcp().unwrap();
+        assert_ne!(addr.port(), 0);
+        assert!(listener
+            .local_addr()
+            .to_string()
+            .starts_with("tcp://127.0.0.1:"));
+        std::net::TcpStream::connect(addr).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_on_linux() {
+        let mut listener = Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().tcp().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (stream, _) = poll_fn(|cx| listener.poll_accept(cx)).await.unwrap();
+        match stream {
+            Stream::Tcp(s) => assert!(s.nodelay().unwrap(), "TCP_NODELAY not inherited"),
+            Stream::Unix(_) => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn ipv6_loopback_with_port_zero() {
+        // Skip quietly where the machine has no IPv6 loopback.
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            return;
+        }
+        let listener = Listener::bind(&"[::1]:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().tcp().unwrap();
+        assert!(addr.is_ipv6());
+        assert_ne!(addr.port(), 0);
+    }
+
+    #[tokio::test]
+    async fn unix_stale_file_is_replaced_and_live_one_refused() {
+        let dir = std::env::temp_dir().join(format!("lariat-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+
+        // A stale file: std leaves the socket file behind when the listener is dropped.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let endpoint = Endpoint::Unix(path.clone());
+        let listener = Listener::bind(&endpoint).unwrap();
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+
+        // A live one: binding again must fail and leave the first listener working.
+        let err = Listener::bind(&endpoint).unwrap_err();
+        assert!(matches!(err, BindError::UnixInUse { .. }), "{err}");
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+
+        // Dropping our listener removes our file.
+        drop(listener);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unix_mode_is_applied() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lariat-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.sock");
+        let opts = BindOptions {
+            unix_mode: Some(0o600),
+            ..BindOptions::default()
+        };
+        let _listener = Listener::bind_with(&Endpoint::Unix(path.clone()), &opts).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(_listener);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn unix_abstract_binds_without_a_file() {
+        let name = format!("lariat-test-{}", std::process::id());
+        let listener = Listener::bind(&Endpoint::UnixAbstract(name.clone())).unwrap();
+        assert_eq!(listener.local_addr().to_string(), format!("unix:@{name}"));
+    }
+}

@@ -1,0 +1,141 @@
+//! The live connection registry (seed 002's "children list"): who is connected, since when, how much they
+//! sent, and a way to close one by id.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::task::AbortHandle;
+
+use crate::PeerAddr;
+
+/// What the registry keeps per live connection. Shared (one `Arc`) between the registry and the
+/// [`Connection`](crate::Connection), which counts its bytes here.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) id: u64,
+    pub(crate) peer: PeerAddr,
+    pub(crate) started: Instant,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// The task serving the connection, when lariat spawned it; closing aborts it, which drops the socket.
+    pub(crate) task: OnceLock<AbortHandle>,
+}
+
+/// A snapshot of one live connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The connection's id, unique within its server.
+    pub id: u64,
+    /// The peer's address.
+    pub peer: PeerAddr,
+    /// Time since it was accepted.
+    pub age: Duration,
+    /// Bytes read from the peer so far.
+    pub bytes_in: u64,
+    /// Bytes written to the peer so far.
+    pub bytes_out: u64,
+}
+
+/// Why [`Registry::close`] did not close a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CloseError {
+    /// No live connection has this id (it may have closed already).
+    #[error("no live connection with id {0}")]
+    NotFound(u64),
+    /// The connection is served by a task lariat did not spawn (for example under `axum::serve`).
+    #[error(
+        "connection {0} is served by a task lariat does not own, so it cannot be closed from here"
+    )]
+    NotOwned(u64),
+}
+
+/// The live connections of one server, sharded so accept loops on different threads rarely contend.
+#[derive(Debug, Default)]
+pub struct Registry {
+    map: DashMap<u64, Arc<Entry>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, peer: PeerAddr) -> Arc<Entry> {
+        let id = self.next_id.fetch_add(1, Relaxed) + 1;
+        let entry = Arc::new(Entry {
+            id,
+            peer,
+            started: Instant::now(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            task: OnceLock::new(),
+        });
+        self.map.insert(id, entry.clone());
+        entry
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.map.remove(&id);
+    }
+
+    /// The number of live connections.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// A snapshot of every live connection, oldest first.
+    pub fn list(&self) -> Vec<ConnectionInfo> {
+        let mut list: Vec<ConnectionInfo> = self
+            .map
+            .iter()
+            .map(|e| ConnectionInfo {
+                id: e.id,
+                peer: e.peer.clone(),
+                age: e.started.elapsed(),
+                bytes_in: e.bytes_in.load(Relaxed),
+                bytes_out: e.bytes_out.load(Relaxed),
+            })
+            .collect();
+        list.sort_unstable_by_key(|c| c.id);
+        list
+    }
+
+    /// Closes a live connection: its task is aborted, which drops the socket (the peer sees the close) and
+    /// returns its slot under the cap.
+    pub fn close(&self, id: u64) -> Result<(), CloseError> {
+        let entry = self
+            .map
+            .get(&id)
+            .map(|e| e.value().clone())
+            .ok_or(CloseError::NotFound(id))?;
+        let task = entry.task.get().ok_or(CloseError::NotOwned(id))?;
+        task.abort();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_removes() {
+        let registry = Registry::default();
+        let a = registry.insert(PeerAddr::Unix);
+        let b = registry.insert(PeerAddr::Tcp("127.0.0.1:9".parse().unwrap()));
+        a.bytes_in.fetch_add(5, Relaxed);
+        let list = registry.list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].id, a.id);
+        assert_eq!(list[0].bytes_in, 5);
+        assert_eq!(list[1].peer, b.peer);
+        registry.remove(a.id);
+        assert_eq!(registry.len(), 1);
+        assert_eq!(registry.close(a.id), Err(CloseError::NotFound(a.id)));
+        assert_eq!(registry.close(b.id), Err(CloseError::NotOwned(b.id)));
+    }
+}

@@ -1,0 +1,273 @@
+//! [`Server`]: accept loops over one or more listeners, a task per connection, and a handle to observe
+//! and steer them (counters, registry, cap, stop).
+
+use std::any::Any;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::backoff::BackoffPolicy;
+use crate::accept::{AcceptError, Acceptor, OnExhaustion};
+use crate::handler::{Handler, Outcome};
+use crate::listener::{AcceptSource, ListenAddr};
+use crate::registry::{CloseError, ConnectionInfo};
+use crate::shared::Shared;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::Connection;
+
+/// The default connection cap. Bounded by default: an unbounded server is one flood away from descriptor
+/// exhaustion, and a cap lets clients wait in the backlog instead.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Configures a [`Server`] (or a bare [`Acceptor`]).
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    max_connections: usize,
+    backoff: BackoffPolicy,
+    on_exhaustion: OnExhaustion,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            backoff: BackoffPolicy::default(),
+            on_exhaustion: OnExhaustion::default(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// The most connections held at once, across all listeners. Default [`DEFAULT_MAX_CONNECTIONS`];
+    /// `usize::MAX` for no cap. Changeable later with [`ServerHandle::set_max_connections`].
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// The delays used while short of resources.
+    pub fn backoff(mut self, policy: BackoffPolicy) -> Self {
+        self.backoff = policy;
+        self
+    }
+
+    /// What to do with queued clients at descriptor exhaustion. Default [`OnExhaustion::Wait`].
+    pub fn on_exhaustion(mut self, on_exhaustion: OnExhaustion) -> Self {
+        self.on_exhaustion = on_exhaustion;
+        self
+    }
+
+    /// Starts one accept loop per source, all under one cap, registry and set of counters, each connection
+    /// served by `handler` in its own task. Must be called inside a tokio runtime.
+    pub fn serve<S, H>(self, sources: impl IntoIterator<Item = S>, handler: H) -> io::Result<Server>
+    where
+        S: AcceptSource,
+        H: Handler,
+    {
+        let handle = self.handle();
+        let handler = Arc::new(handler);
+        let mut acceptors = Vec::new();
+        for source in sources {
+            acceptors.push(Acceptor::new(
+                source,
+                handle.shared.clone(),
+                self.backoff,
+                self.on_exhaustion,
+            )?);
+        }
+        let addrs = acceptors.iter().map(|a| a.local_addr().clone()).collect();
+        let loops = acceptors
+            .into_iter()
+            .map(|acceptor| {
+                tokio::spawn(accept_loop(acceptor, handler.clone(), handle.stop.clone()))
+            })
+            .collect();
+        Ok(Server {
+            handle,
+            addrs,
+            loops,
+        })
+    }
+
+    /// An acceptor for a loop of your own (the axum adapter uses this), with the handle that observes it.
+    pub fn acceptor<S: AcceptSource>(self, source: S) -> io::Result<(Acceptor<S>, ServerHandle)> {
+        let handle = self.handle();
+        let acceptor = Acceptor::new(
+            source,
+            handle.shared.clone(),
+            self.backoff,
+            self.on_exhaustion,
+        )?;
+        Ok((acceptor, handle))
+    }
+
+    fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: Arc::new(Shared::new(self.max_connections)),
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
+/// Observes and steers a running server. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl ServerHandle {
+    /// The counters, now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Every live connection.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.shared.registry.list()
+    }
+
+    /// Closes a live connection by id.
+    pub fn close_connection(&self, id: u64) -> Result<(), CloseError> {
+        self.shared.registry.close(id)
+    }
+
+    /// The connection cap.
+    pub fn max_connections(&self) -> usize {
+        self.shared.limit.max()
+    }
+
+    /// Changes the connection cap. Raising it admits clients waiting in the backlog at once; lowering it
+    /// closes nothing and takes effect as connections end.
+    pub fn set_max_connections(&self, max: usize) {
+        self.shared.limit.set_max(max);
+    }
+
+    /// Stops accepting. The accept loops end and drop their listeners; live connections are not touched.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// True once [`stop`](Self::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+}
+
+/// A running server: accept loops on its listeners, each connection in its own task.
+#[derive(Debug)]
+pub struct Server {
+    handle: ServerHandle,
+    addrs: Vec<ListenAddr>,
+    loops: Vec<JoinHandle<Result<(), AcceptError>>>,
+}
+
+/// Why a server's accept loops ended other than by [`ServerHandle::stop`].
+#[derive(Debug, thiserror::Error)]
+#[error("{} accept loop(s) ended with an error; first: {}", failures.len(), failures.first().map(ToString::to_string).unwrap_or_default())]
+pub struct ServerError {
+    /// One entry per failed loop.
+    pub failures: Vec<AcceptError>,
+}
+
+impl Server {
+    /// A server with default settings; see [`ServerBuilder`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The handle that observes and steers this server.
+    pub fn handle(&self) -> &ServerHandle {
+        &self.handle
+    }
+
+    /// The addresses the listeners are bound to (real ports for port 0), in the order given.
+    pub fn local_addrs(&self) -> &[ListenAddr] {
+        &self.addrs
+    }
+
+    /// Waits until every accept loop has ended: after [`ServerHandle::stop`] (`Ok`), or because a listener
+    /// failed for good (`Err`, with why). Live connections may still be running.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        let mut failures = Vec::new();
+        for task in self.loops {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => failures.push(err),
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ServerError { failures })
+        }
+    }
+}
+
+async fn accept_loop<S: AcceptSource, H: Handler>(
+    mut acceptor: Acceptor<S>,
+    handler: Arc<H>,
+    stop: CancellationToken,
+) -> Result<(), AcceptError> {
+    let addr = acceptor.local_addr().clone();
+    loop {
+        let conn = tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                tracing::debug!(listener = %addr, "accept loop stopped");
+                return Ok(());
+            }
+            conn = acceptor.accept() => match conn {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::error!(listener = %addr, error = %err.source, "accept loop ended: the listener can no longer accept");
+                    return Err(err);
+                }
+            },
+        };
+        spawn_connection(conn, &*handler);
+    }
+}
+
+/// Runs the handler in a task of its own, with panics caught and counted so they harm no other connection.
+fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
+    let entry = conn.entry().clone();
+    let shared = conn.shared().clone();
+    let id = conn.id();
+    let serve = handler.call(conn);
+    let task = tokio::spawn(async move {
+        match AssertUnwindSafe(serve).catch_unwind().await {
+            Ok(outcome) => {
+                if let Some(err) = outcome.failure() {
+                    Stats::add(&shared.stats.handler_errors, 1);
+                    tracing::debug!(conn = id, error = %err, "handler returned an error");
+                }
+            }
+            Err(panic) => {
+                Stats::add(&shared.stats.handler_panics, 1);
+                tracing::error!(
+                    conn = id,
+                    panic = panic_message(&*panic),
+                    "handler panicked; its connection is closed, the others are unaffected"
+                );
+            }
+        }
+    });
+    // If the task already finished, the entry is gone from the registry and this is harmless.
+    let _ = entry.task.set(task.abort_handle());
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}

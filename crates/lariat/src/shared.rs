@@ -1,0 +1,23 @@
+//! The state one server's accept loops and connections share: the cap, the registry and the counters.
+
+use crate::limit::ConnectionLimit;
+use crate::registry::Registry;
+use crate::stats::Stats;
+
+/// Shared by every acceptor and every live connection of one server (one `Arc`).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) limit: ConnectionLimit,
+    pub(crate) registry: Registry,
+    pub(crate) stats: Stats,
+}
+
+impl Shared {
+    pub(crate) fn new(max_connections: usize) -> Self {
+        Shared {
+            limit: ConnectionLimit::new(max_connections),
+            registry: Registry::default(),
+            stats: Stats::default(),
+        }
+    }
+}

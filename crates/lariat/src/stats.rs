@@ -1,0 +1,76 @@
+//! Server-wide counters. Relaxed atomics: each is an independent tally, read as a snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Live counters, shared by the accept loops and connections of one server.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) connection_errors: AtomicU64,
+    pub(crate) shortage_episodes: AtomicU64,
+    pub(crate) shortage_errors: AtomicU64,
+    pub(crate) paused_nanos: AtomicU64,
+    pub(crate) shed: AtomicU64,
+    pub(crate) handler_panics: AtomicU64,
+    pub(crate) handler_errors: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections open now (accepted minus closed).
+    pub active: u64,
+    /// Connections closed (by the handler, the peer, or [`close`](crate::Server::close_connection)).
+    pub closed: u64,
+    /// `accept(2)` errors that concerned one connection and were retried at once.
+    pub connection_errors: u64,
+    /// Resource-shortage episodes (a run of EMFILE/ENFILE/ENOBUFS/ENOMEM ended by a successful accept).
+    pub shortage_episodes: u64,
+    /// `accept(2)` calls that failed for a shortage (or an undocumented error) and were backed off.
+    pub shortage_errors: u64,
+    /// Time the accept loops spent paused for shortage.
+    pub paused: Duration,
+    /// Connections shed at descriptor exhaustion (accepted with the reserved descriptor and closed).
+    pub shed: u64,
+    /// Handlers that panicked.
+    pub handler_panics: u64,
+    /// Handlers that returned an error.
+    pub handler_errors: u64,
+    /// Bytes read from closed connections (live ones report theirs in the registry).
+    pub bytes_in: u64,
+    /// Bytes written to closed connections.
+    pub bytes_out: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        // Read `closed` before `accepted` so `active` never underflows.
+        let closed = self.closed.load(Relaxed);
+        let accepted = self.accepted.load(Relaxed);
+        StatsSnapshot {
+            accepted,
+            active: accepted.saturating_sub(closed),
+            closed,
+            connection_errors: self.connection_errors.load(Relaxed),
+            shortage_episodes: self.shortage_episodes.load(Relaxed),
+            shortage_errors: self.shortage_errors.load(Relaxed),
+            paused: Duration::from_nanos(self.paused_nanos.load(Relaxed)),
+            shed: self.shed.load(Relaxed),
+            handler_panics: self.handler_panics.load(Relaxed),
+            handler_errors: self.handler_errors.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}
