@@ -1,1 +1,45 @@
-fn main() {}
+//! The `lariat` command.
+
+mod cli;
+mod handlers;
+mod logging;
+mod rlimit;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            logging::init(args.log_format);
+            if let Some((before, after)) = rlimit::raise_nofile() {
+                tracing::debug!(
+                    before,
+                    after,
+                    "raised the open-file soft limit to the hard limit"
+                );
+            }
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.enable_all();
+            if let Some(threads) = args.threads {
+                runtime.worker_threads(threads.max(1));
+            }
+            let result = runtime
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(serve::run(args)));
+            match result {
+                Ok(code) => code,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -125,6 +125,14 @@ impl Connection {
         Ok(n)
     }
 
+    /// Reads what is available now into the spare capacity of `buf`, or fails with
+    /// [`io::ErrorKind::WouldBlock`]. Counted.
+    pub fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> io::Result<usize> {
+        let n = self.stream.try_read_buf(buf)?;
+        self.guard.entry.bytes_in.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+
     /// Splits off the raw stream, for code that needs the concrete socket type. The guard must live as long
     /// as the stream: dropping it early frees the slot under the cap while the socket is still open. Bytes
     /// moved through the raw stream are not counted.

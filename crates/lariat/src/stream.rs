@@ -64,6 +64,15 @@ impl Stream {
         }
     }
 
+    /// Reads what is available now into the spare capacity of `buf` (no zeroing), or fails with
+    /// [`io::ErrorKind::WouldBlock`].
+    pub fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read_buf(buf),
+            Stream::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
     /// The local address of this connection (a `getsockname` call: done on demand, not per accept).
     pub fn local_addr(&self) -> io::Result<LocalAddr> {
         match self {

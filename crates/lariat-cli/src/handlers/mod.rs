@@ -1,0 +1,9 @@
+//! The built-in handlers `lariat serve` can run.
+
+pub mod discard;
+pub mod echo;
+pub mod http_hello;
+
+/// The read buffer size while data flows. It is allocated when a connection becomes readable and freed
+/// when it goes quiet, so an idle connection holds none.
+pub const READ_BUFFER: usize = 64 * 1024;
