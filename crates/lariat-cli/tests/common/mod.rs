@@ -1,0 +1,165 @@
+//! Starts the real `lariat` binary and talks to it over loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `lariat serve`, killed on drop.
+pub struct Lariat {
+    child: Child,
+    /// The addresses from the `listening on …` lines, in order.
+    pub listening: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Lariat {
+    /// `lariat serve ARGS`, waiting for one `listening on` line per `--listen` (at least one).
+    pub fn start(args: &[&str]) -> Lariat {
+        Lariat::start_with(args, None)
+    }
+
+    /// As [`start`](Self::start), with `RLIMIT_NOFILE` (soft and hard) set to `nofile` in the child.
+    pub fn start_with(args: &[&str], nofile: Option<u64>) -> Lariat {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lariat"));
+        cmd.arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit as libc::rlim_t,
+                        rlim_max: limit as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("cannot start lariat");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let mut pipe = child.stderr.take().unwrap();
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let expected = args.iter().filter(|a| **a == "--listen").count().max(1);
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut listening = Vec::new();
+        while listening.len() < expected {
+            let mut line = String::new();
+            let n = stdout.read_line(&mut line).unwrap();
+            if n == 0 {
+                let status = child.wait().unwrap();
+                let err = stderr.lock().unwrap().clone();
+                panic!("lariat exited before listening ({status}): {err}");
+            }
+            let addr = line
+                .trim_end()
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"));
+            listening.push(addr.to_owned());
+        }
+        Lariat {
+            child,
+            listening,
+            stderr,
+        }
+    }
+
+    /// The first TCP address it listens on.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.listening
+            .iter()
+            .find_map(|a| a.strip_prefix("tcp://"))
+            .expect("no tcp listener")
+            .parse()
+            .unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits for exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lariat did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// CPU time (user + system) the process has used, from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may contain spaces) start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields[11].parse().unwrap();
+        let stime: u64 = fields[12].parse().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_micros((utime + stime) * 1_000_000 / ticks)
+    }
+}
+
+impl Drop for Lariat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
