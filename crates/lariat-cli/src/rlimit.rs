@@ -3,6 +3,8 @@
 //! The soft limit is often 1024 for historical reasons (select(2)); a server that never calls select gains
 //! nothing from it and runs out of descriptors early. The hard limit is the operator's real decision.
 
+// rlim_t is u64 on Linux but not on every Unix.
+#[allow(clippy::unnecessary_cast)]
 /// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit. Returns `(before, after)` when it changed.
 pub fn raise_nofile() -> Option<(u64, u64)> {
     let mut lim = libc::rlimit {
