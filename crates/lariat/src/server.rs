@@ -198,7 +198,13 @@ impl Server {
             match task.await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => failures.push(err),
-                Err(join) => std::panic::resume_unwind(join.into_panic()),
+                // A panic is a bug in lariat, not in a handler (those are caught per connection):
+                // surface it. A cancelled loop means the runtime is shutting down, which is a stop too.
+                Err(join) => {
+                    if let Ok(panic) = join.try_into_panic() {
+                        std::panic::resume_unwind(panic)
+                    }
+                }
             }
         }
         if failures.is_empty() {
