@@ -241,29 +241,34 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
 }
 
 /// Runs the handler in a task of its own, with panics caught and counted so they harm no other connection.
+///
+/// Built from combinators rather than an `async move` block: a block that awaits the handler's future
+/// stores it twice (once captured, once moved into the await), which doubles the task's size for every
+/// idle connection.
 fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
     let entry = conn.entry().clone();
     let shared = conn.shared().clone();
     let id = conn.id();
-    let serve = handler.call(conn);
-    let task = tokio::spawn(async move {
-        match AssertUnwindSafe(serve).catch_unwind().await {
-            Ok(outcome) => {
-                if let Some(err) = outcome.failure() {
-                    Stats::add(&shared.stats.handler_errors, 1);
-                    tracing::debug!(conn = id, error = %err, "handler returned an error");
+    let serve =
+        AssertUnwindSafe(handler.call(conn))
+            .catch_unwind()
+            .map(move |result| match result {
+                Ok(outcome) => {
+                    if let Some(err) = outcome.failure() {
+                        Stats::add(&shared.stats.handler_errors, 1);
+                        tracing::debug!(conn = id, error = %err, "handler returned an error");
+                    }
                 }
-            }
-            Err(panic) => {
-                Stats::add(&shared.stats.handler_panics, 1);
-                tracing::error!(
-                    conn = id,
-                    panic = panic_message(&*panic),
-                    "handler panicked; its connection is closed, the others are unaffected"
-                );
-            }
-        }
-    });
+                Err(panic) => {
+                    Stats::add(&shared.stats.handler_panics, 1);
+                    tracing::error!(
+                        conn = id,
+                        panic = panic_message(&*panic),
+                        "handler panicked; its connection is closed, the others are unaffected"
+                    );
+                }
+            });
+    let task = tokio::spawn(serve);
     // If the task already finished, the entry is gone from the registry and this is harmless.
     let _ = entry.task.set(task.abort_handle());
 }

@@ -49,10 +49,19 @@ pub enum LocalAddr {
 impl Stream {
     /// Waits until the socket is readable, without reading and without a buffer: an idle connection parked
     /// here holds no read buffer.
+    ///
+    /// Built on `poll_read_ready`, which parks the task in the socket's own reader slot, so the wait adds
+    /// no waiter node to the connection's future (about 100 bytes per idle connection). As with
+    /// `AsyncRead`, one task reads a connection at a time.
     pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
+    }
+
+    /// Polls for read readiness (see [`readable`](Self::readable)).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Stream::Tcp(s) => s.readable().await,
-            Stream::Unix(s) => s.readable().await,
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
         }
     }
 

@@ -23,3 +23,26 @@ pub async fn echo(mut conn: Connection) -> io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection carries this future; the 1 KiB-per-idle-connection budget depends on it
+    /// staying small (tokio rounds task cells up to 128 bytes).
+    #[tokio::test]
+    async fn the_echo_future_stays_small() {
+        let listener = lariat::Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().tcp().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _server = lariat::Server::builder()
+            .serve([listener], move |conn: Connection| {
+                let _ = tx.send(std::mem::size_of_val(&echo(conn)));
+                async {}
+            })
+            .unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let size = rx.recv().await.unwrap();
+        assert!(size <= 256, "echo future grew to {size} bytes");
+    }
+}
