@@ -1,1 +1,370 @@
-fn main() {}
+//! `lariat-bench`: lariat against a naive tokio echo server, side by side, on loopback.
+//!
+//! Both servers run pinned to CPU 0 with one runtime worker; the client (this process) runs on a
+//! current-thread runtime pinned to CPU 1. Each measurement runs in alternating rounds with fresh
+//! server processes, and the table reports the median of the rounds for each server.
+//!
+//! ```text
+//! cargo build --release -p lariat-cli -p lariat-bench && target/release/lariat-bench [--quick]
+//! ```
+
+mod churn;
+mod client;
+mod host;
+mod idle;
+mod proc;
+mod report;
+mod server;
+mod throughput;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::host::Machine;
+use crate::report::{Measured, Sample};
+use crate::server::{Binaries, Kind, Server};
+
+/// The CPU the client (this process) runs on; the servers get `server::SERVER_CPU`.
+const CLIENT_CPU: usize = 1;
+
+/// Benchmarks lariat against a naive tokio accept loop (both from the same target directory).
+#[derive(Debug, Parser)]
+#[command(name = "lariat-bench", version, about)]
+struct Args {
+    /// One round with shorter runs and fewer connections (about 15 s instead of about 80 s).
+    #[arg(long)]
+    quick: bool,
+
+    /// Where to write every raw number, the medians and the ratios, as JSON.
+    #[arg(long, value_name = "PATH", default_value = "bench-results/latest.json")]
+    json: PathBuf,
+
+    /// Run a single measurement.
+    #[arg(long, value_enum)]
+    only: Option<Measurement>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Measurement {
+    /// Short connections: connect, 64-byte echo, close.
+    Churn,
+    /// Resident memory per open, idle connection.
+    Idle,
+    /// Bulk echo over one connection.
+    Throughput,
+}
+
+impl Measurement {
+    const ALL: [Measurement; 3] = [
+        Measurement::Churn,
+        Measurement::Idle,
+        Measurement::Throughput,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Measurement::Churn => "churn",
+            Measurement::Idle => "idle",
+            Measurement::Throughput => "throughput",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Config {
+    quick: bool,
+    measurements: Vec<Measurement>,
+    rounds: usize,
+    churn_seconds: f64,
+    churn_concurrency: usize,
+    idle_connections: u64,
+    idle_concurrency: usize,
+    throughput_seconds: f64,
+    server_cpu: usize,
+    client_cpu: usize,
+    source_addresses: String,
+}
+
+impl Config {
+    fn new(args: &Args) -> Self {
+        let quick = args.quick;
+        Config {
+            quick,
+            measurements: match args.only {
+                Some(only) => vec![only],
+                None => Measurement::ALL.to_vec(),
+            },
+            rounds: if quick { 1 } else { 3 },
+            churn_seconds: if quick { 2.0 } else { 5.0 },
+            churn_concurrency: 32,
+            idle_connections: if quick { 2_000 } else { 10_000 },
+            idle_concurrency: 256,
+            throughput_seconds: if quick { 2.0 } else { 5.0 },
+            server_cpu: server::SERVER_CPU,
+            client_cpu: CLIENT_CPU,
+            source_addresses: format!(
+                "{}..={}",
+                client::source_ip(0),
+                client::source_ip(u64::from(client::SOURCE_ADDRESSES) - 1)
+            ),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("lariat-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let binaries = Binaries::locate()?;
+    let nofile = host::raise_nofile()?;
+    let machine = Machine::probe(nofile);
+    host::pin_self_to_cpu(CLIENT_CPU)
+        .context("the bench needs two CPUs: the servers run on CPU 0 and the client on CPU 1")?;
+    let config = Config::new(&args);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the client runtime")?;
+    runtime.block_on(async {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        // Dropping the bench future on a signal drops the running server's guard, which stops it.
+        tokio::select! {
+            result = bench(&args, &config, &machine, &binaries) => result,
+            _ = sigint.recv() => anyhow::bail!("interrupted"),
+            _ = sigterm.recv() => anyhow::bail!("terminated"),
+        }
+    })
+}
+
+async fn bench(
+    args: &Args,
+    config: &Config,
+    machine: &Machine,
+    binaries: &Binaries,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let started_unix_s = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    eprintln!("{}", machine.line());
+    eprintln!(
+        "servers on CPU {}, client on CPU {}; {} round(s){}",
+        config.server_cpu,
+        config.client_cpu,
+        config.rounds,
+        if config.quick { " (quick)" } else { "" }
+    );
+
+    let mut samples = Vec::new();
+    for &measurement in &config.measurements {
+        for round in 1..=config.rounds {
+            for kind in Kind::ALL {
+                let sample = measure(binaries, config, measurement, round, kind).await;
+                eprintln!("{}", progress_line(&sample, config.rounds));
+                samples.push(sample);
+            }
+        }
+    }
+
+    let rows = report::rows(&samples);
+    let notes = notes(&samples);
+    println!("{}", machine.line());
+    println!(
+        "lariat-bench{}: servers pinned to CPU {} (1 runtime worker each), client on CPU {}; median of {} round(s)\n",
+        if config.quick { " --quick" } else { "" },
+        config.server_cpu,
+        config.client_cpu,
+        config.rounds
+    );
+    print!("{}", report::markdown(&rows));
+    if !notes.is_empty() {
+        println!();
+        for note in &notes {
+            println!("- {note}");
+        }
+    }
+
+    let doc = report::Document {
+        machine,
+        config,
+        started_unix_s,
+        total_s: started.elapsed().as_secs_f64(),
+        samples: &samples,
+        rows: &rows,
+        notes: &notes,
+    };
+    report::write_json(&args.json, &doc)?;
+    eprintln!(
+        "raw results in {} ({:.0} s in all)",
+        args.json.display(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let failed = samples.iter().any(|s| s.error.is_some());
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs one measurement against a fresh server of `kind`, which is stopped before returning.
+async fn measure(
+    binaries: &Binaries,
+    config: &Config,
+    measurement: Measurement,
+    round: usize,
+    kind: Kind,
+) -> Sample {
+    let mut sample = Sample {
+        measurement: measurement.name(),
+        round,
+        server: kind,
+        pid: None,
+        server_cpus_allowed: None,
+        result: None,
+        error: None,
+        server_exited: None,
+        summary: String::new(),
+        metrics: Vec::new(),
+        operation_errors: 0,
+    };
+    let mut server = match Server::start(binaries, kind) {
+        Ok(server) => server,
+        Err(err) => {
+            sample.error = Some(format!("{err:#}"));
+            return sample;
+        }
+    };
+    sample.pid = Some(server.pid());
+    sample.server_cpus_allowed = proc::cpus_allowed_list(server.pid()).ok();
+
+    let outcome = match measurement {
+        Measurement::Churn => record(
+            churn::run(
+                &server,
+                Duration::from_secs_f64(config.churn_seconds),
+                config.churn_concurrency,
+            )
+            .await,
+        ),
+        Measurement::Idle => {
+            record(idle::run(&server, config.idle_connections, config.idle_concurrency).await)
+        }
+        Measurement::Throughput => record(
+            throughput::run(&server, Duration::from_secs_f64(config.throughput_seconds)).await,
+        ),
+    };
+    match outcome {
+        Ok((value, metrics, errors, summary)) => {
+            sample.result = Some(value);
+            sample.summary = summary;
+            sample.metrics = metrics;
+            sample.operation_errors = errors;
+        }
+        Err(err) => sample.error = Some(format!("{err:#}")),
+    }
+    sample.server_exited = server.exited();
+    drop(server);
+    sample
+}
+
+type Recorded = (serde_json::Value, Vec<(report::Metric, f64)>, u64, String);
+
+fn record<R: Measured>(result: anyhow::Result<R>) -> anyhow::Result<Recorded> {
+    let result = result?;
+    let value = serde_json::to_value(&result).context("serialising a result")?;
+    Ok((value, result.metrics(), result.errors(), result.summary()))
+}
+
+fn progress_line(sample: &Sample, rounds: usize) -> String {
+    let head = format!(
+        "[{} {}/{}] {:<6} pid {:>7}",
+        sample.measurement,
+        sample.round,
+        rounds,
+        sample.server.name(),
+        sample.pid.map_or("-".to_string(), |p| p.to_string()),
+    );
+    let body = match (&sample.error, &sample.result) {
+        (Some(err), _) => format!("FAILED: {err}"),
+        (None, Some(_)) => sample.summary.clone(),
+        (None, None) => "no result".to_string(),
+    };
+    let exited = sample
+        .server_exited
+        .as_deref()
+        .map(|s| format!(" [server had exited: {s}]"))
+        .unwrap_or_default();
+    format!("{head}: {body}{exited}")
+}
+
+/// Anything that qualifies the table: failures, errors, servers that died or were not pinned,
+/// and which side of the loopback was the busier.
+fn notes(samples: &[Sample]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for s in samples {
+        let at = format!("{} round {} ({})", s.measurement, s.round, s.server.name());
+        if let Some(err) = &s.error {
+            notes.push(format!("{at}: measurement failed: {err}"));
+        }
+        if s.operation_errors > 0 {
+            notes.push(format!(
+                "{at}: {} failed connections/operations, see the JSON",
+                s.operation_errors
+            ));
+        }
+        if let Some(status) = &s.server_exited {
+            notes.push(format!(
+                "{at}: the server had exited during the run ({status})"
+            ));
+        }
+        if let Some(cpus) = s.server_cpus_allowed.as_deref() {
+            if cpus != server::SERVER_CPU.to_string() {
+                notes.push(format!("{at}: server allowed on CPUs {cpus}, not pinned"));
+            }
+        }
+    }
+    for measurement in ["churn", "throughput"] {
+        for kind in Kind::ALL {
+            let utilisation = |key: &str| {
+                let values: Vec<f64> = samples
+                    .iter()
+                    .filter(|s| s.measurement == measurement && s.server == kind)
+                    .filter_map(|s| s.result.as_ref()?.get(key)?.as_f64())
+                    .collect();
+                report::median(&values)
+            };
+            if let (Some(server), Some(client)) = (
+                utilisation("server_cpu_utilisation"),
+                utilisation("client_cpu_utilisation"),
+            ) {
+                notes.push(format!(
+                    "{measurement} ({}): server CPU {:.0}% of its core, client CPU {:.0}% of its core",
+                    kind.name(),
+                    server * 100.0,
+                    client * 100.0
+                ));
+            }
+        }
+    }
+    notes
+}

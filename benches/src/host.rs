@@ -1,0 +1,86 @@
+//! The machine the bench runs on, and the bench process's own setup: CPU pinning, descriptor limit.
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+/// Pins the calling process (all its future threads included) to one CPU.
+pub fn pin_self_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        bail!("CPU {cpu} is beyond CPU_SETSIZE");
+    }
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` was checked against the set's capacity above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning to CPU {cpu}"));
+    }
+    Ok(())
+}
+
+/// Raises the RLIMIT_NOFILE soft limit to the hard limit. Returns the new soft limit.
+pub fn raise_nofile() -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit with cur <= max.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// What the results were measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Online CPUs (not just the ones this process may use).
+    pub nproc: usize,
+    pub kernel: String,
+    pub cpu_model: Option<String>,
+    pub nofile_limit: u64,
+}
+
+impl Machine {
+    pub fn probe(nofile_limit: u64) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".to_string());
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            });
+        Machine {
+            nproc: usize::try_from(online).unwrap_or(0),
+            kernel,
+            cpu_model,
+            nofile_limit,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "machine: nproc={} kernel={} cpu={} nofile={}",
+            self.nproc,
+            self.kernel,
+            self.cpu_model.as_deref().unwrap_or("unknown"),
+            self.nofile_limit
+        )
+    }
+}
