@@ -10,6 +10,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use tokio::sync::Notify;
 
 /// A resizable counting limit with a wake-up on every release.
@@ -21,6 +25,9 @@ use tokio::sync::Notify;
 pub struct ConnectionLimit {
     max: AtomicUsize,
     held: AtomicUsize,
+    /// Tasks registered on `released`. Lets `release` skip the `Notify` (a mutex) when nobody waits, which
+    /// is the common case: it runs once per closed connection.
+    waiting: AtomicUsize,
     released: Notify,
 }
 
@@ -30,6 +37,7 @@ impl ConnectionLimit {
         ConnectionLimit {
             max: AtomicUsize::new(max),
             held: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             released: Notify::new(),
         }
     }
@@ -72,29 +80,81 @@ impl ConnectionLimit {
     /// Waits for a slot and takes it. The caller must [`release`](Self::release) it exactly once.
     /// Cancel-safe: if the future is dropped, no slot was taken.
     pub(crate) async fn acquire(&self) {
+        // Fast path: a free slot, no registration.
+        if self.try_acquire() {
+            return;
+        }
         loop {
-            // Register for the wake-up before checking, so a release between the check and the wait is seen.
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // Register for the wake-up before checking again, so a release in between is seen.
+            let released = self.released();
+            tokio::pin!(released);
+            released.as_mut().enable();
             if self.try_acquire() {
                 return;
             }
-            notified.await;
+            released.await;
         }
     }
 
     /// Returns a slot and wakes whoever waits for one.
     pub(crate) fn release(&self) {
-        let before = self.held.fetch_sub(1, Ordering::AcqRel);
+        // SeqCst pairs with `Released::enable`: either this load sees the waiter, or the waiter's check
+        // after registering sees the slot returned.
+        let before = self.held.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(before > 0, "released a slot that was not held");
-        self.released.notify_waiters();
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.released.notify_waiters();
+        }
     }
 
-    /// Completes at the next [`release`](Self::release) (or cap change). Register with
-    /// `enable` before the check the caller makes, as [`acquire`](Self::acquire) does.
-    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
-        self.released.notified()
+    /// Completes at the next [`release`](Self::release) (or cap change). Call `enable` on the pinned
+    /// future before checking the condition it waits for, as [`acquire`](Self::acquire) does.
+    pub(crate) fn released(&self) -> Released<'_> {
+        Released {
+            notified: self.released.notified(),
+            limit: self,
+            counted: false,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A wait for the next release, counted in `waiting` from `enable` until dropped.
+    pub(crate) struct Released<'a> {
+        #[pin]
+        notified: tokio::sync::futures::Notified<'a>,
+        limit: &'a ConnectionLimit,
+        counted: bool,
+    }
+
+    impl<'a> PinnedDrop for Released<'a> {
+        fn drop(this: Pin<&mut Self>) {
+            if this.counted {
+                this.limit.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl Released<'_> {
+    /// Registers for the wake-up now, so a release from here on is not missed.
+    pub(crate) fn enable(self: Pin<&mut Self>) {
+        let this = self.project();
+        if !*this.counted {
+            this.limit.waiting.fetch_add(1, Ordering::SeqCst);
+            *this.counted = true;
+        }
+        this.notified.enable();
+    }
+}
+
+impl Future for Released<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self;
+        this.as_mut().enable();
+        this.project().notified.poll(cx)
     }
 }
 
@@ -164,5 +224,32 @@ mod tests {
             .expect("waiter not woken by the release")
             .unwrap();
         assert_eq!(limit.held(), 1);
+    }
+
+    /// Two tasks on two threads pass one slot back and forth 20,000 times: a lost wake-up would hang.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_lost_wakeups_under_contention() {
+        let limit = Arc::new(ConnectionLimit::new(1));
+        let rounds = 10_000;
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let limit = limit.clone();
+                tokio::spawn(async move {
+                    for _ in 0..rounds {
+                        limit.acquire().await;
+                        tokio::task::yield_now().await;
+                        limit.release();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("lost wake-up")
+                .unwrap();
+        }
+        assert_eq!(limit.held(), 0);
+        assert_eq!(limit.waiting.load(Ordering::SeqCst), 0);
     }
 }
