@@ -37,12 +37,13 @@ pub struct Connection {
 pub struct ConnectionGuard {
     shared: Arc<Shared>,
     entry: Arc<Entry>,
+    id: u64,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let stats = &self.shared.stats;
-        self.shared.registry.remove(self.entry.id);
+        self.shared.registry.remove(self.id);
         Stats::add(&stats.bytes_in, self.entry.bytes_in.load(Relaxed));
         Stats::add(&stats.bytes_out, self.entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
@@ -53,18 +54,18 @@ impl Drop for ConnectionGuard {
 impl ConnectionGuard {
     /// The connection's id.
     pub fn id(&self) -> u64 {
-        self.entry.id
+        self.id
     }
 }
 
 impl Connection {
     /// Wraps a freshly accepted socket. The caller holds a slot under the cap, which passes to the guard.
     pub(crate) fn new(stream: Stream, peer: PeerAddr, shared: Arc<Shared>) -> Connection {
-        let entry = shared.registry.insert(peer);
+        let (id, entry) = shared.registry.insert(peer);
         Stats::add(&shared.stats.accepted, 1);
         Connection {
             stream,
-            guard: ConnectionGuard { shared, entry },
+            guard: ConnectionGuard { shared, entry, id },
         }
     }
 
@@ -78,7 +79,7 @@ impl Connection {
 
     /// The connection's id, unique within its server; the registry lists and closes by it.
     pub fn id(&self) -> u64 {
-        self.guard.entry.id
+        self.guard.id
     }
 
     /// The peer's address.
@@ -93,7 +94,7 @@ impl Connection {
 
     /// Time since the connection was accepted.
     pub fn age(&self) -> Duration {
-        self.guard.entry.started.elapsed()
+        self.guard.shared.registry.age(&self.guard.entry)
     }
 
     /// Bytes read so far.

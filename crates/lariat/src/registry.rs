@@ -14,9 +14,10 @@ use crate::PeerAddr;
 /// [`Connection`](crate::Connection), which counts its bytes here.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) id: u64,
     pub(crate) peer: PeerAddr,
-    pub(crate) started: Instant,
+    /// Milliseconds from the registry's epoch to the accept: half the size of an `Instant`, and the
+    /// entry is allocated once per connection.
+    pub(crate) started_ms: u64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     /// The task serving the connection, when lariat spawned it; closing aborts it, which drops the socket.
@@ -52,25 +53,45 @@ pub enum CloseError {
 }
 
 /// The live connections of one server, sharded so accept loops on different threads rarely contend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     map: DashMap<u64, Arc<Entry>>,
     next_id: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            map: DashMap::new(),
+            next_id: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Registry {
-    pub(crate) fn insert(&self, peer: PeerAddr) -> Arc<Entry> {
+    /// Registers a new connection; returns its id and its entry.
+    pub(crate) fn insert(&self, peer: PeerAddr) -> (u64, Arc<Entry>) {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let entry = Arc::new(Entry {
-            id,
             peer,
-            started: Instant::now(),
+            started_ms: self.now_ms(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             task: OnceLock::new(),
         });
         self.map.insert(id, entry.clone());
-        entry
+        (id, entry)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// How long ago `entry` was accepted (millisecond resolution).
+    pub(crate) fn age(&self, entry: &Entry) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(entry.started_ms))
     }
 
     pub(crate) fn remove(&self, id: u64) {
@@ -93,9 +114,9 @@ impl Registry {
             .map
             .iter()
             .map(|e| ConnectionInfo {
-                id: e.id,
+                id: *e.key(),
                 peer: e.peer.clone(),
-                age: e.started.elapsed(),
+                age: self.age(e.value()),
                 bytes_in: e.bytes_in.load(Relaxed),
                 bytes_out: e.bytes_out.load(Relaxed),
             })
@@ -125,17 +146,17 @@ mod tests {
     #[test]
     fn lists_and_removes() {
         let registry = Registry::default();
-        let a = registry.insert(PeerAddr::Unix);
-        let b = registry.insert(PeerAddr::Tcp("127.0.0.1:9".parse().unwrap()));
+        let (a_id, a) = registry.insert(PeerAddr::Unix);
+        let (b_id, b) = registry.insert(PeerAddr::Tcp("127.0.0.1:9".parse().unwrap()));
         a.bytes_in.fetch_add(5, Relaxed);
         let list = registry.list();
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].id, a.id);
+        assert_eq!(list[0].id, a_id);
         assert_eq!(list[0].bytes_in, 5);
         assert_eq!(list[1].peer, b.peer);
-        registry.remove(a.id);
+        registry.remove(a_id);
         assert_eq!(registry.len(), 1);
-        assert_eq!(registry.close(a.id), Err(CloseError::NotFound(a.id)));
-        assert_eq!(registry.close(b.id), Err(CloseError::NotOwned(b.id)));
+        assert_eq!(registry.close(a_id), Err(CloseError::NotFound(a_id)));
+        assert_eq!(registry.close(b_id), Err(CloseError::NotOwned(b_id)));
     }
 }
