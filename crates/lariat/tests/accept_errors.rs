@@ -28,6 +28,12 @@ const PER_CONNECTION: [i32; 13] = [
     libc::ENETUNREACH,
 ];
 
+/// A backoff far longer than any test may take: only an early wake (or shedding) can make progress.
+const LONG_BACKOFF: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_secs(30),
+    max: Duration::from_secs(30),
+};
+
 async fn round_trip(addr: std::net::SocketAddr) {
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(b"ping").await.unwrap();
@@ -133,11 +139,7 @@ async fn a_closing_connection_wakes_the_backoff_early() {
     let (listener, addr) = bind_loopback();
     let faulty = Faulty::new(listener);
     let script = faulty.script.clone();
-    // A backoff far longer than the test may take.
-    let policy = BackoffPolicy {
-        initial: Duration::from_secs(30),
-        max: Duration::from_secs(30),
-    };
+    let policy = LONG_BACKOFF;
     let server = Server::builder()
         .backoff(policy)
         .serve([faulty], echo)
@@ -229,10 +231,7 @@ async fn shed_mode_closes_queued_clients_cleanly_and_counts_them() {
         clients.push(c);
     }
     script.lock().unwrap().push_back(libc::EMFILE);
-    let policy = BackoffPolicy {
-        initial: Duration::from_secs(30),
-        max: Duration::from_secs(30),
-    };
+    let policy = LONG_BACKOFF;
     let server = Server::builder()
         .backoff(policy)
         .on_exhaustion(OnExhaustion::Shed)

@@ -102,24 +102,25 @@ async fn never_more_than_the_cap_and_all_served() {
     assert_eq!(server.handle().stats().accepted, 200);
 }
 
+/// A handler that holds its connection until the test adds a permit; each permit lets exactly one go.
+fn held_until_released(release: Arc<Semaphore>) -> impl lariat::Handler {
+    move |conn: Connection| {
+        let release = release.clone();
+        async move {
+            if let Ok(permit) = release.acquire().await {
+                permit.forget();
+            }
+            drop(conn);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raising_the_cap_admits_the_waiting_at_once() {
     let (listener, addr) = bind_loopback();
     // Handlers hold their connection until the test lets them go.
     let release = Arc::new(Semaphore::new(0));
-    let handler = {
-        let release = release.clone();
-        move |conn: Connection| {
-            let release = release.clone();
-            async move {
-                // Each permit lets exactly one handler go.
-                if let Ok(permit) = release.acquire().await {
-                    permit.forget();
-                }
-                drop(conn);
-            }
-        }
-    };
+    let handler = held_until_released(release.clone());
     let server = Server::builder()
         .max_connections(50)
         .serve([listener], handler)
@@ -153,19 +154,7 @@ async fn raising_the_cap_admits_the_waiting_at_once() {
 async fn lowering_the_cap_closes_nothing_and_applies_as_connections_end() {
     let (listener, addr) = bind_loopback();
     let release = Arc::new(Semaphore::new(0));
-    let handler = {
-        let release = release.clone();
-        move |conn: Connection| {
-            let release = release.clone();
-            async move {
-                // Each permit lets exactly one handler go.
-                if let Ok(permit) = release.acquire().await {
-                    permit.forget();
-                }
-                drop(conn);
-            }
-        }
-    };
+    let handler = held_until_released(release.clone());
     let server = Server::builder()
         .max_connections(10)
         .serve([listener], handler)

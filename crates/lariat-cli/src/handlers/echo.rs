@@ -15,7 +15,8 @@ pub async fn echo(mut conn: Connection) -> io::Result<()> {
         loop {
             buf.clear();
             match conn.try_read_buf(&mut buf) {
-                Ok(0) => return conn.shutdown().await.or(Ok(())),
+                // EOF: dropping the connection closes it (FIN after everything written).
+                Ok(0) => return Ok(()),
                 Ok(_) => conn.write_all(&buf).await?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
