@@ -221,10 +221,14 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
     stop: CancellationToken,
 ) -> Result<(), AcceptError> {
     let addr = acceptor.local_addr().clone();
+    // Created once: a fresh `cancelled()` per iteration would register a waiter under the token's mutex
+    // for every accepted connection.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let conn = tokio::select! {
             biased;
-            _ = stop.cancelled() => {
+            _ = &mut stopped => {
                 tracing::debug!(listener = %addr, "accept loop stopped");
                 return Ok(());
             }
