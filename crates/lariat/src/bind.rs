@@ -72,6 +72,13 @@ pub enum BindError {
         /// The path.
         path: PathBuf,
     },
+    /// Another process replaced the socket file while this one was binding it (two servers starting on one
+    /// path at once); the other one is serving it.
+    #[error("{} was replaced by another server while binding; it is serving the path now", path.display())]
+    UnixReplaced {
+        /// The socket path.
+        path: PathBuf,
+    },
     /// `unix:@name` was asked for on a system without abstract sockets.
     #[error("abstract Unix sockets (unix:@{name}) exist only on Linux and Android")]
     AbstractUnsupported {
@@ -140,10 +147,7 @@ pub(crate) fn bind_tcp(
     socket
         .bind(&addr.into())
         .map_err(io_err("bind", endpoint))?;
-    let backlog = opts.backlog.unwrap_or_else(default_backlog);
-    socket
-        .listen(backlog.min(i32::MAX as u32) as i32)
-        .map_err(io_err("listen on", endpoint))?;
+    listen(&socket, opts, endpoint)?;
     Ok(socket.into())
 }
 
@@ -156,17 +160,30 @@ pub(crate) struct UnixFile {
     ino: u64,
 }
 
+impl UnixFile {
+    /// Does the path still name the file we created?
+    fn is_ours(&self) -> bool {
+        std::fs::symlink_metadata(&self.path)
+            .map(|meta| meta.dev() == self.dev && meta.ino() == self.ino)
+            .unwrap_or(false)
+    }
+}
+
 impl Drop for UnixFile {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == self.dev && meta.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if self.is_ours() {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
 
 /// Binds a Unix stream socket at `path`, replacing a stale socket file but never a live one.
+///
+/// The file's identity is recorded right after `bind` and the mode applied before `listen`, so the socket
+/// is never reachable with looser permissions than asked. After `listen` the path must still be ours: two
+/// servers starting on one path at once can both see it stale (a socket bound but not yet listening
+/// refuses connections), and the loser would otherwise listen on an unlinked file. It fails instead.
+/// A narrow window remains between `bind` and the first `stat`; closing it needs a lock file.
 pub(crate) fn bind_unix_path(
     path: &Path,
     opts: &BindOptions,
@@ -174,18 +191,26 @@ pub(crate) fn bind_unix_path(
 ) -> Result<(std::os::unix::net::UnixListener, UnixFile), BindError> {
     remove_if_stale(path, endpoint)?;
     let addr = SockAddr::unix(path).map_err(io_err("use the path", endpoint))?;
-    let listener = listen_unix(&addr, opts, endpoint)?;
-    if let Some(mode) = opts.unix_mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(io_err("set the mode of", endpoint))?;
-    }
+    let socket = unix_socket(endpoint)?;
+    socket.bind(&addr).map_err(io_err("bind", endpoint))?;
     let meta = std::fs::symlink_metadata(path).map_err(io_err("stat", endpoint))?;
+    // From here on, dropping `file` (also on error) removes the socket file if it is still ours.
     let file = UnixFile {
         path: path.to_owned(),
         dev: meta.dev(),
         ino: meta.ino(),
     };
-    Ok((listener, file))
+    if let Some(mode) = opts.unix_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err("set the mode of", endpoint))?;
+    }
+    listen(&socket, opts, endpoint)?;
+    if !file.is_ours() {
+        return Err(BindError::UnixReplaced {
+            path: path.to_owned(),
+        });
+    }
+    Ok((socket.into(), file))
 }
 
 /// Binds a Linux abstract Unix socket (no file).
@@ -218,17 +243,26 @@ fn listen_unix(
     opts: &BindOptions,
     endpoint: &Endpoint,
 ) -> Result<std::os::unix::net::UnixListener, BindError> {
+    let socket = unix_socket(endpoint)?;
+    socket.bind(addr).map_err(io_err("bind", endpoint))?;
+    listen(&socket, opts, endpoint)?;
+    Ok(socket.into())
+}
+
+fn unix_socket(endpoint: &Endpoint) -> Result<Socket, BindError> {
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
         .map_err(io_err("create a socket for", endpoint))?;
     socket
         .set_nonblocking(true)
         .map_err(io_err("set non-blocking mode on", endpoint))?;
-    socket.bind(addr).map_err(io_err("bind", endpoint))?;
+    Ok(socket)
+}
+
+fn listen(socket: &Socket, opts: &BindOptions, endpoint: &Endpoint) -> Result<(), BindError> {
     let backlog = opts.backlog.unwrap_or_else(default_backlog);
     socket
         .listen(backlog.min(i32::MAX as u32) as i32)
-        .map_err(io_err("listen on", endpoint))?;
-    Ok(socket.into())
+        .map_err(io_err("listen on", endpoint))
 }
 
 /// If `path` is a socket file nobody listens on, removes it. A live socket, or anything that is not a

@@ -8,7 +8,7 @@
 //! The cap can be changed at run time. Raising it wakes the acceptor at once; lowering it below the number
 //! of live connections takes effect as they close (nothing is cut off).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +28,8 @@ pub struct ConnectionLimit {
     /// Tasks registered on `released`. Lets `release` skip the `Notify` (a mutex) when nobody waits, which
     /// is the common case: it runs once per closed connection.
     waiting: AtomicUsize,
+    /// How many slots were ever released: lets a waiter that registers late tell whether it missed one.
+    releases: AtomicU64,
     released: Notify,
 }
 
@@ -38,6 +40,7 @@ impl ConnectionLimit {
             max: AtomicUsize::new(max),
             held: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            releases: AtomicU64::new(0),
             released: Notify::new(),
         }
     }
@@ -60,16 +63,17 @@ impl ConnectionLimit {
 
     /// Takes a slot if one is free.
     pub(crate) fn try_acquire(&self) -> bool {
-        let mut held = self.held.load(Ordering::Acquire);
+        // SeqCst: this load is the waiter's half of the store-then-load pairing with `release`.
+        let mut held = self.held.load(Ordering::SeqCst);
         loop {
-            if held >= self.max.load(Ordering::Acquire) {
+            if held >= self.max.load(Ordering::SeqCst) {
                 return false;
             }
             match self.held.compare_exchange_weak(
                 held,
                 held + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => return true,
                 Err(now) => held = now,
@@ -102,9 +106,16 @@ impl ConnectionLimit {
         // after registering sees the slot returned.
         let before = self.held.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(before > 0, "released a slot that was not held");
+        self.releases.fetch_add(1, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.released.notify_waiters();
         }
+    }
+
+    /// How many slots have been released so far. Read it before an operation, and compare after
+    /// registering with [`released`](Self::released), to learn whether a release happened in between.
+    pub(crate) fn releases(&self) -> u64 {
+        self.releases.load(Ordering::SeqCst)
     }
 
     /// Completes at the next [`release`](Self::release) (or cap change). Call `enable` on the pinned

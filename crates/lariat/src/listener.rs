@@ -224,6 +224,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_successors_socket_file_is_never_removed() {
+        let dir = std::env::temp_dir().join(format!("lariat-successor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let ours = Listener::bind(&Endpoint::Unix(path.clone())).unwrap();
+        // Someone else takes the path over (a restart that unlinked and rebound it).
+        std::fs::remove_file(&path).unwrap();
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(ours);
+        assert!(path.exists(), "dropping our listener removed their socket");
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        drop(theirs);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn unix_mode_is_applied() {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("lariat-mode-{}", std::process::id()));

@@ -127,6 +127,10 @@ impl Registry {
 
     /// Closes a live connection: its task is aborted, which drops the socket (the peer sees the close) and
     /// returns its slot under the cap.
+    ///
+    /// Aborting reaches the task lariat spawned for the connection: a handler that moved its `Connection`
+    /// into a task of its own must watch for that itself. In the instant between accept and spawn a
+    /// connection answers `NotOwned`; ask again.
     pub fn close(&self, id: u64) -> Result<(), CloseError> {
         let entry = self
             .map

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::backoff::BackoffPolicy;
+use crate::accept::fan_in::FanIn;
 use crate::accept::{AcceptError, Acceptor, OnExhaustion};
 use crate::handler::{Handler, Outcome};
 use crate::listener::{AcceptSource, ListenAddr};
@@ -61,35 +62,29 @@ impl ServerBuilder {
         self
     }
 
-    /// Starts one accept loop per source, all under one cap, registry and set of counters, each connection
-    /// served by `handler` in its own task. Must be called inside a tokio runtime.
+    /// Starts one accept loop over all the sources, under one cap, registry and set of counters, each
+    /// connection served by `handler` in its own task. Must be called inside a tokio runtime.
     pub fn serve<S, H>(self, sources: impl IntoIterator<Item = S>, handler: H) -> io::Result<Server>
     where
         S: AcceptSource,
         H: Handler,
     {
         let handle = self.handle();
-        let handler = Arc::new(handler);
-        let mut acceptors = Vec::new();
-        for source in sources {
-            acceptors.push(Acceptor::new(
-                source,
-                handle.shared.clone(),
-                self.backoff,
-                self.on_exhaustion,
-            )?);
-        }
-        let addrs = acceptors.iter().map(|a| a.local_addr().clone()).collect();
-        let loops = acceptors
-            .into_iter()
-            .map(|acceptor| {
-                tokio::spawn(accept_loop(acceptor, handler.clone(), handle.stop.clone()))
-            })
-            .collect();
+        // One acceptor for all listeners, so the server holds at most one slot for a connection not yet
+        // accepted (see `accept/fan_in.rs`).
+        let fan_in = FanIn::new(sources.into_iter().collect())?;
+        let addrs = fan_in.addrs();
+        let acceptor = Acceptor::new(
+            fan_in,
+            handle.shared.clone(),
+            self.backoff,
+            self.on_exhaustion,
+        )?;
+        let accept_loop = tokio::spawn(accept_loop(acceptor, handler, handle.stop.clone()));
         Ok(Server {
             handle,
             addrs,
-            loops,
+            accept_loop,
         })
     }
 
@@ -163,14 +158,14 @@ impl ServerHandle {
 pub struct Server {
     handle: ServerHandle,
     addrs: Vec<ListenAddr>,
-    loops: Vec<JoinHandle<Result<(), AcceptError>>>,
+    accept_loop: JoinHandle<Result<(), ServerError>>,
 }
 
-/// Why a server's accept loops ended other than by [`ServerHandle::stop`].
+/// Why a server stopped accepting other than by [`ServerHandle::stop`]: every listener failed for good.
 #[derive(Debug, thiserror::Error)]
-#[error("{} accept loop(s) ended with an error; first: {}", failures.len(), failures.first().map(ToString::to_string).unwrap_or_default())]
+#[error("{} listener(s) failed for good; first: {}", failures.len(), failures.first().map(ToString::to_string).unwrap_or_default())]
 pub struct ServerError {
-    /// One entry per failed loop.
+    /// One entry per failed listener.
     pub failures: Vec<AcceptError>,
 }
 
@@ -193,34 +188,23 @@ impl Server {
     /// Waits until every accept loop has ended: after [`ServerHandle::stop`] (`Ok`), or because a listener
     /// failed for good (`Err`, with why). Live connections may still be running.
     pub async fn wait(self) -> Result<(), ServerError> {
-        let mut failures = Vec::new();
-        for task in self.loops {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => failures.push(err),
-                // A panic is a bug in lariat, not in a handler (those are caught per connection):
-                // surface it. A cancelled loop means the runtime is shutting down, which is a stop too.
-                Err(join) => {
-                    if let Ok(panic) = join.try_into_panic() {
-                        std::panic::resume_unwind(panic)
-                    }
-                }
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ServerError { failures })
+        match self.accept_loop.await {
+            Ok(result) => result,
+            // A panic is a bug in lariat, not in a handler (those are caught per connection): surface it.
+            // A cancelled loop means the runtime is shutting down, which is a stop too.
+            Err(join) => match join.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Ok(()),
+            },
         }
     }
 }
 
 async fn accept_loop<S: AcceptSource, H: Handler>(
-    mut acceptor: Acceptor<S>,
-    handler: Arc<H>,
+    mut acceptor: Acceptor<FanIn<S>>,
+    handler: H,
     stop: CancellationToken,
-) -> Result<(), AcceptError> {
-    let addr = acceptor.local_addr().clone();
+) -> Result<(), ServerError> {
     // Created once: a fresh `cancelled()` per iteration would register a waiter under the token's mutex
     // for every accepted connection.
     let stopped = stop.cancelled();
@@ -229,18 +213,20 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
         let conn = tokio::select! {
             biased;
             _ = &mut stopped => {
-                tracing::debug!(listener = %addr, "accept loop stopped");
+                tracing::debug!("accept loop stopped");
                 return Ok(());
             }
             conn = acceptor.accept() => match conn {
                 Ok(conn) => conn,
-                Err(err) => {
-                    tracing::error!(listener = %addr, error = %err.source, "accept loop ended: the listener can no longer accept");
-                    return Err(err);
+                Err(last) => {
+                    tracing::error!(listener = %last.addr, error = %last.source, "accept loop ended: no listener can accept any more");
+                    let mut failures = acceptor.source_mut().take_failures();
+                    failures.push(last);
+                    return Err(ServerError { failures });
                 }
             },
         };
-        spawn_connection(conn, &*handler);
+        spawn_connection(conn, &handler);
     }
 }
 
@@ -253,25 +239,37 @@ fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
     let entry = conn.entry().clone();
     let shared = conn.shared().clone();
     let id = conn.id();
-    let serve =
-        AssertUnwindSafe(handler.call(conn))
-            .catch_unwind()
-            .map(move |result| match result {
-                Ok(outcome) => {
-                    if let Some(err) = outcome.failure() {
-                        Stats::add(&shared.stats.handler_errors, 1);
-                        tracing::debug!(conn = id, error = %err, "handler returned an error");
-                    }
+    // `call` runs here, on the accept loop: a panic in it must not end the loop either.
+    let serve = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(conn))) {
+        Ok(serve) => serve,
+        Err(panic) => {
+            Stats::add(&shared.stats.handler_panics, 1);
+            tracing::error!(
+                conn = id,
+                panic = panic_message(&*panic),
+                "handler panicked before its future started; its connection is closed"
+            );
+            return;
+        }
+    };
+    let serve = AssertUnwindSafe(serve)
+        .catch_unwind()
+        .map(move |result| match result {
+            Ok(outcome) => {
+                if let Some(err) = outcome.failure() {
+                    Stats::add(&shared.stats.handler_errors, 1);
+                    tracing::debug!(conn = id, error = %err, "handler returned an error");
                 }
-                Err(panic) => {
-                    Stats::add(&shared.stats.handler_panics, 1);
-                    tracing::error!(
-                        conn = id,
-                        panic = panic_message(&*panic),
-                        "handler panicked; its connection is closed, the others are unaffected"
-                    );
-                }
-            });
+            }
+            Err(panic) => {
+                Stats::add(&shared.stats.handler_panics, 1);
+                tracing::error!(
+                    conn = id,
+                    panic = panic_message(&*panic),
+                    "handler panicked; its connection is closed, the others are unaffected"
+                );
+            }
+        });
     let task = tokio::spawn(serve);
     // If the task already finished, the entry is gone from the registry and this is harmless.
     let _ = entry.task.set(task.abort_handle());

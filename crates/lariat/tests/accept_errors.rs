@@ -250,3 +250,82 @@ async fn shed_mode_closes_queued_clients_cleanly_and_counts_them() {
     assert_eq!(stats.shed, 5);
     assert_eq!(stats.accepted, 0, "shed connections are not served");
 }
+
+#[tokio::test]
+async fn a_connection_closing_right_at_the_failed_accept_is_not_missed() {
+    let (listener, addr) = bind_loopback();
+    let faulty = Faulty::new(listener);
+    let script = faulty.script.clone();
+    let victim = faulty.drop_on_fault.clone();
+    // The first connection is parked where the fault injector will drop it.
+    let handler = {
+        let victim = victim.clone();
+        move |conn: lariat::Connection| {
+            let victim = victim.clone();
+            async move {
+                if conn.id() == 1 {
+                    *victim.lock().unwrap() = Some(conn);
+                    Ok(())
+                } else {
+                    echo(conn).await
+                }
+            }
+        }
+    };
+    let server = Server::builder()
+        .backoff(LONG_BACKOFF)
+        .serve([faulty], handler)
+        .unwrap();
+    let _first = TcpStream::connect(addr).await.unwrap();
+    assert!(common::eventually(Duration::from_secs(5), || victim.lock().unwrap().is_some()).await);
+    // EMFILE, and in the same instant our connection closes: the freed descriptor must end the pause.
+    script.lock().unwrap().push_back(libc::EMFILE);
+    tokio::time::timeout(Duration::from_secs(5), round_trip(addr))
+        .await
+        .expect("the release during the failed accept was missed: slept the whole backoff");
+    assert_eq!(server.handle().stats().shortage_errors, 1);
+}
+
+#[tokio::test]
+async fn a_persistent_per_connection_errno_is_backed_off_not_spun_on() {
+    // An LSM hook refusing every accept returns EPERM without consuming the queued connection.
+    let (listener, addr) = bind_loopback();
+    let faulty = Faulty::new(listener);
+    faulty.script.lock().unwrap().extend([libc::EPERM; 1000]);
+    let policy = BackoffPolicy {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(5),
+    };
+    let server = Server::builder()
+        .backoff(policy)
+        .serve([faulty], echo)
+        .unwrap();
+    round_trip(addr).await;
+    let stats = server.handle().stats();
+    assert_eq!(stats.connection_errors, 1000);
+    assert!(stats.shortage_errors >= 3, "{stats:?}");
+    assert!(stats.paused >= Duration::from_millis(15), "{stats:?}");
+}
+
+#[tokio::test]
+async fn cancelling_accept_does_not_shorten_the_backoff() {
+    let (listener, _addr) = bind_loopback();
+    let faulty = Faulty::new(listener);
+    faulty.script.lock().unwrap().extend([libc::EMFILE; 100]);
+    let polls = faulty.polls.clone();
+    let policy = BackoffPolicy {
+        initial: Duration::from_millis(300),
+        max: Duration::from_millis(300),
+    };
+    let (mut acceptor, _handle) = Server::builder().backoff(policy).acceptor(faulty).unwrap();
+    // A caller whose select! cancels accept() every 5 ms.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(250) {
+        let _ = tokio::time::timeout(Duration::from_millis(5), acceptor.accept()).await;
+    }
+    assert_eq!(
+        polls.load(Ordering::Relaxed),
+        1,
+        "each cancellation restarted the accept"
+    );
+}

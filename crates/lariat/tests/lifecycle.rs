@@ -154,3 +154,37 @@ async fn several_listeners_share_one_cap_and_registry() {
         .await
     );
 }
+
+#[tokio::test]
+async fn an_idle_listener_does_not_hold_a_slot_the_busy_one_needs() {
+    let (busy, busy_addr) = bind_loopback();
+    let (idle, _idle_addr) = bind_loopback();
+    let server = Server::builder()
+        .max_connections(2)
+        .serve([busy, idle], common::echo)
+        .unwrap();
+    let mut first = TcpStream::connect(busy_addr).await.unwrap();
+    ping(&mut first, b"one").await;
+    // One live connection, cap 2: the next client on the same listener must be served.
+    let mut second = TcpStream::connect(busy_addr).await.unwrap();
+    ping(&mut second, b"two").await;
+    assert_eq!(server.handle().stats().active, 2);
+}
+
+#[tokio::test]
+async fn a_panic_while_building_the_handler_future_is_contained() {
+    let (listener, addr) = bind_loopback();
+    let handler = |conn: Connection| {
+        assert!(conn.id() != 1, "setup bug for connection 1");
+        common::echo(conn)
+    };
+    let server = Server::builder().serve([listener], handler).unwrap();
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
+        .await
+        .expect("the connection whose handler panicked was left open");
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    ping(&mut second, b"the loop survived").await;
+    assert_eq!(server.handle().stats().handler_panics, 1);
+}

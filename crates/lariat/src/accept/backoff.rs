@@ -31,6 +31,9 @@ impl Default for BackoffPolicy {
     }
 }
 
+/// The shortest delay used, whatever the policy says: a zero delay would be a busy loop.
+const MIN_DELAY: Duration = Duration::from_millis(1);
+
 #[derive(Debug)]
 struct Episode {
     started: Instant,
@@ -48,6 +51,12 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(policy: BackoffPolicy) -> Self {
+        // A zero delay would spin; an initial delay above the cap makes no sense.
+        let max = policy.max.max(MIN_DELAY);
+        let policy = BackoffPolicy {
+            initial: policy.initial.clamp(MIN_DELAY, max),
+            max,
+        };
         Backoff {
             policy,
             next: policy.initial,
@@ -89,7 +98,11 @@ impl Backoff {
         episode.failed += 1;
         episode.cause = cause;
         let delay = self.next;
-        self.next = (self.next * 2).min(self.policy.max);
+        self.next = self
+            .next
+            .checked_mul(2)
+            .unwrap_or(self.policy.max)
+            .min(self.policy.max);
         delay
     }
 
@@ -146,6 +159,24 @@ mod tests {
         b.succeeded();
         let d = b.failed(Some(Shortage::ProcessFds), &emfile(), &addr, &stats);
         assert_eq!(d, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn extreme_policies_neither_spin_nor_overflow() {
+        let stats = Stats::default();
+        let addr = ListenAddr::Unix("/x".into());
+        let mut zero = Backoff::new(BackoffPolicy {
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+        });
+        assert_eq!(zero.failed(None, &emfile(), &addr, &stats), MIN_DELAY);
+        let mut unbounded = Backoff::new(BackoffPolicy {
+            initial: Duration::from_millis(5),
+            max: Duration::MAX,
+        });
+        for _ in 0..200 {
+            unbounded.failed(Some(Shortage::ProcessFds), &emfile(), &addr, &stats);
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod classify;
+pub(crate) mod fan_in;
 mod shed;
 
 use std::future::poll_fn;
@@ -52,6 +53,11 @@ pub struct AcceptError {
     pub source: io::Error,
 }
 
+/// After this many per-connection errors in a row, with no success and no empty backlog, the errno is
+/// not about a connection after all (an LSM hook refusing every accept, `EOPNOTSUPP` on an inherited
+/// socket of the wrong type): back off instead of retrying at once.
+const MAX_CONSECUTIVE_CONNECTION_ERRORS: u32 = 256;
+
 /// Takes connections from one [`AcceptSource`] under the server's cap.
 pub struct Acceptor<S> {
     source: S,
@@ -61,6 +67,19 @@ pub struct Acceptor<S> {
     holding_slot: bool,
     backoff: Backoff,
     reserve: Option<Reserve>,
+    /// A backoff pause in progress: when it ends, since when it runs, and the release count at the failed
+    /// accept (a release after that point frees a descriptor and ends the pause early). Kept across
+    /// cancelled `accept` calls, so a caller's `select!` cannot shorten the backoff.
+    pause: Option<Pause>,
+    /// Per-connection errors since the last success or empty backlog.
+    connection_errors_in_a_row: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    until: Instant,
+    since: Instant,
+    releases: u64,
 }
 
 impl<S> std::fmt::Debug for Acceptor<S> {
@@ -87,33 +106,55 @@ impl<S: AcceptSource> Acceptor<S> {
             holding_slot: false,
             backoff: Backoff::new(policy),
             reserve: (on_exhaustion == OnExhaustion::Shed).then(Reserve::new),
+            pause: None,
+            connection_errors_in_a_row: 0,
         })
     }
 
-    /// Where this acceptor listens.
+    /// Where this acceptor listens (the first listener, for a server with several).
     pub fn local_addr(&self) -> &ListenAddr {
         &self.addr
     }
 
+    pub(crate) fn source_mut(&mut self) -> &mut S {
+        &mut self.source
+    }
+
     /// Waits for the next connection. Returns an error only when the listener can no longer accept.
     ///
-    /// Cancel-safe: dropping the future loses no connection and keeps any slot already taken.
+    /// Cancel-safe: dropping the future loses no connection, keeps any slot already taken, and keeps a
+    /// backoff pause in progress.
     pub async fn accept(&mut self) -> Result<Connection, AcceptError> {
         loop {
-            if !self.holding_slot {
-                self.shared.limit.acquire().await;
-                self.holding_slot = true;
+            if self.pause.is_some() {
+                self.wait_out_pause().await;
             }
+            let limit = &self.shared.limit;
+            if !self.holding_slot {
+                limit.acquire().await;
+                self.holding_slot = true;
+            } else if limit.held() > limit.max() {
+                // The cap was lowered while this slot waited for a connection: give it back and queue.
+                limit.release();
+                self.holding_slot = false;
+                continue;
+            }
+            let releases = limit.releases();
             let result = poll_fn(|cx| {
                 let poll = self.source.poll_accept(cx);
-                if poll.is_pending() && self.backoff.in_episode() {
-                    self.backoff.caught_up(&self.addr);
+                // Pending from an exhausted coop budget says nothing about the backlog.
+                if poll.is_pending() && tokio::task::coop::has_budget_remaining() {
+                    self.connection_errors_in_a_row = 0;
+                    if self.backoff.in_episode() {
+                        self.backoff.caught_up(&self.addr);
+                    }
                 }
                 poll
             })
             .await;
             let err = match result {
                 Ok((stream, peer)) => {
+                    self.connection_errors_in_a_row = 0;
                     self.backoff.succeeded();
                     self.holding_slot = false;
                     return Ok(Connection::new(stream, peer, self.shared.clone()));
@@ -121,9 +162,19 @@ impl<S: AcceptSource> Acceptor<S> {
                 Err(err) => err,
             };
             match classify(&err) {
-                ErrorClass::PerConnection => {
+                ErrorClass::PerConnection
+                    if self.connection_errors_in_a_row < MAX_CONSECUTIVE_CONNECTION_ERRORS =>
+                {
+                    self.connection_errors_in_a_row += 1;
                     Stats::add(&self.shared.stats.connection_errors, 1);
                     tracing::debug!(listener = %self.addr, error = %err, "accept: connection failed before it was taken; next");
+                    // Retry at once, but yield to the runtime when this task has had its share.
+                    tokio::task::coop::consume_budget().await;
+                }
+                ErrorClass::PerConnection => {
+                    self.connection_errors_in_a_row = 0;
+                    Stats::add(&self.shared.stats.connection_errors, 1);
+                    self.start_pause(None, &err, releases);
                 }
                 ErrorClass::Fatal => {
                     return Err(AcceptError {
@@ -135,29 +186,43 @@ impl<S: AcceptSource> Acceptor<S> {
                     if let (true, Some(reserve)) = (cause.is_fds(), self.reserve.as_mut()) {
                         reserve.shed(&mut self.source, &self.shared.stats);
                     }
-                    self.pause(Some(cause), &err).await;
+                    self.start_pause(Some(cause), &err, releases);
                 }
-                ErrorClass::Unexpected => self.pause(None, &err).await,
+                ErrorClass::Unexpected => self.start_pause(None, &err, releases),
             }
         }
     }
 
-    /// Sleeps for the backoff delay, or less if one of our connections closes meanwhile.
-    async fn pause(&mut self, cause: Option<classify::Shortage>, err: &io::Error) {
+    fn start_pause(&mut self, cause: Option<classify::Shortage>, err: &io::Error, releases: u64) {
         let delay = self
             .backoff
             .failed(cause, err, &self.addr, &self.shared.stats);
-        let released = self.shared.limit.released();
+        let now = Instant::now();
+        self.pause = Some(Pause {
+            until: now + delay,
+            since: now,
+            releases,
+        });
+    }
+
+    /// Sleeps until the pause ends, or less if one of our connections closed since the failed accept.
+    async fn wait_out_pause(&mut self) {
+        let Some(pause) = self.pause else { return };
+        let limit = &self.shared.limit;
+        let released = limit.released();
         tokio::pin!(released);
         released.as_mut().enable();
-        let started = Instant::now();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = released => {}
+        // A connection that closed between the failed accept and now has already freed a descriptor.
+        if limit.releases() == pause.releases {
+            tokio::select! {
+                _ = tokio::time::sleep_until(pause.until.into()) => {}
+                _ = released => {}
+            }
         }
+        self.pause = None;
         Stats::add(
             &self.shared.stats.paused_nanos,
-            started.elapsed().as_nanos() as u64,
+            pause.since.elapsed().as_nanos() as u64,
         );
     }
 }

@@ -36,6 +36,9 @@ pub struct Faulty {
     inner: Listener,
     pub script: Arc<Mutex<VecDeque<i32>>>,
     pub polls: Arc<AtomicUsize>,
+    /// Dropped at the moment the next fault is injected: a connection that closes between the failed
+    /// accept and the backoff, the window where a wake-up is easiest to miss.
+    pub drop_on_fault: Arc<Mutex<Option<Connection>>>,
 }
 
 impl Faulty {
@@ -44,6 +47,7 @@ impl Faulty {
             inner,
             script: Arc::default(),
             polls: Arc::default(),
+            drop_on_fault: Arc::default(),
         }
     }
 }
@@ -52,6 +56,7 @@ impl AcceptSource for Faulty {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, PeerAddr)>> {
         self.polls.fetch_add(1, Ordering::Relaxed);
         if let Some(code) = self.script.lock().unwrap().pop_front() {
+            drop(self.drop_on_fault.lock().unwrap().take());
             return Poll::Ready(Err(io::Error::from_raw_os_error(code)));
         }
         self.inner.poll_accept(cx)
