@@ -26,7 +26,7 @@ pub struct StatsSnapshot {
     pub accepted: u64,
     /// Connections open now (accepted minus closed).
     pub active: u64,
-    /// Connections closed (by the handler, the peer, or [`close`](crate::Server::close_connection)).
+    /// Connections closed (by the handler, the peer, or [`close`](crate::ServerHandle::close_connection)).
     pub closed: u64,
     /// `accept(2)` errors that concerned one connection and were retried at once.
     pub connection_errors: u64,
