@@ -4,7 +4,7 @@
 //! 1. take a slot under the connection cap first, so the server never holds more than the cap (at the cap,
 //!    clients wait in the kernel backlog);
 //! 2. accept;
-//! 3. on error, act by errno ([`classify`]): retry a per-connection error at once, back off from a shortage
+//! 3. on error, act by errno ([`classify()`]): retry a per-connection error at once, back off from a shortage
 //!    (waking early when one of our connections frees a descriptor, optionally shedding with a reserved
 //!    descriptor), and end on a fatal error, never spinning.
 //!
