@@ -46,18 +46,20 @@ async fn serve<H: Handler>(
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let server = builder
-        .serve(listeners, handler)
-        .context("starting the accept loops")?;
+    // The accept loop runs on this (block_on's) thread and the connections on the runtime's workers, so
+    // accepting and serving proceed in parallel even with one worker.
+    let (running, accept_loop) = builder
+        .run(listeners, handler)
+        .context("starting the accept loop")?;
     {
         let mut out = std::io::stdout().lock();
-        for addr in server.local_addrs() {
+        for addr in &running.addrs {
             writeln!(out, "listening on {addr}")?;
         }
         out.flush()?;
     }
-    let handle = server.handle().clone();
-    let wait = server.wait();
+    let handle = running.handle;
+    let wait = accept_loop;
     tokio::pin!(wait);
 
     let signal_name = tokio::select! {

@@ -63,6 +63,8 @@ pub use handler::{BoxError, Handler, Outcome};
 pub use limit::ConnectionLimit;
 pub use listener::{AcceptSource, ListenAddr, Listener};
 pub use registry::{CloseError, ConnectionInfo, Registry};
-pub use server::{Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS};
+pub use server::{
+    Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,
+};
 pub use stats::{Stats, StatsSnapshot};
 pub use stream::{LocalAddr, PeerAddr, Stream};

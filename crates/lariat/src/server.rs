@@ -2,6 +2,7 @@
 //! and steer them (counters, registry, cap, stop).
 
 use std::any::Any;
+use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -69,6 +70,29 @@ impl ServerBuilder {
         S: AcceptSource,
         H: Handler,
     {
+        let (running, accept_loop) = self.run(sources, handler)?;
+        Ok(Server {
+            handle: running.handle,
+            addrs: running.addrs,
+            accept_loop: tokio::spawn(accept_loop),
+        })
+    }
+
+    /// Like [`serve`](Self::serve), but hands the accept loop back as a future for the caller to drive,
+    /// instead of spawning it: for example on `block_on`'s own thread, so accepting and serving run on
+    /// different threads. The future ends after [`ServerHandle::stop`] or when every listener failed.
+    pub fn run<S, H>(
+        self,
+        sources: impl IntoIterator<Item = S>,
+        handler: H,
+    ) -> io::Result<(
+        Running,
+        impl Future<Output = Result<(), ServerError>> + Send + 'static,
+    )>
+    where
+        S: AcceptSource,
+        H: Handler,
+    {
         let handle = self.handle();
         // One acceptor for all listeners, so the server holds at most one slot for a connection not yet
         // accepted (see `accept/fan_in.rs`).
@@ -80,12 +104,8 @@ impl ServerBuilder {
             self.backoff,
             self.on_exhaustion,
         )?;
-        let accept_loop = tokio::spawn(accept_loop(acceptor, handler, handle.stop.clone()));
-        Ok(Server {
-            handle,
-            addrs,
-            accept_loop,
-        })
+        let accept_loop = accept_loop(acceptor, handler, handle.stop.clone());
+        Ok((Running { handle, addrs }, accept_loop))
     }
 
     /// An acceptor for a loop of your own (the axum adapter uses this), with the handle that observes it.
@@ -151,6 +171,15 @@ impl ServerHandle {
     pub fn is_stopped(&self) -> bool {
         self.stop.is_cancelled()
     }
+}
+
+/// What [`ServerBuilder::run`] returns besides the accept loop: the handle and the bound addresses.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Observes and steers the server.
+    pub handle: ServerHandle,
+    /// The addresses the listeners are bound to, in the order given.
+    pub addrs: Vec<ListenAddr>,
 }
 
 /// A running server: accept loops on its listeners, each connection in its own task.
