@@ -34,6 +34,27 @@ const LONG_BACKOFF: BackoffPolicy = BackoffPolicy {
     max: Duration::from_secs(30),
 };
 
+/// A constant 5 ms backoff, so that pauses are short but measurable.
+const SHORT_BACKOFF: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_millis(5),
+    max: Duration::from_millis(5),
+};
+
+/// An echo server whose accept(2) first fails with each of `codes`, in order.
+fn serve_with_faults(
+    codes: &[i32],
+    policy: BackoffPolicy,
+) -> (lariat::Server, std::net::SocketAddr) {
+    let (listener, addr) = bind_loopback();
+    let faulty = Faulty::new(listener);
+    faulty.script.lock().unwrap().extend(codes);
+    let server = Server::builder()
+        .backoff(policy)
+        .serve([faulty], echo)
+        .unwrap();
+    (server, addr)
+}
+
 async fn round_trip(addr: std::net::SocketAddr) {
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(b"ping").await.unwrap();
@@ -201,17 +222,7 @@ async fn fatal_errors_end_the_loop_cleanly_without_spinning() {
 
 #[tokio::test]
 async fn an_undocumented_errno_is_backed_off_not_fatal() {
-    let (listener, addr) = bind_loopback();
-    let faulty = Faulty::new(listener);
-    faulty.script.lock().unwrap().extend([libc::EDOM; 3]);
-    let policy = BackoffPolicy {
-        initial: Duration::from_millis(5),
-        max: Duration::from_millis(5),
-    };
-    let server = Server::builder()
-        .backoff(policy)
-        .serve([faulty], echo)
-        .unwrap();
+    let (server, addr) = serve_with_faults(&[libc::EDOM; 3], SHORT_BACKOFF);
     round_trip(addr).await;
     let stats = server.handle().stats();
     assert_eq!(stats.shortage_errors, 3);
@@ -289,17 +300,7 @@ async fn a_connection_closing_right_at_the_failed_accept_is_not_missed() {
 #[tokio::test]
 async fn a_persistent_per_connection_errno_is_backed_off_not_spun_on() {
     // An LSM hook refusing every accept returns EPERM without consuming the queued connection.
-    let (listener, addr) = bind_loopback();
-    let faulty = Faulty::new(listener);
-    faulty.script.lock().unwrap().extend([libc::EPERM; 1000]);
-    let policy = BackoffPolicy {
-        initial: Duration::from_millis(5),
-        max: Duration::from_millis(5),
-    };
-    let server = Server::builder()
-        .backoff(policy)
-        .serve([faulty], echo)
-        .unwrap();
+    let (server, addr) = serve_with_faults(&[libc::EPERM; 1000], SHORT_BACKOFF);
     round_trip(addr).await;
     let stats = server.handle().stats();
     assert_eq!(stats.connection_errors, 1000);
