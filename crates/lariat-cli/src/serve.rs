@@ -59,12 +59,11 @@ async fn serve<H: Handler>(
         out.flush()?;
     }
     let handle = running.handle;
-    let wait = accept_loop;
-    tokio::pin!(wait);
+    tokio::pin!(accept_loop);
 
     let signal_name = tokio::select! {
-        result = &mut wait => {
-            // Every accept loop ended on its own: a listener failed for good.
+        result = &mut accept_loop => {
+            // The accept loop ended on its own: every listener failed for good.
             result.context("the server stopped accepting")?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -79,6 +78,6 @@ async fn serve<H: Handler>(
         "stopping: no longer accepting"
     );
     handle.stop();
-    wait.await.context("the server stopped accepting")?;
+    accept_loop.await.context("the server stopped accepting")?;
     Ok(ExitCode::SUCCESS)
 }

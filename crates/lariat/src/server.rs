@@ -72,8 +72,7 @@ impl ServerBuilder {
     {
         let (running, accept_loop) = self.run(sources, handler)?;
         Ok(Server {
-            handle: running.handle,
-            addrs: running.addrs,
+            running,
             accept_loop: tokio::spawn(accept_loop),
         })
     }
@@ -93,17 +92,11 @@ impl ServerBuilder {
         S: AcceptSource,
         H: Handler,
     {
-        let handle = self.handle();
         // One acceptor for all listeners, so the server holds at most one slot for a connection not yet
         // accepted (see `accept/fan_in.rs`).
         let fan_in = FanIn::new(sources.into_iter().collect())?;
         let addrs = fan_in.addrs();
-        let acceptor = Acceptor::new(
-            fan_in,
-            handle.shared.clone(),
-            self.backoff,
-            self.on_exhaustion,
-        )?;
+        let (acceptor, handle) = self.acceptor(fan_in)?;
         let accept_loop = accept_loop(acceptor, handler, handle.stop.clone());
         Ok((Running { handle, addrs }, accept_loop))
     }
@@ -185,8 +178,7 @@ pub struct Running {
 /// A running server: accept loops on its listeners, each connection in its own task.
 #[derive(Debug)]
 pub struct Server {
-    handle: ServerHandle,
-    addrs: Vec<ListenAddr>,
+    running: Running,
     accept_loop: JoinHandle<Result<(), ServerError>>,
 }
 
@@ -206,12 +198,12 @@ impl Server {
 
     /// The handle that observes and steers this server.
     pub fn handle(&self) -> &ServerHandle {
-        &self.handle
+        &self.running.handle
     }
 
     /// The addresses the listeners are bound to (real ports for port 0), in the order given.
     pub fn local_addrs(&self) -> &[ListenAddr] {
-        &self.addrs
+        &self.running.addrs
     }
 
     /// Waits until every accept loop has ended: after [`ServerHandle::stop`] (`Ok`), or because a listener
