@@ -1,5 +1,6 @@
 //! [`Connection`]: what a handler receives. It owns the socket, so no other task can read its bytes.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,37 +36,39 @@ pub struct Connection {
 /// (with the stream, or on its own after [`Connection::into_parts`]) it gives both back.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    shared: Arc<Shared>,
+    // One pointer: the entry holds the id and the server's shared state. Every idle connection's task
+    // carries this, and tokio sizes task cells in steps of 128 bytes.
     entry: Arc<Entry>,
-    id: u64,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let stats = &self.shared.stats;
-        self.shared.registry.remove(self.id);
-        Stats::add(&stats.bytes_in, self.entry.bytes_in.load(Relaxed));
-        Stats::add(&stats.bytes_out, self.entry.bytes_out.load(Relaxed));
+        let entry = &self.entry;
+        let shared = &entry.shared;
+        let stats = &shared.stats;
+        shared.registry.remove(entry.id);
+        Stats::add(&stats.bytes_in, entry.bytes_in.load(Relaxed));
+        Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
-        self.shared.limit.release();
+        shared.limit.release();
     }
 }
 
 impl ConnectionGuard {
     /// The connection's id.
     pub fn id(&self) -> u64 {
-        self.id
+        self.entry.id
     }
 }
 
 impl Connection {
     /// Wraps a freshly accepted socket. The caller holds a slot under the cap, which passes to the guard.
     pub(crate) fn new(stream: Stream, peer: PeerAddr, shared: Arc<Shared>) -> Connection {
-        let (id, entry) = shared.registry.insert(peer);
         Stats::add(&shared.stats.accepted, 1);
+        let entry = shared.registry.insert(peer, shared.clone());
         Connection {
             stream,
-            guard: ConnectionGuard { shared, entry, id },
+            guard: ConnectionGuard { entry },
         }
     }
 
@@ -73,13 +76,9 @@ impl Connection {
         &self.guard.entry
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.guard.shared
-    }
-
     /// The connection's id, unique within its server; the registry lists and closes by it.
     pub fn id(&self) -> u64 {
-        self.guard.id
+        self.guard.entry.id
     }
 
     /// The peer's address.
@@ -94,7 +93,7 @@ impl Connection {
 
     /// Time since the connection was accepted.
     pub fn age(&self) -> Duration {
-        self.guard.shared.registry.age(&self.guard.entry)
+        self.guard.entry.shared.registry.age(&self.guard.entry)
     }
 
     /// Bytes read so far.
@@ -115,8 +114,10 @@ impl Connection {
 
     /// Waits until there is something to read, without a buffer. A handler that parks here between
     /// messages holds no read buffer, which is what keeps idle connections cheap.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.stream.readable().await
+    pub fn readable(&self) -> impl Future<Output = io::Result<()>> + '_ {
+        // A plain future, not an `async fn` around one: each async layer adds its own state to every
+        // idle connection's task.
+        self.stream.readable()
     }
 
     /// Reads what is available now, or fails with [`io::ErrorKind::WouldBlock`]. Counted.

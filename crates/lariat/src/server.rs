@@ -258,34 +258,34 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
 /// idle connection.
 fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
     let entry = conn.entry().clone();
-    let shared = conn.shared().clone();
-    let id = conn.id();
     // `call` runs here, on the accept loop: a panic in it must not end the loop either.
     let serve = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(conn))) {
         Ok(serve) => serve,
         Err(panic) => {
-            Stats::add(&shared.stats.handler_panics, 1);
+            Stats::add(&entry.shared.stats.handler_panics, 1);
             tracing::error!(
-                conn = id,
+                conn = entry.id,
                 panic = panic_message(&*panic),
                 "handler panicked before its future started; its connection is closed"
             );
             return;
         }
     };
+    // The wrapper keeps one pointer (the entry) so the task of an idle connection stays small.
+    let done = entry.clone();
     let serve = AssertUnwindSafe(serve)
         .catch_unwind()
         .map(move |result| match result {
             Ok(outcome) => {
                 if let Some(err) = outcome.failure() {
-                    Stats::add(&shared.stats.handler_errors, 1);
-                    tracing::debug!(conn = id, error = %err, "handler returned an error");
+                    Stats::add(&done.shared.stats.handler_errors, 1);
+                    tracing::debug!(conn = done.id, error = %err, "handler returned an error");
                 }
             }
             Err(panic) => {
-                Stats::add(&shared.stats.handler_panics, 1);
+                Stats::add(&done.shared.stats.handler_panics, 1);
                 tracing::error!(
-                    conn = id,
+                    conn = done.id,
                     panic = panic_message(&*panic),
                     "handler panicked; its connection is closed, the others are unaffected"
                 );

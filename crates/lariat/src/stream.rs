@@ -53,8 +53,8 @@ impl Stream {
     /// Built on `poll_read_ready`, which parks the task in the socket's own reader slot, so the wait adds
     /// no waiter node to the connection's future (about 100 bytes per idle connection). As with
     /// `AsyncRead`, one task reads a connection at a time.
-    pub async fn readable(&self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
+    pub fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + '_ {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx))
     }
 
     /// Polls for read readiness (see [`readable`](Self::readable)).

@@ -1,5 +1,6 @@
 //! `echo`: writes back every byte read, until the peer closes.
 
+use std::future::Future;
 use std::io;
 
 use lariat::Connection;
@@ -8,18 +9,25 @@ use tokio::io::AsyncWriteExt;
 use super::READ_BUFFER;
 
 /// Echoes until EOF. Between bursts it waits for readiness holding no buffer.
-pub async fn echo(mut conn: Connection) -> io::Result<()> {
-    loop {
-        conn.readable().await?;
-        let mut buf = Vec::with_capacity(READ_BUFFER);
+///
+/// A plain `fn` returning an `async move` block, not an `async fn`: rustc stores an `async fn`'s
+/// argument twice in its future (rust-lang/rust#62958), which here costs 48 bytes in every idle
+/// connection's task and pushes the task cell from 256 to 384 bytes.
+#[allow(clippy::manual_async_fn)] // deliberate: an `async fn` stores its argument twice
+pub fn echo(mut conn: Connection) -> impl Future<Output = io::Result<()>> {
+    async move {
         loop {
-            buf.clear();
-            match conn.try_read_buf(&mut buf) {
-                // EOF: dropping the connection closes it (FIN after everything written).
-                Ok(0) => return Ok(()),
-                Ok(_) => conn.write_all(&buf).await?,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+            conn.readable().await?;
+            let mut buf = Vec::with_capacity(READ_BUFFER);
+            loop {
+                buf.clear();
+                match conn.try_read_buf(&mut buf) {
+                    // EOF: dropping the connection closes it (FIN after everything written).
+                    Ok(0) => return Ok(()),
+                    Ok(_) => conn.write_all(&buf).await?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
@@ -30,7 +38,8 @@ mod tests {
     use super::*;
 
     /// Every idle connection carries this future; the 1 KiB-per-idle-connection budget depends on it
-    /// staying small (tokio rounds task cells up to 128 bytes).
+    /// staying small. tokio's task cell is about 104 bytes plus the future, rounded up to 128 on x86_64;
+    /// lariat's wrapper adds 8 bytes and a tag. At most 128 bytes here keeps the cell at 256.
     #[tokio::test]
     async fn the_echo_future_stays_small() {
         let listener = lariat::Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
@@ -44,6 +53,6 @@ mod tests {
             .unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let size = rx.recv().await.unwrap();
-        assert!(size <= 256, "echo future grew to {size} bytes");
+        assert!(size <= 128, "echo future grew to {size} bytes");
     }
 }

@@ -1,0 +1,134 @@
+//! What one idle connection costs the server in heap, counted by a global allocator.
+//!
+//! The benchmark measures resident memory per idle connection against a 1 KiB budget; this test pins the
+//! parts lariat controls so a regression shows up in `cargo test`, not only in a benchmark run. On x86_64
+//! an idle connection holds three allocations:
+//! - tokio's task cell: about 104 bytes plus the connection's future, rounded up to 128 (256 when the
+//!   future stays under about 150 bytes, 384 above);
+//! - tokio's `ScheduledIo` for the socket's registration (256: it is cache-line aligned);
+//! - lariat's registry entry (104), plus its slot in the registry's hash map.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use common::{bind_loopback, eventually};
+use lariat::{Connection, Server};
+use tokio::io::AsyncWriteExt;
+
+/// Counts the bytes live in allocations made while `COUNTING` is on.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters only observe.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_add(layout.size() as isize, Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// An echo handler shaped like `lariat serve --handler echo`: between bursts it waits for readiness
+/// holding no buffer. A `fn` returning `async move` because an `async fn` stores its argument twice.
+#[allow(clippy::manual_async_fn)] // deliberate: an `async fn` stores its argument twice
+fn echo(mut conn: Connection) -> impl Future<Output = io::Result<()>> {
+    async move {
+        loop {
+            conn.readable().await?;
+            let mut buf = Vec::with_capacity(64 * 1024);
+            loop {
+                buf.clear();
+                match conn.try_read_buf(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => conn.write_all(&buf).await?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+const WARM_UP: usize = 100;
+const IDLE: usize = 2_000;
+/// Task 256 + `ScheduledIo` 256 + entry 104 + hash-map share, with room for the map's growth. A task
+/// cell of 384 (a future grown past about 150 bytes) fails it.
+const BUDGET_PER_CONNECTION: isize = 700;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_costs_the_server_under_700_heap_bytes() {
+    let (listener, addr) = bind_loopback();
+    let server = Server::builder().serve([listener], echo).unwrap();
+    let handle = server.handle().clone();
+
+    // Clients are blocking std sockets on a plain thread: they allocate nothing on the heap per connection.
+    let connect = move |n: usize| {
+        std::thread::spawn(move || {
+            (0..n)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+
+    // Warm up: the runtime's and the registry's first allocations are not per connection.
+    let warm = connect(WARM_UP).join().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || handle.stats().active
+            == WARM_UP as u64)
+        .await
+    );
+    drop(warm);
+    assert!(eventually(Duration::from_secs(10), || handle.stats().active == 0).await);
+
+    COUNTING.store(true, Relaxed);
+    let idle = connect(IDLE).join().unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || handle.stats().active
+            == IDLE as u64)
+        .await,
+        "only {} of {IDLE} connections were accepted",
+        handle.stats().active
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    COUNTING.store(false, Relaxed);
+    let per_connection = LIVE.load(Relaxed) / IDLE as isize;
+    eprintln!("idle connection: {per_connection} heap bytes");
+    drop(idle);
+
+    assert!(
+        per_connection <= BUDGET_PER_CONNECTION,
+        "an idle connection costs {per_connection} heap bytes (budget {BUDGET_PER_CONNECTION})"
+    );
+    assert!(
+        per_connection >= 256,
+        "the count missed the connections ({per_connection} B)"
+    );
+}
