@@ -1,5 +1,7 @@
 //! Command-line arguments.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use lariat::Endpoint;
 
@@ -47,6 +49,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
 
+    /// On SIGTERM/SIGINT, how long live connections get to finish before they are closed (e.g. 30s,
+    /// 500ms). A second signal closes them at once.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Runtime worker threads [default: the CPUs this process may run on].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -82,6 +89,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// `30s`, `500ms`, `2m`, or a bare number of seconds (`1.5`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 30s, 500ms, 2m)"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
 fn parse_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .map_err(|e| format!("`{text}` is not an octal mode: {e}"))
@@ -90,6 +116,17 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 
     #[test]
     fn modes_are_octal() {

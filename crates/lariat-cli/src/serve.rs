@@ -4,7 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lariat::{BindOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder};
+use lariat::{
+    BindOptions, DrainOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder, ServerHandle,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{Exhaustion, HandlerKind, ServeArgs};
@@ -31,9 +33,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
     // Monomorphised per handler: no boxing on the per-connection path.
     match args.handler {
-        HandlerKind::Echo => serve(builder, listeners, handlers::echo::echo).await,
-        HandlerKind::Discard => serve(builder, listeners, handlers::discard::discard).await,
-        HandlerKind::HttpHello => serve(builder, listeners, handlers::http_hello::http_hello).await,
+        HandlerKind::Echo => serve(builder, listeners, handlers::echo::echo, &args).await,
+        HandlerKind::Discard => serve(builder, listeners, handlers::discard::discard, &args).await,
+        HandlerKind::HttpHello => {
+            serve(builder, listeners, handlers::http_hello::http_hello, &args).await
+        }
     }
 }
 
@@ -41,6 +45,7 @@ async fn serve<H: Handler>(
     builder: ServerBuilder,
     listeners: Vec<Listener>,
     handler: H,
+    args: &ServeArgs,
 ) -> anyhow::Result<ExitCode> {
     // Register for signals before announcing readiness, so a signal sent right after the line is seen.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -51,13 +56,7 @@ async fn serve<H: Handler>(
     let (running, accept_loop) = builder
         .run(listeners, handler)
         .context("starting the accept loop")?;
-    {
-        let mut out = std::io::stdout().lock();
-        for addr in &running.addrs {
-            writeln!(out, "listening on {addr}")?;
-        }
-        out.flush()?;
-    }
+    announce(&running.addrs);
     let handle = running.handle;
     tokio::pin!(accept_loop);
 
@@ -74,10 +73,57 @@ async fn serve<H: Handler>(
     tracing::info!(
         signal = signal_name,
         active = stats.active,
-        accepted = stats.accepted,
-        "stopping: no longer accepting"
+        deadline_ms = args.drain_timeout.as_millis() as u64,
+        "draining: serving the queued clients and the live connections, admitting no new ones"
     );
-    handle.stop();
-    accept_loop.await.context("the server stopped accepting")?;
-    Ok(ExitCode::SUCCESS)
+    let opts = DrainOptions {
+        timeout: args.drain_timeout,
+        ..DrainOptions::default()
+    };
+    // The drain needs the accept loop driven (it empties the queues), so both run here.
+    let drain = handle.drain(opts);
+    tokio::pin!(drain);
+    let mut accept_loop_done = false;
+    let report = loop {
+        tokio::select! {
+            result = &mut accept_loop, if !accept_loop_done => {
+                accept_loop_done = true;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "a listener failed while draining");
+                }
+            }
+            report = &mut drain => break report,
+            _ = sigterm.recv() => force(&handle, "SIGTERM"),
+            _ = sigint.recv() => force(&handle, "SIGINT"),
+        }
+    };
+    Ok(if report.is_complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FORCED)
+    })
+}
+
+/// Prints one `listening on ADDR` line per listener on stdout, flushed. A closed stdout is logged, not
+/// fatal: a successor started by a restart inherits a stdout its supervisor may have stopped reading.
+fn announce(addrs: &[lariat::ListenAddr]) {
+    let mut out = std::io::stdout().lock();
+    let printed = addrs
+        .iter()
+        .try_for_each(|addr| writeln!(out, "listening on {addr}"))
+        .and_then(|()| out.flush());
+    if let Err(e) = printed {
+        tracing::warn!(error = %e, "cannot print the listening addresses on stdout");
+    }
+    for addr in addrs {
+        tracing::info!(listener = %addr, "listening");
+    }
+}
+
+/// The exit code after a drain that had to close connections (or left clients queued).
+pub const EXIT_FORCED: u8 = 3;
+
+fn force(handle: &ServerHandle, signal: &str) {
+    tracing::warn!(signal, "second signal: closing every connection now");
+    handle.force();
 }

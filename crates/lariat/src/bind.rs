@@ -158,14 +158,34 @@ pub(crate) struct UnixFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// False once the path was removed or given up: drop leaves it alone.
+    armed: bool,
 }
 
 impl UnixFile {
+    /// Removes the path now, if it still names our socket (a drain: new clients get `ENOENT` while the
+    /// socket's queue is served). Nothing is left to remove on drop.
+    pub(crate) fn remove_now(&mut self) -> io::Result<()> {
+        let result = if self.is_ours() {
+            std::fs::remove_file(&self.path)
+        } else {
+            Ok(())
+        };
+        self.disarm();
+        result
+    }
+
+    /// Forgets the path: it belongs to another process now (a successor took the socket over).
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
     /// Does the path still name the file we created?
     fn is_ours(&self) -> bool {
-        std::fs::symlink_metadata(&self.path)
-            .map(|meta| meta.dev() == self.dev && meta.ino() == self.ino)
-            .unwrap_or(false)
+        self.armed
+            && std::fs::symlink_metadata(&self.path)
+                .map(|meta| meta.dev() == self.dev && meta.ino() == self.ino)
+                .unwrap_or(false)
     }
 }
 
@@ -199,6 +219,7 @@ pub(crate) fn bind_unix_path(
         path: path.to_owned(),
         dev: meta.dev(),
         ino: meta.ino(),
+        armed: true,
     };
     if let Some(mode) = opts.unix_mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

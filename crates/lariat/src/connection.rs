@@ -9,6 +9,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::registry::Entry;
 use crate::shared::Shared;
@@ -51,6 +52,9 @@ impl Drop for ConnectionGuard {
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         shared.limit.release();
+        if shared.drain.draining.is_cancelled() {
+            shared.drain.connection_closed.notify_waiters();
+        }
     }
 }
 
@@ -89,6 +93,19 @@ impl Connection {
     /// The local address of this connection (a `getsockname` call, made only when asked).
     pub fn local_addr(&self) -> io::Result<LocalAddr> {
         self.stream.local_addr()
+    }
+
+    /// Completes when the server begins to drain ([`ServerHandle::drain`](crate::ServerHandle::drain)):
+    /// a handler that can end its conversation early (an HTTP server closing an idle keep-alive, a
+    /// protocol with a goodbye message) awaits this alongside its reads. Connections that ignore it still
+    /// get until the drain's deadline.
+    pub fn draining(&self) -> WaitForCancellationFuture<'_> {
+        self.guard.entry.shared.drain.draining.cancelled()
+    }
+
+    /// True once the server has begun to drain.
+    pub fn is_draining(&self) -> bool {
+        self.guard.entry.shared.drain.draining.is_cancelled()
     }
 
     /// Time since the connection was accepted.

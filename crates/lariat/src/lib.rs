@@ -16,6 +16,8 @@
 //! * **Hand-off** ([`Connection`]): the socket moves to its handler, in its own task; nothing else reads it.
 //!   A panicking handler is caught and counted.
 //! * **Observing** ([`ServerHandle`]): live connection registry, close by id, counters.
+//! * **Draining** ([`ServerHandle::drain`], [`drain`]): stop new clients without resetting queued ones,
+//!   tell handlers, let live connections finish up to a deadline, then close and count the rest.
 //!
 //! ```no_run
 //! use tokio::io::AsyncWriteExt;
@@ -40,6 +42,7 @@
 pub mod accept;
 mod bind;
 mod connection;
+pub mod drain;
 mod endpoint;
 mod handler;
 mod limit;
@@ -58,6 +61,7 @@ pub use accept::classify::{classify, ErrorClass, Shortage};
 pub use accept::{AcceptError, Acceptor, OnExhaustion};
 pub use bind::{default_backlog, BindError, BindOptions};
 pub use connection::{Connection, ConnectionGuard};
+pub use drain::{DrainOptions, DrainReport};
 pub use endpoint::{Endpoint, ParseEndpointError};
 pub use handler::{BoxError, Handler, Outcome};
 pub use limit::ConnectionLimit;

@@ -55,6 +55,15 @@ pub trait AcceptSource: Send + 'static {
 
     /// The address this source listens on.
     fn local_addr(&self) -> io::Result<ListenAddr>;
+
+    /// Drain stage one: stop new clients from reaching the queue, keeping the clients already in it
+    /// (see [`drain`](crate::drain)). Best effort; the default does nothing.
+    fn refuse_new(&mut self) {}
+
+    /// How many clients wait in the queue, where the OS reports it.
+    fn queued(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A bound, listening socket (TCP or Unix), registered with the tokio runtime.
@@ -64,7 +73,10 @@ pub struct Listener {
     /// Set `TCP_NODELAY` on each accepted socket (only where the OS does not inherit it from the listener).
     nodelay_per_accept: bool,
     /// Removes our socket file on drop. Declared after `socket` so the socket closes first.
-    _unix_file: Option<UnixFile>,
+    unix_file: Option<UnixFile>,
+    /// Another process (a supervisor such as systemd) keeps its own descriptor for this socket and its
+    /// queue: a drain leaves the socket alone, since closing ours loses nothing.
+    supervised: bool,
 }
 
 enum Socket {
@@ -101,7 +113,8 @@ impl Listener {
                     socket: Socket::Tcp(tokio),
                     addr: ListenAddr::Tcp(local),
                     nodelay_per_accept: opts.nodelay && !cfg!(target_os = "linux"),
-                    _unix_file: None,
+                    unix_file: None,
+                    supervised: false,
                 })
             }
             Endpoint::Unix(path) => {
@@ -111,7 +124,8 @@ impl Listener {
                     socket: Socket::Unix(tokio),
                     addr: ListenAddr::Unix(path.clone()),
                     nodelay_per_accept: false,
-                    _unix_file: Some(file),
+                    unix_file: Some(file),
+                    supervised: false,
                 })
             }
             Endpoint::UnixAbstract(name) => {
@@ -121,7 +135,8 @@ impl Listener {
                     socket: Socket::Unix(tokio),
                     addr: ListenAddr::UnixAbstract(name.clone()),
                     nodelay_per_accept: false,
-                    _unix_file: None,
+                    unix_file: None,
+                    supervised: false,
                 })
             }
         }
@@ -153,6 +168,37 @@ impl AcceptSource for Listener {
 
     fn local_addr(&self) -> io::Result<ListenAddr> {
         Ok(self.addr.clone())
+    }
+
+    fn refuse_new(&mut self) {
+        if self.supervised {
+            tracing::debug!(listener = %self.addr, "drain: socket kept by its supervisor, left as is");
+            return;
+        }
+        let refused = match (&self.socket, &mut self.unix_file) {
+            (Socket::Tcp(l), _) => crate::drain::syn_filter::drop_new_syns(l),
+            // Unlinked, the path refuses new clients (ENOENT); the socket and its queue stay.
+            (Socket::Unix(_), Some(file)) => file.remove_now(),
+            (Socket::Unix(_), None) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an abstract socket has no path to remove",
+            )),
+        };
+        match refused {
+            Ok(()) => tracing::debug!(listener = %self.addr, "drain: refusing new clients"),
+            Err(e) => tracing::info!(
+                listener = %self.addr,
+                error = %e,
+                "drain: cannot refuse new clients while the queue drains; a client arriving just before the close may be reset"
+            ),
+        }
+    }
+
+    fn queued(&self) -> Option<usize> {
+        match &self.socket {
+            Socket::Tcp(l) => crate::drain::syn_filter::accept_queue_len(l).ok(),
+            Socket::Unix(_) => None,
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::backoff::BackoffPolicy;
 use crate::accept::fan_in::FanIn;
 use crate::accept::{AcceptError, Acceptor, OnExhaustion};
+use crate::drain::{self, DrainOptions, DrainReport};
 use crate::handler::{Handler, Outcome};
 use crate::listener::{AcceptSource, ListenAddr};
 use crate::registry::{CloseError, ConnectionInfo};
@@ -24,6 +25,9 @@ use crate::Connection;
 /// The default connection cap. Bounded by default: an unbounded server is one flood away from descriptor
 /// exhaustion, and a cap lets clients wait in the backlog instead.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// How long a forced close waits for aborted connection tasks to drop their sockets.
+const FORCED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Configures a [`Server`] (or a bare [`Acceptor`]).
 #[derive(Debug, Clone)]
@@ -97,7 +101,12 @@ impl ServerBuilder {
         let fan_in = FanIn::new(sources.into_iter().collect())?;
         let addrs = fan_in.addrs();
         let (acceptor, handle) = self.acceptor(fan_in)?;
-        let accept_loop = accept_loop(acceptor, handler, handle.stop.clone());
+        let accept_loop = accept_loop(
+            acceptor,
+            handler,
+            handle.stop.clone(),
+            handle.shared.clone(),
+        );
         Ok((Running { handle, addrs }, accept_loop))
     }
 
@@ -155,9 +164,113 @@ impl ServerHandle {
         self.shared.limit.set_max(max);
     }
 
-    /// Stops accepting. The accept loops end and drop their listeners; live connections are not touched.
+    /// Stops accepting at once. The accept loop ends and drops its listeners; live connections are not
+    /// touched. Clients already queued in the kernel are reset by the close: to lose none, use
+    /// [`drain`](Self::drain).
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Drains the server and reports what happened (see [`drain`](crate::drain)): the listeners refuse
+    /// new clients, the queued ones are accepted and served, the listeners close once their queues stay
+    /// empty, handlers are told ([`Connection::draining`]), and live connections get until
+    /// `opts.timeout`; the rest are then closed and counted. [`force`](Self::force) ends it at once.
+    ///
+    /// The accept loop must still be running (driven by [`Server`] or by the caller of
+    /// [`ServerBuilder::run`]): it does the first stage. Calling `drain` again joins the same drain.
+    pub async fn drain(&self, opts: DrainOptions) -> DrainReport {
+        let control = &self.shared.drain;
+        let started = tokio::time::Instant::now();
+        let in_flight = self.shared.stats.snapshot().active;
+        let closed_before = self.shared.stats.snapshot().closed;
+        let deadline = control.begin(opts);
+
+        // Stage one ends when the accept loop has closed the listeners (it obeys the same deadline).
+        tokio::select! {
+            _ = control.listeners_closed.cancelled() => {}
+            _ = control.force.cancelled() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        // Stage two: wait for the live connections.
+        loop {
+            let closed = control.connection_closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.shared.registry.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut closed => {}
+                _ = control.force.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let forced = self.close_all().await;
+        let finished = (self.shared.stats.snapshot().closed - closed_before).saturating_sub(forced);
+        let report = DrainReport {
+            in_flight,
+            accepted_from_queue: control.accepted_from_queue(),
+            finished,
+            forced,
+            left_in_queue: control.left_in_queue(),
+            elapsed: started.elapsed(),
+        };
+        if report.is_complete() {
+            tracing::info!(
+                finished = report.finished,
+                accepted_from_queue = report.accepted_from_queue,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "drained"
+            );
+        } else {
+            tracing::warn!(
+                finished = report.finished,
+                forced = report.forced,
+                left_in_queue = report.left_in_queue,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "drain ended by force"
+            );
+        }
+        report
+    }
+
+    /// Ends a drain at once: the listeners close and every live connection is closed.
+    pub fn force(&self) {
+        self.shared.drain.force.cancel();
+    }
+
+    /// True once a drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.drain.draining.is_cancelled()
+    }
+
+    /// Closes every live connection and waits (briefly) for them to go; returns how many were closed.
+    async fn close_all(&self) -> u64 {
+        let mut closed = 0;
+        for info in self.shared.registry.list() {
+            if self.shared.registry.close(info.id).is_ok() {
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            // Aborted tasks drop their connections when next polled; give them a moment.
+            let control = &self.shared.drain;
+            let grace = tokio::time::Instant::now() + FORCED_CLOSE_GRACE;
+            loop {
+                let notified = control.connection_closed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.shared.registry.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(grace) => break,
+                }
+            }
+            Stats::add(&self.shared.stats.drain_forced, closed);
+        }
+        closed
     }
 
     /// True once [`stop`](Self::stop) was called.
@@ -225,16 +338,25 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
     mut acceptor: Acceptor<FanIn<S>>,
     handler: H,
     stop: CancellationToken,
+    shared: Arc<Shared>,
 ) -> Result<(), ServerError> {
+    // However the loop ends (even cancelled), a drain waiting for the listeners to close must learn it.
+    let _closed = shared.drain.listeners_closed.clone().drop_guard();
+    let control = &shared.drain;
     // Created once: a fresh `cancelled()` per iteration would register a waiter under the token's mutex
     // for every accepted connection.
     let stopped = stop.cancelled();
-    tokio::pin!(stopped);
+    let draining = control.draining.cancelled();
+    tokio::pin!(stopped, draining);
     loop {
         let conn = tokio::select! {
             biased;
             _ = &mut stopped => {
                 tracing::debug!("accept loop stopped");
+                return Ok(());
+            }
+            _ = &mut draining => {
+                drain::drain_queue(&mut acceptor, control, &stop, |conn| spawn_connection(conn, &handler)).await;
                 return Ok(());
             }
             conn = acceptor.accept() => match conn {

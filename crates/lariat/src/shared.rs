@@ -1,5 +1,7 @@
-//! The state one server's accept loops and connections share: the cap, the registry and the counters.
+//! The state one server's accept loops and connections share: the cap, the registry, the counters and
+//! the drain's state.
 
+use crate::drain::Control;
 use crate::limit::ConnectionLimit;
 use crate::registry::Registry;
 use crate::stats::Stats;
@@ -10,6 +12,7 @@ pub(crate) struct Shared {
     pub(crate) limit: ConnectionLimit,
     pub(crate) registry: Registry,
     pub(crate) stats: Stats,
+    pub(crate) drain: Control,
 }
 
 impl Shared {
@@ -18,6 +21,7 @@ impl Shared {
             limit: ConnectionLimit::new(max_connections),
             registry: Registry::default(),
             stats: Stats::default(),
+            drain: Control::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub struct Stats {
     pub(crate) handler_errors: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    pub(crate) drain_forced: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -46,6 +47,8 @@ pub struct StatsSnapshot {
     pub bytes_in: u64,
     /// Bytes written to closed connections.
     pub bytes_out: u64,
+    /// Connections a drain closed at its deadline (or when forced).
+    pub drain_forced: u64,
 }
 
 impl Stats {
@@ -67,6 +70,7 @@ impl Stats {
             handler_errors: self.handler_errors.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
+            drain_forced: self.drain_forced.load(Relaxed),
         }
     }
 

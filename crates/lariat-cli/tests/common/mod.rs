@@ -13,6 +13,8 @@ pub struct Lariat {
     /// The addresses from the `listening on …` lines, in order.
     pub listening: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Stdout lines after the first `listening on` ones (a successor started by a restart prints its own).
+    later_stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Lariat {
@@ -79,11 +81,28 @@ impl Lariat {
                 .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"));
             listening.push(addr.to_owned());
         }
+        // Keep reading stdout: a successor inherits the pipe and must be able to print.
+        let later_stdout = Arc::new(Mutex::new(Vec::new()));
+        {
+            let sink = later_stdout.clone();
+            std::thread::spawn(move || {
+                for line in stdout.lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
         Lariat {
             child,
             listening,
             stderr,
+            later_stdout,
         }
+    }
+
+    /// Stdout lines printed after the first `listening on` ones.
+    pub fn later_stdout(&self) -> Vec<String> {
+        self.later_stdout.lock().unwrap().clone()
     }
 
     /// The first TCP address it listens on.

@@ -79,4 +79,18 @@ impl<S: AcceptSource> AcceptSource for FanIn<S> {
             .map(|(_, a)| a.clone())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no listener left"))
     }
+
+    fn refuse_new(&mut self) {
+        for (source, _) in &mut self.sources {
+            source.refuse_new();
+        }
+    }
+
+    /// The sum over the sources that report their queue; `None` when none does.
+    fn queued(&self) -> Option<usize> {
+        self.sources
+            .iter()
+            .filter_map(|(source, _)| source.queued())
+            .reduce(|a, b| a + b)
+    }
 }

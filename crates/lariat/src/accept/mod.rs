@@ -120,6 +120,16 @@ impl<S: AcceptSource> Acceptor<S> {
         &mut self.source
     }
 
+    pub(crate) fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// True when the next `accept` would go straight to the listener: a slot is held and no backoff pause
+    /// runs. A drain uses it to tell an empty queue from a wait on the cap or on descriptors.
+    pub(crate) fn is_ready_to_accept(&self) -> bool {
+        self.holding_slot && self.pause.is_none()
+    }
+
     /// Waits for the next connection. Returns an error only when the listener can no longer accept.
     ///
     /// Cancel-safe: dropping the future loses no connection, keeps any slot already taken, and keeps a
