@@ -21,9 +21,11 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on: IP:PORT, [IPv6]:PORT, unix:/path or unix:@abstract. Repeatable.
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:7878")]
-    pub listen: Vec<Endpoint>,
+    /// Address to listen on: IP:PORT, [IPv6]:PORT, unix:/path, unix:@abstract, or systemd:NAME for a
+    /// socket passed by systemd. Repeatable. [default: the sockets systemd passed, if any, else
+    /// 127.0.0.1:7878]
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<ListenSpec>,
 
     /// What to do with each connection.
     #[arg(long, value_enum, default_value_t = HandlerKind::Echo)]
@@ -54,6 +56,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// On SIGHUP, how long the successor gets to start serving before the restart is abandoned.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
+
+    /// On SIGHUP, start this executable (same arguments) instead of the running one: an upgrade.
+    #[arg(long, value_name = "PATH")]
+    pub restart_binary: Option<std::path::PathBuf>,
+
     /// Runtime worker threads [default: the CPUs this process may run on].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -61,6 +71,44 @@ pub struct ServeArgs {
     /// Log format on stderr. The level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The address to use when no `--listen` is given and no socket was passed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+
+/// One `--listen` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenSpec {
+    /// Bind this endpoint, unless a socket passed by a restart's predecessor carries this spec as its
+    /// name (then adopt it). `text` is the value as given.
+    Bind {
+        /// The parsed endpoint.
+        endpoint: Endpoint,
+        /// The value as given, the name a restart passes the socket under.
+        text: String,
+    },
+    /// The socket systemd passed under this name (`FileDescriptorName=`).
+    Systemd(String),
+}
+
+impl std::str::FromStr for ListenSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix("systemd:") {
+            if name.is_empty() || name.contains(':') {
+                return Err(format!(
+                    "`{text}`: a systemd socket name is not empty and has no `:`"
+                ));
+            }
+            return Ok(ListenSpec::Systemd(name.to_owned()));
+        }
+        let endpoint = text.parse::<Endpoint>().map_err(|e| e.to_string())?;
+        Ok(ListenSpec::Bind {
+            endpoint,
+            text: text.to_owned(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +166,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn listen_specs() {
+        assert_eq!(
+            "systemd:web".parse::<ListenSpec>().unwrap(),
+            ListenSpec::Systemd("web".into())
+        );
+        assert!("systemd:".parse::<ListenSpec>().is_err());
+        match "127.0.0.1:0".parse::<ListenSpec>().unwrap() {
+            ListenSpec::Bind { endpoint, text } => {
+                assert_eq!(endpoint, "127.0.0.1:0".parse().unwrap());
+                assert_eq!(text, "127.0.0.1:0");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!("nonsense".parse::<ListenSpec>().is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
@@ -139,7 +204,7 @@ mod tests {
     fn defaults() {
         let cli = Cli::parse_from(["lariat", "serve"]);
         let Command::Serve(args) = cli.command;
-        assert_eq!(args.listen, vec!["127.0.0.1:7878".parse().unwrap()]);
+        assert!(args.listen.is_empty());
         assert_eq!(args.handler, HandlerKind::Echo);
         assert_eq!(args.max_connections, lariat::DEFAULT_MAX_CONNECTIONS);
     }

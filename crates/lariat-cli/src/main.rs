@@ -2,6 +2,7 @@
 
 mod cli;
 mod handlers;
+mod listeners;
 mod logging;
 mod rlimit;
 mod serve;

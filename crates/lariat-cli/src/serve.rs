@@ -1,9 +1,13 @@
 //! `lariat serve`: bind, print where, serve with a built-in handler until a signal or a fatal error.
 
+use std::future::Future;
 use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use lariat::restart::{spawn_successor, RestartError, RestartOptions};
 use lariat::{
     BindOptions, DrainOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder, ServerHandle,
 };
@@ -11,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{Exhaustion, HandlerKind, ServeArgs};
 use crate::handlers;
+use crate::listeners::{self, Named};
 
 /// Runs the server described by `args`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -20,11 +25,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         unix_mode: args.unix_mode,
         ..BindOptions::default()
     };
-    let listeners = args
-        .listen
-        .iter()
-        .map(|endpoint| Listener::bind_with(endpoint, &opts))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
+    let named = listeners::resolve(&args.listen, inherited, &opts)?;
     let builder = Server::builder()
         .max_connections(args.max_connections)
         .on_exhaustion(match args.on_exhaustion {
@@ -33,23 +35,43 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
     // Monomorphised per handler: no boxing on the per-connection path.
     match args.handler {
-        HandlerKind::Echo => serve(builder, listeners, handlers::echo::echo, &args).await,
-        HandlerKind::Discard => serve(builder, listeners, handlers::discard::discard, &args).await,
+        HandlerKind::Echo => serve(builder, named, handlers::echo::echo, &args).await,
+        HandlerKind::Discard => serve(builder, named, handlers::discard::discard, &args).await,
         HandlerKind::HttpHello => {
-            serve(builder, listeners, handlers::http_hello::http_hello, &args).await
+            serve(builder, named, handlers::http_hello::http_hello, &args).await
         }
     }
 }
 
+/// A started successor being waited for; resolves to its pid once it serves.
+type PendingRestart = Pin<Box<dyn Future<Output = Result<u32, RestartError>> + Send>>;
+
+/// Why the serving loop ended.
+enum Ending {
+    /// A signal asked to stop: drain.
+    Signal(&'static str),
+    /// A successor took the listeners over: drain our own connections.
+    HandedOver { successor: u32 },
+}
+
 async fn serve<H: Handler>(
     builder: ServerBuilder,
-    listeners: Vec<Listener>,
+    named: Vec<Named>,
     handler: H,
     args: &ServeArgs,
 ) -> anyhow::Result<ExitCode> {
     // Register for signals before announcing readiness, so a signal sent right after the line is seen.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    // What a restart passes on: each socket under its name. The descriptors stay valid while the accept
+    // loop owns the listeners, which is until a successor has taken them over.
+    let passable: Vec<(String, RawFd)> = named
+        .iter()
+        .map(|n| (n.name.clone(), n.listener.as_raw_fd()))
+        .collect();
+    let listeners: Vec<Listener> = named.into_iter().map(|n| n.listener).collect();
 
     // The accept loop runs on this (block_on's) thread and the connections on the runtime's workers, so
     // accepting and serving proceed in parallel even with one worker.
@@ -57,25 +79,63 @@ async fn serve<H: Handler>(
         .run(listeners, handler)
         .context("starting the accept loop")?;
     announce(&running.addrs);
+    match lariat::activation::notify_ready() {
+        Ok(true) => tracing::debug!("told NOTIFY_SOCKET we are ready"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready"),
+    }
     let handle = running.handle;
     tokio::pin!(accept_loop);
 
-    let signal_name = tokio::select! {
-        result = &mut accept_loop => {
-            // The accept loop ended on its own: every listener failed for good.
-            result.context("the server stopped accepting")?;
-            return Ok(ExitCode::SUCCESS);
+    // At most one restart at a time: the successor being waited for.
+    let mut restart: Option<PendingRestart> = None;
+    let ending = loop {
+        tokio::select! {
+            result = &mut accept_loop => {
+                // The accept loop ended on its own: every listener failed for good.
+                result.context("the server stopped accepting")?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = sigterm.recv() => break Ending::Signal("SIGTERM"),
+            _ = sigint.recv() => break Ending::Signal("SIGINT"),
+            _ = sighup.recv() => {
+                if restart.is_some() {
+                    tracing::warn!("SIGHUP: a restart is already in progress; ignored");
+                    continue;
+                }
+                match start_successor(&passable, args) {
+                    Ok(successor) => restart = Some(Box::pin(successor.ready())),
+                    Err(e) => tracing::error!(error = %e, "restart failed; still serving"),
+                }
+            }
+            result = async { restart.as_mut().expect("guarded").await }, if restart.is_some() => {
+                restart = None;
+                match result {
+                    Ok(successor) => break Ending::HandedOver { successor },
+                    Err(e) => tracing::error!(error = %e, "restart failed; still serving"),
+                }
+            }
         }
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
     };
+    // A restart still waiting is abandoned: dropping it kills the successor.
+    drop(restart);
     let stats = handle.stats();
-    tracing::info!(
-        signal = signal_name,
-        active = stats.active,
-        deadline_ms = args.drain_timeout.as_millis() as u64,
-        "draining: serving the queued clients and the live connections, admitting no new ones"
-    );
+    match ending {
+        Ending::Signal(signal) => tracing::info!(
+            signal,
+            active = stats.active,
+            deadline_ms = args.drain_timeout.as_millis() as u64,
+            "draining: serving the queued clients and the live connections, admitting no new ones"
+        ),
+        Ending::HandedOver { successor } => {
+            tracing::info!(
+                successor_pid = successor,
+                active = stats.active,
+                "restart: successor ready; handing over the listeners and draining"
+            );
+            handle.release_listeners();
+        }
+    }
     let opts = DrainOptions {
         timeout: args.drain_timeout,
         ..DrainOptions::default()
@@ -102,6 +162,22 @@ async fn serve<H: Handler>(
     } else {
         ExitCode::from(EXIT_FORCED)
     })
+}
+
+fn start_successor(
+    passable: &[(String, RawFd)],
+    args: &ServeArgs,
+) -> Result<lariat::restart::Successor, RestartError> {
+    let mut opts = RestartOptions::same_process().map_err(|source| RestartError::Spawn {
+        program: "(this executable)".into(),
+        source,
+    })?;
+    if let Some(binary) = &args.restart_binary {
+        opts.program = binary.clone();
+    }
+    opts.ready_timeout = args.restart_timeout;
+    tracing::info!(program = %opts.program.display(), "SIGHUP: restarting");
+    spawn_successor(passable, &opts)
 }
 
 /// Prints one `listening on ADDR` line per listener on stdout, flushed. A closed stdout is logged, not

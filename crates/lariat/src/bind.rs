@@ -175,6 +175,18 @@ impl UnixFile {
         result
     }
 
+    /// The file at `path` now, taken as ours (a socket handed over by a predecessor, which disarmed its
+    /// own record of it).
+    pub(crate) fn current(path: &Path) -> io::Result<UnixFile> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(UnixFile {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            armed: true,
+        })
+    }
+
     /// Forgets the path: it belongs to another process now (a successor took the socket over).
     pub(crate) fn disarm(&mut self) {
         self.armed = false;

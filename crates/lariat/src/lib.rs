@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod activation;
 mod bind;
 mod connection;
 pub mod drain;
@@ -48,6 +49,7 @@ mod handler;
 mod limit;
 mod listener;
 mod registry;
+pub mod restart;
 mod server;
 mod shared;
 mod stats;

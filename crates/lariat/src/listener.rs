@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::task::{ready, Context, Poll};
 
@@ -64,6 +65,10 @@ pub trait AcceptSource: Send + 'static {
     fn queued(&self) -> Option<usize> {
         None
     }
+
+    /// The socket now belongs to another process too (a restart's successor): leave it as it is when
+    /// this source is dropped. The default does nothing.
+    fn release(&mut self) {}
 }
 
 /// A bound, listening socket (TCP or Unix), registered with the tokio runtime.
@@ -146,6 +151,68 @@ impl Listener {
     pub fn local_addr(&self) -> &ListenAddr {
         &self.addr
     }
+
+    /// Wraps a listening socket passed by another process (see [`activation`](crate::activation)); it
+    /// must already be non-blocking. `supervised`: the passer keeps its own descriptor (systemd), so a
+    /// drain leaves the socket and its path alone. Otherwise (a lariat predecessor that handed over and
+    /// exits) the socket is ours like one we bound: a drain may filter it and unlink its path.
+    pub(crate) fn adopt(fd: OwnedFd, supervised: bool) -> io::Result<Listener> {
+        let socket = socket2::Socket::from(fd);
+        let local = socket.local_addr()?;
+        if let Some(addr) = local.as_socket() {
+            let tokio = TcpListener::from_std(socket.into())?;
+            return Ok(Listener {
+                socket: Socket::Tcp(tokio),
+                addr: ListenAddr::Tcp(addr),
+                nodelay_per_accept: !cfg!(target_os = "linux"),
+                unix_file: None,
+                supervised,
+            });
+        }
+        let addr = if let Some(path) = local.as_pathname() {
+            ListenAddr::Unix(path.to_owned())
+        } else {
+            #[cfg(target_os = "linux")]
+            let name = local
+                .as_abstract_namespace()
+                .map(|name| String::from_utf8_lossy(name).into_owned());
+            #[cfg(not(target_os = "linux"))]
+            let name: Option<String> = None;
+            ListenAddr::UnixAbstract(name.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")
+            })?)
+        };
+        let unix_file = match (&addr, supervised) {
+            (ListenAddr::Unix(path), false) => UnixFile::current(path).ok(),
+            _ => None,
+        };
+        let tokio = UnixListener::from_std(socket.into())?;
+        Ok(Listener {
+            socket: Socket::Unix(tokio),
+            addr,
+            nodelay_per_accept: false,
+            unix_file,
+            supervised,
+        })
+    }
+
+    /// Gives the socket up to another process that shares it (a successor in a hitless restart): from
+    /// now on dropping or draining this listener leaves the socket's path and filters alone.
+    pub(crate) fn release(&mut self) {
+        self.supervised = true;
+        if let Some(file) = &mut self.unix_file {
+            file.disarm();
+        }
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.socket {
+            Socket::Tcp(l) => l.as_raw_fd(),
+            Socket::Unix(l) => l.as_raw_fd(),
+        }
+    }
 }
 
 impl AcceptSource for Listener {
@@ -192,6 +259,10 @@ impl AcceptSource for Listener {
                 "drain: cannot refuse new clients while the queue drains; a client arriving just before the close may be reset"
             ),
         }
+    }
+
+    fn release(&mut self) {
+        Listener::release(self);
     }
 
     fn queued(&self) -> Option<usize> {

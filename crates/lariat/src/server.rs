@@ -234,6 +234,14 @@ impl ServerHandle {
         report
     }
 
+    /// Stops accepting and leaves the listening sockets to another process that shares them (the
+    /// successor of a hitless restart, see [`restart`](crate::restart)): the accept loop ends and closes
+    /// its descriptors without filtering the sockets or unlinking their paths, so the successor keeps
+    /// every queued client. Follow with [`drain`](Self::drain) to let the live connections finish.
+    pub fn release_listeners(&self) {
+        self.shared.drain.release.cancel();
+    }
+
     /// Ends a drain at once: the listeners close and every live connection is closed.
     pub fn force(&self) {
         self.shared.drain.force.cancel();
@@ -347,12 +355,19 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
     // for every accepted connection.
     let stopped = stop.cancelled();
     let draining = control.draining.cancelled();
-    tokio::pin!(stopped, draining);
+    let released = control.release.cancelled();
+    tokio::pin!(stopped, draining, released);
     loop {
         let conn = tokio::select! {
             biased;
             _ = &mut stopped => {
                 tracing::debug!("accept loop stopped");
+                return Ok(());
+            }
+            _ = &mut released => {
+                // Another process accepts from the same sockets now: close our descriptors only.
+                acceptor.source_mut().release();
+                tracing::info!("accept loop ended: listeners handed over");
                 return Ok(());
             }
             _ = &mut draining => {

@@ -47,6 +47,16 @@ impl Lariat {
                 });
             }
         }
+        let expected = args.iter().filter(|a| **a == "--listen").count().max(1);
+        Lariat::from_command(cmd, expected)
+    }
+
+    /// Starts `cmd` (which runs `lariat serve`, perhaps through a wrapper) and waits for `expected`
+    /// `listening on` lines.
+    pub fn from_command(mut cmd: Command, expected: usize) -> Lariat {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("cannot start lariat");
         let stderr = Arc::new(Mutex::new(String::new()));
         {
@@ -64,7 +74,6 @@ impl Lariat {
                 }
             });
         }
-        let expected = args.iter().filter(|a| **a == "--listen").count().max(1);
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut listening = Vec::new();
         while listening.len() < expected {

@@ -86,6 +86,12 @@ impl<S: AcceptSource> AcceptSource for FanIn<S> {
         }
     }
 
+    fn release(&mut self) {
+        for (source, _) in &mut self.sources {
+            source.release();
+        }
+    }
+
     /// The sum over the sources that report their queue; `None` when none does.
     fn queued(&self) -> Option<usize> {
         self.sources

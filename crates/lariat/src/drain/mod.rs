@@ -92,6 +92,8 @@ pub(crate) struct Control {
     pub(crate) draining: CancellationToken,
     /// Cancelled to end the drain at once.
     pub(crate) force: CancellationToken,
+    /// Cancelled to end the accept loop leaving the listeners to a successor that shares them.
+    pub(crate) release: CancellationToken,
     /// Cancelled when the accept loop has ended and dropped its listeners.
     pub(crate) listeners_closed: CancellationToken,
     /// Notified, while draining, each time a connection ends.

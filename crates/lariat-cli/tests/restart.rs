@@ -1,0 +1,261 @@
+//! `lariat serve` on SIGHUP: a hitless restart that refuses and resets no client (issue 4).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, Lariat};
+use socket2::{Domain, Socket, Type};
+
+const CLIENTS: usize = 32;
+const RESTARTS: usize = 10;
+const LOAD: Duration = Duration::from_secs(10);
+
+/// One churn connection from `source`: connect, 64 bytes, echo, close.
+fn churn_once(source: Ipv4Addr, server: SocketAddr) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    // Spread clients over source addresses so TIME_WAIT cannot exhaust one address's ports.
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(5))?;
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let msg = [0x5a_u8; 64];
+    stream.write_all(&msg)?;
+    let mut back = [0u8; 64];
+    stream.read_exact(&mut back)?;
+    if back != msg {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}
+
+/// The pids of the successors that took over, from the old processes' logs, in order.
+fn successor_pids(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter_map(|l| l.split("successor_pid=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn is_alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent has not reaped it yet.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill(2) on a process this test started (directly or through restarts).
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn ten_restarts_under_churn_lose_no_connection() {
+    let mut server = Lariat::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "10s"]);
+    let addr = server.tcp_addr();
+    let first_pid = server.pid();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (stop, served, failed, first_error) = (
+                stop.clone(),
+                served.clone(),
+                failed.clone(),
+                first_error.clone(),
+            );
+            let source = Ipv4Addr::new(127, 0, 1, 1 + i as u8);
+            std::thread::spawn(move || {
+                while !stop.load(Relaxed) {
+                    match churn_once(source, addr) {
+                        Ok(()) => served.fetch_add(1, Relaxed),
+                        Err(e) => {
+                            first_error.lock().unwrap().get_or_insert(e.to_string());
+                            failed.fetch_add(1, Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut serving = first_pid;
+    for restart in 1..=RESTARTS {
+        // Spread the restarts over the load period.
+        let at = LOAD * restart as u32 / (RESTARTS as u32 + 1);
+        std::thread::sleep(at.saturating_sub(started.elapsed()));
+        // SAFETY: kill(2) on the serving lariat.
+        unsafe {
+            libc::kill(serving as libc::pid_t, libc::SIGHUP);
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || successor_pids(&server.stderr())
+                .len()
+                == restart),
+            "restart {restart} did not complete: {}",
+            server.stderr()
+        );
+        serving = *successor_pids(&server.stderr()).last().unwrap();
+    }
+    std::thread::sleep(LOAD.saturating_sub(started.elapsed()));
+    stop.store(true, Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    let pids = successor_pids(&server.stderr());
+    let (served, failed) = (served.load(Relaxed), failed.load(Relaxed));
+    eprintln!(
+        "{served} connections in {elapsed:.1?} ({:.0}/s), {failed} failed, {RESTARTS} restarts, pids {first_pid} -> {pids:?}",
+        served as f64 / elapsed.as_secs_f64()
+    );
+
+    // The last successor still serves; every earlier process exited.
+    let last = *pids.last().unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    c.read_exact(&mut back).unwrap();
+    drop(c);
+    let old_exited = eventually(Duration::from_secs(15), || {
+        !server.is_running() && pids[..pids.len() - 1].iter().all(|&p| !is_alive(p))
+    });
+    assert!(is_alive(last));
+    kill(last);
+
+    assert_eq!(failed, 0, "first error: {:?}", first_error.lock().unwrap());
+    assert!(served > 0);
+    assert_eq!(pids.len(), RESTARTS);
+    assert!(!pids.contains(&first_pid));
+    assert!(old_exited, "an old process did not exit");
+    assert_eq!(server.wait_exit(Duration::from_secs(1)).code(), Some(0));
+}
+
+/// Writes an executable script standing in for a broken successor.
+fn script(name: &str, body: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("lariat-{name}-{}.sh", std::process::id()));
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn still_serves(server: &mut Lariat) {
+    assert!(server.is_running());
+    let mut c = TcpStream::connect(server.tcp_addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+}
+
+#[test]
+fn a_successor_that_crashes_leaves_the_old_process_serving() {
+    let crash = script("crash", "exit 7");
+    let mut server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--restart-binary",
+        crash.to_str().unwrap(),
+    ]);
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || server
+        .stderr()
+        .contains("exited before it was ready")));
+    still_serves(&mut server);
+    // And a later restart can still be tried.
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || server
+        .stderr()
+        .matches("exited before it was ready")
+        .count()
+        == 2));
+    still_serves(&mut server);
+    let _ = std::fs::remove_file(crash);
+}
+
+#[test]
+fn a_successor_that_never_gets_ready_is_killed_and_the_old_process_keeps_serving() {
+    let pid_file = std::env::temp_dir().join(format!("lariat-hang-{}.pid", std::process::id()));
+    let hang = script(
+        "hang",
+        &format!("echo $$ > {}\nexec sleep 60", pid_file.display()),
+    );
+    let mut server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--restart-binary",
+        hang.to_str().unwrap(),
+        "--restart-timeout",
+        "1s",
+    ]);
+    server.signal(libc::SIGHUP);
+    // A SIGHUP during the wait is ignored: one restart at a time.
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || server
+        .stderr()
+        .contains("was not ready within")));
+    assert!(server.stderr().contains("already in progress"));
+    still_serves(&mut server);
+    let hung: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !is_alive(hung)),
+        "the hung successor was not killed"
+    );
+    let _ = std::fs::remove_file(hang);
+    let _ = std::fs::remove_file(pid_file);
+}
+
+#[test]
+fn a_unix_socket_keeps_its_path_across_a_restart() {
+    let path = std::env::temp_dir().join(format!("lariat-restart-{}.sock", std::process::id()));
+    let listen = format!("unix:{}", path.display());
+    let mut server = Lariat::start(&["--listen", &listen]);
+    let mut before = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || successor_pids(
+        &server.stderr()
+    )
+    .len()
+        == 1));
+    let successor = successor_pids(&server.stderr())[0];
+    // The old process drains its own connection, then exits without unlinking the successor's path.
+    before.write_all(b"old").unwrap();
+    let mut back = [0u8; 3];
+    before.read_exact(&mut back).unwrap();
+    drop(before);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert!(
+        path.exists(),
+        "the old process removed the successor's socket path"
+    );
+    let mut after = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    after.write_all(b"new").unwrap();
+    after.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"new");
+    drop(after);
+    // The successor owns the path now: its own drain removes it.
+    // SAFETY: kill(2) on the successor this test caused.
+    unsafe {
+        libc::kill(successor as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(eventually(Duration::from_secs(10), || !path.exists()));
+    assert!(eventually(Duration::from_secs(10), || !is_alive(successor)));
+}

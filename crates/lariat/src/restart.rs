@@ -1,0 +1,360 @@
+//! Hitless restart: start a successor process, hand it the listening sockets, and wait until it serves.
+//!
+//! The successor gets the very same sockets (descriptor inheritance, not new binds), so the kernel's
+//! accept queues are never closed: a client connecting at any instant of the restart is queued and
+//! served by one process or the other. The hand-over speaks systemd's protocols, so the successor uses
+//! the code path it would use under systemd: the sockets arrive as `LISTEN_FDS`/`LISTEN_FDNAMES`/
+//! `LISTEN_PID` (see [`activation`](crate::activation)), and the successor says it is serving with
+//! `READY=1` on `NOTIFY_SOCKET` ([`notify_ready`](crate::activation::notify_ready)).
+//!
+//! The old process keeps accepting until the successor is ready, then releases its listeners (they stay
+//! open in the successor: no filter, no unlink) and drains its own connections. If the successor exits or
+//! is not ready in time, it is killed and the old process goes on serving: a failed restart costs nothing.
+//!
+//! Linux: the notify socket is an abstract Unix socket with an unguessable name, and only a message
+//! carrying the successor's pid counts. `LISTEN_PID` is set in the child between `fork` and `exec`
+//! (the child's pid is not known before), with a pre-built environment and `execve`, so nothing
+//! allocates after `fork`.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use tokio::net::UnixDatagram;
+
+use crate::activation::{escape_name, HANDOFF_ENV, LISTEN_FDS_START};
+
+/// The default time a successor gets to say it is serving.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to start as the successor.
+#[derive(Debug, Clone)]
+pub struct RestartOptions {
+    /// The program: by default this process's own executable.
+    pub program: PathBuf,
+    /// Its arguments (without the program name): by default this process's own.
+    pub args: Vec<OsString>,
+    /// How long the successor gets to say it is serving. Default 30 s.
+    pub ready_timeout: Duration,
+}
+
+impl RestartOptions {
+    /// The executable at this process's path, with the same arguments. If the file was replaced since
+    /// this process started (an upgrade installed over it), the new file is what starts.
+    pub fn same_process() -> io::Result<RestartOptions> {
+        let mut program = std::env::current_exe()?;
+        // Linux names a replaced executable "PATH (deleted)".
+        if let Some(path) = program.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+            program = PathBuf::from(path);
+        }
+        Ok(RestartOptions {
+            program,
+            args: std::env::args_os().skip(1).collect(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        })
+    }
+}
+
+/// Why a restart did not happen. The old process is still serving in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// Preparing the hand-over or starting the successor failed.
+    #[error("cannot start the successor {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The successor exited before it was ready.
+    #[error("the successor (pid {pid}) exited before it was ready: {status}")]
+    Exited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+    /// The successor was not ready in time and was killed.
+    #[error("the successor (pid {pid}) was not ready within {timeout:?}; killed it")]
+    NotReady {
+        /// Its pid.
+        pid: u32,
+        /// The time it had.
+        timeout: Duration,
+    },
+    /// Waiting for the successor failed.
+    #[error("waiting for the successor (pid {pid}): {source}")]
+    Wait {
+        /// Its pid.
+        pid: u32,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// A started successor, not yet known to be serving.
+#[derive(Debug)]
+pub struct Successor {
+    child: Child,
+    notify: UnixDatagram,
+    ready_timeout: Duration,
+    /// Set once it said it is ready (or was reaped); until then dropping the successor kills it.
+    settled: bool,
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts a successor with `listeners` (name, descriptor) passed as descriptors 3, 4, …, and a notify
+/// socket to say it is ready. Must be called inside a tokio runtime.
+pub fn spawn_successor(
+    listeners: &[(String, RawFd)],
+    opts: &RestartOptions,
+) -> Result<Successor, RestartError> {
+    let spawn_err = |source| RestartError::Spawn {
+        program: opts.program.clone(),
+        source,
+    };
+    let (notify, notify_name) = notify_socket().map_err(spawn_err)?;
+    let plan = ExecPlan::new(listeners, opts, &notify_name).map_err(spawn_err)?;
+    let mut command = Command::new(&opts.program);
+    // SAFETY: the closure only calls async-signal-safe functions (dup2, getpid, execve) and writes into
+    // memory prepared before the fork; see `ExecPlan::exec`.
+    unsafe {
+        let mut plan = plan;
+        command.pre_exec(move || plan.exec());
+    }
+    let child = command.spawn().map_err(spawn_err)?;
+    tracing::info!(pid = child.id(), program = %opts.program.display(), "restart: successor started");
+    Ok(Successor {
+        child,
+        notify,
+        ready_timeout: opts.ready_timeout,
+        settled: false,
+    })
+}
+
+impl Successor {
+    /// The successor's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the successor says it is serving. On failure (it exited, or the time ran out: then it
+    /// is killed) the caller keeps serving. Returns the successor's pid.
+    pub async fn ready(mut self) -> Result<u32, RestartError> {
+        let pid = self.child.id();
+        let deadline = tokio::time::Instant::now() + self.ready_timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut buf = [0u8; 512];
+        let expected = format!("MAINPID={pid}");
+        loop {
+            tokio::select! {
+                received = self.notify.recv(&mut buf) => {
+                    let message = match received {
+                        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                        Err(source) => return Err(self.give_up(RestartError::Wait { pid, source })),
+                    };
+                    let lines: Vec<&str> = message.lines().collect();
+                    if lines.contains(&"READY=1") && lines.contains(&expected.as_str()) {
+                        self.settled = true;
+                        return Ok(pid);
+                    }
+                    tracing::debug!(message, "restart: ignored a notification");
+                }
+                _ = tick.tick() => match self.child.try_wait() {
+                    Ok(Some(status)) => {
+                        self.settled = true; // reaped: nothing left to kill
+                        return Err(RestartError::Exited { pid, status });
+                    }
+                    Ok(None) => {}
+                    Err(source) => return Err(self.give_up(RestartError::Wait { pid, source })),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let timeout = self.ready_timeout;
+                    return Err(self.give_up(RestartError::NotReady { pid, timeout }));
+                }
+            }
+        }
+    }
+
+    fn give_up(&mut self, err: RestartError) -> RestartError {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.settled = true; // reaped
+        err
+    }
+}
+
+/// A datagram socket with an unguessable abstract name, for the successor's `READY=1`.
+fn notify_socket() -> io::Result<(UnixDatagram, String)> {
+    let mut nonce = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut nonce))?;
+    let name = format!(
+        "lariat-restart-{}-{:016x}",
+        std::process::id(),
+        u64::from_ne_bytes(nonce)
+    );
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let std = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+        std.set_nonblocking(true)?;
+        Ok((UnixDatagram::from_std(std)?, format!("@{name}")))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = name;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "hitless restart needs Linux abstract sockets",
+        ))
+    }
+}
+
+/// Everything the child needs between `fork` and `exec`, prepared before the fork.
+struct ExecPlan {
+    program: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _env: Vec<Vec<u8>>,
+    /// Raw pointers into `env`'s buffers (made once, from mutable borrows); the `LISTEN_PID` digits are
+    /// written through them in the child.
+    env_ptrs: Vec<*mut libc::c_char>,
+    /// Index in `env` of `LISTEN_PID=` followed by room for the digits.
+    pid_entry: usize,
+    /// Close-on-exec duplicates of the listeners, numbered above the targets so `dup2` cannot clobber.
+    sources: Vec<std::os::fd::OwnedFd>,
+}
+
+// SAFETY: the raw pointers point into buffers the plan owns and never changes after construction; the
+// plan is used by one thread (the forked child) at a time.
+unsafe impl Send for ExecPlan {}
+// SAFETY: as above; `exec` runs only in the forked child, which has its own copy of the memory.
+unsafe impl Sync for ExecPlan {}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const PID_DIGITS: usize = 20;
+
+impl ExecPlan {
+    fn new(
+        listeners: &[(String, RawFd)],
+        opts: &RestartOptions,
+        notify_name: &str,
+    ) -> io::Result<ExecPlan> {
+        let cstring = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
+        };
+        let program = cstring(opts.program.as_os_str().as_bytes())?;
+        let mut argv = vec![program.clone()];
+        for arg in &opts.args {
+            argv.push(cstring(arg.as_bytes())?);
+        }
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+
+        let first_free = LISTEN_FDS_START + listeners.len() as RawFd;
+        let sources = listeners
+            .iter()
+            .map(|(_, fd)| {
+                // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller keeps open; the result is new.
+                let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free) };
+                if dup < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: `dup` is a fresh descriptor we own.
+                Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+
+        const REPLACED: [&str; 5] = [
+            "LISTEN_PID",
+            "LISTEN_FDS",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+            HANDOFF_ENV,
+        ];
+        let mut env: Vec<Vec<u8>> = std::env::vars_os()
+            .filter(|(k, _)| !REPLACED.iter().any(|r| k.as_bytes() == r.as_bytes()))
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
+            .filter(|entry| !entry[..entry.len() - 1].contains(&0))
+            .collect();
+        let names: Vec<String> = listeners.iter().map(|(n, _)| escape_name(n)).collect();
+        env.push(format!("LISTEN_FDS={}\0", listeners.len()).into_bytes());
+        env.push(format!("LISTEN_FDNAMES={}\0", names.join(":")).into_bytes());
+        env.push(format!("NOTIFY_SOCKET={notify_name}\0").into_bytes());
+        env.push(format!("{HANDOFF_ENV}={}\0", std::process::id()).into_bytes());
+        let pid_entry = env.len();
+        let mut pid = LISTEN_PID_PREFIX.to_vec();
+        pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
+        env.push(pid);
+        let mut env_ptrs: Vec<*mut libc::c_char> =
+            env.iter_mut().map(|e| e.as_mut_ptr().cast()).collect();
+        env_ptrs.push(std::ptr::null_mut());
+        Ok(ExecPlan {
+            program,
+            _argv: argv,
+            argv_ptrs,
+            _env: env,
+            env_ptrs,
+            pid_entry,
+            sources,
+        })
+    }
+
+    /// Runs in the child after `fork`: moves the sockets to 3, 4, …, writes `LISTEN_PID`, and execs.
+    /// Returns only on failure.
+    fn exec(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        for (i, source) in self.sources.iter().enumerate() {
+            // dup2 to another number clears close-on-exec on the target, so the successor inherits it.
+            // SAFETY: dup2 is async-signal-safe; both descriptors are valid in the child.
+            if unsafe { libc::dup2(source.as_raw_fd(), LISTEN_FDS_START + i as RawFd) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: getpid is async-signal-safe.
+        let pid = unsafe { libc::getpid() } as u64;
+        let entry: *mut u8 = self.env_ptrs[self.pid_entry].cast();
+        // Digits into the room after the prefix, then a NUL. The child owns its copy of this memory.
+        let mut digits = [0u8; PID_DIGITS];
+        let mut n = pid;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            // SAFETY: the entry has PID_DIGITS + 1 bytes of room after the prefix; len <= PID_DIGITS.
+            unsafe { *entry.add(LISTEN_PID_PREFIX.len() + i) = digits[len - 1 - i] };
+        }
+        // SAFETY: as above; the terminating NUL.
+        unsafe { *entry.add(LISTEN_PID_PREFIX.len() + len) = 0 };
+        // SAFETY: all pointers are NUL-terminated strings in NULL-terminated arrays owned by `self`.
+        unsafe {
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.env_ptrs.as_ptr().cast(),
+            )
+        };
+        Err(io::Error::last_os_error())
+    }
+}
