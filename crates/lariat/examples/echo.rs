@@ -1,6 +1,6 @@
-//! The README's library example: an echo server that prints its counters on Ctrl-C.
+//! The README's library example: an echo server that drains on Ctrl-C and prints what happened.
 
-use lariat::{Connection, Listener, Server};
+use lariat::{Connection, DrainOptions, Listener, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main]
@@ -16,12 +16,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
     println!("listening on {}", server.local_addrs()[0]);
 
-    let handle = server.handle().clone(); // counters, registry, cap, stop
-    tokio::spawn(async move {
-        tokio::signal::ctrl_c().await.ok();
-        println!("{:?}", handle.stats());
-        handle.stop();
-    });
+    let handle = server.handle().clone(); // counters, registry, cap, drain
+    tokio::signal::ctrl_c().await?;
+    // Stop new clients without resetting queued ones, let live connections finish (30 s at most).
+    let report = handle.drain(DrainOptions::default()).await;
+    println!("{report:?} {:?}", handle.stats());
     server.wait().await?;
     Ok(())
 }
