@@ -2,12 +2,12 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lariat::restart::{spawn_successor, RestartError, RestartOptions};
+use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions};
 use lariat::{
     BindOptions, DrainOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder, ServerHandle,
 };
@@ -65,12 +65,19 @@ async fn serve<H: Handler>(
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    // What a restart passes on: each socket under its name. The descriptors stay valid while the accept
-    // loop owns the listeners, which is until a successor has taken them over.
-    let passable: Vec<(String, RawFd)> = named
+    // What a restart passes on: each socket under its name. Duplicates, so a listener the accept loop
+    // drops (failed for good) cannot leave a stale number behind.
+    let mut passable = named
         .iter()
-        .map(|n| (n.name.clone(), n.listener.as_raw_fd()))
-        .collect();
+        .map(|n| {
+            Ok(PassOn {
+                name: n.name.clone(),
+                fd: n.listener.as_fd().try_clone_to_owned()?,
+                supervised: n.listener.is_supervised(),
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("duplicating the listening sockets for restarts")?;
     let listeners: Vec<Listener> = named.into_iter().map(|n| n.listener).collect();
 
     // The accept loop runs on this (block_on's) thread and the connections on the runtime's workers, so
@@ -117,8 +124,41 @@ async fn serve<H: Handler>(
             }
         }
     };
-    // A restart still waiting is abandoned: dropping it kills the successor.
-    drop(restart);
+    // A signal that raced a successor's READY: if it is serving already, it takes over and gets the
+    // signal too; otherwise the restart is abandoned (dropping it kills the successor, which accepts
+    // nothing before it says READY).
+    let ending = match (ending, restart.take()) {
+        (Ending::Signal(signal), Some(pending)) => {
+            match tokio::time::timeout(std::time::Duration::ZERO, pending).await {
+                Ok(Ok(successor)) => {
+                    tracing::info!(
+                        successor_pid = successor,
+                        signal,
+                        "a signal arrived as the successor became ready; passing it on"
+                    );
+                    // SAFETY: kill(2) on our own child.
+                    unsafe {
+                        libc::kill(
+                            successor as libc::pid_t,
+                            if signal == "SIGINT" {
+                                libc::SIGINT
+                            } else {
+                                libc::SIGTERM
+                            },
+                        );
+                    }
+                    Ending::HandedOver { successor }
+                }
+                _ => Ending::Signal(signal),
+            }
+        }
+        (ending, _) => ending,
+    };
+    if matches!(ending, Ending::Signal(_)) {
+        // No restart will follow: holding duplicates would keep the sockets listening after the drain
+        // closes them, leaving new clients unanswered instead of refused.
+        passable.clear();
+    }
     let stats = handle.stats();
     match ending {
         Ending::Signal(signal) => tracing::info!(
@@ -128,6 +168,14 @@ async fn serve<H: Handler>(
             "draining: serving the queued clients and the live connections, admitting no new ones"
         ),
         Ending::HandedOver { successor } => {
+            match lariat::activation::notify_main_pid(successor) {
+                Ok(true) => tracing::debug!(
+                    successor_pid = successor,
+                    "told our supervisor the new main pid"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot tell our supervisor the new main pid"),
+            }
             tracing::info!(
                 successor_pid = successor,
                 active = stats.active,
@@ -164,8 +212,15 @@ async fn serve<H: Handler>(
     })
 }
 
+/// A listening socket a restart passes on.
+struct PassOn {
+    name: String,
+    fd: OwnedFd,
+    supervised: bool,
+}
+
 fn start_successor(
-    passable: &[(String, RawFd)],
+    passable: &[PassOn],
     args: &ServeArgs,
 ) -> Result<lariat::restart::Successor, RestartError> {
     let mut opts = RestartOptions::same_process().map_err(|source| RestartError::Spawn {
@@ -177,7 +232,15 @@ fn start_successor(
     }
     opts.ready_timeout = args.restart_timeout;
     tracing::info!(program = %opts.program.display(), "SIGHUP: restarting");
-    spawn_successor(passable, &opts)
+    let passed: Vec<Passed<'_>> = passable
+        .iter()
+        .map(|p| Passed {
+            name: &p.name,
+            fd: p.fd.as_fd(),
+            supervised: p.supervised,
+        })
+        .collect();
+    spawn_successor(&passed, &opts)
 }
 
 /// Prints one `listening on ADDR` line per listener on stdout, flushed. A closed stdout is logged, not

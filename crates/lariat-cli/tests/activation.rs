@@ -173,3 +173,42 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         })
         .ok_or(())
 }
+
+#[test]
+fn a_restart_keeps_systemd_sockets_supervised() {
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let fds = [high(&tcp)];
+    let cmd = activated(&fds, "web", None, &["--listen", "systemd:web"]);
+    let mut server = Lariat::from_command(cmd, 1);
+    server.signal(libc::SIGHUP);
+    assert!(common::eventually(Duration::from_secs(10), || server
+        .stderr()
+        .contains("successor_pid=")));
+    // The successor, too, took the socket as systemd's.
+    let log = server.stderr();
+    assert_eq!(log.matches("supervised=true").count(), 2, "{log}");
+    let successor: u32 = log
+        .split("successor_pid=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap();
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    echo_once(&mut TcpStream::connect(addr).unwrap(), b"successor");
+    // SAFETY: kill(2) on the successor this test caused.
+    unsafe {
+        libc::kill(successor as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(common::eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{successor}/stat"))
+            .map(|s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+            .unwrap_or(true)
+    }));
+    // Both are gone, and systemd's socket still admits clients: no drain put a filter on it.
+    let queued = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+    assert!(
+        queued.is_ok(),
+        "the supervisor's socket was left refusing clients"
+    );
+}

@@ -259,3 +259,43 @@ fn a_unix_socket_keeps_its_path_across_a_restart() {
     assert!(eventually(Duration::from_secs(10), || !path.exists()));
     assert!(eventually(Duration::from_secs(10), || !is_alive(successor)));
 }
+
+#[test]
+fn a_successor_that_fails_after_adopting_leaves_the_unix_path_alone() {
+    let path =
+        std::env::temp_dir().join(format!("lariat-restart-fail-{}.sock", std::process::id()));
+    let listen = format!("unix:{}", path.display());
+    // The successor adopts the socket, then fails to bind an address that is not on this machine.
+    let failing = script(
+        "fail-after-adopt",
+        &format!(
+            "exec {} \"$@\" --listen 192.0.2.1:80",
+            env!("CARGO_BIN_EXE_lariat")
+        ),
+    );
+    let server = Lariat::start(&[
+        "--listen",
+        &listen,
+        "--restart-binary",
+        failing.to_str().unwrap(),
+    ]);
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || server
+        .stderr()
+        .contains("exited before it was ready")));
+    assert!(
+        server.stderr().contains("adopted a passed socket"),
+        "{}",
+        server.stderr()
+    );
+    assert!(
+        path.exists(),
+        "the failed successor removed the path the old process serves"
+    );
+    let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    c.write_all(b"still").unwrap();
+    let mut back = [0u8; 5];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still");
+    let _ = std::fs::remove_file(failing);
+}

@@ -14,9 +14,10 @@ use crate::listener::Listener;
 
 /// The first passed descriptor (after stdin, stdout, stderr).
 pub const LISTEN_FDS_START: RawFd = 3;
-/// Set by a lariat predecessor (to its pid) next to the `LISTEN_*` variables: the sockets were handed
-/// over by a restart, so this process owns them outright (a drain may filter them or unlink their
-/// paths). Without it the sockets come from a supervisor that keeps its own copies.
+/// Set by a lariat predecessor next to the `LISTEN_*` variables: for each passed socket, `owned` (the
+/// predecessor bound it, and this process now owns it outright: a drain may filter it and unlink its
+/// path) or `supervised` (a supervisor such as systemd keeps its own descriptor: leave it alone).
+/// Without the variable every socket is taken as supervised.
 pub const HANDOFF_ENV: &str = "LARIAT_HANDOFF";
 
 /// A listening socket passed to this process.
@@ -77,9 +78,9 @@ pub fn inherited() -> Result<Vec<Inherited>, ActivationError> {
         return Err(ActivationError::AlreadyTaken);
     }
     let names = parse_names(vars("LISTEN_FDNAMES").as_deref(), count);
-    let supervised = std::env::var_os(HANDOFF_ENV).is_none();
+    let ownership = parse_ownership(vars(HANDOFF_ENV).as_deref(), count);
     let mut adopted = Vec::with_capacity(count);
-    for (i, name) in names.into_iter().enumerate() {
+    for (i, (name, supervised)) in names.into_iter().zip(ownership).enumerate() {
         let fd = LISTEN_FDS_START + i as RawFd;
         check_listening_socket(fd)?;
         // SAFETY: `LISTEN_PID` names this process, so descriptors 3.. were passed to it for it to own,
@@ -144,6 +145,16 @@ fn parse_names(value: Option<&str>, count: usize) -> Vec<Option<String>> {
         .unwrap_or_default();
     names.resize(count, None);
     names
+}
+
+/// Whether each passed socket is supervised (see [`HANDOFF_ENV`]); anything but `owned` is supervised,
+/// the safe reading.
+fn parse_ownership(value: Option<&str>, count: usize) -> Vec<bool> {
+    let mut supervised: Vec<bool> = value
+        .map(|v| v.split(',').map(|o| o.trim() != "owned").collect())
+        .unwrap_or_default();
+    supervised.resize(count, true);
+    supervised
 }
 
 /// Names may not contain `:` (the separator); lariat escapes `%` and `:` in the names it passes.
@@ -218,6 +229,29 @@ pub fn notify_ready() -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Tells our own supervisor, if it asked (`NOTIFY_SOCKET`), that `pid` is the service's main process now:
+/// after a hitless restart the successor serves and this process exits. systemd needs
+/// `NotifyAccess=all` for the successor's own notifications. Returns whether a notification was sent.
+pub fn notify_main_pid(pid: u32) -> std::io::Result<bool> {
+    let Some(socket) = upstream_notify_socket() else {
+        return Ok(false);
+    };
+    send_notification(&socket, format!("MAINPID={pid}\nREADY=1\n").as_bytes())?;
+    Ok(true)
+}
+
+/// Set by a lariat predecessor to its own supervisor's `NOTIFY_SOCKET` (the successor's `NOTIFY_SOCKET`
+/// is the predecessor's, for `READY=1`), so every generation can tell the supervisor its new main pid.
+pub const UPSTREAM_NOTIFY_ENV: &str = "LARIAT_UPSTREAM_NOTIFY_SOCKET";
+
+/// Our supervisor's notify socket: the one a predecessor passed on, else our own `NOTIFY_SOCKET`.
+pub(crate) fn upstream_notify_socket() -> Option<std::ffi::OsString> {
+    match std::env::var_os(HANDOFF_ENV) {
+        Some(_) => std::env::var_os(UPSTREAM_NOTIFY_ENV),
+        None => std::env::var_os("NOTIFY_SOCKET"),
+    }
+}
+
 /// Sends one datagram to a `NOTIFY_SOCKET` address: a path, or `@name` for an abstract socket (Linux).
 pub(crate) fn send_notification(address: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -262,6 +296,16 @@ mod tests {
         assert!(passed_count(some("x"), some("2"), 42).is_err());
         assert!(passed_count(some("42"), some("-1"), 42).is_err());
         assert!(passed_count(some("42"), some("100000"), 42).is_err());
+    }
+
+    #[test]
+    fn ownership_defaults_to_supervised() {
+        assert_eq!(parse_ownership(None, 2), vec![true, true]);
+        assert_eq!(
+            parse_ownership(Some("owned,supervised"), 3),
+            vec![false, true, true]
+        );
+        assert_eq!(parse_ownership(Some("bogus"), 1), vec![true]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::task::{ready, Context, Poll};
 
@@ -152,6 +152,12 @@ impl Listener {
         &self.addr
     }
 
+    /// True when another process (a supervisor such as systemd) keeps its own descriptor for this
+    /// socket; a drain then leaves the socket alone, and a restart passes that on.
+    pub fn is_supervised(&self) -> bool {
+        self.supervised
+    }
+
     /// Wraps a listening socket passed by another process (see [`activation`](crate::activation)); it
     /// must already be non-blocking. `supervised`: the passer keeps its own descriptor (systemd), so a
     /// drain leaves the socket and its path alone. Otherwise (a lariat predecessor that handed over and
@@ -182,16 +188,15 @@ impl Listener {
                 io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")
             })?)
         };
-        let unix_file = match (&addr, supervised) {
-            (ListenAddr::Unix(path), false) => UnixFile::current(path).ok(),
-            _ => None,
-        };
         let tokio = UnixListener::from_std(socket.into())?;
+        // No claim on the path yet: if this process fails before it serves (a restart that does not
+        // happen), the predecessor still serves on that path, so dropping must not remove it. A drain
+        // removes it (`refuse_new`); a file left by a crash is stale and the next bind replaces it.
         Ok(Listener {
             socket: Socket::Unix(tokio),
             addr,
             nodelay_per_accept: false,
-            unix_file,
+            unix_file: None,
             supervised,
         })
     }
@@ -211,6 +216,15 @@ impl AsRawFd for Listener {
         match &self.socket {
             Socket::Tcp(l) => l.as_raw_fd(),
             Socket::Unix(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.socket {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Unix(l) => l.as_fd(),
         }
     }
 }
@@ -242,11 +256,15 @@ impl AcceptSource for Listener {
             tracing::debug!(listener = %self.addr, "drain: socket kept by its supervisor, left as is");
             return;
         }
-        let refused = match (&self.socket, &mut self.unix_file) {
-            (Socket::Tcp(l), _) => crate::drain::syn_filter::drop_new_syns(l),
+        let refused = match (&self.socket, &mut self.unix_file, &self.addr) {
+            (Socket::Tcp(l), _, _) => crate::drain::syn_filter::drop_new_syns(l),
             // Unlinked, the path refuses new clients (ENOENT); the socket and its queue stay.
-            (Socket::Unix(_), Some(file)) => file.remove_now(),
-            (Socket::Unix(_), None) => Err(io::Error::new(
+            (Socket::Unix(_), Some(file), _) => file.remove_now(),
+            // An owned socket adopted from a predecessor: the path is ours now.
+            (Socket::Unix(_), None, ListenAddr::Unix(path)) => {
+                UnixFile::current(path).and_then(|mut file| file.remove_now())
+            }
+            (Socket::Unix(_), None, _) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "an abstract socket has no path to remove",
             )),

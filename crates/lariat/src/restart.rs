@@ -11,14 +11,14 @@
 //! open in the successor: no filter, no unlink) and drains its own connections. If the successor exits or
 //! is not ready in time, it is killed and the old process goes on serving: a failed restart costs nothing.
 //!
-//! Linux: the notify socket is an abstract Unix socket with an unguessable name, and only a message
-//! carrying the successor's pid counts. `LISTEN_PID` is set in the child between `fork` and `exec`
+//! The notify socket lives in a fresh directory only this user can enter, and only a message carrying
+//! the successor's pid counts. `LISTEN_PID` is set in the child between `fork` and `exec`
 //! (the child's pid is not known before), with a pre-built environment and `execve`, so nothing
 //! allocates after `fork`.
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use tokio::net::UnixDatagram;
 
-use crate::activation::{escape_name, HANDOFF_ENV, LISTEN_FDS_START};
+use crate::activation::{escape_name, HANDOFF_ENV, LISTEN_FDS_START, UPSTREAM_NOTIFY_ENV};
 
 /// The default time a successor gets to say it is serving.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,11 +97,23 @@ pub enum RestartError {
     },
 }
 
+/// A listening socket to pass on.
+#[derive(Debug, Clone, Copy)]
+pub struct Passed<'a> {
+    /// The name it is passed under (`LISTEN_FDNAMES`); the successor finds it by this name.
+    pub name: &'a str,
+    /// The socket.
+    pub fd: BorrowedFd<'a>,
+    /// The socket also belongs to a supervisor (systemd) that keeps its own descriptor: the successor
+    /// must leave it alone in a drain too (no filter, no unlink).
+    pub supervised: bool,
+}
+
 /// A started successor, not yet known to be serving.
 #[derive(Debug)]
 pub struct Successor {
     child: Child,
-    notify: UnixDatagram,
+    notify: NotifySocket,
     ready_timeout: Duration,
     /// Set once it said it is ready (or was reaped); until then dropping the successor kills it.
     settled: bool,
@@ -116,18 +128,22 @@ impl Drop for Successor {
     }
 }
 
-/// Starts a successor with `listeners` (name, descriptor) passed as descriptors 3, 4, …, and a notify
-/// socket to say it is ready. Must be called inside a tokio runtime.
+/// Starts a successor with `listeners` passed as descriptors 3, 4, …, and a notify socket to say it is
+/// ready. Must be called inside a tokio runtime.
 pub fn spawn_successor(
-    listeners: &[(String, RawFd)],
+    listeners: &[Passed<'_>],
     opts: &RestartOptions,
 ) -> Result<Successor, RestartError> {
     let spawn_err = |source| RestartError::Spawn {
         program: opts.program.clone(),
         source,
     };
-    let (notify, notify_name) = notify_socket().map_err(spawn_err)?;
-    let plan = ExecPlan::new(listeners, opts, &notify_name).map_err(spawn_err)?;
+    let notify = NotifySocket::new().map_err(spawn_err)?;
+    let plan = ExecPlan::new(listeners, opts, &notify.path).map_err(spawn_err)?;
+    // Descriptors 3, 4, … are the targets of the child's dup2s: none of them may be a descriptor std
+    // uses across the fork (its exec-error pipe), so any free one is filled until `spawn` returns.
+    let _placeholders =
+        fill_free_descriptors(LISTEN_FDS_START + listeners.len() as RawFd).map_err(spawn_err)?;
     let mut command = Command::new(&opts.program);
     // SAFETY: the closure only calls async-signal-safe functions (dup2, getpid, execve) and writes into
     // memory prepared before the fork; see `ExecPlan::exec`.
@@ -161,15 +177,27 @@ impl Successor {
         let expected = format!("MAINPID={pid}");
         loop {
             tokio::select! {
-                received = self.notify.recv(&mut buf) => {
+                // A READY that arrives with the deadline wins: the successor is serving.
+                biased;
+                received = self.notify.socket.recv(&mut buf) => {
                     let message = match received {
                         Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
                         Err(source) => return Err(self.give_up(RestartError::Wait { pid, source })),
                     };
                     let lines: Vec<&str> = message.lines().collect();
                     if lines.contains(&"READY=1") && lines.contains(&expected.as_str()) {
-                        self.settled = true;
-                        return Ok(pid);
+                        // Ready, and still alive: only then may the caller let go of the listeners.
+                        match self.child.try_wait() {
+                            Ok(None) => {
+                                self.settled = true;
+                                return Ok(pid);
+                            }
+                            Ok(Some(status)) => {
+                                self.settled = true;
+                                return Err(RestartError::Exited { pid, status });
+                            }
+                            Err(source) => return Err(self.give_up(RestartError::Wait { pid, source })),
+                        }
                     }
                     tracing::debug!(message, "restart: ignored a notification");
                 }
@@ -197,31 +225,57 @@ impl Successor {
     }
 }
 
-/// A datagram socket with an unguessable abstract name, for the successor's `READY=1`.
-fn notify_socket() -> io::Result<(UnixDatagram, String)> {
-    let mut nonce = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| io::Read::read_exact(&mut f, &mut nonce))?;
-    let name = format!(
-        "lariat-restart-{}-{:016x}",
-        std::process::id(),
-        u64::from_ne_bytes(nonce)
-    );
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        let std = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
-        std.set_nonblocking(true)?;
-        Ok((UnixDatagram::from_std(std)?, format!("@{name}")))
+/// The socket the successor sends `READY=1` to: a datagram socket in a fresh directory only this user can
+/// enter (mode 0700), so no other user can forge the message. Removed when dropped.
+#[derive(Debug)]
+struct NotifySocket {
+    socket: UnixDatagram,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn new() -> io::Result<NotifySocket> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut nonce = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| io::Read::read_exact(&mut f, &mut nonce))?;
+        let dir = std::env::temp_dir().join(format!(
+            "lariat-restart-{}-{:016x}",
+            std::process::id(),
+            u64::from_ne_bytes(nonce)
+        ));
+        // Fails if it exists: a directory someone else prepared is never used.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("notify");
+        let socket = match UnixDatagram::bind(&path) {
+            Ok(socket) => socket,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+        };
+        Ok(NotifySocket { socket, dir, path })
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = name;
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "hitless restart needs Linux abstract sockets",
-        ))
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Opens `/dev/null` (close-on-exec) on every free descriptor below `end`, so nothing else can take one
+/// of those numbers until the returned descriptors are dropped.
+fn fill_free_descriptors(end: RawFd) -> io::Result<Vec<OwnedFd>> {
+    let mut held = Vec::new();
+    loop {
+        let fd: OwnedFd = std::fs::File::open("/dev/null")?.into();
+        if fd.as_raw_fd() >= end {
+            return Ok(held);
+        }
+        held.push(fd);
     }
 }
 
@@ -251,9 +305,9 @@ const PID_DIGITS: usize = 20;
 
 impl ExecPlan {
     fn new(
-        listeners: &[(String, RawFd)],
+        listeners: &[Passed<'_>],
         opts: &RestartOptions,
-        notify_name: &str,
+        notify_path: &std::path::Path,
     ) -> io::Result<ExecPlan> {
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
@@ -269,9 +323,11 @@ impl ExecPlan {
         let first_free = LISTEN_FDS_START + listeners.len() as RawFd;
         let sources = listeners
             .iter()
-            .map(|(_, fd)| {
+            .map(|passed| {
                 // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller keeps open; the result is new.
-                let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free) };
+                let dup = unsafe {
+                    libc::fcntl(passed.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, first_free)
+                };
                 if dup < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -280,7 +336,9 @@ impl ExecPlan {
             })
             .collect::<io::Result<Vec<_>>>()?;
 
-        const REPLACED: [&str; 5] = [
+        let upstream = crate::activation::upstream_notify_socket();
+        const REPLACED: [&str; 6] = [
+            UPSTREAM_NOTIFY_ENV,
             "LISTEN_PID",
             "LISTEN_FDS",
             "LISTEN_FDNAMES",
@@ -292,11 +350,26 @@ impl ExecPlan {
             .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
             .filter(|entry| !entry[..entry.len() - 1].contains(&0))
             .collect();
-        let names: Vec<String> = listeners.iter().map(|(n, _)| escape_name(n)).collect();
+        let names: Vec<String> = listeners.iter().map(|p| escape_name(p.name)).collect();
+        let ownership: Vec<&str> = listeners
+            .iter()
+            .map(|p| if p.supervised { "supervised" } else { "owned" })
+            .collect();
         env.push(format!("LISTEN_FDS={}\0", listeners.len()).into_bytes());
         env.push(format!("LISTEN_FDNAMES={}\0", names.join(":")).into_bytes());
-        env.push(format!("NOTIFY_SOCKET={notify_name}\0").into_bytes());
-        env.push(format!("{HANDOFF_ENV}={}\0", std::process::id()).into_bytes());
+        let mut notify = b"NOTIFY_SOCKET=".to_vec();
+        notify.extend_from_slice(notify_path.as_os_str().as_bytes());
+        notify.push(0);
+        env.push(notify);
+        env.push(format!("{HANDOFF_ENV}={}\0", ownership.join(",")).into_bytes());
+        if let Some(upstream) = upstream {
+            let mut entry = format!("{UPSTREAM_NOTIFY_ENV}=").into_bytes();
+            entry.extend_from_slice(upstream.as_bytes());
+            entry.push(0);
+            if !entry[..entry.len() - 1].contains(&0) {
+                env.push(entry);
+            }
+        }
         let pid_entry = env.len();
         let mut pid = LISTEN_PID_PREFIX.to_vec();
         pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
@@ -318,7 +391,6 @@ impl ExecPlan {
     /// Runs in the child after `fork`: moves the sockets to 3, 4, …, writes `LISTEN_PID`, and execs.
     /// Returns only on failure.
     fn exec(&mut self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         for (i, source) in self.sources.iter().enumerate() {
             // dup2 to another number clears close-on-exec on the target, so the successor inherits it.
             // SAFETY: dup2 is async-signal-safe; both descriptors are valid in the child.
