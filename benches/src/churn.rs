@@ -99,37 +99,10 @@ pub async fn run(
 
     let pid = server.pid();
     let me = std::process::id();
-    let next = Arc::new(AtomicU64::new(0));
     let server_cpu_before = proc::cpu_time(pid)?;
     let client_cpu_before = proc::cpu_time(me)?;
     let start = Instant::now();
-    let deadline = start + duration;
-
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let next = Arc::clone(&next);
-            let addr = server.addr;
-            tokio::spawn(async move {
-                let mut completed = 0u64;
-                let mut errors = Errors::default();
-                while Instant::now() < deadline {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    match one_connection(addr, n).await {
-                        Ok(()) => completed += 1,
-                        Err(failure) => errors.record(failure),
-                    }
-                }
-                (completed, errors)
-            })
-        })
-        .collect();
-    let mut completed = 0;
-    let mut errors = Errors::default();
-    for task in tasks {
-        let (done, errs) = task.await.context("a churn client task panicked")?;
-        completed += done;
-        errors.merge(errs);
-    }
+    let (completed, errors) = load(server.addr, start + duration, concurrency).await?;
     let elapsed = start.elapsed();
     let server_cpu = proc::cpu_time(pid)?.saturating_sub(server_cpu_before);
     let client_cpu = proc::cpu_time(me)?.saturating_sub(client_cpu_before);
@@ -153,8 +126,43 @@ pub async fn run(
     })
 }
 
+/// Runs `concurrency` client loops against `addr` until `deadline`: connect, 64-byte echo, close,
+/// over and over. Returns the connections completed and the failures.
+pub async fn load(
+    addr: SocketAddr,
+    deadline: Instant,
+    concurrency: usize,
+) -> anyhow::Result<(u64, Errors)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                let mut completed = 0u64;
+                let mut errors = Errors::default();
+                while Instant::now() < deadline {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    match one_connection(addr, n).await {
+                        Ok(()) => completed += 1,
+                        Err(failure) => errors.record(failure),
+                    }
+                }
+                (completed, errors)
+            })
+        })
+        .collect();
+    let mut completed = 0;
+    let mut errors = Errors::default();
+    for task in tasks {
+        let (done, errs) = task.await.context("a churn client task panicked")?;
+        completed += done;
+        errors.merge(errs);
+    }
+    Ok((completed, errors))
+}
+
 /// One connection from each source address, checking the bind took and the echo works.
-async fn preflight(addr: SocketAddr) -> anyhow::Result<()> {
+pub async fn preflight(addr: SocketAddr) -> anyhow::Result<()> {
     for n in 0..u64::from(client::SOURCE_ADDRESSES) {
         let stream = tokio::time::timeout(CONNECTION_TIMEOUT, client::connect(addr, n))
             .await

@@ -2,7 +2,9 @@
 //!
 //! Both servers run pinned to CPU 0 with one runtime worker; the client (this process) runs on a
 //! current-thread runtime pinned to CPU 1. Each measurement runs in alternating rounds with fresh
-//! server processes, and the table reports the median of the rounds for each server.
+//! server processes, and the table reports the median of the rounds for each server. The restart
+//! measurement is lariat's alone (the naive server cannot restart), in one round, against targets
+//! of its own.
 //!
 //! ```text
 //! cargo build --release -p lariat-cli -p lariat-bench && target/release/lariat-bench [--quick]
@@ -14,6 +16,7 @@ mod host;
 mod idle;
 mod proc;
 mod report;
+mod restart;
 mod server;
 mod throughput;
 
@@ -37,7 +40,7 @@ const CLIENT_CPU: usize = 1;
 #[derive(Debug, Parser)]
 #[command(name = "lariat-bench", version, about)]
 struct Args {
-    /// One round with shorter runs and fewer connections (about 15 s instead of about 80 s).
+    /// One round with shorter runs and fewer connections (about 20 s instead of about 95 s).
     #[arg(long)]
     quick: bool,
 
@@ -59,13 +62,16 @@ enum Measurement {
     Idle,
     /// Bulk echo over one connection.
     Throughput,
+    /// Repeated SIGHUP restarts of lariat under connection churn.
+    Restart,
 }
 
 impl Measurement {
-    const ALL: [Measurement; 3] = [
+    const ALL: [Measurement; 4] = [
         Measurement::Churn,
         Measurement::Idle,
         Measurement::Throughput,
+        Measurement::Restart,
     ];
 
     fn name(self) -> &'static str {
@@ -73,6 +79,23 @@ impl Measurement {
             Measurement::Churn => "churn",
             Measurement::Idle => "idle",
             Measurement::Throughput => "throughput",
+            Measurement::Restart => "restart",
+        }
+    }
+
+    /// The servers it measures: only lariat can restart.
+    fn kinds(self) -> &'static [Kind] {
+        match self {
+            Measurement::Restart => &[Kind::Lariat],
+            _ => &Kind::ALL,
+        }
+    }
+
+    /// Rounds of it: one for restart, which reports lariat's own values rather than a ratio.
+    fn rounds(self, config: &Config) -> usize {
+        match self {
+            Measurement::Restart => 1,
+            _ => config.rounds,
         }
     }
 }
@@ -87,6 +110,8 @@ struct Config {
     idle_connections: u64,
     idle_concurrency: usize,
     throughput_seconds: f64,
+    restart_seconds: f64,
+    restarts: usize,
     server_cpu: usize,
     client_cpu: usize,
     source_addresses: String,
@@ -107,6 +132,8 @@ impl Config {
             idle_connections: if quick { 2_000 } else { 10_000 },
             idle_concurrency: 256,
             throughput_seconds: if quick { 2.0 } else { 5.0 },
+            restart_seconds: if quick { 4.0 } else { 10.0 },
+            restarts: if quick { 3 } else { 10 },
             server_cpu: server::SERVER_CPU,
             client_cpu: CLIENT_CPU,
             source_addresses: format!(
@@ -115,6 +142,21 @@ impl Config {
                 client::source_ip(u64::from(client::SOURCE_ADDRESSES) - 1)
             ),
         }
+    }
+
+    /// How many rounds each measurement runs, for the headers.
+    fn rounds_line(&self) -> String {
+        let mut parts = Vec::new();
+        if self.measurements.iter().any(|&m| m != Measurement::Restart) {
+            parts.push(format!("median of {} round(s)", self.rounds));
+        }
+        if self.measurements.contains(&Measurement::Restart) {
+            parts.push(format!(
+                "restart: lariat only, {} SIGHUPs in {:.0} s of churn, one round",
+                self.restarts, self.restart_seconds
+            ));
+        }
+        parts.join("; ")
     }
 }
 
@@ -166,19 +208,20 @@ async fn bench(
         .unwrap_or(0);
     eprintln!("{}", machine.line());
     eprintln!(
-        "servers on CPU {}, client on CPU {}; {} round(s){}",
+        "servers on CPU {}, client on CPU {}; {}{}",
         config.server_cpu,
         config.client_cpu,
-        config.rounds,
+        config.rounds_line(),
         if config.quick { " (quick)" } else { "" }
     );
 
     let mut samples = Vec::new();
     for &measurement in &config.measurements {
-        for round in 1..=config.rounds {
-            for kind in Kind::ALL {
+        let rounds = measurement.rounds(config);
+        for round in 1..=rounds {
+            for &kind in measurement.kinds() {
                 let sample = measure(binaries, config, measurement, round, kind).await;
-                eprintln!("{}", progress_line(&sample, config.rounds));
+                eprintln!("{}", progress_line(&sample, rounds));
                 samples.push(sample);
             }
         }
@@ -188,11 +231,11 @@ async fn bench(
     let notes = notes(&samples);
     println!("{}", machine.line());
     println!(
-        "lariat-bench{}: servers pinned to CPU {} (1 runtime worker each), client on CPU {}; median of {} round(s)\n",
+        "lariat-bench{}: servers pinned to CPU {} (1 runtime worker each), client on CPU {}; {}\n",
         if config.quick { " --quick" } else { "" },
         config.server_cpu,
         config.client_cpu,
-        config.rounds
+        config.rounds_line(),
     );
     print!("{}", report::markdown(&rows));
     if !notes.is_empty() {
@@ -272,6 +315,15 @@ async fn measure(
         Measurement::Throughput => record(
             throughput::run(&server, Duration::from_secs_f64(config.throughput_seconds)).await,
         ),
+        Measurement::Restart => record(
+            restart::run(
+                &mut server,
+                Duration::from_secs_f64(config.restart_seconds),
+                config.restarts,
+                config.churn_concurrency,
+            )
+            .await,
+        ),
     };
     match outcome {
         Ok((value, metrics, errors, summary)) => {
@@ -282,7 +334,10 @@ async fn measure(
         }
         Err(err) => sample.error = Some(format!("{err:#}")),
     }
-    sample.server_exited = server.exited();
+    // A restart replaces the first process on purpose; its result says how each one ended.
+    if measurement != Measurement::Restart {
+        sample.server_exited = server.exited();
+    }
     drop(server);
     sample
 }

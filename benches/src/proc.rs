@@ -1,4 +1,4 @@
-//! Readings of another process from /proc: CPU time used, resident memory, allowed CPUs.
+//! Readings of another process from /proc: CPU time used, resident memory, allowed CPUs, liveness.
 
 use std::time::Duration;
 
@@ -27,6 +27,18 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_micros(
         ticks * 1_000_000 / clock_ticks_per_second(),
     ))
+}
+
+/// Whether `pid` is still running: it has a /proc/PID/stat and its state (field 3) is neither `Z`, a
+/// zombie, which has exited and only waits for its parent to reap it, nor `X`, dead.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            Some(!matches!(rest.split_whitespace().next()?, "Z" | "X"))
+        })
+        .unwrap_or(false)
 }
 
 /// The unit of /proc/PID/stat times, `sysconf(_SC_CLK_TCK)` (almost always 100).

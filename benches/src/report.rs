@@ -17,6 +17,13 @@ pub enum Metric {
     CpuPerConnection,
     IdleBytes,
     Throughput,
+    RestartConnections,
+    RestartChurnRate,
+    RestartFailed,
+    RestartFailedPerRestart,
+    RestartToServingMedian,
+    RestartToServingMax,
+    RestartOldAlive,
 }
 
 enum Target {
@@ -24,16 +31,25 @@ enum Target {
     RatioAtLeast(f64),
     /// lariat / naive must be at most this.
     RatioAtMost(f64),
-    /// lariat's own value must be at most this.
-    AbsoluteAtMost(f64),
+    /// lariat's own value must be at most this (the unit, for the table).
+    AbsoluteAtMost(f64, &'static str),
+    /// No target: lariat's own value, for the record.
+    Reported,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 11] = [
         Metric::ChurnRate,
         Metric::CpuPerConnection,
         Metric::IdleBytes,
         Metric::Throughput,
+        Metric::RestartConnections,
+        Metric::RestartChurnRate,
+        Metric::RestartFailed,
+        Metric::RestartFailedPerRestart,
+        Metric::RestartToServingMedian,
+        Metric::RestartToServingMax,
+        Metric::RestartOldAlive,
     ];
 
     fn label(self) -> &'static str {
@@ -42,6 +58,15 @@ impl Metric {
             Metric::CpuPerConnection => "server CPU per connection (µs)",
             Metric::IdleBytes => "user-space memory per idle connection (bytes)",
             Metric::Throughput => "echo throughput (MB/s)",
+            Metric::RestartConnections => "restarts under churn: connections completed",
+            Metric::RestartChurnRate => "restarts under churn: churn rate (conn/s)",
+            Metric::RestartFailed => "restarts under churn: failed connections",
+            Metric::RestartFailedPerRestart => {
+                "restarts under churn: failed connections per restart"
+            }
+            Metric::RestartToServingMedian => "SIGHUP to successor serving, median (ms)",
+            Metric::RestartToServingMax => "SIGHUP to successor serving, max (ms)",
+            Metric::RestartOldAlive => "old processes still running after the restarts",
         }
     }
 
@@ -49,8 +74,16 @@ impl Metric {
         match self {
             Metric::ChurnRate => Target::RatioAtLeast(0.97),
             Metric::CpuPerConnection => Target::RatioAtMost(1.00),
-            Metric::IdleBytes => Target::AbsoluteAtMost(1024.0),
+            Metric::IdleBytes => Target::AbsoluteAtMost(1024.0, " B"),
             Metric::Throughput => Target::RatioAtLeast(1.00),
+            Metric::RestartFailedPerRestart | Metric::RestartOldAlive => {
+                Target::AbsoluteAtMost(0.0, "")
+            }
+            Metric::RestartConnections
+            | Metric::RestartChurnRate
+            | Metric::RestartFailed
+            | Metric::RestartToServingMedian
+            | Metric::RestartToServingMax => Target::Reported,
         }
     }
 
@@ -59,8 +92,17 @@ impl Metric {
             return "n/a".to_string();
         }
         match self {
-            Metric::ChurnRate | Metric::IdleBytes => format!("{value:.0}"),
-            Metric::CpuPerConnection | Metric::Throughput => format!("{value:.1}"),
+            Metric::ChurnRate
+            | Metric::IdleBytes
+            | Metric::RestartConnections
+            | Metric::RestartChurnRate
+            | Metric::RestartFailed
+            | Metric::RestartOldAlive => format!("{value:.0}"),
+            Metric::CpuPerConnection
+            | Metric::Throughput
+            | Metric::RestartFailedPerRestart
+            | Metric::RestartToServingMedian
+            | Metric::RestartToServingMax => format!("{value:.1}"),
         }
     }
 }
@@ -70,7 +112,8 @@ impl Target {
         match self {
             Target::RatioAtLeast(r) => format!("≥ {r:.2}×"),
             Target::RatioAtMost(r) => format!("≤ {r:.2}×"),
-            Target::AbsoluteAtMost(v) => format!("≤ {v:.0} B (lariat)"),
+            Target::AbsoluteAtMost(v, unit) => format!("≤ {v:.0}{unit} (lariat)"),
+            Target::Reported => "none (lariat only)".to_string(),
         }
     }
 
@@ -78,7 +121,8 @@ impl Target {
         match self {
             Target::RatioAtLeast(r) => ratio.is_finite().then_some(ratio >= *r),
             Target::RatioAtMost(r) => ratio.is_finite().then_some(ratio <= *r),
-            Target::AbsoluteAtMost(v) => lariat.is_finite().then_some(lariat <= *v),
+            Target::AbsoluteAtMost(v, _) => lariat.is_finite().then_some(lariat <= *v),
+            Target::Reported => None,
         }
     }
 }
@@ -266,5 +310,17 @@ mod tests {
         );
         assert_eq!(Metric::IdleBytes.target().met(1024.0, 9.0), Some(true));
         assert_eq!(Metric::IdleBytes.target().met(f64::NAN, 1.0), None);
+        assert_eq!(
+            Metric::RestartFailedPerRestart.target().met(0.0, f64::NAN),
+            Some(true)
+        );
+        assert_eq!(
+            Metric::RestartFailedPerRestart.target().met(0.1, f64::NAN),
+            Some(false)
+        );
+        assert_eq!(
+            Metric::RestartToServingMax.target().met(5.0, f64::NAN),
+            None
+        );
     }
 }

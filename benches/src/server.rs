@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -15,6 +15,8 @@ pub const SERVER_CPU: usize = 0;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How much of a server's stderr is kept (the handovers are kept in full regardless).
+const STDERR_LIMIT: usize = 1 << 20;
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,11 +99,31 @@ impl Binaries {
     }
 }
 
-/// A running server. Dropping it stops the process: SIGTERM, then SIGKILL if it lingers.
+/// A running server. Dropping it stops the process: SIGTERM, then SIGKILL if it lingers; and if it
+/// handed over to successors (a restart), SIGKILL to the last one.
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
+    stderr: Arc<Mutex<Stderr>>,
+    /// The successor [`Server::kill_successor`] already killed.
+    killed: Option<u32>,
+}
+
+/// What the server and its successors (which inherit the pipe) wrote on stderr, read as it arrives.
+#[derive(Debug, Default)]
+struct Stderr {
+    /// The text, up to [`STDERR_LIMIT`] bytes.
+    text: String,
+    handovers: Vec<Handover>,
+}
+
+/// A `successor_pid=PID` line: a process handed its listeners over to PID, which now serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Handover {
+    pub successor_pid: u32,
+    /// When the bench read the line.
+    pub seen: Instant,
 }
 
 impl Server {
@@ -115,18 +137,66 @@ impl Server {
             .args(kind.args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting taskset -c {SERVER_CPU} {}", binary.display()))?;
         let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = read_stderr(child.stderr.take().expect("stderr is piped"));
         // From here on the guard owns the child, so every error path below stops it.
         let mut server = Server {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child,
+            stderr,
+            killed: None,
         };
         server.addr = wait_for_address(stdout, READY_TIMEOUT)
             .with_context(|| format!("waiting for {} to listen", binary.display()))?;
         Ok(server)
+    }
+
+    /// Every handover seen on stderr so far, in order: the last one names the serving process.
+    pub fn handovers(&self) -> Vec<Handover> {
+        self.lock_stderr().handovers.clone()
+    }
+
+    /// The last `lines` lines the server (and its successors) wrote on stderr.
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        let stderr = self.lock_stderr();
+        let all: Vec<&str> = stderr.text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn lock_stderr(&self) -> std::sync::MutexGuard<'_, Stderr> {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// SIGKILLs the last successor and waits until it is gone. Returns its pid and how long it
+    /// took to go, or None if there was no successor (or it was already killed).
+    pub fn kill_successor(&mut self) -> anyhow::Result<Option<(u32, Duration)>> {
+        let Some(last) = self.handovers().last().map(|h| h.successor_pid) else {
+            return Ok(None);
+        };
+        if self.killed == Some(last) {
+            return Ok(None);
+        }
+        self.killed = Some(last);
+        let pid = libc::pid_t::try_from(last).context("pid out of range")?;
+        let sent = Instant::now();
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is a successor this server
+        // started, which serves until it is told to stop, so it has not been reused.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                return Err(err).with_context(|| format!("SIGKILL to successor {last}"));
+            }
+        }
+        while crate::proc::alive(last) {
+            if sent.elapsed() > STOP_TIMEOUT {
+                bail!("successor {last} still running {STOP_TIMEOUT:?} after SIGKILL");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(Some((last, sent.elapsed())))
     }
 
     /// The server's pid. taskset execs the server, so taskset's child is the server itself.
@@ -167,7 +237,43 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+        let _ = self.kill_successor();
     }
+}
+
+/// Reads the server's stderr on a thread until every writer (successors included) has closed it,
+/// keeping the text and noting each `successor_pid=PID` line when it arrives.
+fn read_stderr(stderr: impl Read + Send + 'static) -> Arc<Mutex<Stderr>> {
+    let shared = Arc::new(Mutex::new(Stderr::default()));
+    let sink = Arc::clone(&shared);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let seen = Instant::now();
+            let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(successor_pid) = successor_pid(&line) {
+                log.handovers.push(Handover {
+                    successor_pid,
+                    seen,
+                });
+            }
+            if log.text.len() + line.len() < STDERR_LIMIT {
+                log.text.push_str(&line);
+                log.text.push('\n');
+            }
+        }
+    });
+    shared
+}
+
+/// The PID of a `… successor_pid=PID …` log line.
+fn successor_pid(line: &str) -> Option<u32> {
+    line.split("successor_pid=")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Reads lines from the server's stdout until `listening on tcp://ADDR`, within `timeout`.
@@ -201,5 +307,25 @@ fn wait_for_address(
     match rx.recv_timeout(timeout) {
         Ok(result) => result,
         Err(_) => bail!("no `listening on tcp://…` line within {timeout:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor_pids() {
+        assert_eq!(
+            successor_pid(
+                "2024-01-01T00:00:00Z  INFO restart: successor ready; handing over the listeners and draining successor_pid=1234 active=3"
+            ),
+            Some(1234)
+        );
+        assert_eq!(successor_pid(r#"{"successor_pid":1234}"#), None);
+        assert_eq!(
+            successor_pid("INFO restart: successor started pid=99"),
+            None
+        );
     }
 }
