@@ -31,6 +31,11 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = HandlerKind::Echo)]
     pub handler: HandlerKind,
 
+    /// Run the echo handler on the message API, in this delivery mode: pull, once, push, or a count N
+    /// (Erlang's {active, false | once | true | N}). Without it, echo uses plain reads.
+    #[arg(long, value_name = "MODE", value_parser = parse_delivery)]
+    pub delivery: Option<lariat::delivery::Mode>,
+
     /// Most connections held at once (others wait in the kernel backlog).
     #[arg(long, value_name = "N", default_value_t = lariat::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -137,6 +142,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// `pull`, `once`, `push`, or a count of messages.
+pub fn parse_delivery(text: &str) -> Result<lariat::delivery::Mode, String> {
+    use lariat::delivery::Mode;
+    match text {
+        "pull" | "passive" | "false" => Ok(Mode::Passive),
+        "once" => Ok(Mode::Once),
+        "push" | "true" => Ok(Mode::Push),
+        n => match n.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Mode::Count(n)),
+            _ => Err(format!(
+                "`{text}`: use pull, once, push, or a count above 0"
+            )),
+        },
+    }
+}
+
 /// `30s`, `500ms`, `2m`, or a bare number of seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -180,6 +201,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!("nonsense".parse::<ListenSpec>().is_err());
+    }
+
+    #[test]
+    fn delivery_modes() {
+        use lariat::delivery::Mode;
+        assert_eq!(parse_delivery("pull").unwrap(), Mode::Passive);
+        assert_eq!(parse_delivery("once").unwrap(), Mode::Once);
+        assert_eq!(parse_delivery("push").unwrap(), Mode::Push);
+        assert_eq!(parse_delivery("100").unwrap(), Mode::Count(100));
+        assert!(parse_delivery("0").is_err());
+        assert!(parse_delivery("sometimes").is_err());
     }
 
     #[test]

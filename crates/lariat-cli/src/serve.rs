@@ -34,6 +34,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Exhaustion::Shed => OnExhaustion::Shed,
         });
     // Monomorphised per handler: no boxing on the per-connection path.
+    if let Some(mode) = args.delivery {
+        if args.handler != HandlerKind::Echo {
+            anyhow::bail!(
+                "--delivery runs the echo handler; it cannot be combined with --handler {:?}",
+                args.handler
+            );
+        }
+        let handler = move |conn| handlers::echo_messages::echo(conn, mode);
+        return serve(builder, named, handler, &args).await;
+    }
     match args.handler {
         HandlerKind::Echo => serve(builder, named, handlers::echo::echo, &args).await,
         HandlerKind::Discard => serve(builder, named, handlers::discard::discard, &args).await,

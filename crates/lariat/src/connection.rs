@@ -63,6 +63,10 @@ impl ConnectionGuard {
     pub fn id(&self) -> u64 {
         self.entry.id
     }
+
+    pub(crate) fn entry(&self) -> &Entry {
+        &self.entry
+    }
 }
 
 impl Connection {
@@ -157,6 +161,10 @@ impl Connection {
     /// moved through the raw stream are not counted.
     pub fn into_parts(self) -> (Stream, ConnectionGuard) {
         (self.stream, self.guard)
+    }
+
+    pub(crate) fn from_parts(stream: Stream, guard: ConnectionGuard) -> Connection {
+        Connection { stream, guard }
     }
 }
 

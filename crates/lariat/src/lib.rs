@@ -16,6 +16,8 @@
 //! * **Hand-off** ([`Connection`]): the socket moves to its handler, in its own task; nothing else reads it.
 //!   A panicking handler is caught and counted.
 //! * **Observing** ([`ServerHandle`]): live connection registry, close by id, counters.
+//! * **Push delivery** ([`delivery`]): a connection as a stream of framed messages in Erlang's active
+//!   modes, with bounded memory and back-pressure.
 //! * **Draining** ([`ServerHandle::drain`], [`drain`]): stop new clients without resetting queued ones,
 //!   tell handlers, let live connections finish up to a deadline, then close and count the rest.
 //!
@@ -43,6 +45,7 @@ pub mod accept;
 pub mod activation;
 mod bind;
 mod connection;
+pub mod delivery;
 pub mod drain;
 mod endpoint;
 mod handler;
@@ -52,6 +55,7 @@ mod registry;
 pub mod restart;
 mod server;
 mod shared;
+mod split;
 mod stats;
 mod stream;
 
@@ -72,5 +76,6 @@ pub use registry::{CloseError, ConnectionInfo, Registry};
 pub use server::{
     Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,
 };
+pub use split::{ReadHalf, ReuniteError, WriteHalf};
 pub use stats::{Stats, StatsSnapshot};
 pub use stream::{LocalAddr, PeerAddr, Stream};

@@ -2,6 +2,7 @@
 
 pub mod discard;
 pub mod echo;
+pub mod echo_messages;
 pub mod http_hello;
 
 /// The read buffer size while data flows. It is allocated when a connection becomes readable and freed

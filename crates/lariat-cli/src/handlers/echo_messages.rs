@@ -1,0 +1,38 @@
+//! `echo` on the message API (`--delivery`): every mode of push delivery, drivable from outside.
+
+use std::future::Future;
+use std::io;
+
+use futures_util::StreamExt;
+use lariat::delivery::{Event, Framing, Messages, Mode};
+use lariat::Connection;
+use tokio::io::AsyncWriteExt;
+
+use super::READ_BUFFER;
+
+/// Echoes raw chunks (at most [`READ_BUFFER`] bytes each) until EOF, receiving them in `mode`: `Passive`
+/// pulls each chunk; `Once` and `Count(n)` re-arm when spent, as an Erlang handler does.
+#[allow(clippy::manual_async_fn)] // deliberate: an `async fn` stores its argument twice
+pub fn echo(conn: Connection, mode: Mode) -> impl Future<Output = io::Result<()>> {
+    async move {
+        let framing = Framing::Raw { max: READ_BUFFER };
+        let (mut messages, mut writer) = Messages::new(conn, framing, mode);
+        loop {
+            let event = match mode {
+                Mode::Passive => messages.recv().await,
+                _ => messages.next().await,
+            };
+            match event {
+                Some(Event::Data(chunk)) => {
+                    writer.write_all(&chunk).await?;
+                    if mode == Mode::Once {
+                        messages.set_mode(Mode::Once);
+                    }
+                }
+                Some(Event::Passive) => messages.set_mode(mode),
+                Some(Event::Closed) | None => return Ok(()),
+                Some(Event::Error(e)) => return Err(io::Error::other(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The built-in framings: raw chunks, lines, and Erlang's `{packet, 1 | 2 | 4}` (a big-endian length
+//! header). Each is a `tokio_util` [`Decoder`] with a hard size limit, so a peer can never make a frame
+//! buffer grow without bound: an oversized frame is an error, not an allocation.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+/// The default largest frame (and raw chunk, and line): 64 KiB.
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+
+/// How the bytes of a connection are cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Whatever arrived, in chunks of at most `max` bytes.
+    Raw {
+        /// The largest chunk delivered at once.
+        max: usize,
+    },
+    /// Lines ending in `\n` (a preceding `\r` is kept); the terminator is not part of the message.
+    Lines {
+        /// The longest line, terminator excluded. Longer is an error.
+        max: usize,
+    },
+    /// A big-endian length header of 1, 2 or 4 bytes, then that many bytes (Erlang's `{packet, N}`).
+    Packet {
+        /// The header's size: 1, 2 or 4.
+        header: u8,
+        /// The largest payload. A header announcing more is an error, found before anything is buffered.
+        max: usize,
+    },
+}
+
+/// A frame the peer sent broke the framing's limits or rules.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// A line longer than the limit (no terminator within it).
+    #[error("line longer than {max} bytes")]
+    LineTooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// A length header announcing more than the limit.
+    #[error("frame of {len} bytes announced, limit {max}")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The peer closed in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
+    Truncated {
+        /// Bytes of the unfinished frame.
+        buffered: usize,
+    },
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Framing {
+    /// Raw chunks of at most [`DEFAULT_MAX_FRAME`].
+    pub fn raw() -> Framing {
+        Framing::Raw {
+            max: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// Lines of at most [`DEFAULT_MAX_FRAME`].
+    pub fn lines() -> Framing {
+        Framing::Lines {
+            max: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// `{packet, header}` frames of at most [`DEFAULT_MAX_FRAME`].
+    ///
+    /// # Panics
+    /// If `header` is not 1, 2 or 4.
+    pub fn packet(header: u8) -> Framing {
+        assert!(
+            matches!(header, 1 | 2 | 4),
+            "a packet header is 1, 2 or 4 bytes"
+        );
+        Framing::Packet {
+            header,
+            max: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// The most bytes this framing may hold for one unfinished frame.
+    pub fn max_buffered(&self) -> usize {
+        match *self {
+            Framing::Raw { max } => max,
+            Framing::Lines { max } => max + 1,
+            Framing::Packet { header, max } => max + header as usize,
+        }
+    }
+}
+
+impl Decoder for Framing {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match *self {
+            Framing::Raw { max } => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = buf.len().min(max.max(1));
+                Ok(Some(buf.split_to(n).freeze()))
+            }
+            Framing::Lines { max } => {
+                // Only the first `max + 1` bytes can hold the terminator of a line within the limit.
+                let window = &buf[..buf.len().min(max + 1)];
+                match window.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        let line = buf.split_to(end + 1).freeze();
+                        Ok(Some(line.slice(..end)))
+                    }
+                    None if buf.len() > max => Err(FrameError::LineTooLong { max }),
+                    None => Ok(None),
+                }
+            }
+            Framing::Packet { header, max } => {
+                let header = header as usize;
+                if buf.len() < header {
+                    return Ok(None);
+                }
+                let len = match header {
+                    1 => buf[0] as usize,
+                    2 => u16::from_be_bytes([buf[0], buf[1]]) as usize,
+                    _ => u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize,
+                };
+                if len > max {
+                    return Err(FrameError::FrameTooLarge { len, max });
+                }
+                if buf.len() < header + len {
+                    // Room for exactly this frame, once, instead of growing step by step.
+                    buf.reserve(header + len - buf.len());
+                    return Ok(None);
+                }
+                buf.advance(header);
+                Ok(Some(buf.split_to(len).freeze()))
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated {
+                buffered: buf.len(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(mut framing: Framing, bytes: &[u8]) -> Result<Vec<Bytes>, FrameError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(frame) = framing.decode_eof(&mut buf)? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn raw_chunks_are_bounded() {
+        let frames = decode_all(Framing::Raw { max: 4 }, b"abcdefghij").unwrap();
+        assert_eq!(frames, vec!["abcd", "efgh", "ij"]);
+    }
+
+    #[test]
+    fn lines_split_and_keep_cr() {
+        let frames = decode_all(Framing::lines(), b"one\ntwo\r\n\n").unwrap();
+        assert_eq!(frames, vec!["one", "two\r", ""]);
+        assert!(matches!(
+            decode_all(Framing::lines(), b"unterminated"),
+            Err(FrameError::Truncated { buffered: 12 })
+        ));
+    }
+
+    #[test]
+    fn an_endless_line_is_an_error_at_the_limit() {
+        let mut framing = Framing::Lines { max: 8 };
+        let mut buf = BytesMut::from(&b"12345678"[..]);
+        assert!(framing.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"9");
+        assert!(matches!(
+            framing.decode(&mut buf),
+            Err(FrameError::LineTooLong { max: 8 })
+        ));
+        // A line of exactly the limit passes.
+        let mut buf = BytesMut::from(&b"12345678\n"[..]);
+        assert_eq!(framing.decode(&mut buf).unwrap().unwrap(), "12345678");
+    }
+
+    #[test]
+    fn packets_of_each_header_size() {
+        assert_eq!(
+            decode_all(Framing::packet(1), b"\x03abc\x00\x01z").unwrap(),
+            vec!["abc", "", "z"]
+        );
+        assert_eq!(
+            decode_all(Framing::packet(2), b"\x00\x02hi").unwrap(),
+            vec!["hi"]
+        );
+        assert_eq!(
+            decode_all(Framing::packet(4), b"\x00\x00\x00\x01!").unwrap(),
+            vec!["!"]
+        );
+    }
+
+    #[test]
+    fn an_oversized_header_is_refused_before_buffering() {
+        let mut framing = Framing::Packet {
+            header: 4,
+            max: 1024,
+        };
+        let mut buf = BytesMut::from(&b"\xff\xff\xff\xff"[..]);
+        assert!(matches!(
+            framing.decode(&mut buf),
+            Err(FrameError::FrameTooLarge {
+                len: 4294967295,
+                max: 1024
+            })
+        ));
+        assert!(buf.capacity() < 4096);
+    }
+}
