@@ -4,7 +4,8 @@
 //! current-thread runtime pinned to CPU 1. Each measurement runs in alternating rounds with fresh
 //! server processes, and the table reports the median of the rounds for each server. The restart
 //! measurement is lariat's alone (the naive server cannot restart), in one round, against targets
-//! of its own.
+//! of its own. So is the delivery measurement: lariat's echo on the message API (`--delivery`)
+//! against lariat's plain echo, one round, each mode's ratio against a baseline from the same run.
 //!
 //! ```text
 //! cargo build --release -p lariat-cli -p lariat-bench && target/release/lariat-bench [--quick]
@@ -31,7 +32,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::host::Machine;
 use crate::report::{Measured, Sample};
-use crate::server::{Binaries, Kind, Server};
+use crate::server::{Binaries, Delivery, Kind, Server};
 
 /// The CPU the client (this process) runs on; the servers get `server::SERVER_CPU`.
 const CLIENT_CPU: usize = 1;
@@ -64,14 +65,20 @@ enum Measurement {
     Throughput,
     /// Repeated SIGHUP restarts of lariat under connection churn.
     Restart,
+    /// lariat's `--delivery` modes against its plain echo: bulk echo throughput, idle memory.
+    Delivery,
 }
 
+/// The `--delivery N` count measured.
+const DELIVERY_COUNT: u32 = 100;
+
 impl Measurement {
-    const ALL: [Measurement; 4] = [
+    const ALL: [Measurement; 5] = [
         Measurement::Churn,
         Measurement::Idle,
         Measurement::Throughput,
         Measurement::Restart,
+        Measurement::Delivery,
     ];
 
     fn name(self) -> &'static str {
@@ -80,21 +87,43 @@ impl Measurement {
             Measurement::Idle => "idle",
             Measurement::Throughput => "throughput",
             Measurement::Restart => "restart",
+            Measurement::Delivery => "delivery",
         }
     }
 
-    /// The servers it measures: only lariat can restart.
-    fn kinds(self) -> &'static [Kind] {
+    /// What one round runs, in order: which measurement against which server. Only lariat can
+    /// restart; the delivery measurement runs the throughput and idle measurements against lariat
+    /// with and without `--delivery`.
+    fn plan(self) -> Vec<(Measurement, Kind)> {
         match self {
-            Measurement::Restart => &[Kind::Lariat],
-            _ => &Kind::ALL,
+            Measurement::Restart => vec![(Measurement::Restart, Kind::Lariat)],
+            Measurement::Delivery => {
+                let throughput = [
+                    Kind::Lariat,
+                    Kind::LariatDelivery(Delivery::Pull),
+                    Kind::LariatDelivery(Delivery::Once),
+                    Kind::LariatDelivery(Delivery::Count(DELIVERY_COUNT)),
+                    Kind::LariatDelivery(Delivery::Push),
+                ];
+                let idle = [
+                    Kind::LariatDelivery(Delivery::Pull),
+                    Kind::LariatDelivery(Delivery::Push),
+                ];
+                throughput
+                    .map(|kind| (Measurement::Throughput, kind))
+                    .into_iter()
+                    .chain(idle.map(|kind| (Measurement::Idle, kind)))
+                    .collect()
+            }
+            _ => Kind::ALL.map(|kind| (self, kind)).to_vec(),
         }
     }
 
-    /// Rounds of it: one for restart, which reports lariat's own values rather than a ratio.
+    /// Rounds of it: one for restart, which reports lariat's own values rather than a ratio, and
+    /// one for delivery, whose ratios are between servers of the same round.
     fn rounds(self, config: &Config) -> usize {
         match self {
-            Measurement::Restart => 1,
+            Measurement::Restart | Measurement::Delivery => 1,
             _ => config.rounds,
         }
     }
@@ -147,7 +176,11 @@ impl Config {
     /// How many rounds each measurement runs, for the headers.
     fn rounds_line(&self) -> String {
         let mut parts = Vec::new();
-        if self.measurements.iter().any(|&m| m != Measurement::Restart) {
+        if self
+            .measurements
+            .iter()
+            .any(|&m| !matches!(m, Measurement::Restart | Measurement::Delivery))
+        {
             parts.push(format!("median of {} round(s)", self.rounds));
         }
         if self.measurements.contains(&Measurement::Restart) {
@@ -155,6 +188,13 @@ impl Config {
                 "restart: lariat only, {} SIGHUPs in {:.0} s of churn, one round",
                 self.restarts, self.restart_seconds
             ));
+        }
+        if self.measurements.contains(&Measurement::Delivery) {
+            parts.push(
+                "delivery: lariat only, --delivery modes against plain echo (throughput) and \
+                 --delivery pull (idle memory), one round"
+                    .to_string(),
+            );
         }
         parts.join("; ")
     }
@@ -219,8 +259,8 @@ async fn bench(
     for &measurement in &config.measurements {
         let rounds = measurement.rounds(config);
         for round in 1..=rounds {
-            for &kind in measurement.kinds() {
-                let sample = measure(binaries, config, measurement, round, kind).await;
+            for (run, kind) in measurement.plan() {
+                let sample = measure(binaries, config, measurement, run, round, kind).await;
                 eprintln!("{}", progress_line(&sample, rounds));
                 samples.push(sample);
             }
@@ -269,11 +309,13 @@ async fn bench(
     })
 }
 
-/// Runs one measurement against a fresh server of `kind`, which is stopped before returning.
+/// Runs `run` (`measurement` itself, or a part of it) against a fresh server of `kind`, which is
+/// stopped before returning.
 async fn measure(
     binaries: &Binaries,
     config: &Config,
     measurement: Measurement,
+    run: Measurement,
     round: usize,
     kind: Kind,
 ) -> Sample {
@@ -300,7 +342,7 @@ async fn measure(
     sample.pid = Some(server.pid());
     sample.server_cpus_allowed = proc::cpus_allowed_list(server.pid()).ok();
 
-    let outcome = match measurement {
+    let outcome = match run {
         Measurement::Churn => record(
             churn::run(
                 &server,
@@ -324,18 +366,29 @@ async fn measure(
             )
             .await,
         ),
+        Measurement::Delivery => Err(anyhow::anyhow!(
+            "the delivery measurement runs as throughput and idle parts"
+        )),
     };
     match outcome {
         Ok((value, metrics, errors, summary)) => {
             sample.result = Some(value);
             sample.summary = summary;
-            sample.metrics = metrics;
+            sample.metrics = if measurement == Measurement::Delivery {
+                // Its own rows, apart from the lariat-against-naive throughput and idle rows.
+                metrics
+                    .into_iter()
+                    .map(|(metric, value)| (metric.in_delivery(), value))
+                    .collect()
+            } else {
+                metrics
+            };
             sample.operation_errors = errors;
         }
         Err(err) => sample.error = Some(format!("{err:#}")),
     }
     // A restart replaces the first process on purpose; its result says how each one ended.
-    if measurement != Measurement::Restart {
+    if run != Measurement::Restart {
         sample.server_exited = server.exited();
     }
     drop(server);
@@ -356,7 +409,7 @@ fn progress_line(sample: &Sample, rounds: usize) -> String {
         sample.measurement,
         sample.round,
         rounds,
-        sample.server.name(),
+        sample.server,
         sample.pid.map_or("-".to_string(), |p| p.to_string()),
     );
     let body = match (&sample.error, &sample.result) {
@@ -377,7 +430,7 @@ fn progress_line(sample: &Sample, rounds: usize) -> String {
 fn notes(samples: &[Sample]) -> Vec<String> {
     let mut notes = Vec::new();
     for s in samples {
-        let at = format!("{} round {} ({})", s.measurement, s.round, s.server.name());
+        let at = format!("{} round {} ({})", s.measurement, s.round, s.server);
         if let Some(err) = &s.error {
             notes.push(format!("{at}: measurement failed: {err}"));
         }
@@ -398,28 +451,39 @@ fn notes(samples: &[Sample]) -> Vec<String> {
             }
         }
     }
-    for measurement in ["churn", "throughput"] {
-        for kind in Kind::ALL {
-            let utilisation = |key: &str| {
-                let values: Vec<f64> = samples
-                    .iter()
-                    .filter(|s| s.measurement == measurement && s.server == kind)
-                    .filter_map(|s| s.result.as_ref()?.get(key)?.as_f64())
-                    .collect();
-                report::median(&values)
-            };
-            if let (Some(server), Some(client)) = (
-                utilisation("server_cpu_utilisation"),
-                utilisation("client_cpu_utilisation"),
-            ) {
-                notes.push(format!(
-                    "{measurement} ({}): server CPU {:.0}% of its core, client CPU {:.0}% of its core",
-                    kind.name(),
-                    server * 100.0,
-                    client * 100.0
-                ));
-            }
+    // Each measurement and server with CPU figures (churn, throughput, delivery), in run order.
+    let mut pairs: Vec<(&str, Kind)> = Vec::new();
+    for s in samples {
+        if !pairs.contains(&(s.measurement, s.server)) {
+            pairs.push((s.measurement, s.server));
         }
+    }
+    for (measurement, kind) in pairs {
+        let utilisation = |key: &str| {
+            let values: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.measurement == measurement && s.server == kind)
+                .filter_map(|s| s.result.as_ref()?.get(key)?.as_f64())
+                .collect();
+            report::median(&values)
+        };
+        if let (Some(server), Some(client)) = (
+            utilisation("server_cpu_utilisation"),
+            utilisation("client_cpu_utilisation"),
+        ) {
+            notes.push(format!(
+                "{measurement} ({kind}): server CPU {:.0}% of its core, client CPU {:.0}% of its core",
+                server * 100.0,
+                client * 100.0
+            ));
+        }
+    }
+    if samples.iter().any(|s| s.measurement == "delivery") {
+        notes.push(
+            "delivery rows: lariat against lariat in the same round; the naive column holds the \
+             baseline, named (plain: echo without --delivery; pull: --delivery pull)"
+                .to_string(),
+        );
     }
     notes
 }

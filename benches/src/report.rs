@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::host::Machine;
-use crate::server::Kind;
+use crate::server::{Delivery, Kind};
 
 /// A headline number, and what counts as meeting its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -24,21 +24,25 @@ pub enum Metric {
     RestartToServingMedian,
     RestartToServingMax,
     RestartOldAlive,
+    /// Echo throughput of lariat in a `--delivery` mode, against plain lariat in the same run.
+    DeliveryThroughput,
+    /// Memory per idle connection of lariat in a `--delivery` mode, against `--delivery pull`.
+    DeliveryIdleBytes,
 }
 
 enum Target {
-    /// lariat / naive must be at least this.
+    /// lariat / naive (or the metric's other baseline) must be at least this.
     RatioAtLeast(f64),
-    /// lariat / naive must be at most this.
+    /// lariat / naive (or the metric's other baseline) must be at most this.
     RatioAtMost(f64),
     /// lariat's own value must be at most this (the unit, for the table).
     AbsoluteAtMost(f64, &'static str),
-    /// No target: lariat's own value, for the record.
+    /// No target: lariat's own value (and its ratio, if it has a baseline), for the record.
     Reported,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::ChurnRate,
         Metric::CpuPerConnection,
         Metric::IdleBytes,
@@ -50,6 +54,8 @@ impl Metric {
         Metric::RestartToServingMedian,
         Metric::RestartToServingMax,
         Metric::RestartOldAlive,
+        Metric::DeliveryThroughput,
+        Metric::DeliveryIdleBytes,
     ];
 
     fn label(self) -> &'static str {
@@ -67,11 +73,54 @@ impl Metric {
             Metric::RestartToServingMedian => "SIGHUP to successor serving, median (ms)",
             Metric::RestartToServingMax => "SIGHUP to successor serving, max (ms)",
             Metric::RestartOldAlive => "old processes still running after the restarts",
+            Metric::DeliveryThroughput => "echo throughput (MB/s)",
+            Metric::DeliveryIdleBytes => "user-space memory per idle connection (bytes)",
         }
     }
 
-    fn target(self) -> Target {
+    /// The row label for `server`: the metric's label, and for the delivery metrics the mode.
+    fn row_label(self, server: Kind) -> String {
+        match (self, server) {
+            (Metric::DeliveryThroughput, _) => {
+                format!("delivery: echo throughput, {server} (MB/s)")
+            }
+            (Metric::DeliveryIdleBytes, _) => {
+                format!("delivery: memory per idle connection, {server} (bytes)")
+            }
+            _ => self.label().to_string(),
+        }
+    }
+
+    /// What the metric's ratios are against: naive, except for the delivery metrics, which
+    /// compare lariat with lariat (plain echo, or `--delivery pull`) measured in the same run.
+    pub fn baseline(self) -> Kind {
         match self {
+            Metric::DeliveryThroughput => Kind::Lariat,
+            Metric::DeliveryIdleBytes => Kind::LariatDelivery(Delivery::Pull),
+            _ => Kind::Naive,
+        }
+    }
+
+    /// The metric a result's `self` counts as in the delivery measurement, which reuses the
+    /// throughput and idle measurements against other servers (and must not mix with them).
+    pub fn in_delivery(self) -> Metric {
+        match self {
+            Metric::Throughput => Metric::DeliveryThroughput,
+            Metric::IdleBytes => Metric::DeliveryIdleBytes,
+            other => other,
+        }
+    }
+
+    /// The target of `server`'s row.
+    fn target(self, server: Kind) -> Target {
+        match self {
+            Metric::DeliveryThroughput => match server {
+                Kind::LariatDelivery(Delivery::Push | Delivery::Count(_)) => {
+                    Target::RatioAtLeast(0.80)
+                }
+                _ => Target::Reported,
+            },
+            Metric::DeliveryIdleBytes => Target::RatioAtMost(1.10),
             Metric::ChurnRate => Target::RatioAtLeast(0.97),
             Metric::CpuPerConnection => Target::RatioAtMost(1.00),
             Metric::IdleBytes => Target::AbsoluteAtMost(1024.0, " B"),
@@ -97,23 +146,31 @@ impl Metric {
             | Metric::RestartConnections
             | Metric::RestartChurnRate
             | Metric::RestartFailed
-            | Metric::RestartOldAlive => format!("{value:.0}"),
+            | Metric::RestartOldAlive
+            | Metric::DeliveryIdleBytes => format!("{value:.0}"),
             Metric::CpuPerConnection
             | Metric::Throughput
             | Metric::RestartFailedPerRestart
             | Metric::RestartToServingMedian
-            | Metric::RestartToServingMax => format!("{value:.1}"),
+            | Metric::RestartToServingMax
+            | Metric::DeliveryThroughput => format!("{value:.1}"),
         }
     }
 }
 
 impl Target {
-    fn describe(&self) -> String {
+    /// The target as the table shows it; a ratio against another baseline than naive names it.
+    fn describe(&self, baseline: Kind) -> String {
+        let against = match baseline {
+            Kind::Naive => String::new(),
+            other => format!(" {}", other.delivery_label()),
+        };
         match self {
-            Target::RatioAtLeast(r) => format!("≥ {r:.2}×"),
-            Target::RatioAtMost(r) => format!("≤ {r:.2}×"),
+            Target::RatioAtLeast(r) => format!("≥ {r:.2}×{against}"),
+            Target::RatioAtMost(r) => format!("≤ {r:.2}×{against}"),
             Target::AbsoluteAtMost(v, unit) => format!("≤ {v:.0}{unit} (lariat)"),
-            Target::Reported => "none (lariat only)".to_string(),
+            Target::Reported if baseline == Kind::Naive => "none (lariat only)".to_string(),
+            Target::Reported => "none".to_string(),
         }
     }
 
@@ -161,70 +218,106 @@ pub struct Sample {
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub metric: Metric,
-    pub label: &'static str,
+    pub label: String,
+    /// The server `lariat_rounds` and `lariat_median` are of: `lariat`, or for the delivery rows
+    /// `lariat --delivery MODE`.
+    pub server: Kind,
     pub naive_rounds: Vec<f64>,
     pub lariat_rounds: Vec<f64>,
     pub naive_median: Option<f64>,
     pub lariat_median: Option<f64>,
-    /// lariat median / naive median.
+    /// For the delivery rows: the lariat configuration the ratio is against (null for the others,
+    /// whose ratio is against naive).
+    pub baseline: Option<Baseline>,
+    /// lariat median / naive median, or / the baseline's median when there is one.
     pub ratio: Option<f64>,
     pub target: String,
     pub met: Option<bool>,
 }
 
-/// Medians per server and metric, with ratio and target, for every metric that was measured.
+/// Another server a row's ratio is against, measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    pub server: Kind,
+    pub rounds: Vec<f64>,
+    pub median: Option<f64>,
+}
+
+/// Medians per server and metric, with ratio and target, for every metric that was measured: one
+/// row of lariat against naive per metric, and for the delivery metrics one row per `--delivery`
+/// mode measured (in the order they ran) against the metric's lariat baseline.
 pub fn rows(samples: &[Sample]) -> Vec<Row> {
-    let mut values: BTreeMap<(Metric, &'static str), Vec<f64>> = BTreeMap::new();
+    let mut values: BTreeMap<(Metric, Kind), Vec<f64>> = BTreeMap::new();
+    // The servers that reported each metric, in the order they first did.
+    let mut servers: BTreeMap<Metric, Vec<Kind>> = BTreeMap::new();
     for sample in samples {
         for &(metric, value) in &sample.metrics {
+            let seen = servers.entry(metric).or_default();
+            if !seen.contains(&sample.server) {
+                seen.push(sample.server);
+            }
             if value.is_finite() {
                 values
-                    .entry((metric, sample.server.name()))
+                    .entry((metric, sample.server))
                     .or_default()
                     .push(value);
             }
         }
     }
-    let measured: Vec<Metric> = Metric::ALL
-        .into_iter()
-        .filter(|m| {
-            samples
+    let rounds =
+        |metric: Metric, kind: Kind| values.get(&(metric, kind)).cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    for metric in Metric::ALL {
+        let Some(measured) = servers.get(&metric) else {
+            continue;
+        };
+        let baseline = metric.baseline();
+        let compared: Vec<Kind> = if baseline == Kind::Naive {
+            vec![Kind::Lariat]
+        } else {
+            measured
                 .iter()
-                .any(|s| s.metrics.iter().any(|(sm, _)| sm == m))
-        })
-        .collect();
-    measured
-        .into_iter()
-        .map(|metric| {
-            let naive_rounds = values
-                .get(&(metric, Kind::Naive.name()))
-                .cloned()
-                .unwrap_or_default();
-            let lariat_rounds = values
-                .get(&(metric, Kind::Lariat.name()))
-                .cloned()
-                .unwrap_or_default();
-            let naive_median = median(&naive_rounds);
+                .copied()
+                .filter(|&k| k != baseline)
+                .collect()
+        };
+        for server in compared {
+            let base_rounds = rounds(metric, baseline);
+            let lariat_rounds = rounds(metric, server);
+            let base_median = median(&base_rounds);
             let lariat_median = median(&lariat_rounds);
-            let ratio = match (naive_median, lariat_median) {
-                (Some(n), Some(l)) if n != 0.0 => Some(l / n),
+            let ratio = match (base_median, lariat_median) {
+                (Some(b), Some(l)) if b != 0.0 => Some(l / b),
                 _ => None,
             };
-            let target = metric.target();
+            let target = metric.target(server);
             let met = target.met(lariat_median.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN));
-            Row {
+            let (naive_rounds, naive_median, other) = if baseline == Kind::Naive {
+                (base_rounds, base_median, None)
+            } else {
+                let other = Baseline {
+                    server: baseline,
+                    rounds: base_rounds,
+                    median: base_median,
+                };
+                (Vec::new(), None, Some(other))
+            };
+            rows.push(Row {
                 metric,
-                label: metric.label(),
+                label: metric.row_label(server),
+                server,
                 naive_rounds,
                 lariat_rounds,
                 naive_median,
                 lariat_median,
+                baseline: other,
                 ratio,
-                target: target.describe(),
+                target: target.describe(baseline),
                 met,
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    rows
 }
 
 /// The median; the mean of the middle two for an even count; None when empty.
@@ -242,7 +335,8 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
-/// The Markdown table of medians.
+/// The Markdown table of medians. A row with another baseline than naive shows it, named, in the
+/// naive column (`plain: 1164.8`).
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
         "| metric | naive | lariat | lariat/naive | target | met? |\n\
@@ -250,10 +344,14 @@ pub fn markdown(rows: &[Row]) -> String {
     );
     for row in rows {
         let value = |v: Option<f64>| v.map_or("n/a".to_string(), |v| row.metric.format(v));
+        let baseline = match &row.baseline {
+            Some(b) => format!("{}: {}", b.server.delivery_label(), value(b.median)),
+            None => value(row.naive_median),
+        };
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
             row.label,
-            value(row.naive_median),
+            baseline,
             value(row.lariat_median),
             row.ratio.map_or("n/a".to_string(), |r| format!("{r:.2}×")),
             row.target,
@@ -302,25 +400,101 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(Metric::ChurnRate.target().met(0.0, 0.97), Some(true));
-        assert_eq!(Metric::ChurnRate.target().met(0.0, 0.96), Some(false));
+        let l = Kind::Lariat;
+        assert_eq!(Metric::ChurnRate.target(l).met(0.0, 0.97), Some(true));
+        assert_eq!(Metric::ChurnRate.target(l).met(0.0, 0.96), Some(false));
         assert_eq!(
-            Metric::CpuPerConnection.target().met(0.0, 1.01),
+            Metric::CpuPerConnection.target(l).met(0.0, 1.01),
             Some(false)
         );
-        assert_eq!(Metric::IdleBytes.target().met(1024.0, 9.0), Some(true));
-        assert_eq!(Metric::IdleBytes.target().met(f64::NAN, 1.0), None);
+        assert_eq!(Metric::IdleBytes.target(l).met(1024.0, 9.0), Some(true));
+        assert_eq!(Metric::IdleBytes.target(l).met(f64::NAN, 1.0), None);
         assert_eq!(
-            Metric::RestartFailedPerRestart.target().met(0.0, f64::NAN),
+            Metric::RestartFailedPerRestart.target(l).met(0.0, f64::NAN),
             Some(true)
         );
         assert_eq!(
-            Metric::RestartFailedPerRestart.target().met(0.1, f64::NAN),
+            Metric::RestartFailedPerRestart.target(l).met(0.1, f64::NAN),
             Some(false)
         );
         assert_eq!(
-            Metric::RestartToServingMax.target().met(5.0, f64::NAN),
+            Metric::RestartToServingMax.target(l).met(5.0, f64::NAN),
             None
+        );
+        let push = Kind::LariatDelivery(Delivery::Push);
+        let count = Kind::LariatDelivery(Delivery::Count(100));
+        let pull = Kind::LariatDelivery(Delivery::Pull);
+        let once = Kind::LariatDelivery(Delivery::Once);
+        let t = Metric::DeliveryThroughput;
+        assert_eq!(t.target(push).met(1.0, 0.80), Some(true));
+        assert_eq!(t.target(count).met(1.0, 0.79), Some(false));
+        assert_eq!(t.target(pull).met(1.0, 0.10), None);
+        assert_eq!(t.target(once).met(1.0, 0.10), None);
+        assert_eq!(t.target(push).describe(t.baseline()), "≥ 0.80× plain");
+        assert_eq!(t.target(once).describe(t.baseline()), "none");
+        let i = Metric::DeliveryIdleBytes;
+        assert_eq!(i.target(push).met(1.0, 1.10), Some(true));
+        assert_eq!(i.target(push).met(1.0, 1.11), Some(false));
+        assert_eq!(i.target(push).describe(i.baseline()), "≤ 1.10× pull");
+    }
+
+    fn sample(server: Kind, metrics: Vec<(Metric, f64)>) -> Sample {
+        Sample {
+            measurement: "test",
+            round: 1,
+            server,
+            pid: None,
+            server_cpus_allowed: None,
+            result: None,
+            error: None,
+            server_exited: None,
+            summary: String::new(),
+            metrics,
+            operation_errors: 0,
+        }
+    }
+
+    #[test]
+    fn delivery_rows_compare_with_their_own_baseline() {
+        let push = Kind::LariatDelivery(Delivery::Push);
+        let pull = Kind::LariatDelivery(Delivery::Pull);
+        let samples = [
+            sample(Kind::Naive, vec![(Metric::Throughput, 500.0)]),
+            sample(Kind::Lariat, vec![(Metric::Throughput, 800.0)]),
+            sample(Kind::Lariat, vec![(Metric::DeliveryThroughput, 1000.0)]),
+            sample(pull, vec![(Metric::DeliveryThroughput, 700.0)]),
+            sample(push, vec![(Metric::DeliveryThroughput, 900.0)]),
+            sample(pull, vec![(Metric::DeliveryIdleBytes, 1000.0)]),
+            sample(push, vec![(Metric::DeliveryIdleBytes, 1200.0)]),
+        ];
+        let rows = rows(&samples);
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|r| (r.metric, r.server, r.ratio.unwrap(), r.met))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Metric::Throughput, Kind::Lariat, 1.6, Some(true)),
+                (Metric::DeliveryThroughput, pull, 0.7, None),
+                (Metric::DeliveryThroughput, push, 0.9, Some(true)),
+                (Metric::DeliveryIdleBytes, push, 1.2, Some(false)),
+            ]
+        );
+        assert!(rows[0].baseline.is_none());
+        assert_eq!(rows[1].baseline.as_ref().unwrap().median, Some(1000.0));
+        let table = markdown(&rows);
+        assert!(
+            table.contains(
+                "| delivery: echo throughput, lariat --delivery push (MB/s) | plain: 1000.0 | 900.0 | 0.90× | ≥ 0.80× plain | yes |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| delivery: memory per idle connection, lariat --delivery push (bytes) | pull: 1000 | 1200 | 1.20× | ≤ 1.10× pull | **no** |"
+            ),
+            "{table}"
         );
     }
 }

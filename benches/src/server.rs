@@ -1,5 +1,7 @@
 //! The servers under test: started pinned to one CPU, found by the line they print, always stopped.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,35 +21,76 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 const STDERR_LIMIT: usize = 1 << 20;
 
 /// Which server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+///
+/// Serialised as its [`Kind::name`]: `naive`, `lariat`, or `lariat --delivery MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Naive,
+    /// `lariat serve --handler echo`: plain async reads and writes.
     Lariat,
+    /// `lariat serve --handler echo --delivery MODE`: echo on the message API in that mode.
+    LariatDelivery(Delivery),
+}
+
+/// A `lariat serve --delivery` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Delivery {
+    /// `--delivery pull`: each chunk pulled with `Messages::recv`.
+    Pull,
+    /// `--delivery once`: one chunk, then re-armed.
+    Once,
+    /// `--delivery N`: N chunks, then an `Event::Passive` and a re-arm.
+    Count(u32),
+    /// `--delivery push`: every chunk as it comes.
+    Push,
+}
+
+impl Delivery {
+    /// The value of `--delivery`.
+    pub fn arg(self) -> String {
+        match self {
+            Delivery::Pull => "pull".to_string(),
+            Delivery::Once => "once".to_string(),
+            Delivery::Count(n) => n.to_string(),
+            Delivery::Push => "push".to_string(),
+        }
+    }
 }
 
 impl Kind {
     /// In the order each round runs them.
     pub const ALL: [Kind; 2] = [Kind::Naive, Kind::Lariat];
 
-    pub fn name(self) -> &'static str {
+    /// `naive`, `lariat`, or `lariat --delivery MODE`.
+    pub fn name(self) -> Cow<'static, str> {
         match self {
-            Kind::Naive => "naive",
-            Kind::Lariat => "lariat",
+            Kind::Naive => "naive".into(),
+            Kind::Lariat => "lariat".into(),
+            Kind::LariatDelivery(mode) => format!("lariat --delivery {}", mode.arg()).into(),
+        }
+    }
+
+    /// How the delivery rows of the table name it: `plain` for lariat without `--delivery`, the
+    /// mode for the others.
+    pub fn delivery_label(self) -> String {
+        match self {
+            Kind::Naive => "naive".to_string(),
+            Kind::Lariat => "plain".to_string(),
+            Kind::LariatDelivery(mode) => mode.arg(),
         }
     }
 
     fn binary_name(self) -> &'static str {
         match self {
             Kind::Naive => "naive-echo",
-            Kind::Lariat => "lariat",
+            Kind::Lariat | Kind::LariatDelivery(_) => "lariat",
         }
     }
 
-    fn args(self) -> Vec<&'static str> {
-        match self {
+    fn args(self) -> Vec<String> {
+        let mut args: Vec<String> = match self {
             Kind::Naive => vec!["127.0.0.1:0"],
-            Kind::Lariat => vec![
+            Kind::Lariat | Kind::LariatDelivery(_) => vec![
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
@@ -57,6 +100,25 @@ impl Kind {
                 "20000",
             ],
         }
+        .into_iter()
+        .map(String::from)
+        .collect();
+        if let Kind::LariatDelivery(mode) = self {
+            args.extend(["--delivery".to_string(), mode.arg()]);
+        }
+        args
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.name())
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name())
     }
 }
 
@@ -94,7 +156,7 @@ impl Binaries {
     pub fn path(&self, kind: Kind) -> &Path {
         match kind {
             Kind::Naive => &self.naive,
-            Kind::Lariat => &self.lariat,
+            Kind::Lariat | Kind::LariatDelivery(_) => &self.lariat,
         }
     }
 }
@@ -127,7 +189,7 @@ pub struct Handover {
 }
 
 impl Server {
-    /// Starts `kind` under `taskset -c SERVER_CPU` and waits for its `listening on tcp://…` line.
+    /// Starts `kind` (with its arguments, see [`Kind`]) under `taskset -c SERVER_CPU` and waits for its `listening on tcp://…` line.
     pub fn start(binaries: &Binaries, kind: Kind) -> anyhow::Result<Self> {
         let binary = binaries.path(kind);
         let mut child = Command::new("taskset")
@@ -313,6 +375,35 @@ fn wait_for_address(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments() {
+        assert_eq!(Kind::Naive.args(), ["127.0.0.1:0"]);
+        let lariat = Kind::Lariat.args();
+        assert!(!lariat.iter().any(|a| a == "--delivery"));
+        let push = Kind::LariatDelivery(Delivery::Push).args();
+        assert_eq!(push[..lariat.len()], lariat[..]);
+        assert_eq!(push[lariat.len()..], ["--delivery", "push"]);
+        assert_eq!(
+            Kind::LariatDelivery(Delivery::Count(100)).args()[lariat.len()..],
+            ["--delivery", "100"]
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(Kind::Lariat.name(), "lariat");
+        assert_eq!(
+            Kind::LariatDelivery(Delivery::Once).name(),
+            "lariat --delivery once"
+        );
+        assert_eq!(
+            serde_json::to_string(&Kind::LariatDelivery(Delivery::Count(100))).unwrap(),
+            r#""lariat --delivery 100""#
+        );
+        assert_eq!(serde_json::to_string(&Kind::Naive).unwrap(), r#""naive""#);
+        assert_eq!(format!("{:<8}|", Kind::Naive), "naive   |");
+    }
 
     #[test]
     fn successor_pids() {
