@@ -290,7 +290,7 @@ async fn once_delivers_one_message_then_nothing_until_rearmed() {
     assert_eq!(next_data(&mut messages).await, "one");
     assert_eq!(messages.mode(), Mode::Passive);
     // The rest is already read and buffered, and still not delivered.
-    assert!(Messages::buffered(&messages) > 0);
+    assert!(messages.buffered_len() > 0);
     assert_pending(&mut messages, "Once, spent").await;
     messages.set_mode(Mode::Once);
     assert_eq!(next_data(&mut messages).await, "two");
@@ -340,7 +340,7 @@ async fn passive_delivers_nothing_and_recv_pulls() {
     let (mut messages, _writer) = Messages::new(conn, Framing::lines(), Mode::Passive);
     assert_pending(&mut messages, "Passive").await;
     // Passive reads nothing until pulled.
-    assert_eq!(Messages::buffered(&messages), 0);
+    assert_eq!(messages.buffered_len(), 0);
     assert_eq!(recv_data(&mut messages).await, "x");
     assert_pending(&mut messages, "Passive after a pull").await;
     assert_eq!(recv_data(&mut messages).await, "y");
@@ -407,7 +407,7 @@ async fn an_oversized_packet_header_is_an_error_then_the_end() {
         "{event:?}"
     );
     assert_eq!(
-        Messages::buffered(&messages),
+        messages.buffered_len(),
         0,
         "the buffer is dropped with the error"
     );
@@ -475,7 +475,7 @@ async fn an_endless_line_is_an_error_with_bounded_buffering() {
             polls += 1;
             let poll = messages.poll_next_unpin(cx);
             if poll.is_pending() {
-                most_buffered = most_buffered.max(Messages::buffered(&messages));
+                most_buffered = most_buffered.max(messages.buffered_len());
             }
             poll
         }),
@@ -900,13 +900,10 @@ mod property {
     }
 }
 
-/// `Framing::Packet { max }` promises frames up to `max`, but `Messages` refuses a frame whose encoding is
-/// larger than `FlowControl::max_buffer` (1 MiB by default) whenever it arrives slowly enough to be seen
-/// unfinished at that size (all at once it passes: the decoder reserved room for it), and `Messages::new`
-/// does not raise the guard to `Framing::max_buffered()`. Known failing: see the report of the delivery
-/// tests; run with `--ignored`.
+/// `Framing::Packet { max }` promises frames up to `max`, even above `FlowControl::max_buffer` (1 MiB by
+/// default, the guard for decoders without limits) and even when the frame arrives slowly enough to be
+/// seen unfinished at that size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: max_buffer (1 MiB) overrides a larger Framing limit, depending on timing"]
 async fn a_frame_within_the_framing_limit_is_delivered_whatever_its_size() {
     const FRAME: usize = 1024 * 1024 + 1;
     let mut pairs = Pairs::start();

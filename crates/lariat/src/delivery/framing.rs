@@ -98,12 +98,37 @@ impl Framing {
     }
 }
 
-impl Decoder for Framing {
+/// The decoder for one connection's [`Framing`]: the framing plus how far a line search got, so bytes
+/// arriving one at a time are scanned once each, not again on every read (a slow peer must not make
+/// the server rescan a long line thousands of times).
+#[derive(Debug, Clone)]
+pub struct FramingDecoder {
+    framing: Framing,
+    /// Bytes at the front of the buffer already searched for `\n`.
+    scanned: usize,
+}
+
+impl FramingDecoder {
+    /// A decoder for `framing`.
+    pub fn new(framing: Framing) -> FramingDecoder {
+        FramingDecoder {
+            framing,
+            scanned: 0,
+        }
+    }
+
+    /// The framing it decodes.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+}
+
+impl Decoder for FramingDecoder {
     type Item = Bytes;
     type Error = FrameError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        match *self {
+        match self.framing {
             Framing::Raw { max } => {
                 if buf.is_empty() {
                     return Ok(None);
@@ -112,15 +137,22 @@ impl Decoder for Framing {
                 Ok(Some(buf.split_to(n).freeze()))
             }
             Framing::Lines { max } => {
-                // Only the first `max + 1` bytes can hold the terminator of a line within the limit.
-                let window = &buf[..buf.len().min(max + 1)];
-                match window.iter().position(|&b| b == b'\n') {
-                    Some(end) => {
+                // Only the first `max + 1` bytes can hold the terminator of a line within the limit, and
+                // the first `scanned` of them are known to hold none.
+                let window_end = buf.len().min(max + 1);
+                let from = self.scanned.min(window_end);
+                match buf[from..window_end].iter().position(|&b| b == b'\n') {
+                    Some(at) => {
+                        let end = from + at;
+                        self.scanned = 0;
                         let line = buf.split_to(end + 1).freeze();
                         Ok(Some(line.slice(..end)))
                     }
                     None if buf.len() > max => Err(FrameError::LineTooLong { max }),
-                    None => Ok(None),
+                    None => {
+                        self.scanned = window_end;
+                        Ok(None)
+                    }
                 }
             }
             Framing::Packet { header, max } => {
@@ -162,7 +194,8 @@ impl Decoder for Framing {
 mod tests {
     use super::*;
 
-    fn decode_all(mut framing: Framing, bytes: &[u8]) -> Result<Vec<Bytes>, FrameError> {
+    fn decode_all(framing: Framing, bytes: &[u8]) -> Result<Vec<Bytes>, FrameError> {
+        let mut framing = FramingDecoder::new(framing);
         let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
         while let Some(frame) = framing.decode_eof(&mut buf)? {
@@ -189,7 +222,7 @@ mod tests {
 
     #[test]
     fn an_endless_line_is_an_error_at_the_limit() {
-        let mut framing = Framing::Lines { max: 8 };
+        let mut framing = FramingDecoder::new(Framing::Lines { max: 8 });
         let mut buf = BytesMut::from(&b"12345678"[..]);
         assert!(framing.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(b"9");
@@ -200,6 +233,21 @@ mod tests {
         // A line of exactly the limit passes.
         let mut buf = BytesMut::from(&b"12345678\n"[..]);
         assert_eq!(framing.decode(&mut buf).unwrap().unwrap(), "12345678");
+    }
+
+    #[test]
+    fn a_line_fed_a_byte_at_a_time_is_scanned_once() {
+        let mut framing = FramingDecoder::new(Framing::Lines { max: 1 << 20 });
+        let mut buf = BytesMut::new();
+        for _ in 0..100_000 {
+            buf.extend_from_slice(b"x");
+            assert!(framing.decode(&mut buf).unwrap().is_none());
+            assert_eq!(framing.scanned, buf.len());
+        }
+        buf.extend_from_slice(b"\nnext");
+        assert_eq!(framing.decode(&mut buf).unwrap().unwrap().len(), 100_000);
+        assert_eq!(framing.scanned, 0);
+        assert_eq!(&buf[..], b"next");
     }
 
     #[test]
@@ -220,10 +268,10 @@ mod tests {
 
     #[test]
     fn an_oversized_header_is_refused_before_buffering() {
-        let mut framing = Framing::Packet {
+        let mut framing = FramingDecoder::new(Framing::Packet {
             header: 4,
             max: 1024,
-        };
+        });
         let mut buf = BytesMut::from(&b"\xff\xff\xff\xff"[..]);
         assert!(matches!(
             framing.decode(&mut buf),

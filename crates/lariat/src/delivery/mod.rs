@@ -37,7 +37,7 @@
 mod framing;
 mod prefixed;
 
-pub use framing::{FrameError, Framing, DEFAULT_MAX_FRAME};
+pub use framing::{FrameError, Framing, FramingDecoder, DEFAULT_MAX_FRAME};
 pub use prefixed::Prefixed;
 
 use std::io;
@@ -49,6 +49,41 @@ use tokio_util::codec::Decoder;
 
 use crate::split::{ReadHalf, WriteHalf};
 use crate::Connection;
+
+/// What [`Messages::new`] takes to cut bytes into messages: a [`Framing`] (which gets a fresh
+/// [`FramingDecoder`] per connection) or any `tokio_util` [`Decoder`].
+pub trait IntoDecoder {
+    /// The decoder.
+    type Decoder: Decoder;
+
+    /// The decoder for one connection.
+    fn into_decoder(self) -> Self::Decoder;
+
+    /// The most one unfinished frame can buffer, when the framing guarantees a bound of its own.
+    fn max_buffered(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl IntoDecoder for Framing {
+    type Decoder = FramingDecoder;
+
+    fn into_decoder(self) -> FramingDecoder {
+        FramingDecoder::new(self)
+    }
+
+    fn max_buffered(&self) -> Option<usize> {
+        Some(Framing::max_buffered(self))
+    }
+}
+
+impl<D: Decoder> IntoDecoder for D {
+    type Decoder = D;
+
+    fn into_decoder(self) -> D {
+        self
+    }
+}
 
 /// What the message stream delivers on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +121,8 @@ pub struct FlowControl {
     pub low_watermark: usize,
     /// Bytes asked of the socket per read. Default 16 KiB.
     pub read_size: usize,
-    /// The most a single unfinished frame may buffer before it is an error, whatever the decoder: a
-    /// guard for decoders without limits of their own. Default 1 MiB.
+    /// The most a single unfinished frame may buffer before it is an error: a guard for decoders without
+    /// limits of their own. A [`Framing`] with a larger limit raises it to that limit. Default 1 MiB.
     pub max_buffer: usize,
 }
 
@@ -104,9 +139,11 @@ impl Default for FlowControl {
 
 /// A connection's incoming bytes as a stream of [`Event`]s; see the [module docs](self).
 #[derive(Debug)]
-pub struct Messages<D = Framing> {
+pub struct Messages<D = FramingDecoder> {
     read: ReadHalf,
     decoder: D,
+    /// The framing's own bound on an unfinished frame, if it has one: the buffer guard never undercuts it.
+    framing_limit: Option<usize>,
     /// Bytes read and not yet delivered, undecoded.
     buf: BytesMut,
     mode: Mode,
@@ -128,16 +165,26 @@ where
 {
     /// Splits `conn` into a message stream (decoded by `decoder`, delivering per `mode`) and its write
     /// half. Nothing is read yet.
-    pub fn new(conn: Connection, decoder: D, mode: Mode) -> (Messages<D>, WriteHalf) {
+    pub fn new(
+        conn: Connection,
+        decoder: impl IntoDecoder<Decoder = D>,
+        mode: Mode,
+    ) -> (Messages<D>, WriteHalf) {
         let (read, write) = conn.into_split();
         (Messages::from_read_half(read, decoder, mode), write)
     }
 
     /// A message stream over an already split read half.
-    pub fn from_read_half(read: ReadHalf, decoder: D, mode: Mode) -> Messages<D> {
+    pub fn from_read_half(
+        read: ReadHalf,
+        decoder: impl IntoDecoder<Decoder = D>,
+        mode: Mode,
+    ) -> Messages<D> {
+        let framing_limit = decoder.max_buffered();
         let mut messages = Messages {
             read,
-            decoder,
+            decoder: decoder.into_decoder(),
+            framing_limit,
             buf: BytesMut::new(),
             mode: Mode::Passive,
             flow: FlowControl::default(),
@@ -175,7 +222,7 @@ where
     }
 
     /// Bytes read from the socket and not yet delivered.
-    pub fn buffered(&self) -> usize {
+    pub fn buffered_len(&self) -> usize {
         self.buf.len()
     }
 
@@ -227,13 +274,14 @@ where
                     Err(e) => self.end(Event::Error(e)),
                 }));
             }
-            if self.buf.len() >= self.flow.max_buffer {
+            let limit = self
+                .flow
+                .max_buffer
+                .max(self.framing_limit.map_or(0, |l| l + 1));
+            if self.buf.len() >= limit {
                 let e = io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!(
-                        "an unfinished frame exceeds the {} byte buffer limit",
-                        self.flow.max_buffer
-                    ),
+                    format!("an unfinished frame exceeds the {limit} byte buffer limit"),
                 );
                 return Poll::Ready(Some(self.end(Event::Error(e.into()))));
             }
