@@ -69,8 +69,11 @@ fn adopts_sockets_by_name_and_all_of_them_without_listen() {
         assert_eq!(server.listening, vec![format!("tcp://{tcp_addr}")]);
         let mut c = TcpStream::connect(tcp_addr).unwrap();
         echo_once(&mut c, b"by name");
+        // The log is read from a pipe by another thread: give it a moment.
         assert!(
-            server.stderr().contains("matches no --listen"),
+            common::eventually(Duration::from_secs(5), || server
+                .stderr()
+                .contains("matches no --listen")),
             "{}",
             server.stderr()
         );
@@ -90,7 +93,9 @@ fn adopts_sockets_by_name_and_all_of_them_without_listen() {
         echo_once(&mut TcpStream::connect(tcp_addr).unwrap(), b"tcp");
         echo_once(&mut UnixStream::connect(&path).unwrap(), b"unix");
         assert!(
-            server.stderr().contains("supervised=true"),
+            common::eventually(Duration::from_secs(5), || server
+                .stderr()
+                .contains("supervised=true")),
             "{}",
             server.stderr()
         );

@@ -49,6 +49,7 @@ pub mod delivery;
 pub mod drain;
 mod endpoint;
 mod handler;
+mod idle;
 mod limit;
 mod listener;
 mod registry;

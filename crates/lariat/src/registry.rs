@@ -27,6 +27,10 @@ pub(crate) struct Entry {
     pub(crate) bytes_out: AtomicU64,
     /// The task serving the connection, when lariat spawned it; closing aborts it, which drops the socket.
     pub(crate) task: OnceLock<AbortHandle>,
+    /// Kept by the idle sweep only (see `idle.rs`): bytes in + out at the last sweep, and since when
+    /// they have not moved (ms from the registry's epoch).
+    pub(crate) swept_bytes: AtomicU64,
+    pub(crate) quiet_since_ms: AtomicU64,
 }
 
 /// A snapshot of one live connection.
@@ -79,20 +83,38 @@ impl Registry {
     /// Registers a new connection of `shared`'s server and returns its entry.
     pub(crate) fn insert(&self, peer: PeerAddr, shared: Arc<Shared>) -> Arc<Entry> {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
+        let now = self.now_ms();
         let entry = Arc::new(Entry {
             id,
             shared,
             peer,
-            started_ms: self.now_ms(),
+            started_ms: now,
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             task: OnceLock::new(),
+            swept_bytes: AtomicU64::new(0),
+            quiet_since_ms: AtomicU64::new(now),
         });
         self.map.insert(id, entry.clone());
         entry
     }
 
-    fn now_ms(&self) -> u64 {
+    /// The connections whose byte counters have not moved for more than `timeout_ms` (by the sweeps'
+    /// account: a connection that moved since the last sweep starts a new quiet period now).
+    pub(crate) fn idle_longer_than(&self, now_ms: u64, timeout_ms: u64) -> Vec<u64> {
+        let mut idle = Vec::new();
+        for e in self.map.iter() {
+            let bytes = e.bytes_in.load(Relaxed) + e.bytes_out.load(Relaxed);
+            if e.swept_bytes.swap(bytes, Relaxed) != bytes {
+                e.quiet_since_ms.store(now_ms, Relaxed);
+            } else if now_ms.saturating_sub(e.quiet_since_ms.load(Relaxed)) > timeout_ms {
+                idle.push(*e.key());
+            }
+        }
+        idle
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 

@@ -18,6 +18,7 @@ pub struct Stats {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) drain_forced: AtomicU64,
+    pub(crate) idle_closed: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -49,6 +50,8 @@ pub struct StatsSnapshot {
     pub bytes_out: u64,
     /// Connections a drain closed at its deadline (or when forced).
     pub drain_forced: u64,
+    /// Connections closed for staying silent past the idle timeout.
+    pub idle_closed: u64,
 }
 
 impl Stats {
@@ -71,6 +74,7 @@ impl Stats {
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             drain_forced: self.drain_forced.load(Relaxed),
+            idle_closed: self.idle_closed.load(Relaxed),
         }
     }
 

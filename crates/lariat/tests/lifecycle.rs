@@ -188,3 +188,33 @@ async fn a_panic_while_building_the_handler_future_is_contained() {
     ping(&mut second, b"the loop survived").await;
     assert_eq!(server.handle().stats().handler_panics, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_idle_timeout_busy_ones_are_not() {
+    let (listener, addr) = bind_loopback();
+    let server = Server::builder()
+        .idle_timeout(Some(Duration::from_millis(400)))
+        .serve([listener], common::echo)
+        .unwrap();
+    let handle = server.handle().clone();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    // The busy one talks every 100 ms for 1.2 s: three timeouts' worth.
+    for _ in 0..12 {
+        busy.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        busy.read_exact(&mut one).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The silent one was closed, within the timeout plus a sweep or two.
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf))
+        .await
+        .expect("the silent connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(handle.stats().idle_closed, 1);
+    assert_eq!(handle.stats().active, 1);
+}
