@@ -17,6 +17,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a server with a built-in handler.
     Serve(ServeArgs),
+    /// Test any TCP server for the accept-loop failure modes (first packet, fd exhaustion, flood,
+    /// slowloris, cap, drain, restart) and measure its churn.
+    Probe(crate::probe::ProbeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +58,11 @@ pub struct ServeArgs {
     /// Permission bits for Unix socket files, in octal (e.g. 660).
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
+
+    /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
+    /// disables it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 
     /// On SIGTERM/SIGINT, how long live connections get to finish before they are closed (e.g. 30s,
     /// 500ms). A second signal closes them at once.
@@ -235,7 +243,9 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = Cli::parse_from(["lariat", "serve"]);
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
         assert!(args.listen.is_empty());
         assert_eq!(args.handler, HandlerKind::Echo);
         assert_eq!(args.max_connections, lariat::DEFAULT_MAX_CONNECTIONS);

@@ -4,6 +4,7 @@ mod cli;
 mod handlers;
 mod listeners;
 mod logging;
+mod probe;
 mod rlimit;
 mod serve;
 
@@ -39,6 +40,21 @@ fn main() -> ExitCode {
                 Err(err) => {
                     tracing::error!("{err:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Probe(args) => {
+            rlimit::raise_nofile();
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(probe::run(args)));
+            match result {
+                Ok(code) => code,
+                Err(err) => {
+                    eprintln!("lariat probe: {err:#}");
+                    ExitCode::from(2)
                 }
             }
         }

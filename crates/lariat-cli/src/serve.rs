@@ -29,6 +29,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let named = listeners::resolve(&args.listen, inherited, &opts)?;
     let builder = Server::builder()
         .max_connections(args.max_connections)
+        .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
         .on_exhaustion(match args.on_exhaustion {
             Exhaustion::Wait => OnExhaustion::Wait,
             Exhaustion::Shed => OnExhaustion::Shed,

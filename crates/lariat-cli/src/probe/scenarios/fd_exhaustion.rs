@@ -1,0 +1,155 @@
+//! Seed 004: the server runs with `RLIMIT_NOFILE` 100 and 1000 clients connect. It must stay alive, not
+//! spin on `accept` (under 5% of a core while the clients are held), say something about it, and serve a
+//! fresh client soon after the clients leave. A naive loop that ends on the first `EMFILE` dies.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::open;
+use crate::probe::protocol;
+use crate::probe::{Context, Outcome};
+
+/// The server's open-file limit.
+const NOFILE: u64 = 100;
+/// Clients that connect (and then say nothing).
+const CLIENTS: usize = 1000;
+/// Most CPU the server may use while exhausted, as a fraction of one core.
+const MAX_CPU: f64 = 0.05;
+/// After the clients leave, a fresh client must be served within this.
+const RECOVERY: Duration = Duration::from_secs(5);
+/// Tags of the fresh clients, apart from the flood's.
+const FRESH_TAG: u64 = 1 << 32;
+
+pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
+    let Some(spawner) = &ctx.spawner else {
+        return Ok(outcome.skip(
+            "needs --spawn: it sets the server's RLIMIT_NOFILE and reads its CPU time from /proc",
+        ));
+    };
+    let mut server = spawner.start(Some(NOFILE)).await?;
+    let logged_before = server.output().len();
+
+    let open_deadline = Instant::now() + Duration::from_secs(8);
+    let opened = open::open(server.addr, CLIENTS, open_deadline, |_| Vec::new()).await;
+    let outcome = outcome
+        .figure("nofile", NOFILE)
+        .figure("clients connected", opened.summary(CLIENTS));
+
+    // Hold them; watch the server's CPU over the hold.
+    let hold = ctx.time(Duration::from_secs(5), Duration::from_secs(3));
+    let cpu_before = server.cpu_time().ok();
+    let held_from = Instant::now();
+    let mut exited = None;
+    while held_from.elapsed() < hold {
+        if let Some(status) = server.exit_status() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu_after = server.cpu_time().ok();
+    let held_for = held_from.elapsed();
+    let exited = exited.or_else(|| server.exit_status());
+    let cpu = match (exited, cpu_before, cpu_after) {
+        (None, Some(before), Some(after)) => {
+            Some(after.saturating_sub(before).as_secs_f64() / held_for.as_secs_f64())
+        }
+        _ => None,
+    };
+    let said = server
+        .output()
+        .get(logged_before..)
+        .unwrap_or("")
+        .to_owned();
+    let first_line = said
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| shorten(l, 160));
+
+    let outcome = outcome
+        .figure(
+            "server CPU while held",
+            cpu.map_or("n/a".into(), |c| format!("{:.1}% of a core", c * 100.0)),
+        )
+        .figure("server said", first_line.as_deref().unwrap_or("nothing"));
+
+    // Let the clients go; a fresh client must be served soon.
+    drop(opened);
+    let recovery = if exited.is_none() {
+        Some(recover(ctx, server.addr).await)
+    } else {
+        None
+    };
+    let exited = exited.or_else(|| server.exit_status());
+    let outcome = outcome.figure(
+        "served again after the clients left",
+        match &recovery {
+            None => "n/a".to_owned(),
+            Some(Ok(took)) => format!("{:.0} ms", took.as_secs_f64() * 1e3),
+            Some(Err(e)) => format!("not within {} s ({e})", RECOVERY.as_secs()),
+        },
+    );
+
+    if let Some(status) = exited {
+        let said = first_line.map_or(String::new(), |l| format!("; it said: {l}"));
+        return Ok(outcome.fail(format!(
+            "the server exited: {status}, with {NOFILE} descriptors and {CLIENTS} clients{said}"
+        )));
+    }
+    let mut problems = Vec::new();
+    match cpu {
+        Some(c) if c >= MAX_CPU => problems.push(format!(
+            "it used {:.0}% of a core while out of descriptors (spinning on accept?)",
+            c * 100.0
+        )),
+        Some(_) => {}
+        None => problems.push("its CPU time could not be read".to_owned()),
+    }
+    if first_line.is_none() {
+        problems.push("it logged nothing about running out of descriptors".to_owned());
+    }
+    if let Some(Err(e)) = &recovery {
+        problems.push(format!(
+            "a fresh client was not served within {} s after the clients left ({e})",
+            RECOVERY.as_secs()
+        ));
+    }
+    Ok(if problems.is_empty() {
+        outcome.pass(format!(
+            "alive, under {:.0}% CPU while out of descriptors, logged it, served again once the clients left",
+            MAX_CPU * 100.0
+        ))
+    } else {
+        outcome.fail(problems.join("; "))
+    })
+}
+
+/// Time from now until a fresh client gets a correct answer, retrying until [`RECOVERY`].
+async fn recover(ctx: &Context, addr: std::net::SocketAddr) -> Result<Duration, String> {
+    let began = Instant::now();
+    let deadline = began + RECOVERY;
+    let mut tag = FRESH_TAG;
+    let mut last = String::from("no attempt");
+    while Instant::now() < deadline {
+        tag += 1;
+        match tokio::time::timeout_at(deadline, protocol::one_connection(ctx.protocol, addr, tag))
+            .await
+        {
+            Ok(Ok(())) => return Ok(began.elapsed()),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "no answer".to_owned(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last)
+}
+
+/// At most `max` characters of `s`, with an ellipsis when cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}

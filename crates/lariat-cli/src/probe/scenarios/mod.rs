@@ -1,0 +1,28 @@
+//! One file per scenario; each returns an [`Outcome`] with its figures.
+
+mod cap;
+mod churn;
+mod drain;
+mod fd_exhaustion;
+mod first_packet;
+mod flood;
+mod load;
+mod open;
+mod restart;
+mod slowloris;
+
+use super::{Context, Outcome, ScenarioName};
+
+pub async fn run(name: ScenarioName, ctx: &Context) -> anyhow::Result<Outcome> {
+    let outcome = Outcome::new(name);
+    match name {
+        ScenarioName::FirstPacket => first_packet::run(ctx, outcome).await,
+        ScenarioName::FdExhaustion => fd_exhaustion::run(ctx, outcome).await,
+        ScenarioName::Flood => flood::run(ctx, outcome).await,
+        ScenarioName::Slowloris => slowloris::run(ctx, outcome).await,
+        ScenarioName::Cap => cap::run(ctx, outcome).await,
+        ScenarioName::Drain => drain::run(ctx, outcome).await,
+        ScenarioName::Restart => restart::run(ctx, outcome).await,
+        ScenarioName::Churn => churn::run(ctx, outcome).await,
+    }
+}
