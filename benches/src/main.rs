@@ -1,11 +1,19 @@
-//! `lariat-bench`: lariat against a naive tokio echo server, side by side, on loopback.
+//! `lariat-bench`: lariat against a naive tokio echo server and an actix-server echo server,
+//! side by side, on loopback.
 //!
-//! Both servers run pinned to CPU 0 with one runtime worker; the client (this process) runs on a
-//! current-thread runtime pinned to CPU 1. Each measurement runs in alternating rounds with fresh
-//! server processes, and the table reports the median of the rounds for each server. The restart
-//! measurement is lariat's alone (the naive server cannot restart), in one round, against targets
-//! of its own. So is the delivery measurement: lariat's echo on the message API (`--delivery`)
-//! against lariat's plain echo, one round, each mode's ratio against a baseline from the same run.
+//! The servers run pinned to CPU 0 with one runtime worker each; the client (this process) runs
+//! on a current-thread runtime pinned to CPU 1. Each measurement runs in alternating rounds with
+//! fresh server processes, and the table reports the median of the rounds for each server. The
+//! targets are against naive (`naive-echo`); actix (`actix-echo`, what a user would pick instead)
+//! is in columns of its own, for information. The restart measurement is lariat's alone (the
+//! others cannot restart), in one round, against targets of its own. So is the delivery
+//! measurement: lariat's echo on the message API (`--delivery`) against lariat's plain echo, one
+//! round, each mode's ratio against a baseline from the same run. The probe measurement runs
+//! `lariat probe` against each of the three servers (started by the probe, not pinned) and
+//! reports the verdicts in a second table.
+//!
+//! Besides the tables it writes every raw number as JSON (`--json`) and the headline metrics as a
+//! bar chart normalised to lariat (`--svg`, by default `side-by-side.svg` next to the JSON).
 //!
 //! ```text
 //! cargo build --release -p lariat-cli -p lariat-bench && target/release/lariat-bench [--quick]
@@ -15,6 +23,8 @@ mod churn;
 mod client;
 mod host;
 mod idle;
+mod plot;
+mod probe;
 mod proc;
 mod report;
 mod restart;
@@ -37,17 +47,23 @@ use crate::server::{Binaries, Delivery, Kind, Server};
 /// The CPU the client (this process) runs on; the servers get `server::SERVER_CPU`.
 const CLIENT_CPU: usize = 1;
 
-/// Benchmarks lariat against a naive tokio accept loop (both from the same target directory).
+/// Benchmarks lariat against a naive tokio accept loop and an actix-server echo (all from the
+/// same target directory).
 #[derive(Debug, Parser)]
 #[command(name = "lariat-bench", version, about)]
 struct Args {
-    /// One round with shorter runs and fewer connections (about 20 s instead of about 95 s).
+    /// One round with shorter runs and fewer connections (about 90 s instead of about 4 minutes).
     #[arg(long)]
     quick: bool,
 
     /// Where to write every raw number, the medians and the ratios, as JSON.
     #[arg(long, value_name = "PATH", default_value = "bench-results/latest.json")]
     json: PathBuf,
+
+    /// Where to write the bar chart of the headline metrics (normalised to lariat = 1.0), as SVG.
+    /// Default: side-by-side.svg in the JSON's directory.
+    #[arg(long, value_name = "PATH")]
+    svg: Option<PathBuf>,
 
     /// Run a single measurement.
     #[arg(long, value_enum)]
@@ -67,18 +83,21 @@ enum Measurement {
     Restart,
     /// lariat's `--delivery` modes against its plain echo: bulk echo throughput, idle memory.
     Delivery,
+    /// `lariat probe --short` verdicts for each server (started by the probe, not pinned).
+    Probe,
 }
 
 /// The `--delivery N` count measured.
 const DELIVERY_COUNT: u32 = 100;
 
 impl Measurement {
-    const ALL: [Measurement; 5] = [
+    const ALL: [Measurement; 6] = [
         Measurement::Churn,
         Measurement::Idle,
         Measurement::Throughput,
         Measurement::Restart,
         Measurement::Delivery,
+        Measurement::Probe,
     ];
 
     fn name(self) -> &'static str {
@@ -88,15 +107,17 @@ impl Measurement {
             Measurement::Throughput => "throughput",
             Measurement::Restart => "restart",
             Measurement::Delivery => "delivery",
+            Measurement::Probe => "probe",
         }
     }
 
     /// What one round runs, in order: which measurement against which server. Only lariat can
     /// restart; the delivery measurement runs the throughput and idle measurements against lariat
-    /// with and without `--delivery`.
+    /// with and without `--delivery`. The probe starts its servers itself (see [`probe`]).
     fn plan(self) -> Vec<(Measurement, Kind)> {
         match self {
             Measurement::Restart => vec![(Measurement::Restart, Kind::Lariat)],
+            Measurement::Probe => Vec::new(),
             Measurement::Delivery => {
                 let throughput = [
                     Kind::Lariat,
@@ -119,11 +140,12 @@ impl Measurement {
         }
     }
 
-    /// Rounds of it: one for restart, which reports lariat's own values rather than a ratio, and
-    /// one for delivery, whose ratios are between servers of the same round.
+    /// Rounds of it: one for restart, which reports lariat's own values rather than a ratio, one
+    /// for delivery, whose ratios are between servers of the same round, and one for the probe's
+    /// verdicts.
     fn rounds(self, config: &Config) -> usize {
         match self {
-            Measurement::Restart | Measurement::Delivery => 1,
+            Measurement::Restart | Measurement::Delivery | Measurement::Probe => 1,
             _ => config.rounds,
         }
     }
@@ -176,11 +198,12 @@ impl Config {
     /// How many rounds each measurement runs, for the headers.
     fn rounds_line(&self) -> String {
         let mut parts = Vec::new();
-        if self
-            .measurements
-            .iter()
-            .any(|&m| !matches!(m, Measurement::Restart | Measurement::Delivery))
-        {
+        if self.measurements.iter().any(|&m| {
+            !matches!(
+                m,
+                Measurement::Restart | Measurement::Delivery | Measurement::Probe
+            )
+        }) {
             parts.push(format!("median of {} round(s)", self.rounds));
         }
         if self.measurements.contains(&Measurement::Restart) {
@@ -193,6 +216,13 @@ impl Config {
             parts.push(
                 "delivery: lariat only, --delivery modes against plain echo (throughput) and \
                  --delivery pull (idle memory), one round"
+                    .to_string(),
+            );
+        }
+        if self.measurements.contains(&Measurement::Probe) {
+            parts.push(
+                "probe: `lariat probe --short` against each server, which it starts itself \
+                 (unpinned), one round"
                     .to_string(),
             );
         }
@@ -256,8 +286,17 @@ async fn bench(
     );
 
     let mut samples = Vec::new();
+    let mut probes = Vec::new();
     for &measurement in &config.measurements {
         let rounds = measurement.rounds(config);
+        if measurement == Measurement::Probe {
+            for kind in probe::SERVERS {
+                let run = probe::run(binaries, kind).await;
+                eprintln!("[probe 1/1] {:<6}: {}", kind, run.summary());
+                probes.push(run);
+            }
+            continue;
+        }
         for round in 1..=rounds {
             for (run, kind) in measurement.plan() {
                 let sample = measure(binaries, config, measurement, run, round, kind).await;
@@ -277,11 +316,26 @@ async fn bench(
         config.client_cpu,
         config.rounds_line(),
     );
-    print!("{}", report::markdown(&rows));
+    if !rows.is_empty() {
+        print!("{}", report::markdown(&rows));
+    }
     if !notes.is_empty() {
         println!();
         for note in &notes {
             println!("- {note}");
+        }
+    }
+    let probe_notes = probe::notes(&probes);
+    if !probes.is_empty() {
+        if !rows.is_empty() {
+            println!();
+        }
+        print!("{}", probe::markdown(&probes));
+        if !probe_notes.is_empty() {
+            println!();
+            for note in &probe_notes {
+                println!("- {note}");
+            }
         }
     }
 
@@ -293,15 +347,38 @@ async fn bench(
         samples: &samples,
         rows: &rows,
         notes: &notes,
+        probe: &probes,
+        probe_notes: &probe_notes,
     };
     report::write_json(&args.json, &doc)?;
+    let svg = args
+        .svg
+        .clone()
+        .unwrap_or_else(|| args.json.with_file_name("side-by-side.svg"));
+    let plotted = plot::has_data(&rows);
+    if plotted {
+        let subtitle = format!(
+            "{} ({} CPUs, servers pinned to one); medians of {} round(s){}",
+            machine.cpu_model.as_deref().unwrap_or("unknown CPU"),
+            machine.nproc,
+            config.rounds,
+            if config.quick { ", --quick" } else { "" }
+        );
+        plot::write(&svg, &rows, &subtitle)?;
+    }
     eprintln!(
-        "raw results in {} ({:.0} s in all)",
+        "raw results in {}{} ({:.0} s in all)",
         args.json.display(),
+        if plotted {
+            format!(", plot in {}", svg.display())
+        } else {
+            String::new()
+        },
         started.elapsed().as_secs_f64()
     );
 
-    let failed = samples.iter().any(|s| s.error.is_some());
+    let failed =
+        samples.iter().any(|s| s.error.is_some()) || probes.iter().any(|p| p.error.is_some());
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -369,6 +446,7 @@ async fn measure(
         Measurement::Delivery => Err(anyhow::anyhow!(
             "the delivery measurement runs as throughput and idle parts"
         )),
+        Measurement::Probe => Err(anyhow::anyhow!("the probe starts its servers itself")),
     };
     match outcome {
         Ok((value, metrics, errors, summary)) => {

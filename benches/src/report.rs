@@ -233,6 +233,12 @@ pub struct Row {
     pub ratio: Option<f64>,
     pub target: String,
     pub met: Option<bool>,
+    /// actix-echo's values, for the rows against naive (churn, idle, throughput): information,
+    /// with no target. Empty and null for the other rows.
+    pub actix_rounds: Vec<f64>,
+    pub actix_median: Option<f64>,
+    /// lariat median / actix median.
+    pub lariat_to_actix: Option<f64>,
 }
 
 /// Another server a row's ratio is against, measured in the same run.
@@ -292,6 +298,17 @@ pub fn rows(samples: &[Sample]) -> Vec<Row> {
             };
             let target = metric.target(server);
             let met = target.met(lariat_median.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN));
+            let (actix_rounds, actix_median) = if baseline == Kind::Naive {
+                let actix = rounds(metric, Kind::Actix);
+                let median = median(&actix);
+                (actix, median)
+            } else {
+                (Vec::new(), None)
+            };
+            let lariat_to_actix = match (actix_median, lariat_median) {
+                (Some(a), Some(l)) if a != 0.0 => Some(l / a),
+                _ => None,
+            };
             let (naive_rounds, naive_median, other) = if baseline == Kind::Naive {
                 (base_rounds, base_median, None)
             } else {
@@ -314,6 +331,9 @@ pub fn rows(samples: &[Sample]) -> Vec<Row> {
                 ratio,
                 target: target.describe(baseline),
                 met,
+                actix_rounds,
+                actix_median,
+                lariat_to_actix,
             });
         }
     }
@@ -336,31 +356,57 @@ pub fn median(values: &[f64]) -> Option<f64> {
 }
 
 /// The Markdown table of medians. A row with another baseline than naive shows it, named, in the
-/// naive column (`plain: 1164.8`).
+/// naive column (`plain: 1164.8`). When actix-echo was measured, an actix column and a
+/// lariat/actix column follow lariat/naive (blank in the rows actix has no part in); the targets
+/// are against naive only.
 pub fn markdown(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| metric | naive | lariat | lariat/naive | target | met? |\n\
-         |---|---:|---:|---:|---|---|\n",
-    );
+    let with_actix = rows.iter().any(|r| !r.actix_rounds.is_empty());
+    let mut out = if with_actix {
+        String::from(
+            "| metric | naive | lariat | actix | lariat/naive | lariat/actix | target | met? |\n\
+             |---|---:|---:|---:|---:|---:|---|---|\n",
+        )
+    } else {
+        String::from(
+            "| metric | naive | lariat | lariat/naive | target | met? |\n\
+             |---|---:|---:|---:|---|---|\n",
+        )
+    };
+    let ratio = |r: Option<f64>| r.map_or("n/a".to_string(), |r| format!("{r:.2}×"));
     for row in rows {
         let value = |v: Option<f64>| v.map_or("n/a".to_string(), |v| row.metric.format(v));
         let baseline = match &row.baseline {
             Some(b) => format!("{}: {}", b.server.delivery_label(), value(b.median)),
             None => value(row.naive_median),
         };
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            row.label,
-            baseline,
-            value(row.lariat_median),
-            row.ratio.map_or("n/a".to_string(), |r| format!("{r:.2}×")),
-            row.target,
+        let mut cells = vec![row.label.clone(), baseline, value(row.lariat_median)];
+        // Only the rows against naive have an actix value; the others leave its columns blank.
+        let actix_row = row.baseline.is_none() && !row.actix_rounds.is_empty();
+        if with_actix {
+            cells.push(if actix_row {
+                value(row.actix_median)
+            } else {
+                String::new()
+            });
+        }
+        cells.push(ratio(row.ratio));
+        if with_actix {
+            cells.push(if actix_row {
+                ratio(row.lariat_to_actix)
+            } else {
+                String::new()
+            });
+        }
+        cells.push(row.target.clone());
+        cells.push(
             match row.met {
                 Some(true) => "yes",
                 Some(false) => "**no**",
                 None => "n/a",
-            },
-        ));
+            }
+            .to_string(),
+        );
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out
 }
@@ -374,6 +420,9 @@ pub struct Document<'a, C: Serialize> {
     pub samples: &'a [Sample],
     pub rows: &'a [Row],
     pub notes: &'a [String],
+    /// The probe measurement: one `lariat probe` run per server (empty when it did not run).
+    pub probe: &'a [crate::probe::ProbeRun],
+    pub probe_notes: &'a [String],
 }
 
 /// Writes `doc` as pretty JSON to `path`, creating its directory.
@@ -452,6 +501,45 @@ mod tests {
             metrics,
             operation_errors: 0,
         }
+    }
+
+    #[test]
+    fn actix_columns_are_information() {
+        let samples = [
+            sample(Kind::Naive, vec![(Metric::ChurnRate, 1000.0)]),
+            sample(Kind::Lariat, vec![(Metric::ChurnRate, 990.0)]),
+            sample(Kind::Actix, vec![(Metric::ChurnRate, 1100.0)]),
+            sample(Kind::Lariat, vec![(Metric::DeliveryThroughput, 1000.0)]),
+            sample(
+                Kind::LariatDelivery(Delivery::Push),
+                vec![(Metric::DeliveryThroughput, 900.0)],
+            ),
+        ];
+        let rows = rows(&samples);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].actix_median, Some(1100.0));
+        assert_eq!(rows[0].lariat_to_actix, Some(0.9));
+        assert_eq!(rows[0].met, Some(true));
+        assert!(rows[1].actix_rounds.is_empty());
+        let table = markdown(&rows);
+        assert!(
+            table.starts_with(
+                "| metric | naive | lariat | actix | lariat/naive | lariat/actix | target | met? |\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| churn rate (conn/s) | 1000 | 990 | 1100 | 0.99× | 0.90× | ≥ 0.97× | yes |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| delivery: echo throughput, lariat --delivery push (MB/s) | plain: 1000.0 | 900.0 |  | 0.90× |  | ≥ 0.80× plain | yes |"
+            ),
+            "{table}"
+        );
     }
 
     #[test]

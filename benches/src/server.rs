@@ -22,14 +22,18 @@ const STDERR_LIMIT: usize = 1 << 20;
 
 /// Which server.
 ///
-/// Serialised as its [`Kind::name`]: `naive`, `lariat`, or `lariat --delivery MODE`.
+/// Serialised as its [`Kind::name`]: `naive`, `lariat`, `lariat --delivery MODE` or `actix`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
+    /// `naive-echo`: tokio's README echo server.
     Naive,
     /// `lariat serve --handler echo`: plain async reads and writes.
     Lariat,
     /// `lariat serve --handler echo --delivery MODE`: echo on the message API in that mode.
     LariatDelivery(Delivery),
+    /// `actix-echo`: an echo server on actix-server with one worker, what a user would pick
+    /// instead of lariat.
+    Actix,
 }
 
 /// A `lariat serve --delivery` mode.
@@ -59,14 +63,15 @@ impl Delivery {
 
 impl Kind {
     /// In the order each round runs them.
-    pub const ALL: [Kind; 2] = [Kind::Naive, Kind::Lariat];
+    pub const ALL: [Kind; 3] = [Kind::Naive, Kind::Lariat, Kind::Actix];
 
-    /// `naive`, `lariat`, or `lariat --delivery MODE`.
+    /// `naive`, `lariat`, `lariat --delivery MODE` or `actix`.
     pub fn name(self) -> Cow<'static, str> {
         match self {
             Kind::Naive => "naive".into(),
             Kind::Lariat => "lariat".into(),
             Kind::LariatDelivery(mode) => format!("lariat --delivery {}", mode.arg()).into(),
+            Kind::Actix => "actix".into(),
         }
     }
 
@@ -77,6 +82,7 @@ impl Kind {
             Kind::Naive => "naive".to_string(),
             Kind::Lariat => "plain".to_string(),
             Kind::LariatDelivery(mode) => mode.arg(),
+            Kind::Actix => "actix".to_string(),
         }
     }
 
@@ -84,12 +90,13 @@ impl Kind {
         match self {
             Kind::Naive => "naive-echo",
             Kind::Lariat | Kind::LariatDelivery(_) => "lariat",
+            Kind::Actix => "actix-echo",
         }
     }
 
     fn args(self) -> Vec<String> {
         let mut args: Vec<String> = match self {
-            Kind::Naive => vec!["127.0.0.1:0"],
+            Kind::Naive | Kind::Actix => vec!["127.0.0.1:0"],
             Kind::Lariat | Kind::LariatDelivery(_) => vec![
                 "serve",
                 "--listen",
@@ -122,11 +129,12 @@ impl Serialize for Kind {
     }
 }
 
-/// Where the two server binaries are: next to the bench's own executable.
+/// Where the server binaries are: next to the bench's own executable.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     naive: PathBuf,
     lariat: PathBuf,
+    actix: PathBuf,
 }
 
 impl Binaries {
@@ -140,7 +148,7 @@ impl Binaries {
             if !path.is_file() {
                 bail!(
                     "{} not found (the bench looks next to its own executable).\n\
-                     Build both servers first, in the same profile as the bench:\n    \
+                     Build the servers first, in the same profile as the bench:\n    \
                      cargo build --release -p lariat-cli -p lariat-bench",
                     path.display()
                 );
@@ -150,6 +158,7 @@ impl Binaries {
         Ok(Binaries {
             naive: find(Kind::Naive)?,
             lariat: find(Kind::Lariat)?,
+            actix: find(Kind::Actix)?,
         })
     }
 
@@ -157,6 +166,7 @@ impl Binaries {
         match kind {
             Kind::Naive => &self.naive,
             Kind::Lariat | Kind::LariatDelivery(_) => &self.lariat,
+            Kind::Actix => &self.actix,
         }
     }
 }
@@ -379,6 +389,8 @@ mod tests {
     #[test]
     fn arguments() {
         assert_eq!(Kind::Naive.args(), ["127.0.0.1:0"]);
+        assert_eq!(Kind::Actix.args(), ["127.0.0.1:0"]);
+        assert_eq!(Kind::Actix.binary_name(), "actix-echo");
         let lariat = Kind::Lariat.args();
         assert!(!lariat.iter().any(|a| a == "--delivery"));
         let push = Kind::LariatDelivery(Delivery::Push).args();
@@ -402,6 +414,7 @@ mod tests {
             r#""lariat --delivery 100""#
         );
         assert_eq!(serde_json::to_string(&Kind::Naive).unwrap(), r#""naive""#);
+        assert_eq!(serde_json::to_string(&Kind::Actix).unwrap(), r#""actix""#);
         assert_eq!(format!("{:<8}|", Kind::Naive), "naive   |");
     }
 
