@@ -59,6 +59,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
 
+    /// Read a PROXY protocol header (from a load balancer such as HAProxy) at the start of each
+    /// connection: off, v1, v2 or any.
+    #[arg(long, value_enum, default_value_t = ProxyArg::Off)]
+    pub proxy_protocol: ProxyArg,
+
+    /// A network allowed to send PROXY headers (repeatable) [default: loopback]. Others are refused.
+    #[arg(long, value_name = "CIDR")]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
     /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
     /// disables it.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
@@ -124,6 +133,15 @@ impl std::str::FromStr for ListenSpec {
     }
 }
 
+/// `--proxy-protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyArg {
+    Off,
+    V1,
+    V2,
+    Any,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum HandlerKind {
     /// Write back every byte read.
@@ -132,6 +150,8 @@ pub enum HandlerKind {
     Discard,
     /// Answer every HTTP/1.x request with a short 200, keep-alive (for wrk, h2load).
     HttpHello,
+    /// Write `peer=ADDR hop=ADDR` (the client as a PROXY header named it, and the socket's peer), then echo.
+    Whoami,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -13,9 +13,10 @@ use lariat::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{Exhaustion, HandlerKind, ServeArgs};
+use crate::cli::{Exhaustion, HandlerKind, ProxyArg, ServeArgs};
 use crate::handlers;
 use crate::listeners::{self, Named};
+use lariat::proxy::{ProxyConfig, ProxyMode};
 
 /// Runs the server described by `args`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -30,6 +31,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let builder = Server::builder()
         .max_connections(args.max_connections)
         .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
+        .proxy_protocol(proxy_config(&args))
         .on_exhaustion(match args.on_exhaustion {
             Exhaustion::Wait => OnExhaustion::Wait,
             Exhaustion::Shed => OnExhaustion::Shed,
@@ -48,6 +50,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match args.handler {
         HandlerKind::Echo => serve(builder, named, handlers::echo::echo, &args).await,
         HandlerKind::Discard => serve(builder, named, handlers::discard::discard, &args).await,
+        HandlerKind::Whoami => serve(builder, named, handlers::whoami::whoami, &args).await,
         HandlerKind::HttpHello => {
             serve(builder, named, handlers::http_hello::http_hello, &args).await
         }
@@ -56,6 +59,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// A started successor being waited for; resolves to its pid once it serves.
 type PendingRestart = Pin<Box<dyn Future<Output = Result<u32, RestartError>> + Send>>;
+
+fn proxy_config(args: &ServeArgs) -> Option<ProxyConfig> {
+    let mode = match args.proxy_protocol {
+        ProxyArg::Off => return None,
+        ProxyArg::V1 => ProxyMode::V1,
+        ProxyArg::V2 => ProxyMode::V2,
+        ProxyArg::Any => ProxyMode::Any,
+    };
+    let mut config = ProxyConfig::new(mode);
+    if !args.trusted_proxy.is_empty() {
+        config.trusted = args.trusted_proxy.clone();
+    }
+    Some(config)
+}
 
 /// Why the serving loop ended.
 enum Ending {

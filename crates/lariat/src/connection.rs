@@ -89,9 +89,29 @@ impl Connection {
         self.guard.entry.id
     }
 
-    /// The peer's address.
+    /// The peer's address: the client a PROXY header named, when the server reads PROXY headers and this
+    /// connection sent one with an address; otherwise the socket's peer.
     pub fn peer_addr(&self) -> &PeerAddr {
+        self.guard.entry.reported_peer()
+    }
+
+    /// The socket's own peer: with a PROXY header, the load balancer (the original hop).
+    pub fn hop_addr(&self) -> &PeerAddr {
         &self.guard.entry.peer
+    }
+
+    /// The PROXY header this connection sent, if the server reads them and it sent one.
+    pub fn proxy_header(&self) -> Option<&crate::proxy::ProxyHeader> {
+        self.guard.entry.proxy.get().map(|p| &p.header)
+    }
+
+    pub(crate) fn set_proxy_header(&self, header: crate::proxy::ProxyHeader) {
+        let peer = header.source.map(PeerAddr::Tcp);
+        let _ = self
+            .guard
+            .entry
+            .proxy
+            .set(Box::new(crate::registry::ProxyInfo { header, peer }));
     }
 
     /// The local address of this connection (a `getsockname` call, made only when asked).

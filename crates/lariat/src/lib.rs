@@ -52,6 +52,7 @@ mod handler;
 mod idle;
 mod limit;
 mod listener;
+pub mod proxy;
 mod registry;
 pub mod restart;
 mod server;

@@ -31,6 +31,26 @@ pub(crate) struct Entry {
     /// they have not moved (ms from the registry's epoch).
     pub(crate) swept_bytes: AtomicU64,
     pub(crate) quiet_since_ms: AtomicU64,
+    /// The PROXY header, when one was read (boxed: most connections have none).
+    pub(crate) proxy: OnceLock<Box<ProxyInfo>>,
+}
+
+/// A connection's PROXY header and the peer it reports.
+#[derive(Debug)]
+pub(crate) struct ProxyInfo {
+    pub(crate) header: crate::proxy::ProxyHeader,
+    /// The client the header names, when it names one (not for `LOCAL`/`UNKNOWN`).
+    pub(crate) peer: Option<PeerAddr>,
+}
+
+impl Entry {
+    /// The peer to report: the client a PROXY header named, else the socket's peer.
+    pub(crate) fn reported_peer(&self) -> &PeerAddr {
+        self.proxy
+            .get()
+            .and_then(|p| p.peer.as_ref())
+            .unwrap_or(&self.peer)
+    }
 }
 
 /// A snapshot of one live connection.
@@ -94,6 +114,7 @@ impl Registry {
             task: OnceLock::new(),
             swept_bytes: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(now),
+            proxy: OnceLock::new(),
         });
         self.map.insert(id, entry.clone());
         entry
@@ -144,7 +165,7 @@ impl Registry {
             .iter()
             .map(|e| ConnectionInfo {
                 id: *e.key(),
-                peer: e.peer.clone(),
+                peer: e.reported_peer().clone(),
                 age: self.age(e.value()),
                 bytes_in: e.bytes_in.load(Relaxed),
                 bytes_out: e.bytes_out.load(Relaxed),

@@ -18,6 +18,8 @@ use crate::accept::{AcceptError, Acceptor, OnExhaustion};
 use crate::drain::{self, DrainOptions, DrainReport};
 use crate::handler::{Handler, Outcome};
 use crate::listener::{AcceptSource, ListenAddr};
+use crate::proxy::{self, ProxyConfig, ProxyMode};
+use crate::registry::Entry;
 use crate::registry::{CloseError, ConnectionInfo};
 use crate::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot};
@@ -35,6 +37,7 @@ const FORCED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 pub struct ServerBuilder {
     max_connections: usize,
     idle_timeout: Option<Duration>,
+    proxy: Option<ProxyConfig>,
     backoff: BackoffPolicy,
     on_exhaustion: OnExhaustion,
 }
@@ -44,6 +47,7 @@ impl Default for ServerBuilder {
         ServerBuilder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: None,
+            proxy: None,
             backoff: BackoffPolicy::default(),
             on_exhaustion: OnExhaustion::default(),
         }
@@ -64,6 +68,14 @@ impl ServerBuilder {
     /// Default: none.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Reads a PROXY protocol header at the start of every connection (see [`proxy`](crate::proxy)), in
+    /// the connection's own task: the handler then sees the client the header names as
+    /// [`Connection::peer_addr`]. `None` or [`ProxyMode::Off`](crate::proxy::ProxyMode::Off): no header.
+    pub fn proxy_protocol(mut self, config: Option<ProxyConfig>) -> Self {
+        self.proxy = config.filter(|c| c.mode != ProxyMode::Off);
         self
     }
 
@@ -113,13 +125,18 @@ impl ServerBuilder {
         let fan_in = FanIn::new(sources.into_iter().collect())?;
         let addrs = fan_in.addrs();
         let idle_timeout = self.idle_timeout;
+        let proxy = self.proxy.clone().map(Arc::new);
         let (acceptor, handle) = self.acceptor(fan_in)?;
         if let Some(timeout) = idle_timeout {
             tokio::spawn(crate::idle::reap(Arc::downgrade(&handle.shared), timeout));
         }
+        let spawner = Spawner {
+            handler: Arc::new(handler),
+            proxy,
+        };
         let accept_loop = accept_loop(
             acceptor,
-            handler,
+            spawner,
             handle.stop.clone(),
             handle.shared.clone(),
         );
@@ -372,7 +389,7 @@ impl Server {
 
 async fn accept_loop<S: AcceptSource, H: Handler>(
     mut acceptor: Acceptor<FanIn<S>>,
-    handler: H,
+    spawner: Spawner<H>,
     stop: CancellationToken,
     shared: Arc<Shared>,
 ) -> Result<(), ServerError> {
@@ -399,7 +416,7 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
                 return Ok(());
             }
             _ = &mut draining => {
-                drain::drain_queue(&mut acceptor, control, &stop, |conn| spawn_connection(conn, &handler)).await;
+                drain::drain_queue(&mut acceptor, control, &stop, |conn| spawner.spawn(conn)).await;
                 return Ok(());
             }
             conn = acceptor.accept() => match conn {
@@ -412,7 +429,71 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
                 }
             },
         };
-        spawn_connection(conn, &handler);
+        spawner.spawn(conn);
+    }
+}
+
+/// Starts each connection's task: the handler, behind a PROXY header when the server reads them.
+struct Spawner<H> {
+    handler: Arc<H>,
+    proxy: Option<Arc<ProxyConfig>>,
+}
+
+impl<H: Handler> Spawner<H> {
+    fn spawn(&self, conn: Connection) {
+        match &self.proxy {
+            None => spawn_connection(conn, &*self.handler),
+            Some(config) => spawn_behind_proxy(conn, self.handler.clone(), config.clone()),
+        }
+    }
+}
+
+/// Like [`spawn_connection`], with the PROXY header read first, in the task: a slow or hostile client
+/// holds up only itself. A refused header closes the connection (counted); the handler never runs.
+fn spawn_behind_proxy<H: Handler>(conn: Connection, handler: Arc<H>, config: Arc<ProxyConfig>) {
+    let entry = conn.entry().clone();
+    let done = entry.clone();
+    let serve = async move {
+        match proxy::read_header(conn.stream(), &conn.entry().peer, &config).await {
+            Ok(proxy::Admitted::Header(header)) => conn.set_proxy_header(header),
+            Ok(proxy::Admitted::Plain) => {}
+            Err(e) => {
+                let entry = conn.entry();
+                Stats::add(&entry.shared.stats.proxy_refused, 1);
+                tracing::debug!(conn = entry.id, peer = %entry.peer, error = %e, "PROXY header refused; closing");
+                return None;
+            }
+        }
+        Some(handler.call(conn).await)
+    };
+    let serve = AssertUnwindSafe(serve)
+        .catch_unwind()
+        .map(move |result| match result {
+            Ok(Some(outcome)) => account(&done, Ok(outcome)),
+            Ok(None) => {}
+            Err(panic) => account::<()>(&done, Err(panic)),
+        });
+    let task = tokio::spawn(serve);
+    let _ = entry.task.set(task.abort_handle());
+}
+
+/// Counts and logs how a handler ended.
+fn account<O: Outcome>(entry: &Entry, result: std::thread::Result<O>) {
+    match result {
+        Ok(outcome) => {
+            if let Some(err) = outcome.failure() {
+                Stats::add(&entry.shared.stats.handler_errors, 1);
+                tracing::debug!(conn = entry.id, error = %err, "handler returned an error");
+            }
+        }
+        Err(panic) => {
+            Stats::add(&entry.shared.stats.handler_panics, 1);
+            tracing::error!(
+                conn = entry.id,
+                panic = panic_message(&*panic),
+                "handler panicked; its connection is closed, the others are unaffected"
+            );
+        }
     }
 }
 
@@ -440,22 +521,7 @@ fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
     let done = entry.clone();
     let serve = AssertUnwindSafe(serve)
         .catch_unwind()
-        .map(move |result| match result {
-            Ok(outcome) => {
-                if let Some(err) = outcome.failure() {
-                    Stats::add(&done.shared.stats.handler_errors, 1);
-                    tracing::debug!(conn = done.id, error = %err, "handler returned an error");
-                }
-            }
-            Err(panic) => {
-                Stats::add(&done.shared.stats.handler_panics, 1);
-                tracing::error!(
-                    conn = done.id,
-                    panic = panic_message(&*panic),
-                    "handler panicked; its connection is closed, the others are unaffected"
-                );
-            }
-        });
+        .map(move |result| account(&done, result));
     let task = tokio::spawn(serve);
     // If the task already finished, the entry is gone from the registry and this is harmless.
     let _ = entry.task.set(task.abort_handle());

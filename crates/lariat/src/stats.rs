@@ -19,6 +19,7 @@ pub struct Stats {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) drain_forced: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
+    pub(crate) proxy_refused: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -52,6 +53,8 @@ pub struct StatsSnapshot {
     pub drain_forced: u64,
     /// Connections closed for staying silent past the idle timeout.
     pub idle_closed: u64,
+    /// Connections closed for a missing, slow, malformed or untrusted PROXY header.
+    pub proxy_refused: u64,
 }
 
 impl Stats {
@@ -75,6 +78,7 @@ impl Stats {
             bytes_out: self.bytes_out.load(Relaxed),
             drain_forced: self.drain_forced.load(Relaxed),
             idle_closed: self.idle_closed.load(Relaxed),
+            proxy_refused: self.proxy_refused.load(Relaxed),
         }
     }
 

@@ -57,6 +57,26 @@ impl Stream {
         std::future::poll_fn(|cx| self.poll_read_ready(cx))
     }
 
+    /// Runs `f` on the raw descriptor when the socket is readable, until it succeeds or fails with
+    /// something other than `WouldBlock` (which clears the readiness and waits for the next event).
+    pub(crate) async fn read_io<R>(
+        &self,
+        mut f: impl FnMut(std::os::fd::RawFd) -> io::Result<R>,
+    ) -> io::Result<R> {
+        use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
+        match self {
+            Stream::Tcp(s) => {
+                let fd = s.as_raw_fd();
+                s.async_io(Interest::READABLE, || f(fd)).await
+            }
+            Stream::Unix(s) => {
+                let fd = s.as_raw_fd();
+                s.async_io(Interest::READABLE, || f(fd)).await
+            }
+        }
+    }
+
     /// Polls for read readiness (see [`readable`](Self::readable)).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
