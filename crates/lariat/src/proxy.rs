@@ -325,6 +325,12 @@ async fn peek_at_least(stream: &Stream, buf: &mut [u8], want: usize) -> Result<u
                 return Ok(());
             }
             if seen < want {
+                // The unread bytes stay in the socket, so a peek after the peer's FIN still sees them,
+                // not EOF: ask whether the peer closed, or this would wait for data that never comes.
+                if peer_closed(fd) {
+                    eof = true;
+                    return Ok(());
+                }
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             Ok(())
@@ -334,6 +340,26 @@ async fn peek_at_least(stream: &Stream, buf: &mut [u8], want: usize) -> Result<u
         return Err(ProxyError::Truncated(seen));
     }
     Ok(seen)
+}
+
+/// Has the peer shut down its sending side? (`POLLRDHUP`, Linux; elsewhere the header timeout applies.)
+fn peer_closed(fd: std::os::fd::RawFd) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        false
+    }
 }
 
 /// Reads exactly `buf.len()` bytes that a peek showed are there.
