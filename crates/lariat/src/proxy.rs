@@ -193,11 +193,17 @@ pub fn parse_header(
     mode: ProxyMode,
 ) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
     if bytes.len() < V2_FIXED {
-        // Too short to tell v2 from v1 unless it is already a whole v1 header or clearly neither.
+        // Too short to hold a v2 header's fixed part: a v2 start (the signature, perhaps with a byte or
+        // three after it) waits for more; otherwise it must be the start of a v1 header.
+        let v2_ok = matches!(mode, ProxyMode::V2 | ProxyMode::Any);
+        let v1_ok = matches!(mode, ProxyMode::V1 | ProxyMode::Any);
+        let sig = bytes.len().min(V2_SIGNATURE.len());
+        if v2_ok && bytes[..sig] == V2_SIGNATURE[..sig] {
+            return Ok(None);
+        }
         let v1_prefix = b"PROXY ";
         let n = bytes.len().min(v1_prefix.len());
-        let v2_prefix_ok = bytes.len() <= 12 && bytes == &V2_SIGNATURE[..bytes.len()];
-        if bytes[..n] != v1_prefix[..n] && !v2_prefix_ok {
+        if !v1_ok || bytes[..n] != v1_prefix[..n] {
             return Err(ProxyError::NotProxy { mode });
         }
         if !bytes.windows(2).any(|w| w == b"\r\n") {
@@ -312,8 +318,11 @@ async fn peek_at_least(stream: &Stream, buf: &mut [u8], want: usize) -> Result<u
     let want = want.min(buf.len());
     let mut seen = 0;
     let mut eof = false;
+    let mut wakes = 0u32;
     stream
         .read_io(|fd| {
+            wakes += 1;
+            let before = seen;
             // SAFETY: `buf` is valid for writes of its length.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
             if n < 0 {
@@ -327,7 +336,9 @@ async fn peek_at_least(stream: &Stream, buf: &mut [u8], want: usize) -> Result<u
             if seen < want {
                 // The unread bytes stay in the socket, so a peek after the peer's FIN still sees them,
                 // not EOF: ask whether the peer closed, or this would wait for data that never comes.
-                if peer_closed(fd) {
+                // Where the OS cannot say, a wake-up with no new byte is taken as the close: the
+                // runtime keeps reporting a closed socket as readable, and waiting would spin.
+                if peer_closed(fd) || (!cfg!(target_os = "linux") && wakes > 1 && seen == before) {
                     eof = true;
                     return Ok(());
                 }
@@ -342,7 +353,7 @@ async fn peek_at_least(stream: &Stream, buf: &mut [u8], want: usize) -> Result<u
     Ok(seen)
 }
 
-/// Has the peer shut down its sending side? (`POLLRDHUP`, Linux; elsewhere the header timeout applies.)
+/// Has the peer shut down its sending side? (`POLLRDHUP`, Linux only.)
 fn peer_closed(fd: std::os::fd::RawFd) -> bool {
     #[cfg(target_os = "linux")]
     {
