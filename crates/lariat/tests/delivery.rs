@@ -136,6 +136,12 @@ async fn seed_000(mode: Mode, framing: Framing, connections: usize) -> (u64, Opt
         "{:?}",
         handle.stats()
     );
+    // A connection counts as closed when its halves are dropped, which the handler does before it
+    // records its match: wait for the last records too.
+    eventually(LIMIT, || {
+        exact.load(Ordering::Relaxed) == connections as u64
+    })
+    .await;
     let stats = handle.stats();
     assert_eq!(stats.accepted, connections as u64);
     assert_eq!(stats.bytes_in, (connections * PAYLOAD.len()) as u64);
