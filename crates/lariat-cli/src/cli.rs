@@ -68,6 +68,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CIDR")]
     pub trusted_proxy: Vec<ipnet::IpNet>,
 
+    /// Admit only peers in this network (repeatable) [default: everyone].
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<ipnet::IpNet>,
+
+    /// Refuse peers in this network (repeatable; wins over --allow).
+    #[arg(long, value_name = "CIDR")]
+    pub deny: Vec<ipnet::IpNet>,
+
+    /// The most connections one peer address may hold at once [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub max_per_ip: Option<u32>,
+
     /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
     /// disables it.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]

@@ -32,6 +32,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .max_connections(args.max_connections)
         .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
         .proxy_protocol(proxy_config(&args))
+        .admission(Some(lariat::admission::Admission {
+            allow: args.allow.clone(),
+            deny: args.deny.clone(),
+            max_per_ip: args.max_per_ip,
+        }))
         .on_exhaustion(match args.on_exhaustion {
             Exhaustion::Wait => OnExhaustion::Wait,
             Exhaustion::Shed => OnExhaustion::Shed,

@@ -51,6 +51,9 @@ impl Drop for ConnectionGuard {
         Stats::add(&stats.bytes_in, entry.bytes_in.load(Relaxed));
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
+        if let Some(gate) = &shared.gate {
+            gate.release(&entry.peer);
+        }
         shared.limit.release();
         if shared.drain.draining.is_cancelled() {
             shared.drain.connection_closed.notify_waiters();

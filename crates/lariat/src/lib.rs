@@ -43,6 +43,7 @@
 
 pub mod accept;
 pub mod activation;
+pub mod admission;
 mod bind;
 mod connection;
 pub mod delivery;

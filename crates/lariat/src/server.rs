@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::backoff::BackoffPolicy;
 use crate::accept::fan_in::FanIn;
 use crate::accept::{AcceptError, Acceptor, OnExhaustion};
+use crate::admission::{Admission, Gate};
 use crate::drain::{self, DrainOptions, DrainReport};
 use crate::handler::{Handler, Outcome};
 use crate::listener::{AcceptSource, ListenAddr};
@@ -38,6 +39,7 @@ pub struct ServerBuilder {
     max_connections: usize,
     idle_timeout: Option<Duration>,
     proxy: Option<ProxyConfig>,
+    admission: Option<Admission>,
     backoff: BackoffPolicy,
     on_exhaustion: OnExhaustion,
 }
@@ -48,6 +50,7 @@ impl Default for ServerBuilder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: None,
             proxy: None,
+            admission: None,
             backoff: BackoffPolicy::default(),
             on_exhaustion: OnExhaustion::default(),
         }
@@ -76,6 +79,14 @@ impl ServerBuilder {
     /// [`Connection::peer_addr`]. `None` or [`ProxyMode::Off`](crate::proxy::ProxyMode::Off): no header.
     pub fn proxy_protocol(mut self, config: Option<ProxyConfig>) -> Self {
         self.proxy = config.filter(|c| c.mode != ProxyMode::Off);
+        self
+    }
+
+    /// Admission rules (allow and deny networks, a per-address connection limit; see
+    /// [`admission`](crate::admission)), checked right after `accept`: a refused connection is closed at
+    /// once and counted. Default: everyone admitted.
+    pub fn admission(mut self, rules: Option<Admission>) -> Self {
+        self.admission = rules.filter(|r| *r != Admission::default());
         self
     }
 
@@ -157,7 +168,11 @@ impl ServerBuilder {
 
     fn handle(&self) -> ServerHandle {
         ServerHandle {
-            shared: Arc::new(Shared::new(self.max_connections)),
+            shared: Arc::new({
+                let mut shared = Shared::new(self.max_connections);
+                shared.gate = self.admission.clone().map(Gate::new);
+                shared
+            }),
             stop: CancellationToken::new(),
         }
     }
@@ -441,6 +456,17 @@ struct Spawner<H> {
 
 impl<H: Handler> Spawner<H> {
     fn spawn(&self, conn: Connection) {
+        let entry = conn.entry();
+        if let Some(gate) = &entry.shared.gate {
+            if let Err(refusal) = gate.admit(&entry.peer) {
+                Stats::add(&entry.shared.stats.admission_refused, 1);
+                if gate.should_log(entry.shared.registry.now_ms()) {
+                    tracing::info!(peer = %entry.peer, why = %refusal, "connection refused (logged at most once a second)");
+                }
+                // Dropping it closes the socket and frees its slot.
+                return;
+            }
+        }
         match &self.proxy {
             None => spawn_connection(conn, &*self.handler),
             Some(config) => spawn_behind_proxy(conn, self.handler.clone(), config.clone()),

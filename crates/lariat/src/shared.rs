@@ -1,6 +1,7 @@
 //! The state one server's accept loops and connections share: the cap, the registry, the counters and
 //! the drain's state.
 
+use crate::admission::Gate;
 use crate::drain::Control;
 use crate::limit::ConnectionLimit;
 use crate::registry::Registry;
@@ -13,6 +14,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) stats: Stats,
     pub(crate) drain: Control,
+    /// Admission rules, when the server has any.
+    pub(crate) gate: Option<Gate>,
 }
 
 impl Shared {
@@ -22,6 +25,7 @@ impl Shared {
             registry: Registry::default(),
             stats: Stats::default(),
             drain: Control::default(),
+            gate: None,
         }
     }
 }

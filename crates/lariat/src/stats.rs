@@ -20,6 +20,7 @@ pub struct Stats {
     pub(crate) drain_forced: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
     pub(crate) proxy_refused: AtomicU64,
+    pub(crate) admission_refused: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -55,6 +56,8 @@ pub struct StatsSnapshot {
     pub idle_closed: u64,
     /// Connections closed for a missing, slow, malformed or untrusted PROXY header.
     pub proxy_refused: u64,
+    /// Connections refused by the admission rules (deny, allow, per-address limit).
+    pub admission_refused: u64,
 }
 
 impl Stats {
@@ -79,6 +82,7 @@ impl Stats {
             drain_forced: self.drain_forced.load(Relaxed),
             idle_closed: self.idle_closed.load(Relaxed),
             proxy_refused: self.proxy_refused.load(Relaxed),
+            admission_refused: self.admission_refused.load(Relaxed),
         }
     }
 
