@@ -300,19 +300,7 @@ mod tests {
     use crate::report::{self, Sample};
 
     fn sample(server: Kind, metrics: Vec<(Metric, f64)>) -> Sample {
-        Sample {
-            measurement: "test",
-            round: 1,
-            server,
-            pid: None,
-            server_cpus_allowed: None,
-            result: None,
-            error: None,
-            server_exited: None,
-            summary: String::new(),
-            metrics,
-            operation_errors: 0,
-        }
+        Sample::for_test(server, metrics)
     }
 
     #[test]

@@ -215,6 +215,26 @@ pub struct Sample {
     pub operation_errors: u64,
 }
 
+#[cfg(test)]
+impl Sample {
+    /// A sample carrying only metrics, for the report's and the plot's tests.
+    pub fn for_test(server: Kind, metrics: Vec<(Metric, f64)>) -> Sample {
+        Sample {
+            measurement: "test",
+            round: 1,
+            server,
+            pid: None,
+            server_cpus_allowed: None,
+            result: None,
+            error: None,
+            server_exited: None,
+            summary: String::new(),
+            metrics,
+            operation_errors: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub metric: Metric,
@@ -488,19 +508,7 @@ mod tests {
     }
 
     fn sample(server: Kind, metrics: Vec<(Metric, f64)>) -> Sample {
-        Sample {
-            measurement: "test",
-            round: 1,
-            server,
-            pid: None,
-            server_cpus_allowed: None,
-            result: None,
-            error: None,
-            server_exited: None,
-            summary: String::new(),
-            metrics,
-            operation_errors: 0,
-        }
+        Sample::for_test(server, metrics)
     }
 
     #[test]

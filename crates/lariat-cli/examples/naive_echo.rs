@@ -1,5 +1,6 @@
-//! What not to do: the echo server from tokio's README, kept naive on purpose, as the server
-//! `lariat probe` is shown failing (a copy of `benches/src/bin/naive-echo.rs`).
+//! What not to do: the echo server from tokio's README, kept naive on purpose. It is the baseline
+//! `lariat-bench` measures lariat against (built there as the `naive-echo` binary from this file) and
+//! the server `lariat probe` is shown failing.
 //!
 //! This is what most people write first. What is wrong with it, deliberately left in:
 //!

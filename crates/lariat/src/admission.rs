@@ -61,7 +61,8 @@ impl Gate {
         let PeerAddr::Tcp(addr) = peer else {
             return Ok(());
         };
-        let ip = canonical(addr.ip());
+        // IPv4-mapped IPv6 addresses count as their IPv4 address.
+        let ip = addr.ip().to_canonical();
         if self.rules.max_per_ip.is_some() {
             *self.per_ip.entry(ip).or_insert(0) += 1;
         }
@@ -85,7 +86,7 @@ impl Gate {
             return;
         }
         if let PeerAddr::Tcp(addr) = peer {
-            let ip = canonical(addr.ip());
+            let ip = addr.ip().to_canonical();
             self.per_ip.remove_if_mut(&ip, |_, n| {
                 *n = n.saturating_sub(1);
                 *n == 0
@@ -106,14 +107,6 @@ impl Gate {
 
 /// `last_log_ms` before the first refusal.
 const NEVER: u64 = u64::MAX;
-
-/// IPv4-mapped IPv6 addresses count as their IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -156,7 +149,7 @@ mod tests {
         }
         assert!(gate
             .per_ip
-            .get(&canonical("192.0.2.1".parse().unwrap()))
+            .get(&"192.0.2.1".parse::<IpAddr>().unwrap())
             .is_none());
     }
 

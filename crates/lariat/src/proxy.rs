@@ -12,7 +12,7 @@
 //! counted. With [`Untrusted::PassThrough`], untrusted peers are served as plain connections instead.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -80,10 +80,8 @@ impl ProxyConfig {
     fn trusts(&self, peer: &PeerAddr) -> bool {
         match peer {
             PeerAddr::Tcp(addr) => {
-                let ip = match addr.ip() {
-                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                    v4 => v4,
-                };
+                // An IPv4 client on a dual-stack socket arrives as `::ffff:a.b.c.d`.
+                let ip = addr.ip().to_canonical();
                 self.trusted.iter().any(|net| net.contains(&ip))
             }
             // A Unix socket's peers are local processes, guarded by the file's permissions.

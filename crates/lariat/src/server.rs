@@ -240,19 +240,13 @@ impl ServerHandle {
             _ = tokio::time::sleep_until(deadline) => {}
         }
         // Stage two: wait for the live connections.
-        loop {
-            let closed = control.connection_closed.notified();
-            tokio::pin!(closed);
-            closed.as_mut().enable();
-            if self.shared.registry.is_empty() {
-                break;
-            }
+        self.until_no_connections(async {
             tokio::select! {
-                _ = &mut closed => {}
-                _ = control.force.cancelled() => break,
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = control.force.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
             }
-        }
+        })
+        .await;
         // Counted before the forced close, so the two never overlap.
         let finished = self.shared.stats.snapshot().closed - closed_before;
         let forced = self.close_all().await;
@@ -301,6 +295,26 @@ impl ServerHandle {
         self.shared.drain.draining.is_cancelled()
     }
 
+    /// Waits until no connection is live (woken by each close during a drain), or until `give_up`
+    /// completes.
+    async fn until_no_connections(&self, give_up: impl Future<Output = ()>) {
+        let control = &self.shared.drain;
+        tokio::pin!(give_up);
+        loop {
+            let closed = control.connection_closed.notified();
+            tokio::pin!(closed);
+            // Registered before the check, so a close between the two is not missed.
+            closed.as_mut().enable();
+            if self.shared.registry.is_empty() {
+                return;
+            }
+            tokio::select! {
+                _ = &mut closed => {}
+                _ = &mut give_up => return,
+            }
+        }
+    }
+
     /// Closes every live connection and waits (briefly) for them to go. Returns how many were cut off:
     /// the ones closed, plus any served by a task lariat does not own (it cannot close those; they stay
     /// open and the drain is not complete).
@@ -322,20 +336,8 @@ impl ServerHandle {
         }
         if closed > 0 {
             // Aborted tasks drop their connections when next polled; give them a moment.
-            let control = &self.shared.drain;
-            let grace = tokio::time::Instant::now() + FORCED_CLOSE_GRACE;
-            loop {
-                let notified = control.connection_closed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.shared.registry.is_empty() {
-                    break;
-                }
-                tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep_until(grace) => break,
-                }
-            }
+            self.until_no_connections(tokio::time::sleep(FORCED_CLOSE_GRACE))
+                .await;
             Stats::add(&self.shared.stats.drain_forced, closed);
         }
         closed + not_owned

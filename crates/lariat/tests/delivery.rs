@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{bind_loopback, eventually};
+use common::{bind_loopback, eventually, seed_000_clients};
 use futures_util::{FutureExt as _, StreamExt as _};
 use lariat::delivery::{Event, FlowControl, FrameError, Framing, Messages, Mode, Prefixed};
 use lariat::{Connection, Server};
@@ -103,32 +103,7 @@ async fn seed_000(mode: Mode, framing: Framing, connections: usize) -> (u64, Opt
     };
     let server = Server::builder().serve([listener], handler).unwrap();
 
-    let next = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let next = next.clone();
-            tokio::spawn(async move {
-                let mut done = 0;
-                while next.fetch_add(1, Ordering::Relaxed) < connections as u64 {
-                    let mut c = TcpStream::connect(addr).await.unwrap();
-                    c.write_all(PAYLOAD).await.unwrap();
-                    c.shutdown().await.unwrap();
-                    let mut back = Vec::new();
-                    c.read_to_end(&mut back).await.unwrap();
-                    assert_eq!(back, PAYLOAD);
-                    done += 1;
-                }
-                done
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for w in workers {
-        total += tokio::time::timeout(Duration::from_secs(120), w)
-            .await
-            .expect("clients stalled")
-            .unwrap();
-    }
+    let total = seed_000_clients(addr, PAYLOAD, connections, CONCURRENCY).await;
     assert_eq!(total, connections);
     let handle = server.handle();
     assert!(

@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bind_loopback, eventually};
+use common::{bind_loopback, eventually, seed_000_clients};
 use lariat::{Connection, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const PAYLOAD: &[u8; 14] = b"Hello, lariat!";
 const CONNECTIONS: usize = 10_000;
@@ -37,33 +36,7 @@ async fn fast_first_bytes_reach_the_handler_10k_connections() {
     };
     let server = Server::builder().serve([listener], handler).unwrap();
 
-    let next = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let next = next.clone();
-            tokio::spawn(async move {
-                let mut done = 0;
-                while next.fetch_add(1, Ordering::Relaxed) < CONNECTIONS as u64 {
-                    let mut c = TcpStream::connect(addr).await.unwrap();
-                    // Sent the instant the connection exists, before the server has even accepted it.
-                    c.write_all(PAYLOAD).await.unwrap();
-                    c.shutdown().await.unwrap();
-                    let mut back = Vec::new();
-                    c.read_to_end(&mut back).await.unwrap();
-                    assert_eq!(back, PAYLOAD);
-                    done += 1;
-                }
-                done
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for w in workers {
-        total += tokio::time::timeout(Duration::from_secs(120), w)
-            .await
-            .expect("clients stalled")
-            .unwrap();
-    }
+    let total = seed_000_clients(addr, PAYLOAD, CONNECTIONS, CONCURRENCY).await;
     assert_eq!(total, CONNECTIONS);
     assert_eq!(exact.load(Ordering::Relaxed), CONNECTIONS as u64);
     let handle = server.handle();

@@ -119,3 +119,41 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     }
     cond()
 }
+
+/// Seed 000's clients: `connections` of them, `concurrency` at a time, each sending `payload` the instant
+/// its connection exists (before the server has even accepted it), closing its write side and expecting
+/// `payload` back. Returns how many completed.
+pub async fn seed_000_clients(
+    addr: SocketAddr,
+    payload: &'static [u8],
+    connections: usize,
+    concurrency: usize,
+) -> usize {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut done = 0;
+                while next.fetch_add(1, Ordering::Relaxed) < connections as u64 {
+                    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    c.write_all(payload).await.unwrap();
+                    c.shutdown().await.unwrap();
+                    let mut back = Vec::new();
+                    c.read_to_end(&mut back).await.unwrap();
+                    assert_eq!(back, payload);
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += tokio::time::timeout(Duration::from_secs(120), w)
+            .await
+            .expect("clients stalled")
+            .unwrap();
+    }
+    total
+}
