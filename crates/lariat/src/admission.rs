@@ -4,14 +4,21 @@
 //! once a second, so a flood of refusals cannot flood the log.
 //!
 //! It judges the socket's peer (for a connection behind a load balancer, the balancer).
+//!
+//! An [`AdmissionHook`] is the application's own check (seed 003's "application-level acceptance"): it
+//! runs later, in the connection's task after the PROXY header and the TLS handshake, so it sees the real
+//! client and the SNI name, and it may answer a refused client before closing.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use dashmap::DashMap;
 use ipnet::IpNet;
 
-use crate::PeerAddr;
+use crate::{Connection, PeerAddr};
 
 /// Who may connect, and how many connections per address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,12 +45,68 @@ pub enum Refusal {
     PerIpLimit,
 }
 
+/// The application's admission check: `Ok` admits the connection, `Err` closes it (counted as
+/// `hook_refused`, logged at most once a second) before the handler runs. Runs in the connection's task,
+/// within the handshake timeout; it should decide quickly and must not block.
+pub type AdmissionHook = Arc<dyn Fn(&Connection) -> Result<(), Reject> + Send + Sync>;
+
+/// A refusal by an [`AdmissionHook`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// Why, for the log.
+    pub reason: String,
+    /// Written to the client before the close (e.g. `"-ERR busy\r\n"`), if set.
+    pub reply: Option<Bytes>,
+}
+
+impl Reject {
+    /// A refusal with this reason and no reply.
+    pub fn new(reason: impl Into<String>) -> Reject {
+        Reject {
+            reason: reason.into(),
+            reply: None,
+        }
+    }
+
+    /// Also tells the client, with these bytes, before closing.
+    pub fn with_reply(mut self, reply: impl Into<Bytes>) -> Reject {
+        self.reply = Some(reply.into());
+        self
+    }
+}
+
+/// Lets a kind of log line through at most once a second, whatever the rate of events.
+#[derive(Debug)]
+pub(crate) struct LogLimit {
+    last_ms: AtomicU64,
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit {
+            last_ms: AtomicU64::new(NEVER),
+        }
+    }
+}
+
+impl LogLimit {
+    /// True at most once per second.
+    pub(crate) fn allow(&self, now_ms: u64) -> bool {
+        let last = self.last_ms.load(Relaxed);
+        (last == NEVER || now_ms >= last.saturating_add(1000))
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
 /// The admission rules and the per-address counts of one server.
 #[derive(Debug)]
 pub(crate) struct Gate {
     rules: Admission,
     per_ip: DashMap<IpAddr, u32>,
-    last_log_ms: AtomicU64,
+    log: LogLimit,
 }
 
 impl Gate {
@@ -51,7 +114,7 @@ impl Gate {
         Gate {
             rules,
             per_ip: DashMap::new(),
-            last_log_ms: AtomicU64::new(NEVER),
+            log: LogLimit::default(),
         }
     }
 
@@ -96,16 +159,11 @@ impl Gate {
 
     /// True at most once per second: whether to log this refusal.
     pub(crate) fn should_log(&self, now_ms: u64) -> bool {
-        let last = self.last_log_ms.load(Relaxed);
-        (last == NEVER || now_ms >= last.saturating_add(1000))
-            && self
-                .last_log_ms
-                .compare_exchange(last, now_ms, Relaxed, Relaxed)
-                .is_ok()
+        self.log.allow(now_ms)
     }
 }
 
-/// `last_log_ms` before the first refusal.
+/// `LogLimit::last_ms` before the first event.
 const NEVER: u64 = u64::MAX;
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::peek::{peek_at_least, Peeked};
 use crate::{PeerAddr, Stream};
 
 /// The v2 signature: `\r\n\r\n\0\r\nQUIT\n`.
@@ -165,7 +166,12 @@ async fn read_trusted(stream: &Stream, mode: ProxyMode) -> Result<ProxyHeader, P
     let mut buf = vec![0u8; V1_MAX];
     let mut want = 1;
     loop {
-        let seen = peek_at_least(stream, &mut buf, want).await?;
+        let seen = peek_at_least(stream, &mut buf, want)
+            .await
+            .map_err(|e| match e {
+                Peeked::Closed(n) => ProxyError::Truncated(n),
+                Peeked::Io(e) => ProxyError::Io(e),
+            })?;
         if let Some((header, len)) = parse_header(&buf[..seen], mode)? {
             // Take exactly the header off the socket; what follows stays for the handler.
             consume(stream, &mut buf[..len]).await?;
@@ -307,68 +313,6 @@ fn parse(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
         destination,
         tlvs: Vec::new(),
     })
-}
-
-/// Peeks until at least `want` bytes (at most `buf.len()`) are in the socket; returns how many were seen.
-/// Waits for more data between peeks rather than spinning: a peek that saw too little reports
-/// `WouldBlock` to the runtime, which clears the readiness until new bytes arrive.
-async fn peek_at_least(stream: &Stream, buf: &mut [u8], want: usize) -> Result<usize, ProxyError> {
-    let want = want.min(buf.len());
-    let mut seen = 0;
-    let mut eof = false;
-    let mut wakes = 0u32;
-    stream
-        .read_io(|fd| {
-            wakes += 1;
-            let before = seen;
-            // SAFETY: `buf` is valid for writes of its length.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            seen = n as usize;
-            if n == 0 {
-                eof = true;
-                return Ok(());
-            }
-            if seen < want {
-                // The unread bytes stay in the socket, so a peek after the peer's FIN still sees them,
-                // not EOF: ask whether the peer closed, or this would wait for data that never comes.
-                // Where the OS cannot say, a wake-up with no new byte is taken as the close: the
-                // runtime keeps reporting a closed socket as readable, and waiting would spin.
-                if peer_closed(fd) || (!cfg!(target_os = "linux") && wakes > 1 && seen == before) {
-                    eof = true;
-                    return Ok(());
-                }
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(())
-        })
-        .await?;
-    if eof || seen < want {
-        return Err(ProxyError::Truncated(seen));
-    }
-    Ok(seen)
-}
-
-/// Has the peer shut down its sending side? (`POLLRDHUP`, Linux only.)
-fn peer_closed(fd: std::os::fd::RawFd) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no wait.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = fd;
-        false
-    }
 }
 
 /// Reads exactly `buf.len()` bytes that a peek showed are there.

@@ -8,6 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,15 +16,18 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::backoff::BackoffPolicy;
 use crate::accept::fan_in::FanIn;
 use crate::accept::{AcceptError, Acceptor, OnExhaustion};
+use crate::admission::Reject;
 use crate::admission::{Admission, Gate};
 use crate::drain::{self, DrainOptions, DrainReport};
+use crate::front::{Front, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::handler::{Handler, Outcome};
 use crate::listener::{AcceptSource, ListenAddr};
-use crate::proxy::{self, ProxyConfig, ProxyMode};
+use crate::proxy::{ProxyConfig, ProxyMode};
 use crate::registry::Entry;
 use crate::registry::{CloseError, ConnectionInfo};
 use crate::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::tls::TlsConfig;
 use crate::Connection;
 
 /// The default connection cap. Bounded by default: an unbounded server is one flood away from descriptor
@@ -38,10 +42,21 @@ const FORCED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 pub struct ServerBuilder {
     max_connections: usize,
     idle_timeout: Option<Duration>,
-    proxy: Option<ProxyConfig>,
+    handshake_timeout: Duration,
+    /// The set-up steps of every listener's connections…
+    front: Front,
+    /// …except where a listener has its own PROXY or TLS setting.
+    overrides: Vec<(ListenAddr, Override)>,
     admission: Option<Admission>,
     backoff: BackoffPolicy,
     on_exhaustion: OnExhaustion,
+}
+
+/// One listener's own setting, replacing the server-wide one.
+#[derive(Debug, Clone)]
+enum Override {
+    Proxy(Option<Arc<ProxyConfig>>),
+    Tls(Option<TlsConfig>),
 }
 
 impl Default for ServerBuilder {
@@ -49,7 +64,9 @@ impl Default for ServerBuilder {
         ServerBuilder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: None,
-            proxy: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            front: Front::default(),
+            overrides: Vec::new(),
             admission: None,
             backoff: BackoffPolicy::default(),
             on_exhaustion: OnExhaustion::default(),
@@ -78,7 +95,57 @@ impl ServerBuilder {
     /// the connection's own task: the handler then sees the client the header names as
     /// [`Connection::peer_addr`]. `None` or [`ProxyMode::Off`](crate::proxy::ProxyMode::Off): no header.
     pub fn proxy_protocol(mut self, config: Option<ProxyConfig>) -> Self {
-        self.proxy = config.filter(|c| c.mode != ProxyMode::Off);
+        self.front.proxy = proxy_setting(config);
+        self
+    }
+
+    /// Like [`proxy_protocol`](Self::proxy_protocol), for the listener on `addr` only (say, PROXY on
+    /// the port the load balancer uses and none on an internal one). `serve` fails if no listener is
+    /// on `addr`.
+    pub fn proxy_protocol_on(mut self, addr: ListenAddr, config: Option<ProxyConfig>) -> Self {
+        self.overrides
+            .push((addr, Override::Proxy(proxy_setting(config))));
+        self
+    }
+
+    /// Runs a TLS handshake (see [`tls`](crate::tls)) on every connection, after the PROXY header if
+    /// there is one, within the handshake timeout; the handler reads and writes plaintext. A failed
+    /// handshake closes the connection and is counted (`tls_failed`). Default: none.
+    pub fn tls(mut self, config: Option<TlsConfig>) -> Self {
+        self.front.tls = config;
+        self
+    }
+
+    /// Like [`tls`](Self::tls), for the listener on `addr` only.
+    pub fn tls_on(mut self, addr: ListenAddr, config: Option<TlsConfig>) -> Self {
+        self.overrides.push((addr, Override::Tls(config)));
+        self
+    }
+
+    /// How long a connection's set-up may take, from `accept` to its handler: the PROXY header, the
+    /// protocol router's sniffing and the TLS handshake together (and the admission hook and greeting).
+    /// A connection that is not through in time is closed and counted (`handshake_timeouts`), so
+    /// clients that connect and stay silent cannot hold the cap. Default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT) (10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The application's admission check (see [`AdmissionHook`](crate::admission::AdmissionHook)), run in the connection's task after
+    /// the PROXY header and TLS, before the handler. Default: none.
+    pub fn admission_hook(
+        mut self,
+        hook: impl Fn(&Connection) -> Result<(), Reject> + Send + Sync + 'static,
+    ) -> Self {
+        self.front.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Bytes written to every admitted connection before its handler runs (after TLS and the admission
+    /// hook): the client learns it was truly accepted, not just queued in the backlog (seed 003).
+    pub fn greeting(mut self, greeting: Option<Bytes>) -> Self {
+        self.front.greeting = greeting.filter(|g| !g.is_empty());
         self
     }
 
@@ -136,14 +203,14 @@ impl ServerBuilder {
         let fan_in = FanIn::new(sources.into_iter().collect())?;
         let addrs = fan_in.addrs();
         let idle_timeout = self.idle_timeout;
-        let proxy = self.proxy.clone().map(Arc::new);
+        let fronts = self.fronts(&addrs)?;
         let (acceptor, handle) = self.acceptor(fan_in)?;
         if let Some(timeout) = idle_timeout {
             tokio::spawn(crate::idle::reap(Arc::downgrade(&handle.shared), timeout));
         }
         let spawner = Spawner {
             handler: Arc::new(handler),
-            proxy,
+            fronts,
         };
         let accept_loop = accept_loop(
             acceptor,
@@ -166,16 +233,45 @@ impl ServerBuilder {
         Ok((acceptor, handle))
     }
 
+    /// Each listener's set-up steps (by position), `None` where there are none.
+    fn fronts(&self, addrs: &[ListenAddr]) -> io::Result<Vec<Option<Arc<Front>>>> {
+        if let Some((addr, _)) = self.overrides.iter().find(|(a, _)| !addrs.contains(a)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a per-listener setting names {addr}, where no listener is"),
+            ));
+        }
+        Ok(addrs
+            .iter()
+            .map(|addr| {
+                let mut front = self.front.clone();
+                for (_, o) in self.overrides.iter().filter(|(a, _)| a == addr) {
+                    match o {
+                        Override::Proxy(p) => front.proxy = p.clone(),
+                        Override::Tls(t) => front.tls = t.clone(),
+                    }
+                }
+                (!front.is_empty()).then(|| Arc::new(front))
+            })
+            .collect())
+    }
+
     fn handle(&self) -> ServerHandle {
         ServerHandle {
             shared: Arc::new({
                 let mut shared = Shared::new(self.max_connections);
                 shared.gate = self.admission.clone().map(Gate::new);
+                shared.handshake_timeout = self.handshake_timeout;
                 shared
             }),
             stop: CancellationToken::new(),
         }
     }
+}
+
+/// A PROXY setting as the front keeps it: `Off` is none.
+fn proxy_setting(config: Option<ProxyConfig>) -> Option<Arc<ProxyConfig>> {
+    config.filter(|c| c.mode != ProxyMode::Off).map(Arc::new)
 }
 
 /// Observes and steers a running server. Cheap to clone.
@@ -433,7 +529,7 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
                 return Ok(());
             }
             _ = &mut draining => {
-                drain::drain_queue(&mut acceptor, control, &stop, |conn| spawner.spawn(conn)).await;
+                drain::drain_queue(&mut acceptor, control, &stop, |conn, from| spawner.spawn(conn, from)).await;
                 return Ok(());
             }
             conn = acceptor.accept() => match conn {
@@ -446,18 +542,20 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
                 }
             },
         };
-        spawner.spawn(conn);
+        spawner.spawn(conn, acceptor.source().last_position());
     }
 }
 
-/// Starts each connection's task: the handler, behind a PROXY header when the server reads them.
+/// Starts each connection's task: the handler, after the listener's set-up steps if it has any.
 struct Spawner<H> {
     handler: Arc<H>,
-    proxy: Option<Arc<ProxyConfig>>,
+    /// By listener position.
+    fronts: Vec<Option<Arc<Front>>>,
 }
 
 impl<H: Handler> Spawner<H> {
-    fn spawn(&self, conn: Connection) {
+    /// `from`: the position of the listener that accepted `conn`.
+    fn spawn(&self, conn: Connection, from: usize) {
         let entry = conn.entry();
         if let Some(gate) = &entry.shared.gate {
             if let Err(refusal) = gate.admit(&entry.peer) {
@@ -469,29 +567,21 @@ impl<H: Handler> Spawner<H> {
                 return;
             }
         }
-        match &self.proxy {
+        match self.fronts.get(from).and_then(Option::as_ref) {
             None => spawn_connection(conn, &*self.handler),
-            Some(config) => spawn_behind_proxy(conn, self.handler.clone(), config.clone()),
+            Some(front) => spawn_behind_front(conn, self.handler.clone(), front.clone()),
         }
     }
 }
 
-/// Like [`spawn_connection`], with the PROXY header read first, in the task: a slow or hostile client
-/// holds up only itself. A refused header closes the connection (counted); the handler never runs.
-fn spawn_behind_proxy<H: Handler>(conn: Connection, handler: Arc<H>, config: Arc<ProxyConfig>) {
+/// Like [`spawn_connection`], with the set-up steps (PROXY header, TLS, admission hook, greeting) first,
+/// in the task: a slow or hostile client holds up only itself. A failed set-up closes the connection
+/// (counted by cause); the handler never runs.
+fn spawn_behind_front<H: Handler>(conn: Connection, handler: Arc<H>, front: Arc<Front>) {
     let entry = conn.entry().clone();
     let done = entry.clone();
     let serve = async move {
-        match proxy::read_header(conn.stream(), &conn.entry().peer, &config).await {
-            Ok(proxy::Admitted::Header(header)) => conn.set_proxy_header(header),
-            Ok(proxy::Admitted::Plain) => {}
-            Err(e) => {
-                let entry = conn.entry();
-                Stats::add(&entry.shared.stats.proxy_refused, 1);
-                tracing::debug!(conn = entry.id, peer = %entry.peer, error = %e, "PROXY header refused; closing");
-                return None;
-            }
-        }
+        let conn = front.open(conn).await?;
         Some(handler.call(conn).await)
     };
     let serve = AssertUnwindSafe(serve)

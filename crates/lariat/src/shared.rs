@@ -1,7 +1,9 @@
 //! The state one server's accept loops and connections share: the cap, the registry, the counters and
 //! the drain's state.
 
-use crate::admission::Gate;
+use std::time::Duration;
+
+use crate::admission::{Gate, LogLimit};
 use crate::drain::Control;
 use crate::limit::ConnectionLimit;
 use crate::registry::Registry;
@@ -16,6 +18,11 @@ pub(crate) struct Shared {
     pub(crate) drain: Control,
     /// Admission rules, when the server has any.
     pub(crate) gate: Option<Gate>,
+    /// How long a connection's set-up (PROXY header, protocol sniffing, TLS, admission hook) may take,
+    /// counted from `accept`.
+    pub(crate) handshake_timeout: Duration,
+    /// Rate limit for the log lines of failed handshakes.
+    pub(crate) handshake_log: LogLimit,
 }
 
 impl Shared {
@@ -26,6 +33,8 @@ impl Shared {
             stats: Stats::default(),
             drain: Control::default(),
             gate: None,
+            handshake_timeout: crate::front::DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_log: LogLimit::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix};
 
 use crate::connection::ConnectionGuard;
+use crate::tls::TlsStream;
 use crate::{Connection, Stream};
 
 /// The read half of a split [`Connection`].
@@ -35,12 +36,36 @@ pub struct WriteHalf {
 enum ReadInner {
     Tcp(tcp::OwnedReadHalf),
     Unix(unix::OwnedReadHalf),
+    Tls(Arc<TlsStream>),
 }
 
 #[derive(Debug)]
 enum WriteInner {
     Tcp(tcp::OwnedWriteHalf),
     Unix(unix::OwnedWriteHalf),
+    Tls(TlsWriteHalf),
+}
+
+/// The write side of a shared TLS session. Dropped (not reunited), it sends close_notify and shuts the
+/// socket's write direction, as tokio's owned write halves do.
+#[derive(Debug)]
+struct TlsWriteHalf(Option<Arc<TlsStream>>);
+
+impl TlsWriteHalf {
+    fn get(&self) -> &TlsStream {
+        // `None` only inside `reunite`, after which the half is gone.
+        self.0
+            .as_deref()
+            .expect("a TLS write half holds its session until reunited")
+    }
+}
+
+impl Drop for TlsWriteHalf {
+    fn drop(&mut self) {
+        if let Some(tls) = self.0.take() {
+            tls.close_write();
+        }
+    }
 }
 
 /// [`ReadHalf::reunite`] was given a write half of another connection.
@@ -61,6 +86,13 @@ impl Connection {
             Stream::Unix(s) => {
                 let (r, w) = s.into_split();
                 (ReadInner::Unix(r), WriteInner::Unix(w))
+            }
+            Stream::Tls(s) => {
+                let s: Arc<TlsStream> = Arc::from(s);
+                (
+                    ReadInner::Tls(s.clone()),
+                    WriteInner::Tls(TlsWriteHalf(Some(s))),
+                )
             }
         };
         (
@@ -91,6 +123,10 @@ impl ReadHalf {
         let stream = match (inner, write_inner) {
             (ReadInner::Tcp(r), WriteInner::Tcp(w)) => r.reunite(w).map(Stream::Tcp).ok(),
             (ReadInner::Unix(r), WriteInner::Unix(w)) => r.reunite(w).map(Stream::Unix).ok(),
+            (ReadInner::Tls(r), WriteInner::Tls(mut w)) => {
+                drop(w.0.take());
+                Arc::try_unwrap(r).ok().map(|s| Stream::Tls(Box::new(s)))
+            }
             _ => None,
         };
         let guard = Arc::try_unwrap(guard).ok();
@@ -111,6 +147,7 @@ impl ReadHalf {
         match &self.inner {
             ReadInner::Tcp(r) => AsRef::<tokio::net::TcpStream>::as_ref(r).poll_read_ready(cx),
             ReadInner::Unix(r) => AsRef::<tokio::net::UnixStream>::as_ref(r).poll_read_ready(cx),
+            ReadInner::Tls(s) => s.poll_read_ready(cx),
         }
     }
 
@@ -120,6 +157,7 @@ impl ReadHalf {
         let n = match &self.inner {
             ReadInner::Tcp(r) => AsRef::<tokio::net::TcpStream>::as_ref(r).try_read_buf(buf)?,
             ReadInner::Unix(r) => AsRef::<tokio::net::UnixStream>::as_ref(r).try_read_buf(buf)?,
+            ReadInner::Tls(s) => s.try_read_buf(buf)?,
         };
         self.guard.entry().bytes_in.fetch_add(n as u64, Relaxed);
         Ok(n)
@@ -144,6 +182,7 @@ impl AsyncRead for ReadHalf {
         match &mut this.inner {
             ReadInner::Tcp(r) => ready!(Pin::new(r).poll_read(cx, buf))?,
             ReadInner::Unix(r) => ready!(Pin::new(r).poll_read(cx, buf))?,
+            ReadInner::Tls(s) => ready!(s.poll_read(cx, buf))?,
         }
         let n = buf.filled().len() - before;
         this.guard.entry().bytes_in.fetch_add(n as u64, Relaxed);
@@ -161,6 +200,7 @@ impl AsyncWrite for WriteHalf {
         let n = match &mut this.inner {
             WriteInner::Tcp(w) => ready!(Pin::new(w).poll_write(cx, buf))?,
             WriteInner::Unix(w) => ready!(Pin::new(w).poll_write(cx, buf))?,
+            WriteInner::Tls(w) => ready!(w.get().poll_write(cx, buf))?,
         };
         this.guard.entry().bytes_out.fetch_add(n as u64, Relaxed);
         Poll::Ready(Ok(n))
@@ -175,6 +215,13 @@ impl AsyncWrite for WriteHalf {
         let n = match &mut this.inner {
             WriteInner::Tcp(w) => ready!(Pin::new(w).poll_write_vectored(cx, bufs))?,
             WriteInner::Unix(w) => ready!(Pin::new(w).poll_write_vectored(cx, bufs))?,
+            WriteInner::Tls(w) => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &**b);
+                ready!(w.get().poll_write(cx, first))?
+            }
         };
         this.guard.entry().bytes_out.fetch_add(n as u64, Relaxed);
         Poll::Ready(Ok(n))
@@ -184,6 +231,7 @@ impl AsyncWrite for WriteHalf {
         match &self.inner {
             WriteInner::Tcp(w) => w.is_write_vectored(),
             WriteInner::Unix(w) => w.is_write_vectored(),
+            WriteInner::Tls(_) => false,
         }
     }
 
@@ -191,6 +239,7 @@ impl AsyncWrite for WriteHalf {
         match &mut self.get_mut().inner {
             WriteInner::Tcp(w) => Pin::new(w).poll_flush(cx),
             WriteInner::Unix(w) => Pin::new(w).poll_flush(cx),
+            WriteInner::Tls(w) => w.get().poll_flush(cx),
         }
     }
 
@@ -198,6 +247,7 @@ impl AsyncWrite for WriteHalf {
         match &mut self.get_mut().inner {
             WriteInner::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             WriteInner::Unix(w) => Pin::new(w).poll_shutdown(cx),
+            WriteInner::Tls(w) => w.get().poll_shutdown(cx),
         }
     }
 }

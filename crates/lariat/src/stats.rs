@@ -21,6 +21,10 @@ pub struct Stats {
     pub(crate) idle_closed: AtomicU64,
     pub(crate) proxy_refused: AtomicU64,
     pub(crate) admission_refused: AtomicU64,
+    pub(crate) tls_failed: AtomicU64,
+    pub(crate) sniff_failed: AtomicU64,
+    pub(crate) hook_refused: AtomicU64,
+    pub(crate) handshake_timeouts: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -58,6 +62,16 @@ pub struct StatsSnapshot {
     pub proxy_refused: u64,
     /// Connections refused by the admission rules (deny, allow, per-address limit).
     pub admission_refused: u64,
+    /// TLS handshakes that failed (bad or no ClientHello, protocol error, peer closed).
+    pub tls_failed: u64,
+    /// Connections the protocol router could not place (no route matched and no fallback, or the peer
+    /// closed before its first bytes told).
+    pub sniff_failed: u64,
+    /// Connections refused by the admission hook.
+    pub hook_refused: u64,
+    /// Connections closed because the handshake (PROXY header, protocol sniffing and TLS together) did
+    /// not finish within the handshake timeout. Each is counted here only, not under its step.
+    pub handshake_timeouts: u64,
 }
 
 impl Stats {
@@ -83,6 +97,10 @@ impl Stats {
             idle_closed: self.idle_closed.load(Relaxed),
             proxy_refused: self.proxy_refused.load(Relaxed),
             admission_refused: self.admission_refused.load(Relaxed),
+            tls_failed: self.tls_failed.load(Relaxed),
+            sniff_failed: self.sniff_failed.load(Relaxed),
+            hook_refused: self.hook_refused.load(Relaxed),
+            handshake_timeouts: self.handshake_timeouts.load(Relaxed),
         }
     }
 

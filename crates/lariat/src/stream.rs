@@ -8,14 +8,18 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-/// An accepted socket. An enum rather than a trait object so that reads and writes are direct calls and a
-/// connection costs no extra allocation.
+use crate::tls::TlsStream;
+
+/// An accepted socket, or a TLS session over one. An enum rather than a trait object so that reads and
+/// writes are direct calls and a plain connection costs no extra allocation.
 #[derive(Debug)]
 pub enum Stream {
     /// A TCP connection.
     Tcp(TcpStream),
     /// A Unix-domain stream connection.
     Unix(UnixStream),
+    /// A TLS session (over a `Tcp` or `Unix` stream): reads and writes are plaintext.
+    Tls(Box<TlsStream>),
 }
 
 /// Who is on the other end of a connection.
@@ -74,6 +78,11 @@ impl Stream {
                 let fd = s.as_raw_fd();
                 s.async_io(Interest::READABLE, || f(fd)).await
             }
+            // The socket's bytes are records, not the stream's: raw reads would corrupt the session.
+            Stream::Tls(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "raw reads are not possible under TLS",
+            )),
         }
     }
 
@@ -82,6 +91,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.poll_read_ready(cx),
             Stream::Unix(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => s.poll_read_ready(cx),
         }
     }
 
@@ -90,6 +100,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_read(buf),
             Stream::Unix(s) => s.try_read(buf),
+            Stream::Tls(s) => s.try_read(buf),
         }
     }
 
@@ -99,6 +110,56 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_read_buf(buf),
             Stream::Unix(s) => s.try_read_buf(buf),
+            Stream::Tls(s) => s.try_read_buf(buf),
+        }
+    }
+
+    /// Writes what the socket takes now, or fails with [`io::ErrorKind::WouldBlock`]. Raw sockets only
+    /// (it moves TLS records for the session).
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+            Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    pub(crate) fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write_vectored(bufs),
+            Stream::Unix(s) => s.try_write_vectored(bufs),
+            Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_write_ready(cx),
+            Stream::Unix(s) => s.poll_write_ready(cx),
+            Stream::Tls(s) => s.get_ref().poll_write_ready(cx),
+        }
+    }
+
+    pub(crate) fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + '_ {
+        std::future::poll_fn(|cx| self.poll_write_ready(cx))
+    }
+
+    /// Shuts the write direction down (the peer reads EOF), through `&self`.
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tls(s) => return s.get_ref().shutdown_write(),
+        };
+        socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
+    }
+
+    /// What the TLS handshake negotiated, for a TLS stream.
+    pub fn tls_info(&self) -> Option<crate::tls::TlsInfo> {
+        match self {
+            Stream::Tls(s) => Some(s.info()),
+            _ => None,
         }
     }
 
@@ -109,6 +170,7 @@ impl Stream {
             Stream::Unix(s) => s
                 .local_addr()
                 .map(|a| LocalAddr::Unix(a.as_pathname().map(Into::into))),
+            Stream::Tls(s) => s.get_ref().local_addr(),
         }
     }
 
@@ -117,6 +179,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_nodelay(nodelay),
             Stream::Unix(_) => Ok(()),
+            Stream::Tls(s) => s.get_ref().set_nodelay(nodelay),
         }
     }
 }
@@ -130,6 +193,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => s.poll_read(cx, buf),
         }
     }
 }
@@ -143,6 +207,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => s.poll_write(cx, buf),
         }
     }
 
@@ -154,6 +219,13 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &**b);
+                s.poll_write(cx, first)
+            }
         }
     }
 
@@ -161,6 +233,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Tls(_) => false,
         }
     }
 
@@ -168,6 +241,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => s.poll_flush(cx),
         }
     }
 
@@ -175,6 +249,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => s.poll_shutdown(cx),
         }
     }
 }

@@ -17,7 +17,10 @@ use crate::{PeerAddr, Stream};
 /// fails for good is dropped and remembered; the fan-in fails only when none is left.
 pub(crate) struct FanIn<S> {
     sources: Vec<(S, ListenAddr)>,
+    /// Each source's position in the list the server was given (sources that fail are removed).
+    positions: Vec<usize>,
     next: usize,
+    last: usize,
     failed: Vec<AcceptError>,
 }
 
@@ -28,14 +31,22 @@ impl<S: AcceptSource> FanIn<S> {
             .map(|s| s.local_addr().map(|addr| (s, addr)))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(FanIn {
+            positions: (0..sources.len()).collect(),
             sources,
             next: 0,
+            last: 0,
             failed: Vec::new(),
         })
     }
 
     pub(crate) fn addrs(&self) -> Vec<ListenAddr> {
         self.sources.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// The position (in the list the server was given) of the listener that produced the last
+    /// connection: per-listener settings are looked up by it.
+    pub(crate) fn last_position(&self) -> usize {
+        self.last
     }
 
     /// The listeners that failed for good, with why.
@@ -53,10 +64,12 @@ impl<S: AcceptSource> AcceptSource for FanIn<S> {
                 Poll::Pending => k += 1,
                 Poll::Ready(Ok(accepted)) => {
                     self.next = i + 1;
+                    self.last = self.positions[i];
                     return Poll::Ready(Ok(accepted));
                 }
                 Poll::Ready(Err(err)) if classify(&err) == ErrorClass::Fatal => {
                     let (_, addr) = self.sources.remove(i);
+                    self.positions.remove(i);
                     if self.sources.is_empty() {
                         return Poll::Ready(Err(err));
                     }

@@ -140,7 +140,7 @@ pub(crate) async fn drain_queue<S: AcceptSource>(
     acceptor: &mut Acceptor<FanIn<S>>,
     control: &Control,
     stop: &CancellationToken,
-    mut spawn: impl FnMut(crate::Connection),
+    mut spawn: impl FnMut(crate::Connection, usize),
 ) {
     let plan = control.plan.get().copied().unwrap_or(Plan {
         deadline: Instant::now() + DEFAULT_DRAIN_TIMEOUT,
@@ -160,7 +160,7 @@ pub(crate) async fn drain_queue<S: AcceptSource>(
                 Ok(conn) => {
                     control.accepted_from_queue.fetch_add(1, Relaxed);
                     quiet_since = Instant::now();
-                    spawn(conn);
+                    spawn(conn, acceptor.source().last_position());
                 }
                 Err(err) => {
                     tracing::warn!(listener = %err.addr, error = %err.source, "a listener failed while draining its queue");

@@ -1,0 +1,150 @@
+//! The front door: what runs in a connection's own task before its handler: the PROXY header, the TLS
+//! handshake, the admission hook and the greeting, in that order, all within one handshake timeout
+//! counted from `accept`. A slow or hostile client holds up only its own task, never the accept loop,
+//! and every way the set-up can fail is counted by cause.
+//!
+//! No step takes a byte meant for the handler: the PROXY reader consumes exactly its header (see
+//! [`proxy`](crate::proxy)), and TLS records that arrive with the handshake's last flight stay in the
+//! session that the handler reads from.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use crate::admission::{AdmissionHook, Reject};
+use crate::proxy::{self, ProxyConfig, ProxyError};
+use crate::stats::Stats;
+use crate::tls::{TlsConfig, TlsError};
+use crate::{Connection, Stream};
+
+/// The default handshake timeout: long enough for a TLS handshake over a slow mobile link, short enough
+/// that silent connections cannot hold the cap for long.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The set-up steps of one listener's connections.
+#[derive(Clone, Default)]
+pub(crate) struct Front {
+    pub(crate) proxy: Option<Arc<ProxyConfig>>,
+    pub(crate) tls: Option<TlsConfig>,
+    pub(crate) hook: Option<AdmissionHook>,
+    pub(crate) greeting: Option<Bytes>,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("proxy", &self.proxy)
+            .field("tls", &self.tls.is_some())
+            .field("hook", &self.hook.is_some())
+            .field("greeting", &self.greeting)
+            .finish()
+    }
+}
+
+/// Why a connection's set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrontError {
+    #[error("PROXY header refused: {0}")]
+    Proxy(#[from] ProxyError),
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[from] TlsError),
+    #[error("refused by the admission hook: {}", .0.reason)]
+    Refused(Reject),
+    #[error("greeting not written: {0}")]
+    Greeting(io::Error),
+    #[error("handshake not finished within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Front {
+    /// True when there is nothing to do before the handler (the fast path: no extra state in the task).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.proxy.is_none() && self.tls.is_none() && self.hook.is_none() && self.greeting.is_none()
+    }
+
+    /// Runs the steps; the connection ready for its handler, or `None` after counting and logging why
+    /// it was closed.
+    pub(crate) async fn open(&self, conn: Connection) -> Option<Connection> {
+        let entry = conn.entry().clone();
+        let budget = conn.handshake_remaining();
+        let result = match tokio::time::timeout(budget, self.steps(conn)).await {
+            Ok(result) => result,
+            Err(_) => Err(FrontError::Timeout(entry.shared.handshake_timeout)),
+        };
+        match result {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                failed(&entry, &e);
+                None
+            }
+        }
+    }
+
+    async fn steps(&self, mut conn: Connection) -> Result<Connection, FrontError> {
+        if let Some(config) = &self.proxy {
+            match proxy::read_header(conn.stream(), &conn.entry().peer, config).await? {
+                proxy::Admitted::Header(header) => conn.set_proxy_header(header),
+                proxy::Admitted::Plain => {}
+            }
+        }
+        if let Some(tls) = &self.tls {
+            conn = start_tls(conn, tls).await?;
+        }
+        if let Some(hook) = &self.hook {
+            if let Err(reject) = hook(&conn) {
+                if let Some(reply) = &reject.reply {
+                    // Best effort: the refusal stands whether or not the client hears it.
+                    let _ = conn.write_all(reply).await;
+                    let _ = conn.flush().await;
+                }
+                return Err(FrontError::Refused(reject));
+            }
+        }
+        if let Some(greeting) = &self.greeting {
+            conn.write_all(greeting)
+                .await
+                .map_err(FrontError::Greeting)?;
+            conn.flush().await.map_err(FrontError::Greeting)?;
+        }
+        Ok(conn)
+    }
+}
+
+/// Runs a TLS handshake over a plain connection and returns it reading and writing plaintext.
+pub(crate) async fn start_tls(conn: Connection, tls: &TlsConfig) -> Result<Connection, TlsError> {
+    let (stream, guard) = conn.into_parts();
+    let session = crate::tls::handshake(stream, tls.server_config().clone()).await?;
+    Ok(Connection::from_parts(
+        Stream::Tls(Box::new(session)),
+        guard,
+    ))
+}
+
+/// Counts a failed set-up by cause and logs it (each at debug, one a second at info).
+pub(crate) fn failed(entry: &crate::registry::Entry, e: &FrontError) {
+    let stats = &entry.shared.stats;
+    let counter = match e {
+        FrontError::Proxy(_) => &stats.proxy_refused,
+        FrontError::Tls(_) => &stats.tls_failed,
+        FrontError::Refused(_) => &stats.hook_refused,
+        FrontError::Timeout(_) => &stats.handshake_timeouts,
+        // The client left before its greeting: a close like any other.
+        FrontError::Greeting(_) => {
+            tracing::debug!(conn = entry.id, peer = %entry.peer, error = %e, "connection closed during set-up");
+            return;
+        }
+    };
+    Stats::add(counter, 1);
+    if entry
+        .shared
+        .handshake_log
+        .allow(entry.shared.registry.now_ms())
+    {
+        tracing::info!(conn = entry.id, peer = %entry.peer, error = %e, "connection closed during set-up (logged at most once a second; all are counted)");
+    } else {
+        tracing::debug!(conn = entry.id, peer = %entry.peer, error = %e, "connection closed during set-up");
+    }
+}

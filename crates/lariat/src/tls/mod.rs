@@ -1,0 +1,121 @@
+//! TLS with rustls, in the connection's own task.
+//!
+//! [`TlsConfig`] holds a rustls server configuration whose certificate can be replaced while the server
+//! runs ([`TlsConfig::reload`]); [`ServerBuilder::tls`](crate::ServerBuilder::tls) (every connection)
+//! or a [`Router`](crate::route::Router) route (connections that open with a ClientHello) runs the
+//! handshake under the server's handshake timeout, and the handler gets a [`Connection`](crate::Connection)
+//! that reads and writes plaintext, with the SNI name and ALPN protocol in
+//! [`Connection::tls`](crate::Connection::tls).
+//!
+//! Nothing the client sends is lost in the hand-off: records that arrive with the handshake's last flight
+//! (a client that writes the instant the handshake completes) stay in the rustls session, which moves
+//! into the connection and is read before the socket.
+//!
+//! The stream adapter is lariat's own (a few hundred lines over rustls' sans-I/O API) rather than
+//! tokio-rustls, so that a TLS connection keeps what lariat's plain ones offer: buffer-free waiting
+//! (`readable`, `try_read`) for cheap idle connections, and split halves for push delivery.
+
+mod certs;
+mod handshake;
+mod stream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+
+use certs::CertStore;
+pub(crate) use handshake::handshake;
+pub use stream::TlsStream;
+
+/// Why TLS could not be set up or a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        what: String,
+    },
+    /// rustls refused the configuration or the handshake.
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    /// The peer closed before the handshake finished.
+    #[error("the peer closed during the TLS handshake")]
+    Closed,
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A TLS server configuration: rustls' [`ServerConfig`], and where its certificate came from so that it
+/// can be reloaded. Cheap to clone (the clones share the certificate).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    server: Arc<ServerConfig>,
+    store: Option<Arc<CertStore>>,
+}
+
+impl TlsConfig {
+    /// Loads a certificate chain and its private key from PEM files (PKCS#8, PKCS#1 or SEC1 key). TLS 1.2
+    /// and 1.3, rustls' safe defaults, no client certificates.
+    pub fn from_pem_files(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<TlsConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let store = Arc::new(CertStore::load(cert.into(), key.into(), provider.clone())?);
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(store.clone());
+        Ok(TlsConfig {
+            server: Arc::new(server),
+            store: Some(store),
+        })
+    }
+
+    /// Wraps a rustls configuration built elsewhere (client certificates, custom resolvers…).
+    /// [`reload`](Self::reload) then has no files to read.
+    pub fn from_server_config(server: Arc<ServerConfig>) -> TlsConfig {
+        TlsConfig {
+            server,
+            store: None,
+        }
+    }
+
+    /// The ALPN protocols offered, in order of preference (e.g. `h2`, `http/1.1`). The one chosen is in
+    /// [`TlsInfo::alpn`].
+    pub fn with_alpn<P: Into<Vec<u8>>>(mut self, protocols: impl IntoIterator<Item = P>) -> Self {
+        Arc::make_mut(&mut self.server).alpn_protocols =
+            protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Reads the certificate and key files again and serves the new pair to every handshake from now on
+    /// (connections already established keep theirs). On error the old pair stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match &self.store {
+            Some(store) => store.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// The rustls configuration.
+    pub fn server_config(&self) -> &Arc<ServerConfig> {
+        &self.server
+    }
+}
+
+/// What a TLS connection negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The server name the client asked for (SNI), if it sent one.
+    pub server_name: Option<String>,
+    /// The application protocol agreed by ALPN, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The protocol version, e.g. `TLSv1_3`.
+    pub version: Option<String>,
+}
