@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a server with a built-in handler.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Test any TCP server for the accept-loop failure modes (first packet, fd exhaustion, flood,
     /// slowloris, cap, drain, restart) and measure its churn.
     Probe(crate::probe::ProbeArgs),
@@ -68,6 +68,46 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CIDR")]
     pub trusted_proxy: Vec<ipnet::IpNet>,
 
+    /// Read PROXY headers only on this listener (as written in --listen; repeatable) [default: on every
+    /// listener].
+    #[arg(long, value_name = "ADDR", requires = "proxy_protocol")]
+    pub proxy_on: Vec<String>,
+
+    /// Certificate chain (PEM) for TLS, with --tls-key. Every connection then starts with a TLS
+    /// handshake (or, with --route tls=HANDLER, the ones that open with a ClientHello). SIGUSR1 reloads
+    /// both files without a restart.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// An ALPN protocol to offer (repeatable, in order of preference), e.g. http/1.1.
+    #[arg(long, value_name = "PROTOCOL", requires = "tls_cert")]
+    pub alpn: Vec<String>,
+
+    /// Use TLS only on this listener (as written in --listen; repeatable) [default: every listener].
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub tls_on: Vec<String>,
+
+    /// Pick the handler by the connection's first bytes: PROTOCOL=HANDLER, where PROTOCOL is tls (a
+    /// ClientHello: handshake, then HANDLER on the plaintext), http (an HTTP/1 request), h2 (the HTTP/2
+    /// preface), prefix:TEXT, or default (anything else). Repeatable; the first match wins. Replaces
+    /// --handler.
+    #[arg(long, value_name = "PROTOCOL=HANDLER", value_parser = parse_route)]
+    pub route: Vec<RouteSpec>,
+
+    /// How long a connection's set-up may take from accept to its handler: PROXY header, protocol
+    /// sniffing and TLS handshake together. Silent clients are closed then (counted).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Written to each admitted client before its handler runs (after TLS), so it knows it was accepted
+    /// and not just queued. `\n` and `\r` are unescaped.
+    #[arg(long, value_name = "TEXT")]
+    pub greeting: Option<String>,
+
     /// Admit only peers in this network (repeatable) [default: everyone].
     #[arg(long, value_name = "CIDR")]
     pub allow: Vec<ipnet::IpNet>,
@@ -105,6 +145,69 @@ pub struct ServeArgs {
     /// Log format on stderr. The level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// One `--route` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub protocol: RouteProtocol,
+    pub handler: HandlerKind,
+}
+
+/// What a route recognises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteProtocol {
+    Tls,
+    Http,
+    H2,
+    Prefix(String),
+    Default,
+}
+
+pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
+    let (protocol, handler) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("`{text}`: expected PROTOCOL=HANDLER, e.g. tls=echo"))?;
+    let protocol = match protocol {
+        "tls" => RouteProtocol::Tls,
+        "http" => RouteProtocol::Http,
+        "h2" => RouteProtocol::H2,
+        "default" => RouteProtocol::Default,
+        other => match other.strip_prefix("prefix:") {
+            Some(p) if !p.is_empty() => RouteProtocol::Prefix(p.to_owned()),
+            _ => {
+                return Err(format!(
+                    "`{other}`: a protocol is tls, http, h2, prefix:TEXT or default"
+                ))
+            }
+        },
+    };
+    let handler = HandlerKind::from_str(handler, true)?;
+    Ok(RouteSpec { protocol, handler })
+}
+
+/// Turns `\n`, `\r` and `\\` in a command-line text into the characters.
+pub fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some('n')) => {
+                out.push('\n');
+                chars.next();
+            }
+            ('\\', Some('r')) => {
+                out.push('\r');
+                chars.next();
+            }
+            ('\\', Some('\\')) => {
+                out.push('\\');
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// The address to use when no `--listen` is given and no socket was passed.

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             let result = runtime
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(serve::run(args)));
+                .and_then(|rt| rt.block_on(serve::run(*args)));
             match result {
                 Ok(code) => code,
                 Err(err) => {

@@ -13,7 +13,12 @@ use lariat::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{Exhaustion, HandlerKind, ProxyArg, ServeArgs};
+use std::sync::Arc;
+
+use lariat::route::{Matcher, Router};
+use lariat::tls::TlsConfig;
+
+use crate::cli::{Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs};
 use crate::handlers;
 use crate::listeners::{self, Named};
 use lariat::proxy::{ProxyConfig, ProxyMode};
@@ -28,10 +33,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
     let named = listeners::resolve(&args.listen, inherited, &opts)?;
+    let tls = tls_config(&args)?;
     let builder = Server::builder()
         .max_connections(args.max_connections)
         .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
-        .proxy_protocol(proxy_config(&args))
+        .handshake_timeout(args.handshake_timeout)
+        .greeting(
+            args.greeting
+                .as_deref()
+                .map(|g| bytes::Bytes::from(crate::cli::unescape(g))),
+        )
         .admission(Some(lariat::admission::Admission {
             allow: args.allow.clone(),
             deny: args.deny.clone(),
@@ -41,6 +52,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Exhaustion::Wait => OnExhaustion::Wait,
             Exhaustion::Shed => OnExhaustion::Shed,
         });
+    let builder = front_per_listener(builder, &named, &args, tls.as_ref())?;
+    if !args.route.is_empty() {
+        let router = args
+            .route
+            .iter()
+            .try_fold(Router::new(), |router, spec| add_route(router, spec, &tls))?;
+        return serve(builder, named, router, &args, tls).await;
+    }
     // Monomorphised per handler: no boxing on the per-connection path.
     if let Some(mode) = args.delivery {
         if args.handler != HandlerKind::Echo {
@@ -50,16 +69,92 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let handler = move |conn| handlers::echo_messages::echo(conn, mode);
-        return serve(builder, named, handler, &args).await;
+        return serve(builder, named, handler, &args, tls).await;
     }
     match args.handler {
-        HandlerKind::Echo => serve(builder, named, handlers::echo::echo, &args).await,
-        HandlerKind::Discard => serve(builder, named, handlers::discard::discard, &args).await,
-        HandlerKind::Whoami => serve(builder, named, handlers::whoami::whoami, &args).await,
+        HandlerKind::Echo => serve(builder, named, handlers::echo::echo, &args, tls).await,
+        HandlerKind::Discard => serve(builder, named, handlers::discard::discard, &args, tls).await,
+        HandlerKind::Whoami => serve(builder, named, handlers::whoami::whoami, &args, tls).await,
         HandlerKind::HttpHello => {
-            serve(builder, named, handlers::http_hello::http_hello, &args).await
+            serve(builder, named, handlers::http_hello::http_hello, &args, tls).await
         }
     }
+}
+
+fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<TlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let tls =
+        TlsConfig::from_pem_files(cert, key).context("loading the TLS certificate and key")?;
+    Ok(Some(if args.alpn.is_empty() {
+        tls
+    } else {
+        tls.with_alpn(args.alpn.iter().map(|p| p.as_bytes().to_vec()))
+    }))
+}
+
+/// PROXY and TLS: on every listener, or only on those `--proxy-on` / `--tls-on` name. With routes, TLS
+/// belongs to the `tls` route instead.
+fn front_per_listener(
+    mut builder: ServerBuilder,
+    named: &[Named],
+    args: &ServeArgs,
+    tls: Option<&TlsConfig>,
+) -> anyhow::Result<ServerBuilder> {
+    for (flag, wanted) in [("--proxy-on", &args.proxy_on), ("--tls-on", &args.tls_on)] {
+        if let Some(missing) = wanted.iter().find(|w| !named.iter().any(|n| &n.name == *w)) {
+            anyhow::bail!("{flag} {missing}: no --listen {missing}");
+        }
+    }
+    let proxy = proxy_config(args);
+    if args.proxy_on.is_empty() {
+        builder = builder.proxy_protocol(proxy);
+    } else {
+        for n in named.iter().filter(|n| args.proxy_on.contains(&n.name)) {
+            builder = builder.proxy_protocol_on(n.listener.local_addr().clone(), proxy.clone());
+        }
+    }
+    let tls = tls.filter(|_| args.route.is_empty());
+    if args.tls_on.is_empty() {
+        builder = builder.tls(tls.cloned());
+    } else {
+        for n in named.iter().filter(|n| args.tls_on.contains(&n.name)) {
+            builder = builder.tls_on(n.listener.local_addr().clone(), tls.cloned());
+        }
+    }
+    Ok(builder)
+}
+
+fn add_route(router: Router, spec: &RouteSpec, tls: &Option<TlsConfig>) -> anyhow::Result<Router> {
+    match spec.handler {
+        HandlerKind::Echo => with_route(router, spec, tls, handlers::echo::echo),
+        HandlerKind::Discard => with_route(router, spec, tls, handlers::discard::discard),
+        HandlerKind::Whoami => with_route(router, spec, tls, handlers::whoami::whoami),
+        HandlerKind::HttpHello => with_route(router, spec, tls, handlers::http_hello::http_hello),
+    }
+}
+
+fn with_route<H: Handler>(
+    router: Router,
+    spec: &RouteSpec,
+    tls: &Option<TlsConfig>,
+    handler: H,
+) -> anyhow::Result<Router> {
+    Ok(match &spec.protocol {
+        RouteProtocol::Tls => {
+            let tls = tls
+                .clone()
+                .context("--route tls=… needs --tls-cert and --tls-key")?;
+            router.tls("tls", tls, handler)
+        }
+        RouteProtocol::Http => router.route("http", Matcher::Http1, handler),
+        RouteProtocol::H2 => router.route("h2", Matcher::Http2, handler),
+        RouteProtocol::Prefix(p) => {
+            router.route(p, Matcher::Prefix(Arc::from(p.as_bytes())), handler)
+        }
+        RouteProtocol::Default => router.fallback(handler),
+    })
 }
 
 /// A started successor being waited for; resolves to its pid once it serves.
@@ -92,9 +187,12 @@ async fn serve<H: Handler>(
     named: Vec<Named>,
     handler: H,
     args: &ServeArgs,
+    tls: Option<TlsConfig>,
 ) -> anyhow::Result<ExitCode> {
     // Register for signals before announcing readiness, so a signal sent right after the line is seen.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigusr1 =
+        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
@@ -138,6 +236,13 @@ async fn serve<H: Handler>(
             }
             _ = sigterm.recv() => break Ending::Signal("SIGTERM"),
             _ = sigint.recv() => break Ending::Signal("SIGINT"),
+            _ = sigusr1.recv() => match &tls {
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGUSR1: TLS certificate and key reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGUSR1: TLS reload failed; the current certificate stays"),
+                },
+                None => tracing::info!("SIGUSR1: no TLS configured; nothing to reload"),
+            },
             _ = sighup.recv() => {
                 if restart.is_some() {
                     tracing::warn!("SIGHUP: a restart is already in progress; ignored");

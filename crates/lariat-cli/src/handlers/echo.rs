@@ -22,10 +22,16 @@ pub fn echo(mut conn: Connection) -> impl Future<Output = io::Result<()>> {
             loop {
                 buf.clear();
                 match conn.try_read_buf(&mut buf) {
-                    // EOF: dropping the connection closes it (FIN after everything written).
-                    Ok(0) => return Ok(()),
+                    // EOF: dropping the connection closes it (FIN after everything written; under
+                    // TLS, close_notify after the last record).
+                    Ok(0) => return conn.flush().await,
                     Ok(_) => conn.write_all(&buf).await?,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // Under TLS, records the socket did not take yet go out before the wait (a no-op
+                    // on plain sockets).
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.flush().await?;
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -25,6 +25,8 @@ pub fn echo(conn: Connection, mode: Mode) -> impl Future<Output = io::Result<()>
             match event {
                 Some(Event::Data(chunk)) => {
                     writer.write_all(&chunk).await?;
+                    // For TLS: send the records now, before waiting for the next message.
+                    writer.flush().await?;
                     if mode == Mode::Once {
                         messages.set_mode(Mode::Once);
                     }

@@ -125,6 +125,7 @@ pub async fn http_hello(mut conn: Connection) -> Result<(), HttpError> {
                     respond(&mut out, keep_alive);
                     if !keep_alive {
                         conn.write_all(&out).await?;
+                        conn.flush().await?;
                         return Ok(());
                     }
                 }
@@ -134,12 +135,15 @@ pub async fn http_hello(mut conn: Connection) -> Result<(), HttpError> {
                     out.extend_from_slice(status.as_bytes());
                     out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                     conn.write_all(&out).await?;
+                    conn.flush().await?;
                     return Err(HttpError::Rejected(why));
                 }
             }
         }
         if !out.is_empty() {
             conn.write_all(&out).await?;
+            // Under TLS, the records go out now (a no-op on plain sockets).
+            conn.flush().await?;
             out.clear();
         }
         if buf.is_empty() {

@@ -185,6 +185,14 @@ impl TlsStream {
     }
 }
 
+impl Drop for TlsStream {
+    /// Best effort, without waiting: records still queued and a close_notify, so a peer reading to the
+    /// end sees a clean close rather than a truncation.
+    fn drop(&mut self) {
+        self.close_write();
+    }
+}
+
 /// `io::Read` over the socket's non-blocking `try_read`, for rustls.
 pub(super) struct SocketReader<'a>(pub(super) &'a Stream);
 
