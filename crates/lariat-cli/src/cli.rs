@@ -138,6 +138,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub restart_binary: Option<std::path::PathBuf>,
 
+    /// Run N worker processes that all accept from the same sockets (bound once, here), restarting any
+    /// that dies; its queued clients stay in the shared queue for the others. SIGHUP replaces the
+    /// workers one at a time; SIGTERM drains them all. 0: serve in this process.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Internal: this process is a worker of `--workers` (SIGUSR2 hands over, SIGHUP is the
+    /// supervisor's).
+    #[arg(long, hide = true)]
+    pub as_worker: bool,
+
     /// Runtime worker threads [default: the CPUs this process may run on].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

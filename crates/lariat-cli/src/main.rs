@@ -7,6 +7,7 @@ mod logging;
 mod probe;
 mod rlimit;
 mod serve;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -31,10 +32,13 @@ fn main() -> ExitCode {
             if let Some(threads) = args.threads {
                 runtime.worker_threads(threads.max(1));
             }
-            let result = runtime
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(serve::run(*args)));
+            let result = runtime.build().map_err(anyhow::Error::from).and_then(|rt| {
+                if args.workers > 0 && !args.as_worker {
+                    rt.block_on(workers::supervise(*args))
+                } else {
+                    rt.block_on(serve::run(*args))
+                }
+            });
             match result {
                 Ok(code) => code,
                 Err(err) => {

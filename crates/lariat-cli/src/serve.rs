@@ -180,6 +180,8 @@ enum Ending {
     Signal(&'static str),
     /// A successor took the listeners over: drain our own connections.
     HandedOver { successor: u32 },
+    /// A worker told by its supervisor (SIGUSR2) to leave the shared sockets to the others and finish.
+    Retired,
 }
 
 async fn serve<H: Handler>(
@@ -193,6 +195,12 @@ async fn serve<H: Handler>(
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigusr1 =
         signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let mut sigusr2 =
+        signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    if args.as_worker {
+        // After the SIGTERM handler is installed: a supervisor's death then drains this worker.
+        crate::workers::tie_to_supervisor();
+    }
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
@@ -243,7 +251,12 @@ async fn serve<H: Handler>(
                 },
                 None => tracing::info!("SIGUSR1: no TLS configured; nothing to reload"),
             },
+            _ = sigusr2.recv(), if args.as_worker => break Ending::Retired,
             _ = sighup.recv() => {
+                if args.as_worker {
+                    tracing::warn!("SIGHUP: this is a worker; send SIGHUP to its supervisor to replace the workers");
+                    continue;
+                }
                 if restart.is_some() {
                     tracing::warn!("SIGHUP: a restart is already in progress; ignored");
                     continue;
@@ -321,6 +334,13 @@ async fn serve<H: Handler>(
             );
             handle.release_listeners();
         }
+        Ending::Retired => {
+            tracing::info!(
+                active = stats.active,
+                "worker retiring: leaving the sockets to the other workers and draining"
+            );
+            handle.release_listeners();
+        }
     }
     let opts = DrainOptions {
         timeout: args.drain_timeout,
@@ -383,7 +403,7 @@ fn start_successor(
 
 /// Prints one `listening on ADDR` line per listener on stdout, flushed. A closed stdout is logged, not
 /// fatal: a successor started by a restart inherits a stdout its supervisor may have stopped reading.
-fn announce(addrs: &[lariat::ListenAddr]) {
+pub fn announce(addrs: &[lariat::ListenAddr]) {
     let mut out = std::io::stdout().lock();
     let printed = addrs
         .iter()

@@ -112,7 +112,9 @@ pub struct Passed<'a> {
 /// A started successor, not yet known to be serving.
 #[derive(Debug)]
 pub struct Successor {
-    child: Child,
+    /// `None` only once handed to the caller by `ready_child`.
+    child: Option<Child>,
+    pid: u32,
     notify: NotifySocket,
     ready_timeout: Duration,
     /// Set once it said it is ready (or was reaped); until then dropping the successor kills it.
@@ -121,9 +123,9 @@ pub struct Successor {
 
 impl Drop for Successor {
     fn drop(&mut self) {
-        if !self.settled {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let (false, Some(child)) = (self.settled, &mut self.child) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -154,7 +156,8 @@ pub fn spawn_successor(
     let child = command.spawn().map_err(spawn_err)?;
     tracing::info!(pid = child.id(), program = %opts.program.display(), "restart: successor started");
     Ok(Successor {
-        child,
+        pid: child.id(),
+        child: Some(child),
         notify,
         ready_timeout: opts.ready_timeout,
         settled: false,
@@ -164,13 +167,21 @@ pub fn spawn_successor(
 impl Successor {
     /// The successor's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Waits until the successor says it is serving. On failure (it exited, or the time ran out: then it
     /// is killed) the caller keeps serving. Returns the successor's pid.
-    pub async fn ready(mut self) -> Result<u32, RestartError> {
-        let pid = self.child.id();
+    pub async fn ready(self) -> Result<u32, RestartError> {
+        let pid = self.pid;
+        // The handle is dropped, not the process: a successor outlives its predecessor.
+        self.ready_child().await.map(|_| pid)
+    }
+
+    /// Like [`ready`](Self::ready), and hands over the process handle, for a supervisor that waits on
+    /// its children (`lariat serve --workers`).
+    pub async fn ready_child(mut self) -> Result<Child, RestartError> {
+        let pid = self.pid;
         let deadline = tokio::time::Instant::now() + self.ready_timeout;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut buf = [0u8; 512];
@@ -187,10 +198,12 @@ impl Successor {
                     let lines: Vec<&str> = message.lines().collect();
                     if lines.contains(&"READY=1") && lines.contains(&expected.as_str()) {
                         // Ready, and still alive: only then may the caller let go of the listeners.
-                        match self.child.try_wait() {
+                        match self.try_wait() {
                             Ok(None) => {
                                 self.settled = true;
-                                return Ok(pid);
+                                if let Some(child) = self.child.take() {
+                                    return Ok(child);
+                                }
                             }
                             Ok(Some(status)) => {
                                 self.settled = true;
@@ -201,7 +214,7 @@ impl Successor {
                     }
                     tracing::debug!(message, "restart: ignored a notification");
                 }
-                _ = tick.tick() => match self.child.try_wait() {
+                _ = tick.tick() => match self.try_wait() {
                     Ok(Some(status)) => {
                         self.settled = true; // reaped: nothing left to kill
                         return Err(RestartError::Exited { pid, status });
@@ -217,9 +230,18 @@ impl Successor {
         }
     }
 
+    fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        match &mut self.child {
+            Some(child) => child.try_wait(),
+            None => Ok(None),
+        }
+    }
+
     fn give_up(&mut self, err: RestartError) -> RestartError {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         self.settled = true; // reaped
         err
     }

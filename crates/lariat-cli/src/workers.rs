@@ -1,0 +1,290 @@
+//! `lariat serve --workers N`: a supervisor process that binds the listening sockets once and runs N
+//! worker processes (`lariat serve --as-worker`, same arguments) that all accept from them.
+//!
+//! One shared socket, not one `SO_REUSEPORT` socket per worker: a shared socket has one accept queue, so
+//! a worker that dies (even by SIGKILL) leaves every client it had not yet accepted in that queue, where
+//! its siblings (and its replacement) accept them. With `SO_REUSEPORT` each worker has its own queue,
+//! and a dead worker's queue is reset unless `net.ipv4.tcp_migrate_req` is on (Linux 5.14+). The
+//! kernel wakes every waiting worker on a new connection; with a few workers that costs little, and the
+//! first one awake takes it, so a busy worker takes fewer.
+//!
+//! The supervisor:
+//! - starts the workers with the sockets as descriptors 3, 4, … (`LISTEN_FDS`, as a restart does) and
+//!   waits for each one's `READY=1` before printing `listening on`;
+//! - restarts a worker that exits unasked (backing off when they keep dying: 100 ms doubling to 5 s);
+//! - SIGHUP: replaces the workers one at a time: a new one is started and ready before the old one is
+//!   told (SIGUSR2) to stop accepting and finish its connections, so capacity never drops;
+//! - SIGTERM/SIGINT: stops new clients at the socket (the drain's SYN filter, or unlinking a Unix path;
+//!   never on systemd's sockets), then SIGTERM to every worker, which serve the queue and their
+//!   connections and exit; the supervisor exits 0 if all did, 3 if one had to force. A second signal is
+//!   passed on (the workers then close what is left).
+
+use std::os::fd::AsFd;
+use std::process::{Child, ExitCode, ExitStatus};
+use std::time::Duration;
+
+use anyhow::Context;
+use lariat::restart::{spawn_successor, Passed, RestartOptions};
+use lariat::{AcceptSource, BindOptions};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::ServeArgs;
+use crate::listeners::{self, Named};
+use crate::serve::{announce, EXIT_FORCED};
+
+/// The hidden flag a worker is started with.
+pub const AS_WORKER: &str = "--as-worker";
+
+/// How often the supervisor looks for workers that exited.
+const REAP_EVERY: Duration = Duration::from_millis(50);
+/// Backoff between restarts of workers that keep dying.
+const RESTART_MIN: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_secs(5);
+
+/// One worker process.
+struct Worker {
+    slot: usize,
+    child: Child,
+}
+
+/// Runs the supervisor until its workers have all stopped.
+pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let opts = BindOptions {
+        backlog: args.backlog,
+        reuse_port: args.reuseport,
+        unix_mode: args.unix_mode,
+        ..BindOptions::default()
+    };
+    let inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
+    let mut named = listeners::resolve(&args.listen, inherited, &opts)?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let spawner = Spawner::new(&args)?;
+    let mut workers = Vec::with_capacity(args.workers);
+    for slot in 0..args.workers {
+        workers.push(spawner.start(slot, &named).await?);
+    }
+    let addrs: Vec<_> = named
+        .iter()
+        .map(|n| n.listener.local_addr().clone())
+        .collect();
+    announce(&addrs);
+    if let Err(e) = lariat::activation::notify_ready() {
+        tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready");
+    }
+    tracing::info!(workers = args.workers, "serving with worker processes");
+
+    let mut backoff = RESTART_MIN;
+    let mut reap = tokio::time::interval(REAP_EVERY);
+    let signal_name = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: replacing the workers one at a time");
+                for worker in workers.iter_mut() {
+                    let slot = worker.slot;
+                    match spawner.start(slot, &named).await {
+                        Ok(fresh) => {
+                            let old = std::mem::replace(worker, fresh);
+                            retire(old);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, slot, "a new worker did not start; the old one goes on");
+                        }
+                    }
+                }
+            }
+            _ = reap.tick() => {
+                for worker in workers.iter_mut() {
+                    let Some(status) = exited(&mut worker.child) else { continue };
+                    let slot = worker.slot;
+                    tracing::warn!(slot, pid = worker.child.id(), %status, "worker exited unasked; its queued clients stay in the shared queue; restarting it");
+                    tokio::time::sleep(backoff).await;
+                    match spawner.start(slot, &named).await {
+                        Ok(fresh) => {
+                            *worker = fresh;
+                            backoff = RESTART_MIN;
+                        }
+                        Err(e) => {
+                            backoff = (backoff * 2).min(RESTART_MAX);
+                            tracing::error!(error = %e, slot, retry_in_ms = backoff.as_millis() as u64, "worker restart failed");
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // Stop new clients at the socket itself, which all workers share; the workers then drain the queue.
+    tracing::info!(
+        signal = signal_name,
+        "draining: no new clients; the workers serve the queue and their connections"
+    );
+    for n in &mut named {
+        n.listener.refuse_new();
+    }
+    for w in &workers {
+        send(&w.child, libc::SIGTERM);
+    }
+    let mut forced = false;
+    let mut failed = false;
+    let mut reap = tokio::time::interval(REAP_EVERY);
+    while !workers.is_empty() {
+        tokio::select! {
+            _ = sigterm.recv() => workers.iter().for_each(|w| send(&w.child, libc::SIGTERM)),
+            _ = sigint.recv() => workers.iter().for_each(|w| send(&w.child, libc::SIGINT)),
+            _ = reap.tick() => {
+                workers.retain_mut(|w| match exited(&mut w.child) {
+                    None => true,
+                    Some(status) => {
+                        match status.code() {
+                            Some(0) => {}
+                            Some(code) if code == i32::from(EXIT_FORCED) => forced = true,
+                            _ => failed = true,
+                        }
+                        tracing::info!(slot = w.slot, pid = w.child.id(), %status, "worker stopped");
+                        false
+                    }
+                });
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else if forced {
+        ExitCode::from(EXIT_FORCED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// In a worker: when the supervisor dies (even by SIGKILL), this process gets SIGTERM and drains, rather
+/// than serving on unsupervised (Linux; elsewhere a worker outlives a killed supervisor).
+pub fn tie_to_supervisor() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+        let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+        if set != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot ask for a signal when the supervisor dies");
+        }
+        // The supervisor may have died before the call: then we were re-parented already.
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } == 1 {
+            // SAFETY: raise on ourselves.
+            unsafe { libc::raise(libc::SIGTERM) };
+        }
+    }
+}
+
+/// Starts workers: this executable, the same arguments with `--workers` replaced by `--as-worker`.
+struct Spawner {
+    opts: RestartOptions,
+}
+
+impl Spawner {
+    fn new(args: &ServeArgs) -> anyhow::Result<Spawner> {
+        let mut opts = RestartOptions::same_process().context("finding this executable")?;
+        opts.args = worker_args(&opts.args);
+        opts.ready_timeout = args.restart_timeout;
+        Ok(Spawner { opts })
+    }
+
+    /// Starts a worker for `slot` and waits until it serves.
+    async fn start(&self, slot: usize, named: &[Named]) -> anyhow::Result<Worker> {
+        let passed: Vec<Passed<'_>> = named
+            .iter()
+            .map(|n| Passed {
+                name: &n.name,
+                fd: n.listener.as_fd(),
+                // The supervisor keeps the socket: a worker's drain must not filter or unlink it.
+                supervised: true,
+            })
+            .collect();
+        let successor = spawn_successor(&passed, &self.opts)?;
+        let child = successor.ready_child().await?;
+        tracing::info!(slot, worker_pid = child.id(), "worker ready");
+        Ok(Worker { slot, child })
+    }
+}
+
+/// The worker's arguments: ours without `--workers N` / `--workers=N`, plus `--as-worker`.
+fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(args.len() + 1);
+    let mut skip_next = false;
+    for arg in args {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        match arg.to_str() {
+            Some("--workers") => skip_next = true,
+            Some(a) if a.starts_with("--workers=") => {}
+            _ => out.push(arg.clone()),
+        }
+    }
+    out.push(AS_WORKER.into());
+    out
+}
+
+/// Tells a replaced worker to stop accepting and finish its connections; it is reaped in the
+/// background.
+fn retire(mut old: Worker) {
+    send(&old.child, libc::SIGUSR2);
+    let (slot, pid) = (old.slot, old.child.id());
+    tracing::info!(slot, worker_pid = pid, "old worker handing over");
+    std::thread::spawn(move || match old.child.wait() {
+        Ok(status) => tracing::info!(slot, worker_pid = pid, %status, "old worker stopped"),
+        Err(e) => {
+            tracing::warn!(slot, worker_pid = pid, error = %e, "cannot wait for the old worker")
+        }
+    });
+}
+
+fn exited(child: &mut Child) -> Option<ExitStatus> {
+    child.try_wait().ok().flatten()
+}
+
+fn send(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child, which we have not reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_args_drop_workers_and_add_the_flag() {
+        let args: Vec<std::ffi::OsString> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--workers=3",
+            "--handler",
+            "echo",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        let out: Vec<String> = worker_args(&args)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "--listen",
+                "127.0.0.1:0",
+                "--handler",
+                "echo",
+                "--as-worker"
+            ]
+        );
+    }
+}
