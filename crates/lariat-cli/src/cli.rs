@@ -138,6 +138,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub restart_binary: Option<std::path::PathBuf>,
 
+    /// Accept loops in this process, each on its own descriptor of every listener (one queue per
+    /// socket all the same).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub acceptors: usize,
+
     /// Run N worker processes that all accept from the same sockets (bound once, here), restarting any
     /// that dies; its queued clients stay in the shared queue for the others. SIGHUP replaces the
     /// workers one at a time; SIGTERM drains them all. 0: serve in this process.

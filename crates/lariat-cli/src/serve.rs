@@ -36,6 +36,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tls = tls_config(&args)?;
     let builder = Server::builder()
         .max_connections(args.max_connections)
+        .acceptors(args.acceptors)
         .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
         .handshake_timeout(args.handshake_timeout)
         .greeting(

@@ -69,6 +69,18 @@ pub trait AcceptSource: Send + 'static {
     /// The socket now belongs to another process too (a restart's successor): leave it as it is when
     /// this source is dropped. The default does nothing.
     fn release(&mut self) {}
+
+    /// Another source on the same socket (the same queue), for a second accept loop
+    /// ([`ServerBuilder::acceptors`](crate::ServerBuilder::acceptors)). The default: unsupported.
+    fn try_clone_source(&self) -> io::Result<Self>
+    where
+        Self: Sized,
+    {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this accept source cannot be cloned",
+        ))
+    }
 }
 
 /// A bound, listening socket (TCP or Unix), registered with the tokio runtime.
@@ -98,6 +110,32 @@ impl fmt::Debug for Listener {
 }
 
 impl Listener {
+    /// Another descriptor for this listening socket (same queue), registered with the runtime on its
+    /// own, for a second accept loop. The clone leaves the socket to the original: it never removes
+    /// the socket file and a drain's `refuse_new` on it does nothing (the original's does it for
+    /// both). Must be called inside a tokio runtime.
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        let socket = match &self.socket {
+            Socket::Tcp(l) => {
+                let std = std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?);
+                std.set_nonblocking(true)?;
+                Socket::Tcp(TcpListener::from_std(std)?)
+            }
+            Socket::Unix(l) => {
+                let std = std::os::unix::net::UnixListener::from(l.as_fd().try_clone_to_owned()?);
+                std.set_nonblocking(true)?;
+                Socket::Unix(UnixListener::from_std(std)?)
+            }
+        };
+        Ok(Listener {
+            socket,
+            addr: self.addr.clone(),
+            nodelay_per_accept: self.nodelay_per_accept,
+            unix_file: None,
+            supervised: true,
+        })
+    }
+
     /// Binds with [`BindOptions::default`]. Must be called inside a tokio runtime.
     pub fn bind(endpoint: &Endpoint) -> Result<Listener, BindError> {
         Listener::bind_with(endpoint, &BindOptions::default())
@@ -249,6 +287,10 @@ impl AcceptSource for Listener {
 
     fn local_addr(&self) -> io::Result<ListenAddr> {
         Ok(self.addr.clone())
+    }
+
+    fn try_clone_source(&self) -> io::Result<Self> {
+        self.try_clone()
     }
 
     fn refuse_new(&mut self) {

@@ -50,6 +50,7 @@ pub struct ServerBuilder {
     admission: Option<Admission>,
     backoff: BackoffPolicy,
     on_exhaustion: OnExhaustion,
+    acceptors: usize,
 }
 
 /// One listener's own setting, replacing the server-wide one.
@@ -70,6 +71,7 @@ impl Default for ServerBuilder {
             admission: None,
             backoff: BackoffPolicy::default(),
             on_exhaustion: OnExhaustion::default(),
+            acceptors: 1,
         }
     }
 }
@@ -157,6 +159,17 @@ impl ServerBuilder {
         self
     }
 
+    /// How many accept loops take connections from the listeners (each on its own clone of every
+    /// listener's descriptor, so all share one queue per socket), for runtimes where one loop cannot
+    /// keep up. Default 1, which the benchmarks found as fast on two cores (see the README); for more
+    /// cores per process than one loop can feed, or use `lariat serve --workers`. Each loop may hold
+    /// one slot under the cap while it waits, so the cap stays exact. Needs sources that can be cloned
+    /// ([`Listener`](crate::Listener) can).
+    pub fn acceptors(mut self, n: usize) -> Self {
+        self.acceptors = n.max(1);
+        self
+    }
+
     /// The delays used while short of resources.
     pub fn backoff(mut self, policy: BackoffPolicy) -> Self {
         self.backoff = policy;
@@ -198,27 +211,76 @@ impl ServerBuilder {
         S: AcceptSource,
         H: Handler,
     {
-        // One acceptor for all listeners, so the server holds at most one slot for a connection not yet
-        // accepted (see `accept/fan_in.rs`).
-        let fan_in = FanIn::new(sources.into_iter().collect())?;
-        let addrs = fan_in.addrs();
-        let idle_timeout = self.idle_timeout;
+        let sources: Vec<S> = sources.into_iter().collect();
+        // Each further accept loop gets its own descriptor for every listener.
+        let mut groups = Vec::with_capacity(self.acceptors);
+        for _ in 1..self.acceptors {
+            groups.push(
+                sources
+                    .iter()
+                    .map(AcceptSource::try_clone_source)
+                    .collect::<io::Result<Vec<S>>>()?,
+            );
+        }
+        groups.insert(0, sources);
+        // One acceptor for all of a loop's listeners, so each loop holds at most one slot for a
+        // connection not yet accepted (see `accept/fan_in.rs`).
+        let fan_ins = groups
+            .into_iter()
+            .map(FanIn::new)
+            .collect::<io::Result<Vec<_>>>()?;
+        let addrs = fan_ins[0].addrs();
         let fronts = self.fronts(&addrs)?;
-        let (acceptor, handle) = self.acceptor(fan_in)?;
-        if let Some(timeout) = idle_timeout {
+        let handle = self.handle();
+        handle
+            .shared
+            .drain
+            .accept_loops
+            .store(fan_ins.len(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(timeout) = self.idle_timeout {
             tokio::spawn(crate::idle::reap(Arc::downgrade(&handle.shared), timeout));
         }
-        let spawner = Spawner {
-            handler: Arc::new(handler),
-            fronts,
+        let handler = Arc::new(handler);
+        let mut loops = fan_ins
+            .into_iter()
+            .map(|fan_in| {
+                let acceptor = Acceptor::new(
+                    fan_in,
+                    handle.shared.clone(),
+                    self.backoff,
+                    self.on_exhaustion,
+                )?;
+                let spawner = Spawner {
+                    handler: handler.clone(),
+                    fronts: fronts.clone(),
+                };
+                Ok(accept_loop(
+                    acceptor,
+                    spawner,
+                    handle.stop.clone(),
+                    handle.shared.clone(),
+                ))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        // The first loop is the caller's to drive; the others run as tasks of their own.
+        let first = loops.remove(0);
+        let others: Vec<JoinHandle<Result<(), ServerError>>> =
+            loops.into_iter().map(tokio::spawn).collect();
+        let accept_loops = async move {
+            let mut result = first.await;
+            for other in others {
+                let ended = match other.await {
+                    Ok(ended) => ended,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Ok(()),
+                };
+                if let (Ok(()), Err(e)) = (&result, ended) {
+                    result = Err(e);
+                }
+            }
+            result
         };
-        let accept_loop = accept_loop(
-            acceptor,
-            spawner,
-            handle.stop.clone(),
-            handle.shared.clone(),
-        );
-        Ok((Running { handle, addrs }, accept_loop))
+        Ok((Running { handle, addrs }, accept_loops))
     }
 
     /// An acceptor for a loop of your own (the axum adapter uses this), with the handle that observes it.
@@ -506,8 +568,9 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
     stop: CancellationToken,
     shared: Arc<Shared>,
 ) -> Result<(), ServerError> {
-    // However the loop ends (even cancelled), a drain waiting for the listeners to close must learn it.
-    let _closed = shared.drain.listeners_closed.clone().drop_guard();
+    // However the loop ends (even cancelled), a drain waiting for the listeners to close must learn it
+    // (once every loop has ended).
+    let _closed = LoopEnded(shared.clone());
     let control = &shared.drain;
     // Created once: a fresh `cancelled()` per iteration would register a waiter under the token's mutex
     // for every accepted connection.
@@ -543,6 +606,22 @@ async fn accept_loop<S: AcceptSource, H: Handler>(
             },
         };
         spawner.spawn(conn, acceptor.source().last_position());
+    }
+}
+
+/// Counts an accept loop out when dropped; the last one tells the drain its listeners are closed.
+struct LoopEnded(Arc<Shared>);
+
+impl Drop for LoopEnded {
+    fn drop(&mut self) {
+        let drain = &self.0.drain;
+        if drain
+            .accept_loops
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            <= 1
+        {
+            drain.listeners_closed.cancel();
+        }
     }
 }
 

@@ -94,8 +94,11 @@ pub(crate) struct Control {
     pub(crate) force: CancellationToken,
     /// Cancelled to end the accept loop leaving the listeners to a successor that shares them.
     pub(crate) release: CancellationToken,
-    /// Cancelled when the accept loop has ended and dropped its listeners.
+    /// Cancelled when the accept loops have all ended and dropped their listeners.
     pub(crate) listeners_closed: CancellationToken,
+    /// Accept loops still running (`ServerBuilder::acceptors`); the last one to end cancels
+    /// `listeners_closed`.
+    pub(crate) accept_loops: std::sync::atomic::AtomicUsize,
     /// Notified, while draining, each time a connection ends.
     pub(crate) connection_closed: Notify,
     /// The drain's deadline and settle time, set once when it begins.
