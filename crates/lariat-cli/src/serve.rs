@@ -33,6 +33,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
     let named = listeners::resolve(&args.listen, inherited, &opts)?;
+    if args.reuseport {
+        warn_without_request_migration();
+    }
     let tls = tls_config(&args)?;
     let builder = Server::builder()
         .max_connections(args.max_connections)
@@ -79,6 +82,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         HandlerKind::HttpHello => {
             serve(builder, named, handlers::http_hello::http_hello, &args, tls).await
         }
+    }
+}
+
+/// With `SO_REUSEPORT`, each process has its own accept queue. When one dies, Linux resets the clients
+/// in its queue unless `net.ipv4.tcp_migrate_req` moves them to a sibling (Linux 5.14+). lariat's own
+/// drain and restart empty the queue first, so this is about crashes and SIGKILL.
+fn warn_without_request_migration() {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => tracing::warn!(
+            "--reuseport: net.ipv4.tcp_migrate_req is off, so if this process dies without draining \
+             (a crash, SIGKILL), the clients queued on its socket are reset instead of moving to the \
+             other processes on the port; `sysctl -w net.ipv4.tcp_migrate_req=1` turns it on (or use \
+             --workers N, which shares one queue)"
+        ),
+        Err(_) => tracing::debug!("--reuseport: tcp_migrate_req unknown on this system"),
     }
 }
 
