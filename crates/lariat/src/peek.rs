@@ -1,6 +1,8 @@
 //! Looking at a connection's first bytes without taking them (`MSG_PEEK`): what the PROXY header reader
 //! and the protocol router do before the handler runs. The bytes stay in the socket, so the handler (or
-//! the TLS layer) still reads every one of them: nothing read ahead can be lost.
+//! the TLS layer) still reads every one of them: nothing read ahead can be lost. Over TLS (a router
+//! behind `ServerBuilder::tls`, or inside a TLS route) the plaintext is peeked: the session holds on
+//! to what it showed until the handler reads it.
 
 use std::io;
 
@@ -26,6 +28,20 @@ pub(crate) async fn peek_at_least(
     want: usize,
 ) -> Result<usize, Peeked> {
     let want = want.min(buf.len());
+    if let Stream::Tls(tls) = stream {
+        // The plaintext, not the records: the session keeps what it showed for the next reads.
+        loop {
+            let peek = tls.peek(buf)?;
+            if peek.seen >= want {
+                return Ok(peek.seen);
+            }
+            if peek.closed {
+                return Err(Peeked::Closed(peek.seen));
+            }
+            // The peek read the socket until it would block, so this waits for new records.
+            tls.get_ref().readable().await?;
+        }
+    }
     let mut seen = 0;
     let mut eof = false;
     let mut wakes = 0u32;

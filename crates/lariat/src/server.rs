@@ -284,7 +284,18 @@ impl ServerBuilder {
     }
 
     /// An acceptor for a loop of your own (the axum adapter uses this), with the handle that observes it.
+    ///
+    /// The connection set-up steps (TLS, PROXY, the admission hook, the greeting) and several accept
+    /// loops run in the server's own loop, which a bare acceptor does not have: a builder with any of
+    /// them is refused here rather than silently serving without them.
     pub fn acceptor<S: AcceptSource>(self, source: S) -> io::Result<(Acceptor<S>, ServerHandle)> {
+        if !self.front.is_empty() || !self.overrides.is_empty() || self.acceptors > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS, PROXY, an admission hook, a greeting and several acceptors need \
+                 ServerBuilder::serve or run; a bare acceptor would skip them",
+            ));
+        }
         let handle = self.handle();
         let acceptor = Acceptor::new(
             source,

@@ -13,6 +13,7 @@ use crate::tls::TlsStream;
 /// An accepted socket, or a TLS session over one. An enum rather than a trait object so that reads and
 /// writes are direct calls and a plain connection costs no extra allocation.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Stream {
     /// A TCP connection.
     Tcp(TcpStream),

@@ -78,8 +78,13 @@ impl TlsConfig {
     }
 
     /// Wraps a rustls configuration built elsewhere (client certificates, custom resolvers…).
-    /// [`reload`](Self::reload) then has no files to read.
-    pub fn from_server_config(server: Arc<ServerConfig>) -> TlsConfig {
+    /// [`reload`](Self::reload) then has no files to read. 0-RTT early data is turned off: lariat does
+    /// not read it, and accepting it would lose those bytes (and invite replays).
+    pub fn from_server_config(mut server: Arc<ServerConfig>) -> TlsConfig {
+        if server.max_early_data_size > 0 {
+            tracing::warn!("TLS early data (0-RTT) is not supported; turned off");
+            Arc::make_mut(&mut server).max_early_data_size = 0;
+        }
         TlsConfig {
             server,
             store: None,
