@@ -130,6 +130,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Serve metrics and health over HTTP on this address (IP:PORT or unix:/path): GET /metrics
+    /// (Prometheus text), /healthz, /readyz, /connections (JSON); DELETE /connections/ID closes one.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<AdminAddr>,
+
+    /// On SIGTERM/SIGINT, first spend this long in lame duck: /readyz answers 503 while clients are still
+    /// accepted and served, so a load balancer stops sending before the drain stops admitting. A second
+    /// signal skips to the drain (and a third then forces it).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub lame_duck: Duration,
+
     /// On SIGHUP, how long the successor gets to start serving before the restart is abandoned.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub restart_timeout: Duration,
@@ -258,6 +269,27 @@ impl std::str::FromStr for ListenSpec {
         }
         let endpoint = text.parse::<Endpoint>().map_err(|e| e.to_string())?;
         Ok(ListenSpec::Bind {
+            endpoint,
+            text: text.to_owned(),
+        })
+    }
+}
+
+/// The `--metrics` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAddr {
+    /// The parsed endpoint.
+    pub endpoint: Endpoint,
+    /// The value as given: a restart passes the socket on under a name made from it.
+    pub text: String,
+}
+
+impl std::str::FromStr for AdminAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let endpoint = text.parse::<Endpoint>().map_err(|e| e.to_string())?;
+        Ok(AdminAddr {
             endpoint,
             text: text.to_owned(),
         })
@@ -400,6 +432,28 @@ mod tests {
         assert!(args.listen.is_empty());
         assert_eq!(args.handler, HandlerKind::Echo);
         assert_eq!(args.max_connections, lariat::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(args.metrics, None);
+        assert_eq!(args.lame_duck, Duration::ZERO);
+    }
+
+    #[test]
+    fn metrics_and_lame_duck() {
+        let cli = Cli::parse_from([
+            "lariat",
+            "serve",
+            "--metrics",
+            "127.0.0.1:9100",
+            "--lame-duck",
+            "5s",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        let metrics = args.metrics.unwrap();
+        assert_eq!(metrics.endpoint, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(metrics.text, "127.0.0.1:9100");
+        assert_eq!(args.lame_duck, Duration::from_secs(5));
+        assert!(Cli::try_parse_from(["lariat", "serve", "--metrics", "nowhere"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `lariat` command.
 
+mod admin;
 mod cli;
 mod handlers;
 mod listeners;

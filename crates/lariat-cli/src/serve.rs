@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use lariat::metrics::{record_restart, RestartEvent};
 use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions};
 use lariat::{
     BindOptions, DrainOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder, ServerHandle,
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use lariat::route::{Matcher, Router};
 use lariat::tls::TlsConfig;
 
+use crate::admin::{self, Phase};
 use crate::cli::{Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs};
 use crate::handlers;
 use crate::listeners::{self, Named};
@@ -31,7 +33,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         unix_mode: args.unix_mode,
         ..BindOptions::default()
     };
-    let inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
+    let mut inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
+    // Taken out first: with no --listen, every other passed socket is served.
+    let admin = match &args.metrics {
+        Some(addr) => {
+            let admin_opts = BindOptions {
+                unix_mode: args.unix_mode,
+                ..BindOptions::default()
+            };
+            Some(admin::listener(addr, &mut inherited, &admin_opts)?)
+        }
+        None => None,
+    };
     let named = listeners::resolve(&args.listen, inherited, &opts)?;
     if args.reuseport {
         warn_without_request_migration();
@@ -62,7 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .route
             .iter()
             .try_fold(Router::new(), |router, spec| add_route(router, spec, &tls))?;
-        return serve(builder, named, router, &args, tls).await;
+        return serve(builder, named, admin, router, &args, tls).await;
     }
     // Monomorphised per handler: no boxing on the per-connection path.
     if let Some(mode) = args.delivery {
@@ -73,14 +86,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let handler = move |conn| handlers::echo_messages::echo(conn, mode);
-        return serve(builder, named, handler, &args, tls).await;
+        return serve(builder, named, admin, handler, &args, tls).await;
     }
     match args.handler {
-        HandlerKind::Echo => serve(builder, named, handlers::echo::echo, &args, tls).await,
-        HandlerKind::Discard => serve(builder, named, handlers::discard::discard, &args, tls).await,
-        HandlerKind::Whoami => serve(builder, named, handlers::whoami::whoami, &args, tls).await,
+        HandlerKind::Echo => serve(builder, named, admin, handlers::echo::echo, &args, tls).await,
+        HandlerKind::Discard => {
+            serve(
+                builder,
+                named,
+                admin,
+                handlers::discard::discard,
+                &args,
+                tls,
+            )
+            .await
+        }
+        HandlerKind::Whoami => {
+            serve(builder, named, admin, handlers::whoami::whoami, &args, tls).await
+        }
         HandlerKind::HttpHello => {
-            serve(builder, named, handlers::http_hello::http_hello, &args, tls).await
+            let handler = handlers::http_hello::http_hello;
+            serve(builder, named, admin, handler, &args, tls).await
         }
     }
 }
@@ -204,9 +230,20 @@ enum Ending {
     Retired,
 }
 
+/// The `--handler` value, as the `--metrics` connection list names it.
+fn handler_name(kind: HandlerKind) -> &'static str {
+    match kind {
+        HandlerKind::Echo => "echo",
+        HandlerKind::Discard => "discard",
+        HandlerKind::HttpHello => "http-hello",
+        HandlerKind::Whoami => "whoami",
+    }
+}
+
 async fn serve<H: Handler>(
     builder: ServerBuilder,
     named: Vec<Named>,
+    admin_listener: Option<Listener>,
     handler: H,
     args: &ServeArgs,
     tls: Option<TlsConfig>,
@@ -235,6 +272,13 @@ async fn serve<H: Handler>(
                 supervised: n.listener.is_supervised(),
             })
         })
+        .chain(args.metrics.iter().zip(&admin_listener).map(|(addr, l)| {
+            Ok(PassOn {
+                name: admin::passed_name(addr),
+                fd: l.as_fd().try_clone_to_owned()?,
+                supervised: false,
+            })
+        }))
         .collect::<std::io::Result<Vec<_>>>()
         .context("duplicating the listening sockets for restarts")?;
     let listeners: Vec<Listener> = named.into_iter().map(|n| n.listener).collect();
@@ -244,13 +288,18 @@ async fn serve<H: Handler>(
     let (running, accept_loop) = builder
         .run(listeners, handler)
         .context("starting the accept loop")?;
-    announce(&running.addrs);
+    let handle = running.handle;
+    // What /readyz reports; moved on by the signals below.
+    let phase = Phase::default();
+    let admin = admin_listener
+        .map(|l| admin::start(l, handle.clone(), phase.clone(), handler_name(args.handler)))
+        .transpose()?;
+    announce(&running.addrs, admin.as_ref().map(admin::Admin::addr));
     match lariat::activation::notify_ready() {
         Ok(true) => tracing::debug!("told NOTIFY_SOCKET we are ready"),
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready"),
     }
-    let handle = running.handle;
     tokio::pin!(accept_loop);
 
     // At most one restart at a time: the successor being waited for.
@@ -282,15 +331,24 @@ async fn serve<H: Handler>(
                     continue;
                 }
                 match start_successor(&passable, args) {
-                    Ok(successor) => restart = Some(Box::pin(successor.ready())),
-                    Err(e) => tracing::error!(error = %e, "restart failed; still serving"),
+                    Ok(successor) => {
+                        record_restart(RestartEvent::Started);
+                        restart = Some(Box::pin(successor.ready()));
+                    }
+                    Err(e) => {
+                        record_restart(RestartEvent::Failed);
+                        tracing::error!(error = %e, "restart failed; still serving");
+                    }
                 }
             }
             result = async { restart.as_mut().expect("guarded").await }, if restart.is_some() => {
                 restart = None;
                 match result {
                     Ok(successor) => break Ending::HandedOver { successor },
-                    Err(e) => tracing::error!(error = %e, "restart failed; still serving"),
+                    Err(e) => {
+                        record_restart(RestartEvent::Failed);
+                        tracing::error!(error = %e, "restart failed; still serving");
+                    }
                 }
             }
         }
@@ -330,15 +388,49 @@ async fn serve<H: Handler>(
         // closes them, leaving new clients unanswered instead of refused.
         passable.clear();
     }
-    let stats = handle.stats();
+    let mut accept_loop_done = false;
     match ending {
-        Ending::Signal(signal) => tracing::info!(
-            signal,
-            active = stats.active,
-            deadline_ms = args.drain_timeout.as_millis() as u64,
-            "draining: serving the queued clients and the live connections, admitting no new ones"
-        ),
+        Ending::Signal(signal) => {
+            if !args.lame_duck.is_zero() {
+                // /readyz turns 503 now, while the listeners keep accepting: a load balancer checking it
+                // stops sending before the drain stops admitting.
+                phase.lame_duck();
+                tracing::info!(
+                    signal,
+                    lame_duck_ms = args.lame_duck.as_millis() as u64,
+                    active = handle.stats().active,
+                    "lame duck: /readyz answers 503; still accepting and serving until the period ends"
+                );
+                let lame_duck = tokio::time::sleep(args.lame_duck);
+                tokio::pin!(lame_duck);
+                let why = loop {
+                    tokio::select! {
+                        _ = &mut lame_duck => break "the period is over",
+                        result = &mut accept_loop => {
+                            accept_loop_done = true;
+                            if let Err(e) = result {
+                                tracing::warn!(error = %e, "the server stopped accepting during the lame duck");
+                            }
+                            break "the server stopped accepting";
+                        }
+                        _ = sigterm.recv() => break "a second signal (SIGTERM) skips it",
+                        _ = sigint.recv() => break "a second signal (SIGINT) skips it",
+                        _ = sighup.recv() => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
+                    }
+                };
+                tracing::info!(why, "lame duck over");
+            }
+            phase.stopping();
+            tracing::info!(
+                signal,
+                active = handle.stats().active,
+                deadline_ms = args.drain_timeout.as_millis() as u64,
+                "draining: serving the queued clients and the live connections, admitting no new ones"
+            );
+        }
         Ending::HandedOver { successor } => {
+            record_restart(RestartEvent::HandedOver);
+            phase.stopping();
             match lariat::activation::notify_main_pid(successor) {
                 Ok(true) => tracing::debug!(
                     successor_pid = successor,
@@ -349,17 +441,24 @@ async fn serve<H: Handler>(
             }
             tracing::info!(
                 successor_pid = successor,
-                active = stats.active,
+                active = handle.stats().active,
                 "restart: successor ready; handing over the listeners and draining"
             );
             handle.release_listeners();
+            if let Some(admin) = &admin {
+                admin.hand_over();
+            }
         }
         Ending::Retired => {
+            phase.stopping();
             tracing::info!(
-                active = stats.active,
+                active = handle.stats().active,
                 "worker retiring: leaving the sockets to the other workers and draining"
             );
             handle.release_listeners();
+            if let Some(admin) = &admin {
+                admin.hand_over();
+            }
         }
     }
     let opts = DrainOptions {
@@ -369,7 +468,6 @@ async fn serve<H: Handler>(
     // The drain needs the accept loop driven (it empties the queues), so both run here.
     let drain = handle.drain(opts);
     tokio::pin!(drain);
-    let mut accept_loop_done = false;
     let report = loop {
         tokio::select! {
             result = &mut accept_loop, if !accept_loop_done => {
@@ -421,19 +519,24 @@ fn start_successor(
     spawn_successor(&passed, &opts)
 }
 
-/// Prints one `listening on ADDR` line per listener on stdout, flushed. A closed stdout is logged, not
-/// fatal: a successor started by a restart inherits a stdout its supervisor may have stopped reading.
-pub fn announce(addrs: &[lariat::ListenAddr]) {
+/// Prints one `listening on ADDR` line per listener on stdout, then `metrics on ADDR` for `--metrics`,
+/// flushed. A closed stdout is logged, not fatal: a successor started by a restart inherits a stdout its
+/// supervisor may have stopped reading.
+pub fn announce(addrs: &[lariat::ListenAddr], metrics: Option<&lariat::ListenAddr>) {
     let mut out = std::io::stdout().lock();
     let printed = addrs
         .iter()
         .try_for_each(|addr| writeln!(out, "listening on {addr}"))
+        .and_then(|()| metrics.map_or(Ok(()), |addr| writeln!(out, "metrics on {addr}")))
         .and_then(|()| out.flush());
     if let Err(e) = printed {
         tracing::warn!(error = %e, "cannot print the listening addresses on stdout");
     }
     for addr in addrs {
         tracing::info!(listener = %addr, "listening");
+    }
+    if let Some(addr) = metrics {
+        tracing::info!(metrics = %addr, "serving /metrics, /healthz, /readyz, /connections");
     }
 }
 

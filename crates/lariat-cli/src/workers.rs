@@ -49,6 +49,10 @@ struct Worker {
 
 /// Runs the supervisor until its workers have all stopped.
 pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.metrics.is_some() {
+        // Each worker would bind the same address; one endpoint for the whole group is not built yet.
+        anyhow::bail!("--metrics cannot be combined with --workers yet: give each process its own port by running them yourself with --reuseport");
+    }
     let opts = BindOptions {
         backlog: args.backlog,
         reuse_port: args.reuseport,
@@ -70,7 +74,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|n| n.listener.local_addr().clone())
         .collect();
-    announce(&addrs);
+    announce(&addrs, None);
     if let Err(e) = lariat::activation::notify_ready() {
         tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready");
     }

@@ -36,9 +36,15 @@ impl Haproxy {
     /// Forwards a free loopback port to `backend`, with `send` (`send-proxy` or `send-proxy-v2`) on the
     /// server line; returns once the port accepts.
     fn start(backend: SocketAddr, send: &str) -> Haproxy {
+        Haproxy::start_with(send, &format!("    server s1 {backend} {send}\n"), "")
+    }
+
+    /// Forwards a free loopback port to the backend whose `server` lines are `servers`, with
+    /// `backend_options` (e.g. health checks) before them; `tag` names the config file.
+    fn start_with(tag: &str, servers: &str, backend_options: &str) -> Haproxy {
         let addr = free_port();
         let config = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "haproxy-{}-{}-{send}.cfg",
+            "haproxy-{}-{}-{tag}.cfg",
             std::process::id(),
             addr.port()
         ));
@@ -46,17 +52,19 @@ impl Haproxy {
             &config,
             format!(
                 "global\n\
-                 \x20   maxconn 64\n\
+                 \x20   maxconn 256\n\
                  defaults\n\
                  \x20   mode tcp\n\
+                 \x20   log stderr format raw local0\n\
                  \x20   timeout connect 2s\n\
                  \x20   timeout client 10s\n\
                  \x20   timeout server 10s\n\
+                 \x20   timeout check 1s\n\
                  frontend fe\n\
                  \x20   bind {addr}\n\
                  \x20   default_backend be\n\
                  backend be\n\
-                 \x20   server s1 {backend} {send}\n"
+                 {backend_options}{servers}"
             ),
         )
         .unwrap();
@@ -214,4 +222,131 @@ fn haproxy_send_proxy_v1_and_v2_to_any() {
     }
     whoami_through_haproxy("any", "send-proxy");
     whoami_through_haproxy("any", "send-proxy-v2");
+}
+
+/// Two `lariat serve` behind HAProxy (`send-proxy-v2`, `option httpchk GET /readyz` on each server's
+/// `--metrics` port), under client load through HAProxy. One of them gets SIGTERM with a lame-duck
+/// period: its `/readyz` turns 503 at once, HAProxy marks it down while it still accepts, and only then
+/// does it stop accepting and drain. Not one client connection fails.
+#[test]
+fn a_drained_server_behind_haproxy_loses_no_client() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    if !haproxy_installed() {
+        return;
+    }
+    let start = |metrics: SocketAddr| {
+        Lariat::start(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-protocol",
+            "v2",
+            "--metrics",
+            &metrics.to_string(),
+            "--lame-duck",
+            "1500ms",
+            "--drain-timeout",
+            "5s",
+        ])
+    };
+    let (metrics_a, metrics_b) = (free_port(), free_port());
+    let mut a = start(metrics_a);
+    let b = start(metrics_b);
+    let servers = format!(
+        "    server a {} send-proxy-v2 check port {} inter 100ms fall 1 rise 1\n\
+         \x20   server b {} send-proxy-v2 check port {} inter 100ms fall 1 rise 1\n",
+        a.tcp_addr(),
+        metrics_a.port(),
+        b.tcp_addr(),
+        metrics_b.port()
+    );
+    let haproxy = Haproxy::start_with(
+        "readyz",
+        &servers,
+        "    balance roundrobin\n    option httpchk GET /readyz\n",
+    );
+    let front = haproxy.addr;
+    // Both servers up (checks pass) before the load starts.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let msg = format!("client {i} says hello");
+                while !stop.load(Relaxed) {
+                    let result = (|| -> std::io::Result<()> {
+                        let mut s = TcpStream::connect_timeout(&front, Duration::from_secs(5))?;
+                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        s.write_all(msg.as_bytes())?;
+                        let mut back = vec![0u8; msg.len()];
+                        s.read_exact(&mut back)?;
+                        if back != msg.as_bytes() {
+                            return Err(std::io::Error::other("echo differs"));
+                        }
+                        Ok(())
+                    })();
+                    match result {
+                        Ok(()) => served.fetch_add(1, Relaxed),
+                        Err(e) => {
+                            failures.lock().unwrap().push(e.to_string());
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    a.signal(libc::SIGTERM);
+    // HAProxy sees /readyz fail and marks `a` down...
+    let marked_down = loop {
+        if haproxy.stderr().contains("be/a is DOWN") {
+            break signalled.elapsed();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "haproxy never marked a down: {}",
+            haproxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // ...before `a` stops accepting (the lame duck ends, the drain begins).
+    let drain_began = loop {
+        if a.stderr().contains("draining") {
+            break signalled.elapsed();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "{}",
+            a.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        marked_down < drain_began,
+        "marked down after {marked_down:?}, but the drain began after {drain_began:?}"
+    );
+    let status = a.wait_exit(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    eprintln!(
+        "served {} through haproxy; a marked down {marked_down:?} after SIGTERM, drain began {drain_began:?}",
+        served.load(Relaxed)
+    );
+    assert!(status.success(), "{status:?}: {}", a.stderr());
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(served.load(Relaxed) > 100);
+    drop(b);
 }

@@ -15,7 +15,8 @@
 //!   clients wait in the kernel backlog; changeable at run time.
 //! * **Hand-off** ([`Connection`]): the socket moves to its handler, in its own task; nothing else reads it.
 //!   A panicking handler is caught and counted.
-//! * **Observing** ([`ServerHandle`]): live connection registry, close by id, counters.
+//! * **Observing** ([`ServerHandle`]): live connection registry, close by id, counters; with feature
+//!   `metrics`, the counters published to the `metrics` facade at scrape time (`metrics` module).
 //! * **Push delivery** ([`delivery`]): a connection as a stream of framed messages in Erlang's active
 //!   modes, with bounded memory and back-pressure.
 //! * **Draining** ([`ServerHandle::drain`], [`drain`]): stop new clients without resetting queued ones,
@@ -54,6 +55,8 @@ mod handler;
 mod idle;
 mod limit;
 mod listener;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod peek;
 pub mod proxy;
 mod registry;

@@ -158,6 +158,17 @@ impl Registry {
         self.map.is_empty()
     }
 
+    /// The bytes read and written so far by the live connections, summed in one pass.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn live_bytes(&self) -> (u64, u64) {
+        self.map.iter().fold((0, 0), |(i, o), e| {
+            (
+                i.saturating_add(e.bytes_in.load(Relaxed)),
+                o.saturating_add(e.bytes_out.load(Relaxed)),
+            )
+        })
+    }
+
     /// A snapshot of every live connection, oldest first.
     pub fn list(&self) -> Vec<ConnectionInfo> {
         let mut list: Vec<ConnectionInfo> = self

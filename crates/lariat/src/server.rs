@@ -365,6 +365,13 @@ impl ServerHandle {
         self.shared.registry.list()
     }
 
+    /// Bytes read and written so far by the live connections (closed ones are in [`stats`](Self::stats)).
+    /// One pass over the registry, for a scrape; allocates nothing.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn live_bytes(&self) -> (u64, u64) {
+        self.shared.registry.live_bytes()
+    }
+
     /// Closes a live connection by id.
     pub fn close_connection(&self, id: u64) -> Result<(), CloseError> {
         self.shared.registry.close(id)
