@@ -24,12 +24,12 @@
 //! | `lariat_active` | gauge | | connections open now |
 //! | `lariat_max_connections` | gauge | | the connection cap |
 //! | `lariat_closed_total` | counter | | connections closed, for any reason |
-//! | `lariat_refused_total` | counter | `cause`: `admission`, `proxy` | connections closed before their handler ran |
+//! | `lariat_refused_total` | counter | `cause`: `admission`, `proxy`, `tls`, `sniff`, `hook`, `timeout` | connections closed before their handler ran |
 //! | `lariat_shed_total` | counter | | connections shed at descriptor exhaustion |
 //! | `lariat_accept_errors_total` | counter | `class`: `connection`, `shortage` | failed `accept(2)` calls, by class |
 //! | `lariat_shortage_episodes_total` | counter | | resource-shortage episodes (EMFILE, ENFILE, ENOBUFS, ENOMEM) |
 //! | `lariat_accept_paused_seconds` | gauge | | time the accept loop spent paused for shortage, in total (it only grows) |
-//! | `lariat_handshake_failures_total` | counter | `cause`: `proxy` | connections whose opening handshake failed |
+//! | `lariat_handshake_failures_total` | counter | `cause`: `proxy`, `tls`, `sniff`, `timeout` | connections whose opening handshake failed |
 //! | `lariat_bytes_in_total`, `lariat_bytes_out_total` | counter | | bytes read and written: closed connections plus live ones |
 //! | `lariat_idle_closed_total` | counter | | connections closed by the idle timeout |
 //! | `lariat_drain_forced_total` | counter | | connections a drain closed at its deadline or when forced |
@@ -38,8 +38,8 @@
 //! | `lariat_restarts_total` | counter | `outcome`: `started`, `handed_over`, `failed` | restart events, bumped by the program through [`record_restart`] |
 //!
 //! The refusal causes and the handshake causes overlap on purpose: a failed PROXY header is both a
-//! refusal (the handler never ran) and a handshake failure. Handshakes that lariat does not run yet (TLS,
-//! protocol sniffing) will add their own `cause` values to both, without renaming anything.
+//! refusal (the handler never ran) and a handshake failure; so are a failed TLS handshake, an unroutable
+//! first message (`sniff`) and a handshake timeout. The admission hook's refusals are refusals only.
 
 use metrics::{counter, describe_counter, describe_gauge, gauge, Label, Unit};
 
@@ -129,7 +129,7 @@ pub fn describe() {
     );
     describe_counter!(
         REFUSED,
-        "Connections closed before their handler ran, by cause (admission rules, PROXY header)."
+        "Connections closed before their handler ran, by cause (admission rules, PROXY header, TLS handshake, protocol sniffing, admission hook, handshake timeout)."
     );
     describe_counter!(
         SHED,
@@ -150,7 +150,7 @@ pub fn describe() {
     );
     describe_counter!(
         HANDSHAKE_FAILURES,
-        "Connections whose opening handshake failed, by cause (proxy: missing, slow, malformed or untrusted PROXY header)."
+        "Connections whose opening handshake failed, by cause (proxy: missing, malformed or untrusted PROXY header; tls; sniff: no route; timeout: not through within the handshake timeout)."
     );
     describe_counter!(
         BYTES_IN,
@@ -214,14 +214,21 @@ pub fn publish_with_labels(handle: &ServerHandle, labels: &[Label]) {
     counter!(CLOSED, base.clone()).absolute(s.closed);
     counter!(REFUSED, with("cause", "admission")).absolute(s.admission_refused);
     counter!(REFUSED, with("cause", "proxy")).absolute(s.proxy_refused);
+    counter!(REFUSED, with("cause", "tls")).absolute(s.tls_failed);
+    counter!(REFUSED, with("cause", "sniff")).absolute(s.sniff_failed);
+    counter!(REFUSED, with("cause", "hook")).absolute(s.hook_refused);
+    counter!(REFUSED, with("cause", "timeout")).absolute(s.handshake_timeouts);
     counter!(SHED, base.clone()).absolute(s.shed);
     counter!(ACCEPT_ERRORS, with("class", "connection")).absolute(s.connection_errors);
     counter!(ACCEPT_ERRORS, with("class", "shortage")).absolute(s.shortage_errors);
     counter!(SHORTAGE_EPISODES, base.clone()).absolute(s.shortage_episodes);
     gauge!(ACCEPT_PAUSED, base.clone()).set(s.paused.as_secs_f64());
-    // Handshake failures by cause. A new handshake (TLS, sniffing) adds its line here, with its own
-    // `cause` (and the same cause under REFUSED above), from its own counter in `Stats`.
+    // Handshake failures by cause (each also under REFUSED above). A timeout is counted under
+    // `timeout` only, whichever step it interrupted.
     counter!(HANDSHAKE_FAILURES, with("cause", "proxy")).absolute(s.proxy_refused);
+    counter!(HANDSHAKE_FAILURES, with("cause", "tls")).absolute(s.tls_failed);
+    counter!(HANDSHAKE_FAILURES, with("cause", "sniff")).absolute(s.sniff_failed);
+    counter!(HANDSHAKE_FAILURES, with("cause", "timeout")).absolute(s.handshake_timeouts);
     counter!(BYTES_IN, base.clone()).absolute(s.bytes_in.saturating_add(live_in));
     counter!(BYTES_OUT, base.clone()).absolute(s.bytes_out.saturating_add(live_out));
     counter!(IDLE_CLOSED, base.clone()).absolute(s.idle_closed);
@@ -285,6 +292,9 @@ mod tests {
             "lariat_refused_total{server=\"t\",cause=\"proxy\"} 0",
             "lariat_accept_errors_total{server=\"t\",class=\"shortage\"} 0",
             "lariat_handshake_failures_total{server=\"t\",cause=\"proxy\"} 0",
+            "lariat_handshake_failures_total{server=\"t\",cause=\"tls\"} 0",
+            "lariat_handshake_failures_total{server=\"t\",cause=\"timeout\"} 0",
+            "lariat_refused_total{server=\"t\",cause=\"hook\"} 0",
             "lariat_draining{server=\"t\"} 0",
             "lariat_restarts_total{outcome=\"started\"} 1",
             "# HELP lariat_bytes_in_total Bytes read from peers: closed connections plus the live ones.",
