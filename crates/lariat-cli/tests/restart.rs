@@ -3,36 +3,17 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Lariat};
-use socket2::{Domain, Socket, Type};
+use common::{churn_once, eventually, Lariat};
 
 const CLIENTS: usize = 32;
 const RESTARTS: usize = 10;
 const LOAD: Duration = Duration::from_secs(10);
-
-/// One churn connection from `source`: connect, 64 bytes, echo, close.
-fn churn_once(source: Ipv4Addr, server: SocketAddr) -> std::io::Result<()> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    // Spread clients over source addresses so TIME_WAIT cannot exhaust one address's ports.
-    socket.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())?;
-    socket.connect_timeout(&server.into(), Duration::from_secs(5))?;
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let msg = [0x5a_u8; 64];
-    stream.write_all(&msg)?;
-    let mut back = [0u8; 64];
-    stream.read_exact(&mut back)?;
-    if back != msg {
-        return Err(std::io::Error::other("echo mismatch"));
-    }
-    Ok(())
-}
 
 /// The pids of the successors that took over, from the old processes' logs, in order.
 fn successor_pids(log: &str) -> Vec<u32> {

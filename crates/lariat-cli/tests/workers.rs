@@ -6,13 +6,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, Lariat};
-use socket2::{Domain, Socket, Type};
+use common::{churn_once, eventually, Lariat};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -89,23 +88,6 @@ fn a_killed_workers_queued_clients_are_served_by_its_sibling_and_it_is_restarted
     signal(server.pid(), libc::SIGTERM);
     assert!(server.wait_exit(PATIENCE).success());
     assert!(eventually(PATIENCE, || !is_alive(sibling) && !is_alive(fresh)));
-}
-
-/// Connect, 64 bytes, echo, close, from `source`.
-fn churn_once(source: Ipv4Addr, server: SocketAddr) -> std::io::Result<()> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())?;
-    socket.connect_timeout(&server.into(), Duration::from_secs(5))?;
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let msg = [0x5a_u8; 64];
-    stream.write_all(&msg)?;
-    let mut back = [0u8; 64];
-    stream.read_exact(&mut back)?;
-    if back != msg {
-        return Err(std::io::Error::other("echo mismatch"));
-    }
-    Ok(())
 }
 
 struct Load {

@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::tls::{connect, temp_dir, TestCert};
+use common::tls::{connect, echo_flush, exchange, temp_dir, TestCert};
 use common::{bind_loopback, eventually};
 use lariat::route::{Matcher, Router, Verdict};
 use lariat::tls::TlsConfig;
@@ -29,15 +29,7 @@ fn tagged_echo(
         Box::pin(async move {
             conn.write_all(tag.as_bytes()).await?;
             conn.flush().await?;
-            let mut buf = vec![0u8; 8192];
-            loop {
-                let n = conn.read(&mut buf).await?;
-                if n == 0 {
-                    return conn.shutdown().await;
-                }
-                conn.write_all(&buf[..n]).await?;
-                conn.flush().await?;
-            }
+            echo_flush(conn).await
         })
     }
 }
@@ -122,16 +114,7 @@ async fn one_port_serves_tls_http_and_custom_protocols_byte_exact() {
                 _ => {
                     let mut s = connect(&connector, addr).await.unwrap();
                     let data = body(b"secret ", 100_000, i);
-                    let (mut r, mut w) = tokio::io::split(&mut s);
-                    let mut back = vec![0u8; 5 + data.len()];
-                    let (_, read) = tokio::join!(
-                        async {
-                            w.write_all(&data).await.unwrap();
-                            w.flush().await.unwrap();
-                        },
-                        tokio::time::timeout(PATIENCE, r.read_exact(&mut back))
-                    );
-                    read.expect("tls answer in time").unwrap();
+                    let back = exchange(&mut s, &data, 5 + data.len()).await;
                     assert_eq!(&back[..5], b"[tls]");
                     assert!(back[5..] == data[..], "tls bytes lost");
                 }

@@ -7,7 +7,7 @@ mod common;
 use std::io;
 use std::time::Duration;
 
-use common::tls::{connect, temp_dir, TestCert};
+use common::tls::{connect, echo_flush, exchange, temp_dir, TestCert};
 use common::{bind_loopback, eventually};
 use lariat::delivery::{Framing, Messages, Mode};
 use lariat::tls::TlsConfig;
@@ -29,15 +29,7 @@ async fn tell_and_echo(mut conn: Connection) -> io::Result<()> {
     );
     conn.write_all(line.as_bytes()).await?;
     conn.flush().await?;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = conn.read(&mut buf).await?;
-        if n == 0 {
-            return conn.shutdown().await;
-        }
-        conn.write_all(&buf[..n]).await?;
-        conn.flush().await?;
-    }
+    echo_flush(conn).await
 }
 
 /// Echoes with `readable` + `try_read_buf`, as lariat's CLI does to keep idle connections buffer-free.
@@ -106,17 +98,8 @@ async fn echo_over_tls_with_sni_and_alpn_byte_exact() {
             let mut tls = connect(&connector, addr).await.unwrap();
             // The client writes at once: the first bytes travel with the handshake's last flight.
             let data = payload(256 * 1024 + seed as usize, seed);
-            let (mut r, mut w) = tokio::io::split(&mut tls);
             let expected_line = b"sni=localhost alpn=x-lariat\n";
-            let mut back = vec![0u8; expected_line.len() + data.len()];
-            let (_, read) = tokio::join!(
-                async {
-                    w.write_all(&data).await.unwrap();
-                    w.flush().await.unwrap();
-                },
-                tokio::time::timeout(PATIENCE, r.read_exact(&mut back))
-            );
-            read.expect("echo in time").unwrap();
+            let back = exchange(&mut tls, &data, expected_line.len() + data.len()).await;
             assert_eq!(&back[..expected_line.len()], expected_line);
             assert!(back[expected_line.len()..] == data[..], "echo differs");
         }));
@@ -143,16 +126,7 @@ async fn readiness_reads_and_push_delivery_work_over_tls() {
         .unwrap();
     let mut stream = connect(&connector, addr).await.unwrap();
     let data = payload(1 << 20, 7);
-    let (mut r, mut w) = tokio::io::split(&mut stream);
-    let mut back = vec![0u8; data.len()];
-    let (_, read) = tokio::join!(
-        async {
-            w.write_all(&data).await.unwrap();
-            w.flush().await.unwrap();
-        },
-        tokio::time::timeout(PATIENCE, r.read_exact(&mut back))
-    );
-    read.expect("echo in time").unwrap();
+    let back = exchange(&mut stream, &data, data.len()).await;
     assert!(back == data, "readiness echo differs");
 
     let (listener, addr) = bind_loopback();
@@ -165,16 +139,7 @@ async fn readiness_reads_and_push_delivery_work_over_tls() {
     for i in 0..2000 {
         lines.extend_from_slice(format!("line {i} {}\n", "x".repeat(i % 97)).as_bytes());
     }
-    let (mut r, mut w) = tokio::io::split(&mut stream);
-    let mut back = vec![0u8; lines.len()];
-    let (_, read) = tokio::join!(
-        async {
-            w.write_all(&lines).await.unwrap();
-            w.flush().await.unwrap();
-        },
-        tokio::time::timeout(PATIENCE, r.read_exact(&mut back))
-    );
-    read.expect("line echo in time").unwrap();
+    let back = exchange(&mut stream, &lines, lines.len()).await;
     assert!(back == lines, "line echo differs");
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::bind_loopback;
-use common::tls::{connect, temp_dir, TestCert};
+use common::tls::{connect, echo_flush, temp_dir, TestCert};
 use lariat::route::{Matcher, Router};
 use lariat::tls::TlsConfig;
 use lariat::{Connection, Server, Stream};
@@ -19,18 +19,6 @@ fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect()
-}
-
-async fn echo_flush(mut conn: Connection) -> io::Result<()> {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = conn.read(&mut buf).await?;
-        if n == 0 {
-            return conn.shutdown().await;
-        }
-        conn.write_all(&buf[..n]).await?;
-        conn.flush().await?;
-    }
 }
 
 fn client_config(

@@ -191,3 +191,23 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// One churn connection from `source` (a loopback address, so TIME_WAIT is spread over many): connect,
+/// 64 bytes, the echo back, close.
+pub fn churn_once(source: std::net::Ipv4Addr, server: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    use std::io::Write;
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::V4(std::net::SocketAddrV4::new(source, 0)).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(5))?;
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let msg = [0x5a_u8; 64];
+    stream.write_all(&msg)?;
+    let mut back = [0u8; 64];
+    stream.read_exact(&mut back)?;
+    if back != msg {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}

@@ -70,3 +70,38 @@ pub async fn connect(
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
 }
+
+/// Writes `data` (and flushes) while reading `back_len` bytes back, so neither side's buffers fill;
+/// panics if the answer does not come within 10 s.
+pub async fn exchange<S>(stream: &mut S, data: &[u8], back_len: usize) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut r, mut w) = tokio::io::split(stream);
+    let mut back = vec![0u8; back_len];
+    let (_, read) = tokio::join!(
+        async {
+            w.write_all(data).await.unwrap();
+            w.flush().await.unwrap();
+        },
+        tokio::time::timeout(std::time::Duration::from_secs(10), r.read_exact(&mut back))
+    );
+    read.expect("an answer in time").unwrap();
+    back
+}
+
+/// Echoes with plain reads, flushing each write (a TLS handler must, before it waits), and shuts down
+/// (close_notify) at EOF.
+pub async fn echo_flush(mut conn: lariat::Connection) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return conn.shutdown().await;
+        }
+        conn.write_all(&buf[..n]).await?;
+        conn.flush().await?;
+    }
+}
