@@ -107,23 +107,45 @@ pub async fn run(
     let server_cpu = proc::cpu_time(pid)?.saturating_sub(server_cpu_before);
     let client_cpu = proc::cpu_time(me)?.saturating_sub(client_cpu_before);
 
-    let secs = elapsed.as_secs_f64();
-    let server_cpu_us = u64::try_from(server_cpu.as_micros()).unwrap_or(u64::MAX);
-    Ok(ChurnResult {
+    Ok(ChurnResult::from_parts(
         concurrency,
         completed,
-        elapsed_s: secs,
-        rate_per_s: completed as f64 / secs,
-        server_cpu_us,
-        server_cpu_us_per_connection: if completed > 0 {
-            server_cpu_us as f64 / completed as f64
-        } else {
-            f64::NAN
-        },
-        server_cpu_utilisation: server_cpu.as_secs_f64() / secs,
-        client_cpu_utilisation: client_cpu.as_secs_f64() / secs,
+        elapsed,
+        server_cpu,
+        client_cpu,
         errors,
-    })
+    ))
+}
+
+impl ChurnResult {
+    /// The result of `completed` connections in `elapsed`, which cost the server(s) `server_cpu`
+    /// and the client `client_cpu`.
+    pub fn from_parts(
+        concurrency: usize,
+        completed: u64,
+        elapsed: Duration,
+        server_cpu: Duration,
+        client_cpu: Duration,
+        errors: Errors,
+    ) -> ChurnResult {
+        let secs = elapsed.as_secs_f64();
+        let server_cpu_us = u64::try_from(server_cpu.as_micros()).unwrap_or(u64::MAX);
+        ChurnResult {
+            concurrency,
+            completed,
+            elapsed_s: secs,
+            rate_per_s: completed as f64 / secs,
+            server_cpu_us,
+            server_cpu_us_per_connection: if completed > 0 {
+                server_cpu_us as f64 / completed as f64
+            } else {
+                f64::NAN
+            },
+            server_cpu_utilisation: server_cpu.as_secs_f64() / secs,
+            client_cpu_utilisation: client_cpu.as_secs_f64() / secs,
+            errors,
+        }
+    }
 }
 
 /// Runs `concurrency` client loops against `addr` until `deadline`: connect, 64-byte echo, close,

@@ -21,6 +21,38 @@ pub fn pin_self_to_cpu(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lets the calling thread (and the threads and processes it starts afterwards) run on every CPU
+/// again. Async-signal-safe, so it can run in a child between fork and exec.
+pub fn unpin_self() -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..libc::CPU_SETSIZE as usize {
+        // SAFETY: `cpu` is below the set's capacity.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed. The
+    // kernel keeps the CPUs that exist and are allowed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The online CPUs as the kernel lists them (`0-1`), a list `taskset -c` takes.
+pub fn online_cpus() -> String {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: sysconf has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
+            format!("0-{}", n - 1)
+        })
+}
+
 /// Raises the RLIMIT_NOFILE soft limit to the hard limit. Returns the new soft limit.
 pub fn raise_nofile() -> anyhow::Result<u64> {
     let mut lim = libc::rlimit {

@@ -10,7 +10,10 @@
 //! measurement: lariat's echo on the message API (`--delivery`) against lariat's plain echo, one
 //! round, each mode's ratio against a baseline from the same run. The probe measurement runs
 //! `lariat probe` against each of the three servers (started by the probe, not pinned) and
-//! reports the verdicts in a second table.
+//! reports the verdicts in a second table. The scale measurement (`--only scale`) is lariat's
+//! alone: connection churn with one accept loop against two accept loops, two worker processes
+//! and two SO_REUSEPORT processes, pinned (median of the rounds) and unpinned (one round), in a
+//! table of its own (see [`scale`]).
 //!
 //! Besides the tables it writes every raw number as JSON (`--json`) and the headline metrics as a
 //! bar chart normalised to lariat (`--svg`, by default `side-by-side.svg` next to the JSON).
@@ -28,6 +31,7 @@ mod probe;
 mod proc;
 mod report;
 mod restart;
+mod scale;
 mod server;
 mod throughput;
 
@@ -42,7 +46,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::host::Machine;
 use crate::report::{Measured, Sample};
-use crate::server::{Binaries, Delivery, Kind, Server};
+use crate::scale::Pinning;
+use crate::server::{Binaries, Delivery, Kind, Scale, Server};
 
 /// The CPU the client (this process) runs on; the servers get `server::SERVER_CPU`.
 const CLIENT_CPU: usize = 1;
@@ -85,6 +90,9 @@ enum Measurement {
     Delivery,
     /// `lariat probe --short` verdicts for each server (started by the probe, not pinned).
     Probe,
+    /// lariat under churn with 1 accept loop, --acceptors 2, --workers 2 and 2 × --reuseport,
+    /// pinned and unpinned (not in the default run).
+    Scale,
 }
 
 /// The `--delivery N` count measured.
@@ -108,6 +116,7 @@ impl Measurement {
             Measurement::Restart => "restart",
             Measurement::Delivery => "delivery",
             Measurement::Probe => "probe",
+            Measurement::Scale => "scale",
         }
     }
 
@@ -117,7 +126,7 @@ impl Measurement {
     fn plan(self) -> Vec<(Measurement, Kind)> {
         match self {
             Measurement::Restart => vec![(Measurement::Restart, Kind::Lariat)],
-            Measurement::Probe => Vec::new(),
+            Measurement::Probe | Measurement::Scale => Vec::new(),
             Measurement::Delivery => {
                 let throughput = [
                     Kind::Lariat,
@@ -142,7 +151,7 @@ impl Measurement {
 
     /// Rounds of it: one for restart, which reports lariat's own values rather than a ratio, one
     /// for delivery, whose ratios are between servers of the same round, and one for the probe's
-    /// verdicts.
+    /// verdicts. Scale runs this many pinned rounds, then one unpinned round.
     fn rounds(self, config: &Config) -> usize {
         match self {
             Measurement::Restart | Measurement::Delivery | Measurement::Probe => 1,
@@ -165,6 +174,8 @@ struct Config {
     restarts: usize,
     server_cpu: usize,
     client_cpu: usize,
+    /// Where the scale measurement's unpinned round lets servers and client run.
+    unpinned_cpus: String,
     source_addresses: String,
 }
 
@@ -187,6 +198,7 @@ impl Config {
             restarts: if quick { 3 } else { 10 },
             server_cpu: server::SERVER_CPU,
             client_cpu: CLIENT_CPU,
+            unpinned_cpus: host::online_cpus(),
             source_addresses: format!(
                 "{}..={}",
                 client::source_ip(0),
@@ -201,7 +213,10 @@ impl Config {
         if self.measurements.iter().any(|&m| {
             !matches!(
                 m,
-                Measurement::Restart | Measurement::Delivery | Measurement::Probe
+                Measurement::Restart
+                    | Measurement::Delivery
+                    | Measurement::Probe
+                    | Measurement::Scale
             )
         }) {
             parts.push(format!("median of {} round(s)", self.rounds));
@@ -225,6 +240,13 @@ impl Config {
                  (unpinned), one round"
                     .to_string(),
             );
+        }
+        if self.measurements.contains(&Measurement::Scale) {
+            parts.push(format!(
+                "scale: lariat only, {:.0} s of churn per configuration, pinned median of {} \
+                 round(s), then one unpinned round",
+                self.churn_seconds, self.rounds
+            ));
         }
         parts.join("; ")
     }
@@ -297,6 +319,10 @@ async fn bench(
             }
             continue;
         }
+        if measurement == Measurement::Scale {
+            samples.extend(run_scale(binaries, config, rounds).await);
+            continue;
+        }
         for round in 1..=rounds {
             for (run, kind) in measurement.plan() {
                 let sample = measure(binaries, config, measurement, run, round, kind).await;
@@ -316,18 +342,31 @@ async fn bench(
         config.client_cpu,
         config.rounds_line(),
     );
-    if !rows.is_empty() {
-        print!("{}", report::markdown(&rows));
-    }
+    let table = report::markdown(&rows);
+    print!("{table}");
     if !notes.is_empty() {
         println!();
         for note in &notes {
             println!("- {note}");
         }
     }
+    let scale_table = scale::markdown(&samples, config.rounds);
+    let scale_notes = scale::notes(&samples);
+    if !scale_table.is_empty() {
+        if !table.is_empty() || !notes.is_empty() {
+            println!();
+        }
+        print!("{scale_table}");
+        if !scale_notes.is_empty() {
+            println!();
+            for note in &scale_notes {
+                println!("- {note}");
+            }
+        }
+    }
     let probe_notes = probe::notes(&probes);
     if !probes.is_empty() {
-        if !rows.is_empty() {
+        if !table.is_empty() || !scale_table.is_empty() {
             println!();
         }
         print!("{}", probe::markdown(&probes));
@@ -347,6 +386,7 @@ async fn bench(
         samples: &samples,
         rows: &rows,
         notes: &notes,
+        scale_notes: &scale_notes,
         probe: &probes,
         probe_notes: &probe_notes,
     };
@@ -396,19 +436,7 @@ async fn measure(
     round: usize,
     kind: Kind,
 ) -> Sample {
-    let mut sample = Sample {
-        measurement: measurement.name(),
-        round,
-        server: kind,
-        pid: None,
-        server_cpus_allowed: None,
-        result: None,
-        error: None,
-        server_exited: None,
-        summary: String::new(),
-        metrics: Vec::new(),
-        operation_errors: 0,
-    };
+    let mut sample = Sample::new(measurement.name(), round, kind);
     let mut server = match Server::start(binaries, kind) {
         Ok(server) => server,
         Err(err) => {
@@ -447,6 +475,9 @@ async fn measure(
             "the delivery measurement runs as throughput and idle parts"
         )),
         Measurement::Probe => Err(anyhow::anyhow!("the probe starts its servers itself")),
+        Measurement::Scale => Err(anyhow::anyhow!(
+            "the scale measurement starts its own servers"
+        )),
     };
     match outcome {
         Ok((value, metrics, errors, summary)) => {
@@ -471,6 +502,50 @@ async fn measure(
     }
     drop(server);
     sample
+}
+
+/// The scale measurement: `rounds` pinned rounds of every configuration (each round starting one
+/// configuration later, so none always runs first), then one unpinned round with the client
+/// free to use every CPU.
+async fn run_scale(binaries: &Binaries, config: &Config, rounds: usize) -> Vec<Sample> {
+    let duration = Duration::from_secs_f64(config.churn_seconds);
+    let concurrency = config.churn_concurrency;
+    let mut samples = Vec::new();
+    for round in 1..=rounds {
+        for i in 0..Scale::ALL.len() {
+            let scale = Scale::ALL[(i + round - 1) % Scale::ALL.len()];
+            let sample = scale::measure(
+                binaries,
+                Pinning::Pinned,
+                round,
+                scale,
+                duration,
+                concurrency,
+            )
+            .await;
+            eprintln!("{}", progress_line(&sample, rounds));
+            samples.push(sample);
+        }
+    }
+    // Re-pinned to the client CPU when dropped.
+    let unpinned = scale::Unpinned::begin(CLIENT_CPU);
+    for scale in Scale::ALL {
+        let sample = match &unpinned {
+            Ok(_) => {
+                scale::measure(binaries, Pinning::Unpinned, 1, scale, duration, concurrency).await
+            }
+            Err(err) => {
+                let mut sample =
+                    Sample::new(Pinning::Unpinned.measurement(), 1, Kind::LariatScale(scale));
+                sample.error = Some(format!("{err:#}"));
+                sample
+            }
+        };
+        eprintln!("{}", progress_line(&sample, 1));
+        samples.push(sample);
+    }
+    drop(unpinned);
+    samples
 }
 
 type Recorded = (serde_json::Value, Vec<(report::Metric, f64)>, u64, String);
@@ -524,14 +599,21 @@ fn notes(samples: &[Sample]) -> Vec<String> {
             ));
         }
         if let Some(cpus) = s.server_cpus_allowed.as_deref() {
-            if cpus != server::SERVER_CPU.to_string() {
+            // The unpinned scale round is unpinned on purpose.
+            if cpus != server::SERVER_CPU.to_string()
+                && s.measurement != Pinning::Unpinned.measurement()
+            {
                 notes.push(format!("{at}: server allowed on CPUs {cpus}, not pinned"));
             }
         }
     }
     // Each measurement and server with CPU figures (churn, throughput, delivery), in run order.
+    // (The scale table has CPU columns of its own.)
     let mut pairs: Vec<(&str, Kind)> = Vec::new();
-    for s in samples {
+    for s in samples
+        .iter()
+        .filter(|s| !s.measurement.starts_with("scale"))
+    {
         if !pairs.contains(&(s.measurement, s.server)) {
             pairs.push((s.measurement, s.server));
         }

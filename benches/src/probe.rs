@@ -78,7 +78,7 @@ impl ProbeRun {
 pub fn spawn_command(binaries: &Binaries, kind: Kind) -> String {
     let binary = shell_quote(&binaries.path(kind).to_string_lossy());
     match kind {
-        Kind::Lariat | Kind::LariatDelivery(_) => {
+        Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) => {
             format!("{binary} serve --listen 127.0.0.1:{{port}}")
         }
         Kind::Naive | Kind::Actix => format!("{binary} 127.0.0.1:{{port}}"),
@@ -124,7 +124,7 @@ async fn probe(
         .kill_on_drop(true);
     // SAFETY: sched_setaffinity is async-signal-safe and changes only the child.
     unsafe {
-        command.pre_exec(unpin);
+        command.pre_exec(crate::host::unpin_self);
     }
     let output = tokio::time::timeout(TIMEOUT, command.output())
         .await
@@ -154,24 +154,6 @@ async fn probe(
             output.status,
             tail()
         ),
-    }
-}
-
-/// Lets the calling process run on every CPU again (the bench pins itself to one).
-fn unpin() -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for cpu in 0..libc::CPU_SETSIZE as usize {
-        // SAFETY: `cpu` is below the set's capacity.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    // SAFETY: pid 0 is the calling process; `set` is a valid cpu_set_t of the size passed. The
-    // kernel keeps the CPUs that exist.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

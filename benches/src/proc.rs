@@ -1,4 +1,5 @@
-//! Readings of another process from /proc: CPU time used, resident memory, allowed CPUs, liveness.
+//! Readings of another process from /proc: CPU time used, resident memory, allowed CPUs, liveness,
+//! descendants; and the whole machine's busy CPU time.
 
 use std::time::Duration;
 
@@ -7,23 +8,85 @@ use anyhow::{anyhow, Context};
 /// User + system CPU time consumed so far by every thread of `pid` (fields 14 and 15 of
 /// /proc/PID/stat), at clock-tick resolution.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let fields = stat_fields(pid)?;
+    let ticks = stat_field(&fields, pid, 14)? + stat_field(&fields, pid, 15)?;
+    Ok(Duration::from_micros(
+        ticks * 1_000_000 / clock_ticks_per_second(),
+    ))
+}
+
+/// When `pid` started, in clock ticks after boot (field 22 of /proc/PID/stat): with the pid, it
+/// names one process, not whichever process reuses the pid later.
+pub fn start_time(pid: u32) -> anyhow::Result<u64> {
+    stat_field(&stat_fields(pid)?, pid, 22)
+}
+
+/// Every process descended from `pid` (its children, their children, …), found by the parent pid
+/// (field 4) of each /proc/*/stat, parents before their children.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut parents: Vec<(u32, u32)> = dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let fields = stat_fields(p).ok()?;
+            Some((p, u32::try_from(stat_field(&fields, p, 4).ok()?).ok()?))
+        })
+        .collect();
+    parents.sort_unstable();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(child, _) in parents.iter().filter(|&&(_, ppid)| ppid == parent) {
+            if !found.contains(&child) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The fields of /proc/PID/stat from field 3 (state) on: field 2 (comm) is in parentheses and may
+/// hold spaces or parentheses, so the line is split after the last ')'.
+fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // Field 2 (comm) is in parentheses and may hold spaces or parentheses: split after the last ')'.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .ok_or_else(|| anyhow!("{path}: no ')' after comm"))?;
-    // `rest` starts at field 3 (state), so field N is at index N - 3.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> anyhow::Result<u64> {
-        fields
-            .get(n - 3)
-            .ok_or_else(|| anyhow!("{path}: no field {n}"))?
-            .parse::<u64>()
-            .with_context(|| format!("{path}: field {n}"))
-    };
-    let ticks = field(14)? + field(15)?;
+    Ok(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Field `n` (numbered as in proc(5)) of [`stat_fields`], which start at field 3.
+fn stat_field(fields: &[String], pid: u32, n: usize) -> anyhow::Result<u64> {
+    fields
+        .get(n - 3)
+        .ok_or_else(|| anyhow!("/proc/{pid}/stat: no field {n}"))?
+        .parse::<u64>()
+        .with_context(|| format!("/proc/{pid}/stat: field {n}"))
+}
+
+/// CPU time the whole machine spent busy so far, every CPU together: user, nice, system, irq,
+/// softirq and steal (time a hypervisor gave to someone else) of the `cpu` line of /proc/stat.
+pub fn machine_busy_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("/proc/stat: no cpu line"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<u64>().context("/proc/stat: cpu line"))
+        .collect::<anyhow::Result<_>>()?;
+    // user nice system idle iowait irq softirq steal …
+    let ticks: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
     Ok(Duration::from_micros(
         ticks * 1_000_000 / clock_ticks_per_second(),
     ))
@@ -80,4 +143,26 @@ fn status_field(pid: u32, key: &str) -> anyhow::Result<String> {
             (k == key).then(|| v.trim().to_string())
         })
         .ok_or_else(|| anyhow!("{path}: no {key} line"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_and_start_times() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("spawning sleep");
+        let me = std::process::id();
+        let found = descendants(me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(!found.contains(&me));
+        assert!(start_time(me).unwrap() > 0);
+        assert!(cpu_time(me).is_ok());
+        assert!(machine_busy_time().unwrap() > Duration::ZERO);
+    }
 }

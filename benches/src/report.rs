@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::host::Machine;
-use crate::server::{Delivery, Kind};
+use crate::server::{Delivery, Kind, Scale};
 
 /// A headline number, and what counts as meeting its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -28,6 +28,15 @@ pub enum Metric {
     DeliveryThroughput,
     /// Memory per idle connection of lariat in a `--delivery` mode, against `--delivery pull`.
     DeliveryIdleBytes,
+    /// Churn rate of lariat with more accept loops or processes, against one loop, all pinned to
+    /// the server CPU.
+    ScaleChurnRate,
+    /// Server CPU per connection (summed over every process) of the same.
+    ScaleCpuPerConnection,
+    /// [`Metric::ScaleChurnRate`] with servers and client free to use every CPU.
+    ScaleUnpinnedChurnRate,
+    /// [`Metric::ScaleCpuPerConnection`] with servers and client free to use every CPU.
+    ScaleUnpinnedCpuPerConnection,
 }
 
 enum Target {
@@ -42,7 +51,7 @@ enum Target {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 17] = [
         Metric::ChurnRate,
         Metric::CpuPerConnection,
         Metric::IdleBytes,
@@ -56,7 +65,22 @@ impl Metric {
         Metric::RestartOldAlive,
         Metric::DeliveryThroughput,
         Metric::DeliveryIdleBytes,
+        Metric::ScaleChurnRate,
+        Metric::ScaleCpuPerConnection,
+        Metric::ScaleUnpinnedChurnRate,
+        Metric::ScaleUnpinnedCpuPerConnection,
     ];
+
+    /// The scale measurement's metrics, which have a table of their own.
+    pub fn is_scale(self) -> bool {
+        matches!(
+            self,
+            Metric::ScaleChurnRate
+                | Metric::ScaleCpuPerConnection
+                | Metric::ScaleUnpinnedChurnRate
+                | Metric::ScaleUnpinnedCpuPerConnection
+        )
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -75,6 +99,12 @@ impl Metric {
             Metric::RestartOldAlive => "old processes still running after the restarts",
             Metric::DeliveryThroughput => "echo throughput (MB/s)",
             Metric::DeliveryIdleBytes => "user-space memory per idle connection (bytes)",
+            Metric::ScaleChurnRate => "scale, pinned: churn rate (conn/s)",
+            Metric::ScaleCpuPerConnection => "scale, pinned: server CPU per connection (µs)",
+            Metric::ScaleUnpinnedChurnRate => "scale, unpinned: churn rate (conn/s)",
+            Metric::ScaleUnpinnedCpuPerConnection => {
+                "scale, unpinned: server CPU per connection (µs)"
+            }
         }
     }
 
@@ -87,16 +117,31 @@ impl Metric {
             (Metric::DeliveryIdleBytes, _) => {
                 format!("delivery: memory per idle connection, {server} (bytes)")
             }
+            (Metric::ScaleChurnRate, _) => format!("scale, pinned: churn rate, {server} (conn/s)"),
+            (Metric::ScaleCpuPerConnection, _) => {
+                format!("scale, pinned: server CPU per connection, {server} (µs)")
+            }
+            (Metric::ScaleUnpinnedChurnRate, _) => {
+                format!("scale, unpinned: churn rate, {server} (conn/s)")
+            }
+            (Metric::ScaleUnpinnedCpuPerConnection, _) => {
+                format!("scale, unpinned: server CPU per connection, {server} (µs)")
+            }
             _ => self.label().to_string(),
         }
     }
 
     /// What the metric's ratios are against: naive, except for the delivery metrics, which
-    /// compare lariat with lariat (plain echo, or `--delivery pull`) measured in the same run.
+    /// compare lariat with lariat (plain echo, or `--delivery pull`) measured in the same run, and
+    /// the scale metrics, which compare lariat's configurations with one accept loop.
     pub fn baseline(self) -> Kind {
         match self {
             Metric::DeliveryThroughput => Kind::Lariat,
             Metric::DeliveryIdleBytes => Kind::LariatDelivery(Delivery::Pull),
+            Metric::ScaleChurnRate
+            | Metric::ScaleCpuPerConnection
+            | Metric::ScaleUnpinnedChurnRate
+            | Metric::ScaleUnpinnedCpuPerConnection => Kind::LariatScale(Scale::Single),
             _ => Kind::Naive,
         }
     }
@@ -132,11 +177,15 @@ impl Metric {
             | Metric::RestartChurnRate
             | Metric::RestartFailed
             | Metric::RestartToServingMedian
-            | Metric::RestartToServingMax => Target::Reported,
+            | Metric::RestartToServingMax
+            | Metric::ScaleChurnRate
+            | Metric::ScaleCpuPerConnection
+            | Metric::ScaleUnpinnedChurnRate
+            | Metric::ScaleUnpinnedCpuPerConnection => Target::Reported,
         }
     }
 
-    fn format(self, value: f64) -> String {
+    pub fn format(self, value: f64) -> String {
         if !value.is_finite() {
             return "n/a".to_string();
         }
@@ -147,13 +196,17 @@ impl Metric {
             | Metric::RestartChurnRate
             | Metric::RestartFailed
             | Metric::RestartOldAlive
-            | Metric::DeliveryIdleBytes => format!("{value:.0}"),
+            | Metric::DeliveryIdleBytes
+            | Metric::ScaleChurnRate
+            | Metric::ScaleUnpinnedChurnRate => format!("{value:.0}"),
             Metric::CpuPerConnection
             | Metric::Throughput
             | Metric::RestartFailedPerRestart
             | Metric::RestartToServingMedian
             | Metric::RestartToServingMax
-            | Metric::DeliveryThroughput => format!("{value:.1}"),
+            | Metric::DeliveryThroughput
+            | Metric::ScaleCpuPerConnection
+            | Metric::ScaleUnpinnedCpuPerConnection => format!("{value:.1}"),
         }
     }
 }
@@ -163,7 +216,7 @@ impl Target {
     fn describe(&self, baseline: Kind) -> String {
         let against = match baseline {
             Kind::Naive => String::new(),
-            other => format!(" {}", other.delivery_label()),
+            other => format!(" {}", other.baseline_label()),
         };
         match self {
             Target::RatioAtLeast(r) => format!("≥ {r:.2}×{against}"),
@@ -215,13 +268,12 @@ pub struct Sample {
     pub operation_errors: u64,
 }
 
-#[cfg(test)]
 impl Sample {
-    /// A sample carrying only metrics, for the report's and the plot's tests.
-    pub fn for_test(server: Kind, metrics: Vec<(Metric, f64)>) -> Sample {
+    /// A sample of `measurement` against `server` in `round`, with nothing measured yet.
+    pub fn new(measurement: &'static str, round: usize, server: Kind) -> Sample {
         Sample {
-            measurement: "test",
-            round: 1,
+            measurement,
+            round,
             server,
             pid: None,
             server_cpus_allowed: None,
@@ -229,8 +281,17 @@ impl Sample {
             error: None,
             server_exited: None,
             summary: String::new(),
-            metrics,
+            metrics: Vec::new(),
             operation_errors: 0,
+        }
+    }
+
+    /// A sample carrying only metrics, for the report's and the plot's tests.
+    #[cfg(test)]
+    pub fn for_test(server: Kind, metrics: Vec<(Metric, f64)>) -> Sample {
+        Sample {
+            metrics,
+            ..Sample::new("test", 1, server)
         }
     }
 }
@@ -381,6 +442,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
 /// are against naive only.
 pub fn markdown(rows: &[Row]) -> String {
     let with_actix = rows.iter().any(|r| !r.actix_rounds.is_empty());
+    // The scale rows have their own table (`scale::markdown`).
+    let rows: Vec<&Row> = rows.iter().filter(|r| !r.metric.is_scale()).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
     let mut out = if with_actix {
         String::from(
             "| metric | naive | lariat | actix | lariat/naive | lariat/actix | target | met? |\n\
@@ -396,7 +462,7 @@ pub fn markdown(rows: &[Row]) -> String {
     for row in rows {
         let value = |v: Option<f64>| v.map_or("n/a".to_string(), |v| row.metric.format(v));
         let baseline = match &row.baseline {
-            Some(b) => format!("{}: {}", b.server.delivery_label(), value(b.median)),
+            Some(b) => format!("{}: {}", b.server.baseline_label(), value(b.median)),
             None => value(row.naive_median),
         };
         let mut cells = vec![row.label.clone(), baseline, value(row.lariat_median)];
@@ -440,6 +506,8 @@ pub struct Document<'a, C: Serialize> {
     pub samples: &'a [Sample],
     pub rows: &'a [Row],
     pub notes: &'a [String],
+    /// What qualifies the scale measurement's tables (its rows are in `rows`).
+    pub scale_notes: &'a [String],
     /// The probe measurement: one `lariat probe` run per server (empty when it did not run).
     pub probe: &'a [crate::probe::ProbeRun],
     pub probe_notes: &'a [String],

@@ -22,7 +22,8 @@ const STDERR_LIMIT: usize = 1 << 20;
 
 /// Which server.
 ///
-/// Serialised as its [`Kind::name`]: `naive`, `lariat`, `lariat --delivery MODE` or `actix`.
+/// Serialised as its [`Kind::name`]: `naive`, `lariat`, `lariat --delivery MODE`, `actix`, or for
+/// the scale measurement `lariat serve …` (see [`Scale`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// `naive-echo`: tokio's README echo server.
@@ -34,6 +35,63 @@ pub enum Kind {
     /// `actix-echo`: an echo server on actix-server with one worker, what a user would pick
     /// instead of lariat.
     Actix,
+    /// `lariat serve --handler echo --threads 1` with more accept loops or processes: the scale
+    /// measurement's configurations.
+    LariatScale(Scale),
+}
+
+/// How many accept loops and processes serve one port, in the scale measurement. Every process
+/// runs one runtime worker (`--threads 1`), as the other measurements' servers do when pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scale {
+    /// `lariat serve`: one process, one accept loop (the baseline).
+    Single,
+    /// `lariat serve --acceptors N`: N accept loops in one process, on clones of the socket.
+    Acceptors(u8),
+    /// `lariat serve --workers N`: a supervisor and N worker processes on one shared socket.
+    Workers(u8),
+    /// N independent `lariat serve --reuseport` processes on one port, each with its own
+    /// SO_REUSEPORT socket (and accept queue); the later ones bind the first one's port.
+    ReusePort(u8),
+}
+
+impl Scale {
+    /// In the order each round runs them; the first is the baseline.
+    pub const ALL: [Scale; 4] = [
+        Scale::Single,
+        Scale::Acceptors(2),
+        Scale::Workers(2),
+        Scale::ReusePort(2),
+    ];
+
+    /// How many server processes are started (the workers of `--workers` are started by their
+    /// supervisor).
+    pub fn processes(self) -> usize {
+        match self {
+            Scale::ReusePort(n) => usize::from(n),
+            _ => 1,
+        }
+    }
+
+    /// The arguments after `lariat serve`'s common ones.
+    fn args(self) -> Vec<String> {
+        match self {
+            Scale::Single => Vec::new(),
+            Scale::Acceptors(n) => vec!["--acceptors".to_string(), n.to_string()],
+            Scale::Workers(n) => vec!["--workers".to_string(), n.to_string()],
+            Scale::ReusePort(_) => vec!["--reuseport".to_string()],
+        }
+    }
+
+    /// The short name: `1 loop`, `--acceptors 2`, `--workers 2`, `2 × --reuseport`.
+    pub fn label(self) -> String {
+        match self {
+            Scale::Single => "1 loop".to_string(),
+            Scale::Acceptors(n) => format!("--acceptors {n}"),
+            Scale::Workers(n) => format!("--workers {n}"),
+            Scale::ReusePort(n) => format!("{n} × --reuseport"),
+        }
+    }
 }
 
 /// A `lariat serve --delivery` mode.
@@ -72,32 +130,39 @@ impl Kind {
             Kind::Lariat => "lariat".into(),
             Kind::LariatDelivery(mode) => format!("lariat --delivery {}", mode.arg()).into(),
             Kind::Actix => "actix".into(),
+            Kind::LariatScale(Scale::Single) => "lariat serve".into(),
+            Kind::LariatScale(Scale::ReusePort(n)) => {
+                format!("{n} × lariat serve --reuseport").into()
+            }
+            Kind::LariatScale(scale) => format!("lariat serve {}", scale.label()).into(),
         }
     }
 
-    /// How the delivery rows of the table name it: `plain` for lariat without `--delivery`, the
-    /// mode for the others.
-    pub fn delivery_label(self) -> String {
+    /// How the table names it as another row's baseline: `plain` for lariat without `--delivery`,
+    /// the mode for the other delivery rows, `1 loop` for the scale rows.
+    pub fn baseline_label(self) -> String {
         match self {
             Kind::Naive => "naive".to_string(),
             Kind::Lariat => "plain".to_string(),
             Kind::LariatDelivery(mode) => mode.arg(),
             Kind::Actix => "actix".to_string(),
+            Kind::LariatScale(scale) => scale.label(),
         }
     }
 
     fn binary_name(self) -> &'static str {
         match self {
             Kind::Naive => "naive-echo",
-            Kind::Lariat | Kind::LariatDelivery(_) => "lariat",
+            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) => "lariat",
             Kind::Actix => "actix-echo",
         }
     }
 
-    fn args(self) -> Vec<String> {
+    /// Its command-line arguments, listening on an ephemeral port of 127.0.0.1.
+    pub fn args(self) -> Vec<String> {
         let mut args: Vec<String> = match self {
             Kind::Naive | Kind::Actix => vec!["127.0.0.1:0"],
-            Kind::Lariat | Kind::LariatDelivery(_) => vec![
+            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) => vec![
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
@@ -110,8 +175,13 @@ impl Kind {
         .into_iter()
         .map(String::from)
         .collect();
-        if let Kind::LariatDelivery(mode) = self {
-            args.extend(["--delivery".to_string(), mode.arg()]);
+        match self {
+            Kind::LariatDelivery(mode) => args.extend(["--delivery".to_string(), mode.arg()]),
+            Kind::LariatScale(scale) => {
+                args.extend(["--threads".to_string(), "1".to_string()]);
+                args.extend(scale.args());
+            }
+            _ => {}
         }
         args
     }
@@ -165,7 +235,7 @@ impl Binaries {
     pub fn path(&self, kind: Kind) -> &Path {
         match kind {
             Kind::Naive => &self.naive,
-            Kind::Lariat | Kind::LariatDelivery(_) => &self.lariat,
+            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) => &self.lariat,
             Kind::Actix => &self.actix,
         }
     }
@@ -201,17 +271,22 @@ pub struct Handover {
 impl Server {
     /// Starts `kind` (with its arguments, see [`Kind`]) under `taskset -c SERVER_CPU` and waits for its `listening on tcp://…` line.
     pub fn start(binaries: &Binaries, kind: Kind) -> anyhow::Result<Self> {
-        let binary = binaries.path(kind);
+        Server::spawn(binaries.path(kind), &kind.args(), &SERVER_CPU.to_string())
+    }
+
+    /// Starts `binary` with `args` under `taskset -c CPUS` (a list such as `0` or `0-1`) and waits
+    /// for its `listening on tcp://…` line.
+    pub fn spawn(binary: &Path, args: &[String], cpus: &str) -> anyhow::Result<Self> {
         let mut child = Command::new("taskset")
             .arg("-c")
-            .arg(SERVER_CPU.to_string())
+            .arg(cpus)
             .arg(binary)
-            .args(kind.args())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting taskset -c {SERVER_CPU} {}", binary.display()))?;
+            .with_context(|| format!("starting taskset -c {cpus} {}", binary.display()))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = read_stderr(child.stderr.take().expect("stderr is piped"));
         // From here on the guard owns the child, so every error path below stops it.
@@ -400,6 +475,23 @@ mod tests {
             Kind::LariatDelivery(Delivery::Count(100)).args()[lariat.len()..],
             ["--delivery", "100"]
         );
+        let single = Kind::LariatScale(Scale::Single).args();
+        assert_eq!(single[..lariat.len()], lariat[..]);
+        assert_eq!(single[lariat.len()..], ["--threads", "1"]);
+        assert_eq!(
+            Kind::LariatScale(Scale::Acceptors(2)).args()[single.len()..],
+            ["--acceptors", "2"]
+        );
+        assert_eq!(
+            Kind::LariatScale(Scale::Workers(2)).args()[single.len()..],
+            ["--workers", "2"]
+        );
+        assert_eq!(
+            Kind::LariatScale(Scale::ReusePort(2)).args()[single.len()..],
+            ["--reuseport"]
+        );
+        assert_eq!(Scale::ReusePort(2).processes(), 2);
+        assert_eq!(Scale::Workers(2).processes(), 1);
     }
 
     #[test]
@@ -416,6 +508,16 @@ mod tests {
         assert_eq!(serde_json::to_string(&Kind::Naive).unwrap(), r#""naive""#);
         assert_eq!(serde_json::to_string(&Kind::Actix).unwrap(), r#""actix""#);
         assert_eq!(format!("{:<8}|", Kind::Naive), "naive   |");
+        assert_eq!(Kind::LariatScale(Scale::Single).name(), "lariat serve");
+        assert_eq!(
+            Kind::LariatScale(Scale::Workers(2)).name(),
+            "lariat serve --workers 2"
+        );
+        assert_eq!(
+            Kind::LariatScale(Scale::ReusePort(2)).name(),
+            "2 × lariat serve --reuseport"
+        );
+        assert_eq!(Kind::LariatScale(Scale::Single).baseline_label(), "1 loop");
     }
 
     #[test]
