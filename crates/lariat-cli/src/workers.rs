@@ -25,11 +25,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lariat::restart::{spawn_successor, Passed, RestartOptions};
-use lariat::{AcceptSource, BindOptions};
+use lariat::{BindOptions, ParkedListener};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::ServeArgs;
-use crate::listeners::{self, Named};
+use crate::listeners;
 use crate::serve::{announce, EXIT_FORCED};
 
 /// The hidden flag a worker is started with.
@@ -40,6 +40,12 @@ const REAP_EVERY: Duration = Duration::from_millis(50);
 /// Backoff between restarts of workers that keep dying.
 const RESTART_MIN: Duration = Duration::from_millis(100);
 const RESTART_MAX: Duration = Duration::from_secs(5);
+
+/// A socket the supervisor holds for its workers, with the name it is passed under.
+struct Parked {
+    name: String,
+    listener: ParkedListener,
+}
 
 /// One worker process.
 struct Worker {
@@ -60,7 +66,18 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..BindOptions::default()
     };
     let inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
-    let mut named = listeners::resolve(&args.listen, inherited, &opts)?;
+    // Parked: this process never accepts, and a socket registered with its runtime would wake it for
+    // every connection the workers take.
+    let mut named = listeners::resolve(&args.listen, inherited, &opts)?
+        .into_iter()
+        .map(|n| {
+            Ok(Parked {
+                name: n.name,
+                listener: n.listener.park()?,
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("taking the sockets out of the supervisor's runtime")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -197,7 +214,7 @@ impl Spawner {
     }
 
     /// Starts a worker for `slot` and waits until it serves.
-    async fn start(&self, slot: usize, named: &[Named]) -> anyhow::Result<Worker> {
+    async fn start(&self, slot: usize, named: &[Parked]) -> anyhow::Result<Worker> {
         let passed: Vec<Passed<'_>> = named
             .iter()
             .map(|n| Passed {

@@ -82,7 +82,7 @@ pub use endpoint::{Endpoint, ParseEndpointError};
 pub use front::DEFAULT_HANDSHAKE_TIMEOUT;
 pub use handler::{BoxError, Handler, Outcome};
 pub use limit::ConnectionLimit;
-pub use listener::{AcceptSource, ListenAddr, Listener};
+pub use listener::{AcceptSource, ListenAddr, Listener, ParkedListener};
 pub use registry::{CloseError, ConnectionInfo, Registry};
 pub use server::{
     Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,

@@ -294,31 +294,9 @@ impl AcceptSource for Listener {
     }
 
     fn refuse_new(&mut self) {
-        if self.supervised {
-            tracing::debug!(listener = %self.addr, "drain: socket kept by its supervisor, left as is");
-            return;
-        }
-        let refused = match (&self.socket, &mut self.unix_file, &self.addr) {
-            (Socket::Tcp(l), _, _) => crate::drain::syn_filter::drop_new_syns(l),
-            // Unlinked, the path refuses new clients (ENOENT); the socket and its queue stay.
-            (Socket::Unix(_), Some(file), _) => file.remove_now(),
-            // An owned socket adopted from a predecessor: the path is ours now.
-            (Socket::Unix(_), None, ListenAddr::Unix(path)) => {
-                UnixFile::current(path).and_then(|mut file| file.remove_now())
-            }
-            (Socket::Unix(_), None, _) => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "an abstract socket has no path to remove",
-            )),
-        };
-        match refused {
-            Ok(()) => tracing::debug!(listener = %self.addr, "drain: refusing new clients"),
-            Err(e) => tracing::info!(
-                listener = %self.addr,
-                error = %e,
-                "drain: cannot refuse new clients while the queue drains; a client arriving just before the close may be reset"
-            ),
-        }
+        let tcp = matches!(self.socket, Socket::Tcp(_));
+        let fd = self.as_raw_fd();
+        refuse_new(fd, tcp, &mut self.unix_file, &self.addr, self.supervised);
     }
 
     fn release(&mut self) {
@@ -330,6 +308,118 @@ impl AcceptSource for Listener {
             Socket::Tcp(l) => crate::drain::syn_filter::accept_queue_len(l).ok(),
             Socket::Unix(_) => None,
         }
+    }
+}
+
+/// Drain stage one on a listening socket (see [`AcceptSource::refuse_new`]): TCP drops bare SYNs, a Unix
+/// path is unlinked; a supervisor's socket is left as it is.
+fn refuse_new(
+    fd: RawFd,
+    tcp: bool,
+    unix_file: &mut Option<UnixFile>,
+    addr: &ListenAddr,
+    supervised: bool,
+) {
+    if supervised {
+        tracing::debug!(listener = %addr, "drain: socket kept by its supervisor, left as is");
+        return;
+    }
+    let refused = match (tcp, unix_file, addr) {
+        (true, _, _) => crate::drain::syn_filter::drop_new_syns(&fd),
+        // Unlinked, the path refuses new clients (ENOENT); the socket and its queue stay.
+        (false, Some(file), _) => file.remove_now(),
+        // An owned socket adopted from a predecessor: the path is ours now.
+        (false, None, ListenAddr::Unix(path)) => {
+            UnixFile::current(path).and_then(|mut file| file.remove_now())
+        }
+        (false, None, _) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "an abstract socket has no path to remove",
+        )),
+    };
+    match refused {
+        Ok(()) => tracing::debug!(listener = %addr, "drain: refusing new clients"),
+        Err(e) => tracing::info!(
+            listener = %addr,
+            error = %e,
+            "drain: cannot refuse new clients while the queue drains; a client arriving just before the close may be reset"
+        ),
+    }
+}
+
+/// A listening socket kept out of the runtime, for a process that holds it (to pass it on, and to
+/// refuse new clients when draining) but never accepts from it: `lariat serve --workers`' supervisor.
+/// Registered with the runtime, every new connection would wake that process for nothing (measured:
+/// about a fifth of the server's CPU under churn).
+pub struct ParkedListener {
+    fd: OwnedFd,
+    tcp: bool,
+    addr: ListenAddr,
+    /// Declared after `fd`: the socket closes before its file is removed.
+    unix_file: Option<UnixFile>,
+    supervised: bool,
+}
+
+impl fmt::Debug for ParkedListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParkedListener")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Listener {
+    /// Takes the socket out of the runtime (see [`ParkedListener`]).
+    pub fn park(self) -> io::Result<ParkedListener> {
+        let Listener {
+            socket,
+            addr,
+            unix_file,
+            supervised,
+            ..
+        } = self;
+        let (fd, tcp) = match socket {
+            Socket::Tcp(l) => (OwnedFd::from(l.into_std()?), true),
+            Socket::Unix(l) => (OwnedFd::from(l.into_std()?), false),
+        };
+        Ok(ParkedListener {
+            fd,
+            tcp,
+            addr,
+            unix_file,
+            supervised,
+        })
+    }
+}
+
+impl ParkedListener {
+    /// Where it listens.
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+
+    /// Whether another process (systemd) keeps the socket too.
+    pub fn is_supervised(&self) -> bool {
+        self.supervised
+    }
+
+    /// Drain stage one, as [`AcceptSource::refuse_new`] does for a listener: the clients already
+    /// queued stay for the processes that accept from the socket.
+    pub fn refuse_new(&mut self) {
+        let fd = self.fd.as_raw_fd();
+        refuse_new(
+            fd,
+            self.tcp,
+            &mut self.unix_file,
+            &self.addr,
+            self.supervised,
+        );
+    }
+}
+
+impl AsFd for ParkedListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
