@@ -110,17 +110,19 @@ impl Admin {
 
 /// What every request reads.
 struct State {
-    server: ServerHandle,
+    /// `None` in a `--workers` supervisor: it serves no connection itself.
+    server: Option<ServerHandle>,
     prometheus: PrometheusHandle,
     phase: Phase,
     handler: &'static str,
 }
 
 /// Installs the Prometheus recorder as the process's `metrics` recorder and serves the endpoint on
-/// `listener` for `server`, whose connections all run `handler`.
+/// `listener` for `server`, whose connections all run `handler`. Without a server (a `--workers`
+/// supervisor), it answers `/healthz`, `/readyz` and the process's own series; `/connections` is 404.
 pub fn start(
     listener: Listener,
-    server: ServerHandle,
+    server: Option<ServerHandle>,
     phase: Phase,
     handler: &'static str,
 ) -> anyhow::Result<Admin> {
@@ -350,7 +352,7 @@ fn route(state: &State, method: &str, path: &str) -> Answer {
 }
 
 fn ready(state: &State) -> bool {
-    state.phase.get() == Phase::SERVING && !state.server.is_draining()
+    state.phase.get() == Phase::SERVING && !state.server.as_ref().is_some_and(|s| s.is_draining())
 }
 
 fn readyz(state: &State) -> Answer {
@@ -364,7 +366,9 @@ fn readyz(state: &State) -> Answer {
 }
 
 fn metrics(state: &State) -> Answer {
-    lariat::metrics::publish(&state.server);
+    if let Some(server) = &state.server {
+        lariat::metrics::publish(server);
+    }
     metrics::gauge!("lariat_ready").set(if ready(state) { 1.0 } else { 0.0 });
     let lame_duck = state.phase.get() == Phase::LAME_DUCK;
     metrics::gauge!("lariat_lame_duck").set(if lame_duck { 1.0 } else { 0.0 });
@@ -375,8 +379,10 @@ fn metrics(state: &State) -> Answer {
 }
 
 fn connections(state: &State) -> Answer {
-    let list: Vec<serde_json::Value> = state
-        .server
+    let Some(server) = &state.server else {
+        return no_connections_here();
+    };
+    let list: Vec<serde_json::Value> = server
         .connections()
         .into_iter()
         .map(|c| {
@@ -400,7 +406,10 @@ fn close(state: &State, id: &str) -> Answer {
             &serde_json::json!({ "error": format!("`{id}` is not a connection id") }),
         );
     };
-    match state.server.close_connection(id) {
+    let Some(server) = &state.server else {
+        return no_connections_here();
+    };
+    match server.close_connection(id) {
         Ok(()) => {
             tracing::info!(conn = id, "closed by the --metrics endpoint");
             Answer::json(200, &serde_json::json!({ "closed": id }))
@@ -412,6 +421,14 @@ fn close(state: &State, id: &str) -> Answer {
             Answer::json(409, &serde_json::json!({ "error": e.to_string() }))
         }
     }
+}
+
+/// A `--workers` supervisor holds no connection: they live in its workers.
+fn no_connections_here() -> Answer {
+    Answer::json(
+        404,
+        &serde_json::json!({ "error": "this is a --workers supervisor: its connections live in the workers" }),
+    )
 }
 
 #[cfg(test)]

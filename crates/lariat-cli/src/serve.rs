@@ -292,7 +292,14 @@ async fn serve<H: Handler>(
     // What /readyz reports; moved on by the signals below.
     let phase = Phase::default();
     let admin = admin_listener
-        .map(|l| admin::start(l, handle.clone(), phase.clone(), handler_name(args.handler)))
+        .map(|l| {
+            admin::start(
+                l,
+                Some(handle.clone()),
+                phase.clone(),
+                handler_name(args.handler),
+            )
+        })
         .transpose()?;
     announce(&running.addrs, admin.as_ref().map(admin::Admin::addr));
     match lariat::activation::notify_ready() {

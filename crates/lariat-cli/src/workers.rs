@@ -28,6 +28,7 @@ use lariat::restart::{spawn_successor, Passed, RestartOptions};
 use lariat::{BindOptions, ParkedListener};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::admin::{self, Phase};
 use crate::cli::ServeArgs;
 use crate::listeners;
 use crate::serve::{announce, EXIT_FORCED};
@@ -55,17 +56,22 @@ struct Worker {
 
 /// Runs the supervisor until its workers have all stopped.
 pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if args.metrics.is_some() {
-        // Each worker would bind the same address; one endpoint for the whole group is not built yet.
-        anyhow::bail!("--metrics cannot be combined with --workers yet: give each process its own port by running them yourself with --reuseport");
-    }
     let opts = BindOptions {
         backlog: args.backlog,
         reuse_port: args.reuseport,
         unix_mode: args.unix_mode,
         ..BindOptions::default()
     };
-    let inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
+    let mut inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
+    // `--metrics` is the supervisor's: /healthz, /readyz (with the lame duck) for the group.
+    let phase = Phase::default();
+    let admin = match &args.metrics {
+        Some(addr) => {
+            let listener = admin::listener(addr, &mut inherited, &BindOptions::default())?;
+            Some(admin::start(listener, None, phase.clone(), "workers")?)
+        }
+        None => None,
+    };
     // Parked: this process never accepts, and a socket registered with its runtime would wake it for
     // every connection the workers take.
     let mut named = listeners::resolve(&args.listen, inherited, &opts)?
@@ -91,7 +97,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|n| n.listener.local_addr().clone())
         .collect();
-    announce(&addrs, None);
+    announce(&addrs, admin.as_ref().map(|a| a.addr()));
     if let Err(e) = lariat::activation::notify_ready() {
         tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready");
     }
@@ -138,6 +144,20 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    if !args.lame_duck.is_zero() {
+        // /readyz turns 503 while the workers keep accepting: a balancer stops sending first.
+        phase.lame_duck();
+        tracing::info!(
+            lame_duck_ms = args.lame_duck.as_millis() as u64,
+            "lame duck: /readyz answers 503; the workers keep serving until the period ends"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(args.lame_duck) => {}
+            _ = sigterm.recv() => tracing::info!("a second signal skips the lame duck"),
+            _ = sigint.recv() => tracing::info!("a second signal skips the lame duck"),
+        }
+    }
+    phase.stopping();
     // Stop new clients at the socket itself, which all workers share; the workers then drain the queue.
     tracing::info!(
         signal = signal_name,
@@ -231,7 +251,11 @@ impl Spawner {
     }
 }
 
-/// The worker's arguments: ours without `--workers N` / `--workers=N`, plus `--as-worker`.
+/// The supervisor's own options, with their values: a worker gets neither.
+const SUPERVISOR_ONLY: [&str; 3] = ["--workers", "--metrics", "--lame-duck"];
+
+/// The worker's arguments: ours without the supervisor's options (`--workers N`, `--metrics ADDR`,
+/// `--lame-duck D`, or `=`-joined), plus `--as-worker`.
 fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
     let mut out = Vec::with_capacity(args.len() + 1);
     let mut skip_next = false;
@@ -240,10 +264,14 @@ fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
             skip_next = false;
             continue;
         }
-        match arg.to_str() {
-            Some("--workers") => skip_next = true,
-            Some(a) if a.starts_with("--workers=") => {}
-            _ => out.push(arg.clone()),
+        let text = arg.to_str().unwrap_or("");
+        if SUPERVISOR_ONLY.contains(&text) {
+            skip_next = true;
+        } else if !SUPERVISOR_ONLY.iter().any(|flag| {
+            text.strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
+        }) {
+            out.push(arg.clone());
         }
     }
     out.push(AS_WORKER.into());
@@ -286,6 +314,9 @@ mod tests {
             "127.0.0.1:0",
             "--workers",
             "2",
+            "--metrics",
+            "127.0.0.1:9100",
+            "--lame-duck=2s",
             "--workers=3",
             "--handler",
             "echo",

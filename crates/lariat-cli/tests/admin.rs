@@ -8,58 +8,12 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Lariat};
+use common::{admin_addr, eventually, http, Lariat};
 use socket2::{Domain, Socket, Type};
 
 const FORCED_EXIT: i32 = 3;
 
 /// The `--metrics` address, from the `metrics on tcp://…` line printed after the `listening on` ones.
-fn admin_addr(server: &Lariat) -> SocketAddr {
-    let mut addr = None;
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            addr = server
-                .later_stdout()
-                .iter()
-                .find_map(|l| l.strip_prefix("metrics on tcp://")?.parse().ok());
-            addr.is_some()
-        }),
-        "no `metrics on` line; stdout after listening: {:?}",
-        server.later_stdout()
-    );
-    addr.unwrap()
-}
-
-/// One HTTP/1.1 request; the status and the body.
-fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {answer:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no content-length in {head:?}"));
-    if method != "HEAD" {
-        assert_eq!(body.len(), length, "{answer}");
-    }
-    (status, body.to_owned())
-}
-
 fn scrape(addr: SocketAddr) -> String {
     let (status, body) = http(addr, "GET", "/metrics");
     assert_eq!(status, 200, "{body}");

@@ -205,3 +205,45 @@ fn sigterm_drains_every_worker_and_the_supervisor_exits_zero() {
     assert!(status.success(), "{status:?}: {}", server.stderr());
     assert!(pids.iter().all(|p| !is_alive(*p)));
 }
+
+#[test]
+fn the_supervisor_answers_readyz_for_the_group_through_a_lame_duck() {
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+        "--lame-duck",
+        "1500ms",
+    ]);
+    let mut server = server;
+    let addr = server.tcp_addr();
+    let admin = common::admin_addr(&server);
+    assert!(eventually(PATIENCE, || worker_pids(&server.stderr()).len() == 2));
+    let pids = worker_pids(&server.stderr());
+    assert_eq!(common::http(admin, "GET", "/readyz").0, 200);
+    assert_eq!(common::http(admin, "GET", "/healthz").0, 200);
+    // The connection list lives in the workers.
+    assert_eq!(common::http(admin, "GET", "/connections").0, 404);
+
+    signal(server.pid(), libc::SIGTERM);
+    assert!(eventually(Duration::from_secs(1), || common::http(
+        admin, "GET", "/readyz"
+    )
+    .0 == 503));
+    // Still serving during the lame duck.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"lame").unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"lame");
+    drop(s);
+    let status = server.wait_exit(PATIENCE);
+    assert!(status.success(), "{status:?}: {}", server.stderr());
+    assert!(eventually(PATIENCE, || pids.iter().all(|p| !is_alive(*p))));
+    // The workers never bound the metrics address themselves.
+    assert!(!server.stderr().contains("binding the --metrics address"));
+}
