@@ -13,7 +13,10 @@
 //! reports the verdicts in a second table. The scale measurement (`--only scale`) is lariat's
 //! alone: connection churn with one accept loop against two accept loops, two worker processes
 //! and two SO_REUSEPORT processes, pinned (median of the rounds) and unpinned (one round), in a
-//! table of its own (see [`scale`]).
+//! table of its own (see [`scale`]). The metrics measurement (in the default run, or alone with
+//! `--only metrics`) is lariat's alone too: `lariat serve --metrics`, scraped every 100 ms, against
+//! `lariat serve` without it, idle memory and churn, pinned, median of the rounds, in a table of
+//! its own (see [`metrics`]).
 //!
 //! Besides the tables it writes every raw number as JSON (`--json`) and the headline metrics as a
 //! bar chart normalised to lariat (`--svg`, by default `side-by-side.svg` next to the JSON).
@@ -26,6 +29,7 @@ mod churn;
 mod client;
 mod host;
 mod idle;
+mod metrics;
 mod plot;
 mod probe;
 mod proc;
@@ -57,7 +61,7 @@ const CLIENT_CPU: usize = 1;
 #[derive(Debug, Parser)]
 #[command(name = "lariat-bench", version, about)]
 struct Args {
-    /// One round with shorter runs and fewer connections (about 90 s instead of about 4 minutes).
+    /// One round with shorter runs and fewer connections (about 100 s instead of about 4.5 minutes).
     #[arg(long)]
     quick: bool,
 
@@ -93,18 +97,22 @@ enum Measurement {
     /// lariat under churn with 1 accept loop, --acceptors 2, --workers 2 and 2 × --reuseport,
     /// pinned and unpinned (not in the default run).
     Scale,
+    /// lariat with --metrics, scraped every 100 ms, against lariat without it: idle memory, churn
+    /// rate and server CPU per connection.
+    Metrics,
 }
 
 /// The `--delivery N` count measured.
 const DELIVERY_COUNT: u32 = 100;
 
 impl Measurement {
-    const ALL: [Measurement; 6] = [
+    const ALL: [Measurement; 7] = [
         Measurement::Churn,
         Measurement::Idle,
         Measurement::Throughput,
         Measurement::Restart,
         Measurement::Delivery,
+        Measurement::Metrics,
         Measurement::Probe,
     ];
 
@@ -117,6 +125,7 @@ impl Measurement {
             Measurement::Delivery => "delivery",
             Measurement::Probe => "probe",
             Measurement::Scale => "scale",
+            Measurement::Metrics => "metrics",
         }
     }
 
@@ -126,7 +135,7 @@ impl Measurement {
     fn plan(self) -> Vec<(Measurement, Kind)> {
         match self {
             Measurement::Restart => vec![(Measurement::Restart, Kind::Lariat)],
-            Measurement::Probe | Measurement::Scale => Vec::new(),
+            Measurement::Probe | Measurement::Scale | Measurement::Metrics => Vec::new(),
             Measurement::Delivery => {
                 let throughput = [
                     Kind::Lariat,
@@ -151,7 +160,8 @@ impl Measurement {
 
     /// Rounds of it: one for restart, which reports lariat's own values rather than a ratio, one
     /// for delivery, whose ratios are between servers of the same round, and one for the probe's
-    /// verdicts. Scale runs this many pinned rounds, then one unpinned round.
+    /// verdicts. Scale runs this many pinned rounds, then one unpinned round; metrics this many
+    /// rounds of each part against each server.
     fn rounds(self, config: &Config) -> usize {
         match self {
             Measurement::Restart | Measurement::Delivery | Measurement::Probe => 1,
@@ -217,6 +227,7 @@ impl Config {
                     | Measurement::Delivery
                     | Measurement::Probe
                     | Measurement::Scale
+                    | Measurement::Metrics
             )
         }) {
             parts.push(format!("median of {} round(s)", self.rounds));
@@ -234,6 +245,16 @@ impl Config {
                     .to_string(),
             );
         }
+        if self.measurements.contains(&Measurement::Metrics) {
+            parts.push(format!(
+                "metrics: lariat only, --metrics scraped every {} ms against without, {} idle \
+                 connections and {:.0} s of churn each, median of {} round(s)",
+                metrics::SCRAPE_PERIOD.as_millis(),
+                self.idle_connections,
+                self.churn_seconds,
+                self.rounds
+            ));
+        }
         if self.measurements.contains(&Measurement::Probe) {
             parts.push(
                 "probe: `lariat probe --short` against each server, which it starts itself \
@@ -249,6 +270,16 @@ impl Config {
             ));
         }
         parts.join("; ")
+    }
+
+    /// What the metrics measurement loads each server with: the same as idle and churn.
+    fn metrics_load(&self) -> metrics::Load {
+        metrics::Load {
+            idle_connections: self.idle_connections,
+            idle_concurrency: self.idle_concurrency,
+            churn: Duration::from_secs_f64(self.churn_seconds),
+            churn_concurrency: self.churn_concurrency,
+        }
     }
 }
 
@@ -323,6 +354,10 @@ async fn bench(
             samples.extend(run_scale(binaries, config, rounds).await);
             continue;
         }
+        if measurement == Measurement::Metrics {
+            samples.extend(run_metrics(binaries, config, rounds).await);
+            continue;
+        }
         for round in 1..=rounds {
             for (run, kind) in measurement.plan() {
                 let sample = measure(binaries, config, measurement, run, round, kind).await;
@@ -364,9 +399,23 @@ async fn bench(
             }
         }
     }
+    let metrics_table = metrics::markdown(&samples, &rows, config.rounds);
+    let metrics_notes = metrics::notes(&samples);
+    if !metrics_table.is_empty() {
+        if !table.is_empty() || !notes.is_empty() || !scale_table.is_empty() {
+            println!();
+        }
+        print!("{metrics_table}");
+        if !metrics_notes.is_empty() {
+            println!();
+            for note in &metrics_notes {
+                println!("- {note}");
+            }
+        }
+    }
     let probe_notes = probe::notes(&probes);
     if !probes.is_empty() {
-        if !table.is_empty() || !scale_table.is_empty() {
+        if !table.is_empty() || !scale_table.is_empty() || !metrics_table.is_empty() {
             println!();
         }
         print!("{}", probe::markdown(&probes));
@@ -387,6 +436,7 @@ async fn bench(
         rows: &rows,
         notes: &notes,
         scale_notes: &scale_notes,
+        metrics_notes: &metrics_notes,
         probe: &probes,
         probe_notes: &probe_notes,
     };
@@ -478,6 +528,9 @@ async fn measure(
         Measurement::Scale => Err(anyhow::anyhow!(
             "the scale measurement starts its own servers"
         )),
+        Measurement::Metrics => Err(anyhow::anyhow!(
+            "the metrics measurement starts its own servers"
+        )),
     };
     match outcome {
         Ok((value, metrics, errors, summary)) => {
@@ -548,6 +601,23 @@ async fn run_scale(binaries: &Binaries, config: &Config, rounds: usize) -> Vec<S
     samples
 }
 
+/// The metrics measurement: `rounds` rounds, each running the idle part, then the churn part,
+/// against lariat without and with `--metrics` back to back (which goes first alternates).
+async fn run_metrics(binaries: &Binaries, config: &Config, rounds: usize) -> Vec<Sample> {
+    let load = config.metrics_load();
+    let mut samples = Vec::new();
+    for round in 1..=rounds {
+        for part in metrics::Part::ALL {
+            for kind in metrics::order(round) {
+                let sample = metrics::measure(binaries, load, round, part, kind).await;
+                eprintln!("{}", progress_line(&sample, rounds));
+                samples.push(sample);
+            }
+        }
+    }
+    samples
+}
+
 type Recorded = (serde_json::Value, Vec<(report::Metric, f64)>, u64, String);
 
 fn record<R: Measured>(result: anyhow::Result<R>) -> anyhow::Result<Recorded> {
@@ -608,11 +678,11 @@ fn notes(samples: &[Sample]) -> Vec<String> {
         }
     }
     // Each measurement and server with CPU figures (churn, throughput, delivery), in run order.
-    // (The scale table has CPU columns of its own.)
+    // (The scale table has CPU columns of its own, and the metrics table notes of its own.)
     let mut pairs: Vec<(&str, Kind)> = Vec::new();
     for s in samples
         .iter()
-        .filter(|s| !s.measurement.starts_with("scale"))
+        .filter(|s| !s.measurement.starts_with("scale") && !s.measurement.starts_with("metrics"))
     {
         if !pairs.contains(&(s.measurement, s.server)) {
             pairs.push((s.measurement, s.server));

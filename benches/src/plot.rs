@@ -64,7 +64,7 @@ fn median_of(row: &Row, kind: Kind) -> Option<f64> {
         Kind::Lariat => row.lariat_median,
         Kind::Naive => row.naive_median,
         Kind::Actix => row.actix_median,
-        Kind::LariatDelivery(_) | Kind::LariatScale(_) => None,
+        Kind::LariatDelivery(_) | Kind::LariatScale(_) | Kind::LariatMetrics => None,
     }
 }
 
@@ -269,6 +269,7 @@ fn legend(kind: Kind) -> &'static str {
         Kind::Actix => "actix-echo",
         Kind::LariatDelivery(_) => "lariat --delivery",
         Kind::LariatScale(_) => "lariat serve",
+        Kind::LariatMetrics => "lariat --metrics",
     }
 }
 

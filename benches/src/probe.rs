@@ -78,7 +78,7 @@ impl ProbeRun {
 pub fn spawn_command(binaries: &Binaries, kind: Kind) -> String {
     let binary = shell_quote(&binaries.path(kind).to_string_lossy());
     match kind {
-        Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) => {
+        Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) | Kind::LariatMetrics => {
             format!("{binary} serve --listen 127.0.0.1:{{port}}")
         }
         Kind::Naive | Kind::Actix => format!("{binary} 127.0.0.1:{{port}}"),

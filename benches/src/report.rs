@@ -37,6 +37,12 @@ pub enum Metric {
     ScaleUnpinnedChurnRate,
     /// [`Metric::ScaleCpuPerConnection`] with servers and client free to use every CPU.
     ScaleUnpinnedCpuPerConnection,
+    /// Memory per idle connection of lariat with `--metrics` (scraped), against lariat without it.
+    MetricsIdleBytes,
+    /// Churn rate of lariat with `--metrics` (scraped), against lariat without it.
+    MetricsChurnRate,
+    /// Server CPU per connection of lariat with `--metrics` (scraped), against lariat without it.
+    MetricsCpuPerConnection,
 }
 
 enum Target {
@@ -51,7 +57,7 @@ enum Target {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 20] = [
         Metric::ChurnRate,
         Metric::CpuPerConnection,
         Metric::IdleBytes,
@@ -69,6 +75,9 @@ impl Metric {
         Metric::ScaleCpuPerConnection,
         Metric::ScaleUnpinnedChurnRate,
         Metric::ScaleUnpinnedCpuPerConnection,
+        Metric::MetricsIdleBytes,
+        Metric::MetricsChurnRate,
+        Metric::MetricsCpuPerConnection,
     ];
 
     /// The scale measurement's metrics, which have a table of their own.
@@ -82,7 +91,15 @@ impl Metric {
         )
     }
 
-    fn label(self) -> &'static str {
+    /// The metrics measurement's metrics, which have a table of their own.
+    pub fn is_metrics(self) -> bool {
+        matches!(
+            self,
+            Metric::MetricsIdleBytes | Metric::MetricsChurnRate | Metric::MetricsCpuPerConnection
+        )
+    }
+
+    pub fn label(self) -> &'static str {
         match self {
             Metric::ChurnRate => "churn rate (conn/s)",
             Metric::CpuPerConnection => "server CPU per connection (µs)",
@@ -105,6 +122,9 @@ impl Metric {
             Metric::ScaleUnpinnedCpuPerConnection => {
                 "scale, unpinned: server CPU per connection (µs)"
             }
+            Metric::MetricsIdleBytes => "memory per idle connection (bytes)",
+            Metric::MetricsChurnRate => "churn rate (conn/s)",
+            Metric::MetricsCpuPerConnection => "server CPU per connection (µs)",
         }
     }
 
@@ -127,13 +147,21 @@ impl Metric {
             (Metric::ScaleUnpinnedCpuPerConnection, _) => {
                 format!("scale, unpinned: server CPU per connection, {server} (µs)")
             }
+            (Metric::MetricsIdleBytes, _) => {
+                format!("metrics: memory per idle connection, {server} (bytes)")
+            }
+            (Metric::MetricsChurnRate, _) => format!("metrics: churn rate, {server} (conn/s)"),
+            (Metric::MetricsCpuPerConnection, _) => {
+                format!("metrics: server CPU per connection, {server} (µs)")
+            }
             _ => self.label().to_string(),
         }
     }
 
     /// What the metric's ratios are against: naive, except for the delivery metrics, which
     /// compare lariat with lariat (plain echo, or `--delivery pull`) measured in the same run, and
-    /// the scale metrics, which compare lariat's configurations with one accept loop.
+    /// the scale metrics, which compare lariat's configurations with one accept loop, and the
+    /// metrics measurement's, which compare lariat with `--metrics` with lariat without it.
     pub fn baseline(self) -> Kind {
         match self {
             Metric::DeliveryThroughput => Kind::Lariat,
@@ -142,7 +170,20 @@ impl Metric {
             | Metric::ScaleCpuPerConnection
             | Metric::ScaleUnpinnedChurnRate
             | Metric::ScaleUnpinnedCpuPerConnection => Kind::LariatScale(Scale::Single),
+            Metric::MetricsIdleBytes
+            | Metric::MetricsChurnRate
+            | Metric::MetricsCpuPerConnection => Kind::Lariat,
             _ => Kind::Naive,
+        }
+    }
+
+    /// How a target names the baseline its ratio is against: None for naive (the default), `off`
+    /// for the metrics measurement (lariat without `--metrics`), else the baseline's label.
+    pub fn baseline_name(self) -> Option<String> {
+        match self.baseline() {
+            Kind::Naive => None,
+            _ if self.is_metrics() => Some("off".to_string()),
+            other => Some(other.baseline_label()),
         }
     }
 
@@ -152,6 +193,17 @@ impl Metric {
         match self {
             Metric::Throughput => Metric::DeliveryThroughput,
             Metric::IdleBytes => Metric::DeliveryIdleBytes,
+            other => other,
+        }
+    }
+
+    /// The metric a result's `self` counts as in the metrics measurement, which reuses the idle
+    /// and churn measurements (and must not mix with their lariat-against-naive rows).
+    pub fn in_metrics(self) -> Metric {
+        match self {
+            Metric::IdleBytes => Metric::MetricsIdleBytes,
+            Metric::ChurnRate => Metric::MetricsChurnRate,
+            Metric::CpuPerConnection => Metric::MetricsCpuPerConnection,
             other => other,
         }
     }
@@ -166,6 +218,9 @@ impl Metric {
                 _ => Target::Reported,
             },
             Metric::DeliveryIdleBytes => Target::RatioAtMost(1.10),
+            // Issue 7: metrics cost under 5%.
+            Metric::MetricsIdleBytes | Metric::MetricsCpuPerConnection => Target::RatioAtMost(1.05),
+            Metric::MetricsChurnRate => Target::RatioAtLeast(0.95),
             Metric::ChurnRate => Target::RatioAtLeast(0.97),
             Metric::CpuPerConnection => Target::RatioAtMost(1.00),
             Metric::IdleBytes => Target::AbsoluteAtMost(1024.0, " B"),
@@ -198,7 +253,9 @@ impl Metric {
             | Metric::RestartOldAlive
             | Metric::DeliveryIdleBytes
             | Metric::ScaleChurnRate
-            | Metric::ScaleUnpinnedChurnRate => format!("{value:.0}"),
+            | Metric::ScaleUnpinnedChurnRate
+            | Metric::MetricsIdleBytes
+            | Metric::MetricsChurnRate => format!("{value:.0}"),
             Metric::CpuPerConnection
             | Metric::Throughput
             | Metric::RestartFailedPerRestart
@@ -206,23 +263,25 @@ impl Metric {
             | Metric::RestartToServingMax
             | Metric::DeliveryThroughput
             | Metric::ScaleCpuPerConnection
-            | Metric::ScaleUnpinnedCpuPerConnection => format!("{value:.1}"),
+            | Metric::ScaleUnpinnedCpuPerConnection
+            | Metric::MetricsCpuPerConnection => format!("{value:.1}"),
         }
     }
 }
 
 impl Target {
-    /// The target as the table shows it; a ratio against another baseline than naive names it.
-    fn describe(&self, baseline: Kind) -> String {
-        let against = match baseline {
-            Kind::Naive => String::new(),
-            other => format!(" {}", other.baseline_label()),
-        };
+    /// The target as the table shows it; a ratio against another baseline than naive names it
+    /// (see [`Metric::baseline_name`]).
+    fn describe(&self, baseline: Option<String>) -> String {
+        let against = baseline
+            .as_deref()
+            .map(|b| format!(" {b}"))
+            .unwrap_or_default();
         match self {
             Target::RatioAtLeast(r) => format!("≥ {r:.2}×{against}"),
             Target::RatioAtMost(r) => format!("≤ {r:.2}×{against}"),
             Target::AbsoluteAtMost(v, unit) => format!("≤ {v:.0}{unit} (lariat)"),
-            Target::Reported if baseline == Kind::Naive => "none (lariat only)".to_string(),
+            Target::Reported if baseline.is_none() => "none (lariat only)".to_string(),
             Target::Reported => "none".to_string(),
         }
     }
@@ -410,7 +469,7 @@ pub fn rows(samples: &[Sample]) -> Vec<Row> {
                 lariat_median,
                 baseline: other,
                 ratio,
-                target: target.describe(baseline),
+                target: target.describe(metric.baseline_name()),
                 met,
                 actix_rounds,
                 actix_median,
@@ -442,8 +501,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
 /// are against naive only.
 pub fn markdown(rows: &[Row]) -> String {
     let with_actix = rows.iter().any(|r| !r.actix_rounds.is_empty());
-    // The scale rows have their own table (`scale::markdown`).
-    let rows: Vec<&Row> = rows.iter().filter(|r| !r.metric.is_scale()).collect();
+    // The scale and metrics rows have their own tables (`scale::markdown`, `metrics::markdown`).
+    let rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| !r.metric.is_scale() && !r.metric.is_metrics())
+        .collect();
     if rows.is_empty() {
         return String::new();
     }
@@ -508,6 +570,8 @@ pub struct Document<'a, C: Serialize> {
     pub notes: &'a [String],
     /// What qualifies the scale measurement's tables (its rows are in `rows`).
     pub scale_notes: &'a [String],
+    /// What qualifies the metrics measurement's table (its rows are in `rows`).
+    pub metrics_notes: &'a [String],
     /// The probe measurement: one `lariat probe` run per server (empty when it did not run).
     pub probe: &'a [crate::probe::ProbeRun],
     pub probe_notes: &'a [String],
@@ -567,12 +631,26 @@ mod tests {
         assert_eq!(t.target(count).met(1.0, 0.79), Some(false));
         assert_eq!(t.target(pull).met(1.0, 0.10), None);
         assert_eq!(t.target(once).met(1.0, 0.10), None);
-        assert_eq!(t.target(push).describe(t.baseline()), "≥ 0.80× plain");
-        assert_eq!(t.target(once).describe(t.baseline()), "none");
+        assert_eq!(t.target(push).describe(t.baseline_name()), "≥ 0.80× plain");
+        assert_eq!(t.target(once).describe(t.baseline_name()), "none");
         let i = Metric::DeliveryIdleBytes;
         assert_eq!(i.target(push).met(1.0, 1.10), Some(true));
         assert_eq!(i.target(push).met(1.0, 1.11), Some(false));
-        assert_eq!(i.target(push).describe(i.baseline()), "≤ 1.10× pull");
+        assert_eq!(i.target(push).describe(i.baseline_name()), "≤ 1.10× pull");
+        let m = Kind::LariatMetrics;
+        for metric in [Metric::MetricsIdleBytes, Metric::MetricsCpuPerConnection] {
+            assert_eq!(metric.target(m).met(1.0, 1.05), Some(true));
+            assert_eq!(metric.target(m).met(1.0, 1.06), Some(false));
+            assert_eq!(
+                metric.target(m).describe(metric.baseline_name()),
+                "≤ 1.05× off"
+            );
+        }
+        let r = Metric::MetricsChurnRate;
+        assert_eq!(r.target(m).met(1.0, 0.95), Some(true));
+        assert_eq!(r.target(m).met(1.0, 0.94), Some(false));
+        assert_eq!(r.target(m).describe(r.baseline_name()), "≥ 0.95× off");
+        assert_eq!(Metric::ChurnRate.target(l).describe(None), "≥ 0.97×");
     }
 
     fn sample(server: Kind, metrics: Vec<(Metric, f64)>) -> Sample {

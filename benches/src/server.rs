@@ -22,8 +22,8 @@ const STDERR_LIMIT: usize = 1 << 20;
 
 /// Which server.
 ///
-/// Serialised as its [`Kind::name`]: `naive`, `lariat`, `lariat --delivery MODE`, `actix`, or for
-/// the scale measurement `lariat serve …` (see [`Scale`]).
+/// Serialised as its [`Kind::name`]: `naive`, `lariat`, `lariat --delivery MODE`, `actix`,
+/// `lariat --metrics`, or for the scale measurement `lariat serve …` (see [`Scale`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// `naive-echo`: tokio's README echo server.
@@ -38,6 +38,9 @@ pub enum Kind {
     /// `lariat serve --handler echo --threads 1` with more accept loops or processes: the scale
     /// measurement's configurations.
     LariatScale(Scale),
+    /// `lariat serve --handler echo --metrics 127.0.0.1:0`: the metrics measurement's server, whose
+    /// baseline is [`Kind::Lariat`] (the same command without `--metrics`).
+    LariatMetrics,
 }
 
 /// How many accept loops and processes serve one port, in the scale measurement. Every process
@@ -135,6 +138,7 @@ impl Kind {
                 format!("{n} × lariat serve --reuseport").into()
             }
             Kind::LariatScale(scale) => format!("lariat serve {}", scale.label()).into(),
+            Kind::LariatMetrics => "lariat --metrics".into(),
         }
     }
 
@@ -147,13 +151,16 @@ impl Kind {
             Kind::LariatDelivery(mode) => mode.arg(),
             Kind::Actix => "actix".to_string(),
             Kind::LariatScale(scale) => scale.label(),
+            Kind::LariatMetrics => "--metrics".to_string(),
         }
     }
 
     fn binary_name(self) -> &'static str {
         match self {
             Kind::Naive => "naive-echo",
-            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) => "lariat",
+            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) | Kind::LariatMetrics => {
+                "lariat"
+            }
             Kind::Actix => "actix-echo",
         }
     }
@@ -162,15 +169,17 @@ impl Kind {
     pub fn args(self) -> Vec<String> {
         let mut args: Vec<String> = match self {
             Kind::Naive | Kind::Actix => vec!["127.0.0.1:0"],
-            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) => vec![
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--handler",
-                "echo",
-                "--max-connections",
-                "20000",
-            ],
+            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) | Kind::LariatMetrics => {
+                vec![
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--handler",
+                    "echo",
+                    "--max-connections",
+                    "20000",
+                ]
+            }
         }
         .into_iter()
         .map(String::from)
@@ -180,6 +189,10 @@ impl Kind {
             Kind::LariatScale(scale) => {
                 args.extend(["--threads".to_string(), "1".to_string()]);
                 args.extend(scale.args());
+            }
+            // Port 0: the server prints the port it got on its `metrics on tcp://…` line.
+            Kind::LariatMetrics => {
+                args.extend(["--metrics".to_string(), "127.0.0.1:0".to_string()])
             }
             _ => {}
         }
@@ -235,7 +248,9 @@ impl Binaries {
     pub fn path(&self, kind: Kind) -> &Path {
         match kind {
             Kind::Naive => &self.naive,
-            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) => &self.lariat,
+            Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) | Kind::LariatMetrics => {
+                &self.lariat
+            }
             Kind::Actix => &self.actix,
         }
     }
@@ -248,6 +263,8 @@ pub struct Server {
     pub addr: SocketAddr,
     child: Child,
     stderr: Arc<Mutex<Stderr>>,
+    /// The address of its `metrics on tcp://ADDR` line (`--metrics`), once read.
+    metrics: Arc<Mutex<Option<SocketAddr>>>,
     /// The successor [`Server::kill_successor`] already killed.
     killed: Option<u32>,
 }
@@ -294,11 +311,27 @@ impl Server {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child,
             stderr,
+            metrics: Arc::default(),
             killed: None,
         };
-        server.addr = wait_for_address(stdout, READY_TIMEOUT)
+        server.addr = wait_for_address(stdout, Arc::clone(&server.metrics), READY_TIMEOUT)
             .with_context(|| format!("waiting for {} to listen", binary.display()))?;
         Ok(server)
+    }
+
+    /// The address of the `--metrics` endpoint, from the `metrics on tcp://ADDR` line lariat prints
+    /// after its `listening on` lines; waits for it up to a few seconds.
+    pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(addr) = *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) {
+                return Ok(addr);
+            }
+            if Instant::now() >= deadline {
+                bail!("no `metrics on tcp://…` line within {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Every handover seen on stderr so far, in order: the last one names the serving process.
@@ -424,9 +457,11 @@ fn successor_pid(line: &str) -> Option<u32> {
 }
 
 /// Reads lines from the server's stdout until `listening on tcp://ADDR`, within `timeout`.
-/// A thread does the blocking reads; after the line it keeps draining stdout until the server exits.
+/// A thread does the blocking reads; after the line it keeps draining stdout until the server exits,
+/// putting the address of a `metrics on tcp://ADDR` line (`lariat serve --metrics`) in `metrics`.
 fn wait_for_address(
     stdout: impl Read + Send + 'static,
+    metrics: Arc<Mutex<Option<SocketAddr>>>,
     timeout: Duration,
 ) -> anyhow::Result<SocketAddr> {
     let (tx, rx) = mpsc::channel();
@@ -435,6 +470,11 @@ fn wait_for_address(
         let mut sent = false;
         for line in lines.by_ref() {
             let Ok(line) = line else { break };
+            if let Some(addr) = line.trim().strip_prefix("metrics on tcp://") {
+                if let Ok(addr) = addr.parse::<SocketAddr>() {
+                    *metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+                }
+            }
             if !sent {
                 if let Some(addr) = line.trim().strip_prefix("listening on tcp://") {
                     sent = true;
@@ -492,6 +532,32 @@ mod tests {
         );
         assert_eq!(Scale::ReusePort(2).processes(), 2);
         assert_eq!(Scale::Workers(2).processes(), 1);
+        let metrics = Kind::LariatMetrics.args();
+        assert_eq!(metrics[..lariat.len()], lariat[..]);
+        assert_eq!(metrics[lariat.len()..], ["--metrics", "127.0.0.1:0"]);
+        assert_eq!(Kind::LariatMetrics.binary_name(), "lariat");
+        assert_eq!(Kind::LariatMetrics.name(), "lariat --metrics");
+    }
+
+    #[test]
+    fn listening_and_metrics_lines() {
+        let stdout = "listening on tcp://127.0.0.1:4000\nmetrics on tcp://127.0.0.1:4001\n";
+        let metrics = Arc::default();
+        let addr = wait_for_address(
+            std::io::Cursor::new(stdout),
+            Arc::clone(&metrics),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], 4000)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metrics.lock().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            *metrics.lock().unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 4001)))
+        );
     }
 
     #[test]
