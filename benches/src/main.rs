@@ -51,7 +51,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::host::Machine;
 use crate::report::{Measured, Sample};
 use crate::scale::Pinning;
-use crate::server::{Binaries, Delivery, Kind, Scale, Server};
+use crate::server::{Binaries, Delivery, Kind, Scale};
 
 /// The CPU the client (this process) runs on; the servers get `server::SERVER_CPU`.
 const CLIENT_CPU: usize = 1;
@@ -486,16 +486,10 @@ async fn measure(
     round: usize,
     kind: Kind,
 ) -> Sample {
-    let mut sample = Sample::new(measurement.name(), round, kind);
-    let mut server = match Server::start(binaries, kind) {
-        Ok(server) => server,
-        Err(err) => {
-            sample.error = Some(format!("{err:#}"));
-            return sample;
-        }
+    let (mut sample, mut server) = match Sample::start(measurement.name(), round, binaries, kind) {
+        Ok(started) => started,
+        Err(failed) => return *failed,
     };
-    sample.pid = Some(server.pid());
-    sample.server_cpus_allowed = proc::cpus_allowed_list(server.pid()).ok();
 
     let outcome = match run {
         Measurement::Churn => record(

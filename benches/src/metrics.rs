@@ -246,16 +246,10 @@ pub async fn measure(
     part: Part,
     kind: Kind,
 ) -> Sample {
-    let mut sample = Sample::new(part.measurement(), round, kind);
-    let mut server = match Server::start(binaries, kind) {
-        Ok(server) => server,
-        Err(err) => {
-            sample.error = Some(format!("{err:#}"));
-            return sample;
-        }
+    let (mut sample, mut server) = match Sample::start(part.measurement(), round, binaries, kind) {
+        Ok(started) => started,
+        Err(failed) => return *failed,
     };
-    sample.pid = Some(server.pid());
-    sample.server_cpus_allowed = proc::cpus_allowed_list(server.pid()).ok();
     let outcome = match part {
         Part::Idle => {
             let run = idle::run(&server, load.idle_connections, load.idle_concurrency);

@@ -328,6 +328,27 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// Starts `kind` for a sample of `measurement`: the sample (with the server's pid and allowed
+    /// CPUs) and the running server, or the sample carrying why it did not start.
+    pub fn start(
+        measurement: &'static str,
+        round: usize,
+        binaries: &crate::server::Binaries,
+        kind: Kind,
+    ) -> Result<(Sample, crate::server::Server), Box<Sample>> {
+        let mut sample = Sample::new(measurement, round, kind);
+        match crate::server::Server::start(binaries, kind) {
+            Ok(server) => {
+                sample.pid = Some(server.pid());
+                sample.server_cpus_allowed = crate::proc::cpus_allowed_list(server.pid()).ok();
+                Ok((sample, server))
+            }
+            Err(err) => {
+                sample.error = Some(format!("{err:#}"));
+                Err(Box::new(sample))
+            }
+        }
+    }
     /// A sample of `measurement` against `server` in `round`, with nothing measured yet.
     pub fn new(measurement: &'static str, round: usize, server: Kind) -> Sample {
         Sample {

@@ -237,6 +237,27 @@ pub fn unescape(text: &str) -> String {
     out
 }
 
+impl ServeArgs {
+    /// How the `--listen` sockets are bound.
+    pub fn bind_options(&self) -> lariat::BindOptions {
+        lariat::BindOptions {
+            backlog: self.backlog,
+            reuse_port: self.reuseport,
+            unix_mode: self.unix_mode,
+            ..lariat::BindOptions::default()
+        }
+    }
+
+    /// How the `--metrics` socket is bound (a file mode for a Unix path; no SO_REUSEPORT: one process
+    /// answers it).
+    pub fn metrics_bind_options(&self) -> lariat::BindOptions {
+        lariat::BindOptions {
+            unix_mode: self.unix_mode,
+            ..lariat::BindOptions::default()
+        }
+    }
+}
+
 /// The address to use when no `--listen` is given and no socket was passed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 

@@ -9,9 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use lariat::metrics::{record_restart, RestartEvent};
 use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions};
-use lariat::{
-    BindOptions, DrainOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder, ServerHandle,
-};
+use lariat::{DrainOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder, ServerHandle};
 use tokio::signal::unix::{signal, SignalKind};
 
 use std::sync::Arc;
@@ -27,22 +25,15 @@ use lariat::proxy::{ProxyConfig, ProxyMode};
 
 /// Runs the server described by `args`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let opts = BindOptions {
-        backlog: args.backlog,
-        reuse_port: args.reuseport,
-        unix_mode: args.unix_mode,
-        ..BindOptions::default()
-    };
+    let opts = args.bind_options();
     let mut inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
     // Taken out first: with no --listen, every other passed socket is served.
     let admin = match &args.metrics {
-        Some(addr) => {
-            let admin_opts = BindOptions {
-                unix_mode: args.unix_mode,
-                ..BindOptions::default()
-            };
-            Some(admin::listener(addr, &mut inherited, &admin_opts)?)
-        }
+        Some(addr) => Some(admin::listener(
+            addr,
+            &mut inherited,
+            &args.metrics_bind_options(),
+        )?),
         None => None,
     };
     let named = listeners::resolve(&args.listen, inherited, &opts)?;

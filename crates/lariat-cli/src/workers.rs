@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lariat::restart::{spawn_successor, Passed, RestartOptions};
-use lariat::{BindOptions, ParkedListener};
+use lariat::ParkedListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, Phase};
@@ -56,18 +56,13 @@ struct Worker {
 
 /// Runs the supervisor until its workers have all stopped.
 pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let opts = BindOptions {
-        backlog: args.backlog,
-        reuse_port: args.reuseport,
-        unix_mode: args.unix_mode,
-        ..BindOptions::default()
-    };
+    let opts = args.bind_options();
     let mut inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
     // `--metrics` is the supervisor's: /healthz, /readyz (with the lame duck) for the group.
     let phase = Phase::default();
     let admin = match &args.metrics {
         Some(addr) => {
-            let listener = admin::listener(addr, &mut inherited, &BindOptions::default())?;
+            let listener = admin::listener(addr, &mut inherited, &args.metrics_bind_options())?;
             Some(admin::start(listener, None, phase.clone(), "workers")?)
         }
         None => None,
