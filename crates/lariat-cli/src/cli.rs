@@ -156,7 +156,7 @@ pub struct ServeArgs {
 
     /// Run N worker processes that all accept from the same sockets (bound once, here), restarting any
     /// that dies; its queued clients stay in the shared queue for the others. SIGHUP replaces the
-    /// workers one at a time; SIGTERM drains them all. 0: serve in this process.
+    /// workers (each new one serves before its old one hands over); SIGTERM drains them all. 0: serve in this process.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: usize,
 

@@ -12,8 +12,10 @@
 //! - starts the workers with the sockets as descriptors 3, 4, … (`LISTEN_FDS`, as a restart does) and
 //!   waits for each one's `READY=1` before printing `listening on`;
 //! - restarts a worker that exits unasked (backing off when they keep dying: 100 ms doubling to 5 s);
-//! - SIGHUP: replaces the workers one at a time: a new one is started and ready before the old one is
+//! - SIGHUP: replaces the workers: each new one is started and ready before the old one it replaces is
 //!   told (SIGUSR2) to stop accepting and finish its connections, so capacity never drops;
+//! - never blocks on a starting worker: replacements and restarts are waited for in the background, so
+//!   a SIGTERM is answered at once even while a worker is being (re)started;
 //! - SIGTERM/SIGINT: stops new clients at the socket (the drain's SYN filter, or unlinking a Unix path;
 //!   never on systemd's sockets), then SIGTERM to every worker, which serve the queue and their
 //!   connections and exit; the supervisor exits 0 if all did, 3 if one had to force. A second signal is
@@ -24,9 +26,10 @@ use std::process::{Child, ExitCode, ExitStatus};
 use std::time::Duration;
 
 use anyhow::Context;
-use lariat::restart::{spawn_successor, Passed, RestartOptions};
+use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions, Successor};
 use lariat::ParkedListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
 
 use crate::admin::{self, Phase};
 use crate::cli::ServeArgs;
@@ -86,7 +89,9 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let spawner = Spawner::new(&args)?;
     let mut workers = Vec::with_capacity(args.workers);
     for slot in 0..args.workers {
-        workers.push(spawner.start(slot, &named).await?);
+        let child = spawner.spawn(&named)?.ready_child().await?;
+        tracing::info!(slot, worker_pid = child.id(), "worker ready");
+        workers.push(Worker { slot, child });
     }
     let addrs: Vec<_> = named
         .iter()
@@ -98,47 +103,80 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(workers = args.workers, "serving with worker processes");
 
+    // Workers being started, waited for in the background so that signals are answered meanwhile: each
+    // resolves to its slot, the pid it replaces (a SIGHUP) and the outcome.
+    let mut starting: JoinSet<(usize, Option<u32>, anyhow::Result<Child>)> = JoinSet::new();
+    // Slots whose worker died, and when to start it again.
+    let mut due: Vec<(usize, tokio::time::Instant)> = Vec::new();
     let mut backoff = RESTART_MIN;
     let mut reap = tokio::time::interval(REAP_EVERY);
     let signal_name = loop {
+        let next_due = due.iter().map(|(_, at)| *at).min();
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sighup.recv() => {
-                tracing::info!("SIGHUP: replacing the workers one at a time");
-                for worker in workers.iter_mut() {
-                    let slot = worker.slot;
-                    match spawner.start(slot, &named).await {
-                        Ok(fresh) => {
-                            let old = std::mem::replace(worker, fresh);
-                            retire(old);
+                if !starting.is_empty() {
+                    tracing::warn!("SIGHUP: workers are being started already; ignored");
+                    continue;
+                }
+                tracing::info!("SIGHUP: replacing the workers; each old one hands over once its replacement serves");
+                for worker in &workers {
+                    spawner.start_in(&mut starting, worker.slot, Some(worker.child.id()), &named);
+                }
+            }
+            Some(started) = starting.join_next() => {
+                let Ok((slot, replaces, outcome)) = started else { continue };
+                match outcome {
+                    Ok(child) => {
+                        tracing::info!(slot, worker_pid = child.id(), "worker ready");
+                        let fresh = Worker { slot, child };
+                        match replaces.and_then(|pid| workers.iter().position(|w| w.child.id() == pid)) {
+                            Some(i) => retire(std::mem::replace(&mut workers[i], fresh)),
+                            None => {
+                                // The worker it replaces died meanwhile: this one takes its slot, and
+                                // the restart scheduled for it is dropped.
+                                due.retain(|(s, _)| *s != slot);
+                                workers.push(fresh);
+                            }
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, slot, "a new worker did not start; the old one goes on");
+                        if replaces.is_none() {
+                            backoff = RESTART_MIN;
                         }
                     }
+                    Err(e) if replaces.is_some() => {
+                        tracing::error!(error = %e, slot, "a replacement worker did not start; the old one goes on");
+                    }
+                    Err(e) => {
+                        backoff = (backoff * 2).min(RESTART_MAX);
+                        tracing::error!(error = %e, slot, retry_in_ms = backoff.as_millis() as u64, "worker restart failed");
+                        due.push((slot, tokio::time::Instant::now() + backoff));
+                    }
+                }
+            }
+            _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)).await }, if next_due.is_some() => {
+                let now = tokio::time::Instant::now();
+                let (ready, later): (Vec<_>, Vec<_>) = due.drain(..).partition(|(_, at)| *at <= now);
+                due = later;
+                for (slot, _) in ready {
+                    spawner.start_in(&mut starting, slot, None, &named);
                 }
             }
             _ = reap.tick() => {
-                for worker in workers.iter_mut() {
-                    let Some(status) = exited(&mut worker.child) else { continue };
-                    let slot = worker.slot;
-                    tracing::warn!(slot, pid = worker.child.id(), %status, "worker exited unasked; its queued clients stay in the shared queue; restarting it");
-                    tokio::time::sleep(backoff).await;
-                    match spawner.start(slot, &named).await {
-                        Ok(fresh) => {
-                            *worker = fresh;
-                            backoff = RESTART_MIN;
-                        }
-                        Err(e) => {
-                            backoff = (backoff * 2).min(RESTART_MAX);
-                            tracing::error!(error = %e, slot, retry_in_ms = backoff.as_millis() as u64, "worker restart failed");
-                        }
+                workers.retain_mut(|worker| match exited(&mut worker.child) {
+                    None => true,
+                    Some(status) => {
+                        tracing::warn!(slot = worker.slot, pid = worker.child.id(), %status, retry_in_ms = backoff.as_millis() as u64, "worker exited unasked; its queued clients stay in the shared queue; restarting it");
+                        due.push((worker.slot, tokio::time::Instant::now() + backoff));
+                        false
                     }
-                }
+                });
             }
         }
     };
+    // Workers still starting are not waited for: dropping them kills them (they accepted nothing yet).
+    starting.abort_all();
+    while starting.join_next().await.is_some() {}
     if !args.lame_duck.is_zero() {
         // /readyz turns 503 while the workers keep accepting: a balancer stops sending first.
         phase.lame_duck();
@@ -228,8 +266,8 @@ impl Spawner {
         Ok(Spawner { opts })
     }
 
-    /// Starts a worker for `slot` and waits until it serves.
-    async fn start(&self, slot: usize, named: &[Parked]) -> anyhow::Result<Worker> {
+    /// Starts a worker process with the sockets; it is not serving yet.
+    fn spawn(&self, named: &[Parked]) -> Result<Successor, RestartError> {
         let passed: Vec<Passed<'_>> = named
             .iter()
             .map(|n| Passed {
@@ -239,10 +277,29 @@ impl Spawner {
                 supervised: true,
             })
             .collect();
-        let successor = spawn_successor(&passed, &self.opts)?;
-        let child = successor.ready_child().await?;
-        tracing::info!(slot, worker_pid = child.id(), "worker ready");
-        Ok(Worker { slot, child })
+        spawn_successor(&passed, &self.opts)
+    }
+
+    /// Starts a worker for `slot` (replacing the worker `replaces`, if any) and waits for it to serve
+    /// in `set`, in the background.
+    fn start_in(
+        &self,
+        set: &mut JoinSet<(usize, Option<u32>, anyhow::Result<Child>)>,
+        slot: usize,
+        replaces: Option<u32>,
+        named: &[Parked],
+    ) {
+        match self.spawn(named) {
+            Ok(successor) => {
+                set.spawn(async move {
+                    let ready = successor.ready_child().await.map_err(anyhow::Error::from);
+                    (slot, replaces, ready)
+                });
+            }
+            Err(e) => {
+                set.spawn(async move { (slot, replaces, Err(anyhow::Error::from(e))) });
+            }
+        }
     }
 }
 
