@@ -103,6 +103,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// When the cap is full and clients are queued, connections still in their set-up after this long
+    /// are closed to make room (slowloris; Linux TCP). At most --handshake-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub handshake_grace: Duration,
+
     /// Written to each admitted client before its handler runs (after TLS), so it knows it was accepted
     /// and not just queued. `\n` and `\r` are unescaped.
     #[arg(long, value_name = "TEXT")]

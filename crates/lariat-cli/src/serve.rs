@@ -46,6 +46,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .acceptors(args.acceptors)
         .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
         .handshake_timeout(args.handshake_timeout)
+        .handshake_grace(args.handshake_grace)
         .greeting(
             args.greeting
                 .as_deref()

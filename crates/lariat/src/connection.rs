@@ -123,15 +123,6 @@ impl Connection {
         self.stream.tls_info()
     }
 
-    /// What is left of the handshake timeout (counted from `accept`).
-    pub(crate) fn handshake_remaining(&self) -> Duration {
-        let entry = &self.guard.entry;
-        entry
-            .shared
-            .handshake_timeout
-            .saturating_sub(entry.shared.registry.age(entry))
-    }
-
     /// The local address of this connection (a `getsockname` call, made only when asked).
     pub fn local_addr(&self) -> io::Result<LocalAddr> {
         self.stream.local_addr()

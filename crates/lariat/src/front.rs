@@ -24,6 +24,10 @@ use crate::{Connection, Stream};
 /// that silent connections cannot hold the cap for long.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default grace before a handshake gives way to queued clients when the cap is full: enough for a
+/// TLS handshake across a continent, a tenth of the default handshake timeout.
+pub const DEFAULT_HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+
 /// The set-up steps of one listener's connections.
 #[derive(Clone, Default)]
 pub(crate) struct Front {
@@ -57,6 +61,8 @@ pub(crate) enum FrontError {
     Greeting(io::Error),
     #[error("handshake not finished within {0:?}")]
     Timeout(Duration),
+    #[error("handshake still going after {0:?} while the cap was full and clients were queued")]
+    Evicted(Duration),
 }
 
 impl Front {
@@ -69,11 +75,7 @@ impl Front {
     /// it was closed.
     pub(crate) async fn open(&self, conn: Connection) -> Option<Connection> {
         let entry = conn.entry().clone();
-        let budget = conn.handshake_remaining();
-        let result = match tokio::time::timeout(budget, self.steps(conn)).await {
-            Ok(result) => result,
-            Err(_) => Err(FrontError::Timeout(entry.shared.handshake_timeout)),
-        };
+        let result = bounded(&entry, self.steps(conn)).await.and_then(|r| r);
         match result {
             Ok(conn) => Some(conn),
             Err(e) => {
@@ -113,6 +115,24 @@ impl Front {
     }
 }
 
+/// Runs a set-up step within what is left of the handshake timeout, giving way to queued clients when
+/// the cap is full and the grace period is over (see [`pressure`](crate::pressure)).
+pub(crate) async fn bounded<T>(
+    entry: &crate::registry::Entry,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T, FrontError> {
+    let shared = &entry.shared;
+    let accepted = tokio::time::Instant::now() - shared.registry.age(entry);
+    let deadline = accepted + shared.handshake_timeout;
+    let grace_ends = accepted + shared.handshake_grace.min(shared.handshake_timeout);
+    tokio::select! {
+        biased;
+        done = step => Ok(done),
+        _ = tokio::time::sleep_until(deadline) => Err(FrontError::Timeout(shared.handshake_timeout)),
+        _ = shared.pressure.gives_way(grace_ends) => Err(FrontError::Evicted(shared.handshake_grace)),
+    }
+}
+
 /// Runs a TLS handshake over a plain connection and returns it reading and writing plaintext.
 pub(crate) async fn start_tls(conn: Connection, tls: &TlsConfig) -> Result<Connection, TlsError> {
     let (stream, guard) = conn.into_parts();
@@ -131,6 +151,7 @@ pub(crate) fn failed(entry: &crate::registry::Entry, e: &FrontError) {
         FrontError::Tls(_) => &stats.tls_failed,
         FrontError::Refused(_) => &stats.hook_refused,
         FrontError::Timeout(_) => &stats.handshake_timeouts,
+        FrontError::Evicted(_) => &stats.handshake_evicted,
         // The client left before its greeting: a close like any other.
         FrontError::Greeting(_) => {
             tracing::debug!(conn = entry.id, peer = %entry.peer, error = %e, "connection closed during set-up");

@@ -58,6 +58,7 @@ mod listener;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod peek;
+mod pressure;
 pub mod proxy;
 mod registry;
 pub mod restart;
@@ -79,7 +80,7 @@ pub use bind::{default_backlog, BindError, BindOptions};
 pub use connection::{Connection, ConnectionGuard};
 pub use drain::{DrainOptions, DrainReport};
 pub use endpoint::{Endpoint, ParseEndpointError};
-pub use front::DEFAULT_HANDSHAKE_TIMEOUT;
+pub use front::{DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use handler::{BoxError, Handler, Outcome};
 pub use limit::ConnectionLimit;
 pub use listener::{AcceptSource, ListenAddr, Listener, ParkedListener};

@@ -24,12 +24,12 @@
 //! | `lariat_active` | gauge | | connections open now |
 //! | `lariat_max_connections` | gauge | | the connection cap |
 //! | `lariat_closed_total` | counter | | connections closed, for any reason |
-//! | `lariat_refused_total` | counter | `cause`: `admission`, `proxy`, `tls`, `sniff`, `hook`, `timeout` | connections closed before their handler ran |
+//! | `lariat_refused_total` | counter | `cause`: `admission`, `proxy`, `tls`, `sniff`, `hook`, `timeout`, `evicted` | connections closed before their handler ran |
 //! | `lariat_shed_total` | counter | | connections shed at descriptor exhaustion |
 //! | `lariat_accept_errors_total` | counter | `class`: `connection`, `shortage` | failed `accept(2)` calls, by class |
 //! | `lariat_shortage_episodes_total` | counter | | resource-shortage episodes (EMFILE, ENFILE, ENOBUFS, ENOMEM) |
 //! | `lariat_accept_paused_seconds` | gauge | | time the accept loop spent paused for shortage, in total (it only grows) |
-//! | `lariat_handshake_failures_total` | counter | `cause`: `proxy`, `tls`, `sniff`, `timeout` | connections whose opening handshake failed |
+//! | `lariat_handshake_failures_total` | counter | `cause`: `proxy`, `tls`, `sniff`, `timeout`, `evicted` | connections whose opening handshake failed |
 //! | `lariat_bytes_in_total`, `lariat_bytes_out_total` | counter | | bytes read and written: closed connections plus live ones |
 //! | `lariat_idle_closed_total` | counter | | connections closed by the idle timeout |
 //! | `lariat_drain_forced_total` | counter | | connections a drain closed at its deadline or when forced |
@@ -129,7 +129,7 @@ pub fn describe() {
     );
     describe_counter!(
         REFUSED,
-        "Connections closed before their handler ran, by cause (admission rules, PROXY header, TLS handshake, protocol sniffing, admission hook, handshake timeout)."
+        "Connections closed before their handler ran, by cause (admission rules, PROXY header, TLS handshake, protocol sniffing, admission hook, handshake timeout, evicted to make room for queued clients)."
     );
     describe_counter!(
         SHED,
@@ -150,7 +150,7 @@ pub fn describe() {
     );
     describe_counter!(
         HANDSHAKE_FAILURES,
-        "Connections whose opening handshake failed, by cause (proxy: missing, malformed or untrusted PROXY header; tls; sniff: no route; timeout: not through within the handshake timeout)."
+        "Connections whose opening handshake failed, by cause (proxy: missing, malformed or untrusted PROXY header; tls; sniff: no route; timeout: not through within the handshake timeout; evicted: past its grace while the cap was full and clients queued)."
     );
     describe_counter!(
         BYTES_IN,
@@ -218,6 +218,7 @@ pub fn publish_with_labels(handle: &ServerHandle, labels: &[Label]) {
     counter!(REFUSED, with("cause", "sniff")).absolute(s.sniff_failed);
     counter!(REFUSED, with("cause", "hook")).absolute(s.hook_refused);
     counter!(REFUSED, with("cause", "timeout")).absolute(s.handshake_timeouts);
+    counter!(REFUSED, with("cause", "evicted")).absolute(s.handshake_evicted);
     counter!(SHED, base.clone()).absolute(s.shed);
     counter!(ACCEPT_ERRORS, with("class", "connection")).absolute(s.connection_errors);
     counter!(ACCEPT_ERRORS, with("class", "shortage")).absolute(s.shortage_errors);
@@ -229,6 +230,7 @@ pub fn publish_with_labels(handle: &ServerHandle, labels: &[Label]) {
     counter!(HANDSHAKE_FAILURES, with("cause", "tls")).absolute(s.tls_failed);
     counter!(HANDSHAKE_FAILURES, with("cause", "sniff")).absolute(s.sniff_failed);
     counter!(HANDSHAKE_FAILURES, with("cause", "timeout")).absolute(s.handshake_timeouts);
+    counter!(HANDSHAKE_FAILURES, with("cause", "evicted")).absolute(s.handshake_evicted);
     counter!(BYTES_IN, base.clone()).absolute(s.bytes_in.saturating_add(live_in));
     counter!(BYTES_OUT, base.clone()).absolute(s.bytes_out.saturating_add(live_out));
     counter!(IDLE_CLOSED, base.clone()).absolute(s.idle_closed);

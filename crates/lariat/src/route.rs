@@ -322,8 +322,7 @@ impl Handler for Router {
         let router = self.clone();
         Box::pin(async move {
             let entry = conn.entry().clone();
-            let budget = conn.handshake_remaining();
-            let picked = match tokio::time::timeout(budget, router.pick(conn)).await {
+            let picked = match front::bounded(&entry, router.pick(conn)).await {
                 Ok(Ok(picked)) => picked,
                 Ok(Err(Unrouted::Tls(e))) => {
                     front::failed(&entry, &FrontError::Tls(e));
@@ -338,8 +337,8 @@ impl Handler for Router {
                     tracing::debug!(conn = entry.id, peer = %entry.peer, error = %e, "connection not routed; closing");
                     return Ok(());
                 }
-                Err(_) => {
-                    front::failed(&entry, &FrontError::Timeout(entry.shared.handshake_timeout));
+                Err(timed_out_or_evicted) => {
+                    front::failed(&entry, &timed_out_or_evicted);
                     return Ok(());
                 }
             };

@@ -19,7 +19,7 @@ use crate::accept::{AcceptError, Acceptor, OnExhaustion};
 use crate::admission::Reject;
 use crate::admission::{Admission, Gate};
 use crate::drain::{self, DrainOptions, DrainReport};
-use crate::front::{Front, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::front::{Front, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::handler::{Handler, Outcome};
 use crate::listener::{AcceptSource, ListenAddr};
 use crate::proxy::{ProxyConfig, ProxyMode};
@@ -43,6 +43,7 @@ pub struct ServerBuilder {
     max_connections: usize,
     idle_timeout: Option<Duration>,
     handshake_timeout: Duration,
+    handshake_grace: Duration,
     /// The set-up steps of every listener's connections…
     front: Front,
     /// …except where a listener has its own PROXY or TLS setting.
@@ -66,6 +67,7 @@ impl Default for ServerBuilder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_grace: DEFAULT_HANDSHAKE_GRACE,
             front: Front::default(),
             overrides: Vec::new(),
             admission: None,
@@ -131,6 +133,17 @@ impl ServerBuilder {
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT) (10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may stay in its handshake before it gives way to clients queued behind
+    /// it, when every slot under the cap is taken: past this grace, such connections are closed and
+    /// counted (`handshake_evicted`), so silent clients cannot hold the cap for a whole handshake
+    /// timeout per cap's worth of them (Linux TCP, where the queue length is known). Connections that
+    /// reached their handler are never evicted. Default
+    /// [`DEFAULT_HANDSHAKE_GRACE`](crate::DEFAULT_HANDSHAKE_GRACE) (1 s), at most the handshake timeout.
+    pub fn handshake_grace(mut self, grace: Duration) -> Self {
+        self.handshake_grace = grace;
         self
     }
 
@@ -335,6 +348,7 @@ impl ServerBuilder {
                 let mut shared = Shared::new(self.max_connections);
                 shared.gate = self.admission.clone().map(Gate::new);
                 shared.handshake_timeout = self.handshake_timeout;
+                shared.handshake_grace = self.handshake_grace;
                 shared
             }),
             stop: CancellationToken::new(),

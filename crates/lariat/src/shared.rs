@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::admission::{Gate, LogLimit};
 use crate::drain::Control;
 use crate::limit::ConnectionLimit;
+use crate::pressure::Pressure;
 use crate::registry::Registry;
 use crate::stats::Stats;
 
@@ -21,6 +22,10 @@ pub(crate) struct Shared {
     /// How long a connection's set-up (PROXY header, protocol sniffing, TLS, admission hook) may take,
     /// counted from `accept`.
     pub(crate) handshake_timeout: Duration,
+    /// How long a handshake may go on before it gives way to queued clients when the cap is full.
+    pub(crate) handshake_grace: Duration,
+    /// Raised while an acceptor waits at the cap with clients queued.
+    pub(crate) pressure: Pressure,
     /// Rate limit for the log lines of failed handshakes.
     pub(crate) handshake_log: LogLimit,
 }
@@ -34,6 +39,8 @@ impl Shared {
             drain: Control::default(),
             gate: None,
             handshake_timeout: crate::front::DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_grace: crate::front::DEFAULT_HANDSHAKE_GRACE,
+            pressure: Pressure::default(),
             handshake_log: LogLimit::default(),
         }
     }

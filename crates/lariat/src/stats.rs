@@ -25,6 +25,7 @@ pub struct Stats {
     pub(crate) sniff_failed: AtomicU64,
     pub(crate) hook_refused: AtomicU64,
     pub(crate) handshake_timeouts: AtomicU64,
+    pub(crate) handshake_evicted: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -72,6 +73,9 @@ pub struct StatsSnapshot {
     /// Connections closed because the handshake (PROXY header, protocol sniffing and TLS together) did
     /// not finish within the handshake timeout. Each is counted here only, not under its step.
     pub handshake_timeouts: u64,
+    /// Connections closed in their handshake, past the grace period, to make room for queued clients
+    /// while the cap was full (see [`ServerBuilder::handshake_grace`](crate::ServerBuilder::handshake_grace)).
+    pub handshake_evicted: u64,
 }
 
 impl Stats {
@@ -101,6 +105,7 @@ impl Stats {
             sniff_failed: self.sniff_failed.load(Relaxed),
             hook_refused: self.hook_refused.load(Relaxed),
             handshake_timeouts: self.handshake_timeouts.load(Relaxed),
+            handshake_evicted: self.handshake_evicted.load(Relaxed),
         }
     }
 

@@ -147,10 +147,72 @@ async fn a_thousand_silent_connections_do_not_keep_fresh_clients_out() {
     );
     let stats = handle.stats();
     assert!(
-        stats.handshake_timeouts + stats.proxy_refused >= 900,
+        stats.handshake_timeouts + stats.handshake_evicted + stats.proxy_refused >= 900,
         "silent connections closed: {stats:?}"
     );
     assert!(stats.accepted >= 1020);
     drop(silent);
     eprintln!("fresh clients served after {waited:?}; {stats:?}");
+}
+
+/// The same crowd against a long (10 s) handshake timeout: without making room, the fresh clients would
+/// wait ten timeouts (100 s) behind the silent ones. With a 100 ms grace, every silent connection still
+/// in its handshake when the cap is full and clients are queued is closed (`handshake_evicted`) once its
+/// grace is over, so the queue moves at a grace per cap's worth of silent clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_pressure_silent_handshakes_give_way_after_their_grace() {
+    let (listener, addr) = bind_loopback();
+    let server = Server::builder()
+        .max_connections(100)
+        .handshake_timeout(Duration::from_secs(10))
+        .handshake_grace(Duration::from_millis(100))
+        .proxy_protocol(Some(ProxyConfig::new(ProxyMode::V1)))
+        .serve([listener], common::echo)
+        .unwrap();
+    let handle = server.handle().clone();
+    // A client past its handshake, in its handler, before the crowd comes.
+    let mut live = TcpStream::connect(addr).await.unwrap();
+    live.write_all(b"PROXY TCP4 192.0.2.99 192.0.2.200 99 80\r\nfirst")
+        .await
+        .unwrap();
+    let mut first = [0u8; 5];
+    live.read_exact(&mut first).await.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..1000 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let started = Instant::now();
+    let mut fresh = Vec::new();
+    for i in 0..20u32 {
+        fresh.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let msg = format!("PROXY TCP4 192.0.2.{i} 192.0.2.200 {i} 80\r\nhello {i}");
+            s.write_all(msg.as_bytes()).await.unwrap();
+            let want = format!("hello {i}");
+            let mut back = vec![0u8; want.len()];
+            tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut back))
+                .await
+                .expect("a fresh client is served")
+                .unwrap();
+            assert_eq!(back, want.as_bytes());
+        }));
+    }
+    for f in fresh {
+        f.await.unwrap();
+    }
+    let waited = started.elapsed();
+    let stats = handle.stats();
+    eprintln!("fresh clients served after {waited:?}; {stats:?}");
+    assert!(
+        waited < Duration::from_secs(8),
+        "fresh clients waited {waited:?}, as if no handshake gave way"
+    );
+    assert!(stats.handshake_evicted >= 800, "{stats:?}");
+    assert_eq!(stats.handshake_timeouts, 0, "{stats:?}");
+    // The connection that had reached its handler was never evicted: its echo goes on.
+    live.write_all(b"second").await.unwrap();
+    let mut second = [0u8; 6];
+    live.read_exact(&mut second).await.unwrap();
+    assert_eq!(&second, b"second");
+    drop(silent);
 }

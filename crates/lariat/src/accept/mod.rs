@@ -56,6 +56,9 @@ pub struct AcceptError {
 /// After this many per-connection errors in a row, with no success and no empty backlog, the errno is
 /// not about a connection after all (an LSM hook refusing every accept, `EOPNOTSUPP` on an inherited
 /// socket of the wrong type): back off instead of retrying at once.
+/// How often an acceptor waiting at the cap looks at the listen queue (one `TCP_INFO` call).
+const PRESSURE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 const MAX_CONSECUTIVE_CONNECTION_ERRORS: u32 = 256;
 
 /// Takes connections from one [`AcceptSource`] under the server's cap.
@@ -130,6 +133,28 @@ impl<S: AcceptSource> Acceptor<S> {
         self.holding_slot && self.pause.is_none()
     }
 
+    /// Waits for a slot at the cap and takes it. While it waits with clients in the listen queue, the
+    /// connections still in their handshake are asked to make room (see `pressure.rs`). Cancel-safe.
+    async fn wait_at_the_cap(&mut self) {
+        let shared = &self.shared;
+        let acquire = shared.limit.acquire();
+        tokio::pin!(acquire);
+        let mut raised = None;
+        // The first tick is at once: a queue already waiting raises the pressure without delay.
+        let mut check = tokio::time::interval(PRESSURE_CHECK);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut acquire => return,
+                _ = check.tick(), if raised.is_none() => {
+                    if self.source.queued().is_some_and(|queued| queued > 0) {
+                        raised = Some(shared.pressure.raise());
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits for the next connection. Returns an error only when the listener can no longer accept.
     ///
     /// Cancel-safe: dropping the future loses no connection, keeps any slot already taken, and keeps a
@@ -139,11 +164,14 @@ impl<S: AcceptSource> Acceptor<S> {
             if self.pause.is_some() {
                 self.wait_out_pause().await;
             }
-            let limit = &self.shared.limit;
             if !self.holding_slot {
-                limit.acquire().await;
+                if !self.shared.limit.try_acquire() {
+                    self.wait_at_the_cap().await;
+                }
                 self.holding_slot = true;
-            } else if limit.held() > limit.max() {
+            }
+            let limit = &self.shared.limit;
+            if limit.held() > limit.max() {
                 // The cap was lowered while this slot waited for a connection: give it back and queue.
                 limit.release();
                 self.holding_slot = false;
