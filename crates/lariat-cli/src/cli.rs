@@ -165,10 +165,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: usize,
 
-    /// Internal: this process is a worker of `--workers` (SIGUSR2 hands over, SIGHUP is the
-    /// supervisor's).
-    #[arg(long, hide = true)]
-    pub as_worker: bool,
+    /// Internal: this process is a worker of the `--workers` supervisor with this pid (SIGUSR2 hands
+    /// over, SIGHUP is the supervisor's).
+    #[arg(long, hide = true, value_name = "SUPERVISOR_PID")]
+    pub as_worker: Option<u32>,
 
     /// Runtime worker threads [default: the CPUs this process may run on].
     #[arg(long, value_name = "N")]

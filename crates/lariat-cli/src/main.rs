@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 runtime.worker_threads(threads.max(1));
             }
             let result = runtime.build().map_err(anyhow::Error::from).and_then(|rt| {
-                if args.workers > 0 && !args.as_worker {
+                if args.workers > 0 && args.as_worker.is_none() {
                     rt.block_on(workers::supervise(*args))
                 } else {
                     rt.block_on(serve::run(*args))

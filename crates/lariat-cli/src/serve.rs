@@ -246,9 +246,9 @@ async fn serve<H: Handler>(
         signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut sigusr2 =
         signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
-    if args.as_worker {
+    if let Some(supervisor) = args.as_worker {
         // After the SIGTERM handler is installed: a supervisor's death then drains this worker.
-        crate::workers::tie_to_supervisor();
+        crate::workers::tie_to_supervisor(supervisor);
     }
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -319,9 +319,9 @@ async fn serve<H: Handler>(
                 },
                 None => tracing::info!("SIGUSR1: no TLS configured; nothing to reload"),
             },
-            _ = sigusr2.recv(), if args.as_worker => break Ending::Retired,
+            _ = sigusr2.recv(), if args.as_worker.is_some() => break Ending::Retired,
             _ = sighup.recv() => {
-                if args.as_worker {
+                if args.as_worker.is_some() {
                     tracing::warn!("SIGHUP: this is a worker; send SIGHUP to its supervisor to replace the workers");
                     continue;
                 }

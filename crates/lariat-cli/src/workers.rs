@@ -55,7 +55,22 @@ struct Parked {
 struct Worker {
     slot: usize,
     child: Child,
+    started: std::time::Instant,
 }
+
+impl Worker {
+    fn new(slot: usize, child: Child) -> Worker {
+        Worker {
+            slot,
+            child,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+/// A worker that lives this long counts as started well: its next death restarts it after the shortest
+/// delay.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 /// Runs the supervisor until its workers have all stopped.
 pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -87,11 +102,26 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let spawner = Spawner::new(&args)?;
-    let mut workers = Vec::with_capacity(args.workers);
+    let mut workers: Vec<Worker> = Vec::with_capacity(args.workers);
     for slot in 0..args.workers {
-        let child = spawner.spawn(&named)?.ready_child().await?;
-        tracing::info!(slot, worker_pid = child.id(), "worker ready");
-        workers.push(Worker { slot, child });
+        let started = match spawner.spawn(&named) {
+            Ok(successor) => successor.ready_child().await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match started {
+            Ok(child) => {
+                tracing::info!(slot, worker_pid = child.id(), "worker ready");
+                workers.push(Worker::new(slot, child));
+            }
+            Err(e) => {
+                // The ones already serving go too: a supervisor that failed to start leaves nothing.
+                for w in &mut workers {
+                    send(&w.child, libc::SIGTERM);
+                    let _ = w.child.wait();
+                }
+                return Err(e.context(format!("starting worker {slot}")));
+            }
+        }
     }
     let addrs: Vec<_> = named
         .iter()
@@ -104,8 +134,13 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(workers = args.workers, "serving with worker processes");
 
     // Workers being started, waited for in the background so that signals are answered meanwhile: each
-    // resolves to its slot, the pid it replaces (a SIGHUP) and the outcome.
-    let mut starting: JoinSet<(usize, Option<u32>, anyhow::Result<Child>)> = JoinSet::new();
+    // resolves to its slot and the outcome (a replacement takes over whatever holds its slot then).
+    // `starting_slots` says which
+    // slots have one, so a slot never gets two.
+    let mut starting: JoinSet<(usize, anyhow::Result<Child>)> = JoinSet::new();
+    let mut starting_slots: Vec<usize> = Vec::new();
+    // Old workers handing over (SIGHUP): waited for at shutdown, never restarted.
+    let mut retiring: Vec<Worker> = Vec::new();
     // Slots whose worker died, and when to start it again.
     let mut due: Vec<(usize, tokio::time::Instant)> = Vec::new();
     let mut backoff = RESTART_MIN;
@@ -116,35 +151,31 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sighup.recv() => {
-                if !starting.is_empty() {
+                if !starting.is_empty() || !due.is_empty() {
                     tracing::warn!("SIGHUP: workers are being started already; ignored");
                     continue;
                 }
                 tracing::info!("SIGHUP: replacing the workers; each old one hands over once its replacement serves");
                 for worker in &workers {
-                    spawner.start_in(&mut starting, worker.slot, Some(worker.child.id()), &named);
+                    starting_slots.push(worker.slot);
+                    spawner.start_in(&mut starting, worker.slot, &named);
                 }
             }
             Some(started) = starting.join_next() => {
-                let Ok((slot, replaces, outcome)) = started else { continue };
+                let Ok((slot, outcome)) = started else { continue };
+                starting_slots.retain(|s| *s != slot);
                 match outcome {
                     Ok(child) => {
                         tracing::info!(slot, worker_pid = child.id(), "worker ready");
-                        let fresh = Worker { slot, child };
-                        match replaces.and_then(|pid| workers.iter().position(|w| w.child.id() == pid)) {
-                            Some(i) => retire(std::mem::replace(&mut workers[i], fresh)),
-                            None => {
-                                // The worker it replaces died meanwhile: this one takes its slot, and
-                                // the restart scheduled for it is dropped.
-                                due.retain(|(s, _)| *s != slot);
-                                workers.push(fresh);
-                            }
+                        let fresh = Worker::new(slot, child);
+                        // Whatever holds the slot now (the worker it replaces) hands over to it.
+                        match workers.iter().position(|w| w.slot == slot) {
+                            Some(i) => retiring.push(retire(std::mem::replace(&mut workers[i], fresh))),
+                            None => workers.push(fresh),
                         }
-                        if replaces.is_none() {
-                            backoff = RESTART_MIN;
-                        }
+                        due.retain(|(s, _)| *s != slot);
                     }
-                    Err(e) if replaces.is_some() => {
+                    Err(e) if workers.iter().any(|w| w.slot == slot) => {
                         tracing::error!(error = %e, slot, "a replacement worker did not start; the old one goes on");
                     }
                     Err(e) => {
@@ -159,22 +190,61 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 let (ready, later): (Vec<_>, Vec<_>) = due.drain(..).partition(|(_, at)| *at <= now);
                 due = later;
                 for (slot, _) in ready {
-                    spawner.start_in(&mut starting, slot, None, &named);
+                    if starting_slots.contains(&slot) || workers.iter().any(|w| w.slot == slot) {
+                        continue;
+                    }
+                    starting_slots.push(slot);
+                    spawner.start_in(&mut starting, slot, &named);
                 }
             }
             _ = reap.tick() => {
+                retiring.retain_mut(|w| match exited(&mut w.child) {
+                    None => true,
+                    Some(status) => {
+                        tracing::info!(slot = w.slot, worker_pid = w.child.id(), %status, "old worker stopped");
+                        false
+                    }
+                });
                 workers.retain_mut(|worker| match exited(&mut worker.child) {
                     None => true,
                     Some(status) => {
+                        // A worker that dies within a minute of starting counts as a failed start: the
+                        // backoff grows, so a crash loop does not become a fork loop.
+                        if worker.started.elapsed() < STABLE_AFTER {
+                            backoff = (backoff * 2).min(RESTART_MAX);
+                        } else {
+                            backoff = RESTART_MIN;
+                        }
                         tracing::warn!(slot = worker.slot, pid = worker.child.id(), %status, retry_in_ms = backoff.as_millis() as u64, "worker exited unasked; its queued clients stay in the shared queue; restarting it");
-                        due.push((worker.slot, tokio::time::Instant::now() + backoff));
+                        if !starting_slots.contains(&worker.slot) {
+                            due.push((worker.slot, tokio::time::Instant::now() + backoff));
+                        }
                         false
                     }
                 });
             }
         }
     };
-    // Workers still starting are not waited for: dropping them kills them (they accepted nothing yet).
+    // Starts in progress: one that said READY may be accepting already, so it is collected (and drained
+    // with the others); one that did not has accepted nothing and is killed (dropping it does).
+    let collect_until = tokio::time::Instant::now() + Duration::from_millis(200);
+    while let Ok(Some(started)) = tokio::time::timeout_at(collect_until, starting.join_next()).await
+    {
+        if let Ok((slot, Ok(child))) = started {
+            tracing::info!(
+                slot,
+                worker_pid = child.id(),
+                "worker ready as the drain begins"
+            );
+            match workers.iter().position(|w| w.slot == slot) {
+                Some(i) => retiring.push(retire(std::mem::replace(
+                    &mut workers[i],
+                    Worker::new(slot, child),
+                ))),
+                None => workers.push(Worker::new(slot, child)),
+            }
+        }
+    }
     starting.abort_all();
     while starting.join_next().await.is_some() {}
     if !args.lame_duck.is_zero() {
@@ -202,6 +272,9 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for w in &workers {
         send(&w.child, libc::SIGTERM);
     }
+    // Old workers still handing over are already draining: they are waited for, not signalled (a
+    // second SIGTERM would force them), unless a second signal reaches the supervisor.
+    workers.append(&mut retiring);
     let mut forced = false;
     let mut failed = false;
     let mut reap = tokio::time::interval(REAP_EVERY);
@@ -236,7 +309,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// In a worker: when the supervisor dies (even by SIGKILL), this process gets SIGTERM and drains, rather
 /// than serving on unsupervised (Linux; elsewhere a worker outlives a killed supervisor).
-pub fn tie_to_supervisor() {
+pub fn tie_to_supervisor(supervisor: u32) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
@@ -244,9 +317,10 @@ pub fn tie_to_supervisor() {
         if set != 0 {
             tracing::warn!(error = %std::io::Error::last_os_error(), "cannot ask for a signal when the supervisor dies");
         }
-        // The supervisor may have died before the call: then we were re-parented already.
+        // The supervisor may have died before the call: then we were re-parented already. (Compared with
+        // its pid, not with 1: a supervisor in a container is pid 1 itself.)
         // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } == 1 {
+        if unsafe { libc::getppid() } as u32 != supervisor {
             // SAFETY: raise on ourselves.
             unsafe { libc::raise(libc::SIGTERM) };
         }
@@ -280,24 +354,22 @@ impl Spawner {
         spawn_successor(&passed, &self.opts)
     }
 
-    /// Starts a worker for `slot` (replacing the worker `replaces`, if any) and waits for it to serve
-    /// in `set`, in the background.
+    /// Starts a worker for `slot` and waits for it to serve in `set`, in the background.
     fn start_in(
         &self,
-        set: &mut JoinSet<(usize, Option<u32>, anyhow::Result<Child>)>,
+        set: &mut JoinSet<(usize, anyhow::Result<Child>)>,
         slot: usize,
-        replaces: Option<u32>,
         named: &[Parked],
     ) {
         match self.spawn(named) {
             Ok(successor) => {
                 set.spawn(async move {
                     let ready = successor.ready_child().await.map_err(anyhow::Error::from);
-                    (slot, replaces, ready)
+                    (slot, ready)
                 });
             }
             Err(e) => {
-                set.spawn(async move { (slot, replaces, Err(anyhow::Error::from(e))) });
+                set.spawn(async move { (slot, Err(anyhow::Error::from(e))) });
             }
         }
     }
@@ -327,21 +399,20 @@ fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
         }
     }
     out.push(AS_WORKER.into());
+    out.push(std::process::id().to_string().into());
     out
 }
 
-/// Tells a replaced worker to stop accepting and finish its connections; it is reaped in the
-/// background.
-fn retire(mut old: Worker) {
+/// Tells a replaced worker to stop accepting and finish its connections; the caller keeps it, to reap
+/// it and to wait for it at shutdown.
+fn retire(old: Worker) -> Worker {
     send(&old.child, libc::SIGUSR2);
-    let (slot, pid) = (old.slot, old.child.id());
-    tracing::info!(slot, worker_pid = pid, "old worker handing over");
-    std::thread::spawn(move || match old.child.wait() {
-        Ok(status) => tracing::info!(slot, worker_pid = pid, %status, "old worker stopped"),
-        Err(e) => {
-            tracing::warn!(slot, worker_pid = pid, error = %e, "cannot wait for the old worker")
-        }
-    });
+    tracing::info!(
+        slot = old.slot,
+        worker_pid = old.child.id(),
+        "old worker handing over"
+    );
+    old
 }
 
 fn exited(child: &mut Child) -> Option<ExitStatus> {
@@ -387,7 +458,8 @@ mod tests {
                 "127.0.0.1:0",
                 "--handler",
                 "echo",
-                "--as-worker"
+                "--as-worker",
+                &std::process::id().to_string(),
             ]
         );
     }

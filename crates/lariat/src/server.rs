@@ -275,11 +275,13 @@ impl ServerBuilder {
                 ))
             })
             .collect::<io::Result<Vec<_>>>()?;
-        // The first loop is the caller's to drive; the others run as tasks of their own.
+        // The first loop is the caller's to drive; the others run as tasks of their own, started when
+        // the caller first polls, so that nothing is accepted before it does (a restart's successor
+        // says READY in between, and a successor that is killed before must have accepted nothing).
         let first = loops.remove(0);
-        let others: Vec<JoinHandle<Result<(), ServerError>>> =
-            loops.into_iter().map(tokio::spawn).collect();
         let accept_loops = async move {
+            let others: Vec<JoinHandle<Result<(), ServerError>>> =
+                loops.into_iter().map(tokio::spawn).collect();
             let mut result = first.await;
             for other in others {
                 let ended = match other.await {

@@ -140,15 +140,20 @@ impl<S: AcceptSource> Acceptor<S> {
         let acquire = shared.limit.acquire();
         tokio::pin!(acquire);
         let mut raised = None;
-        // The first tick is at once: a queue already waiting raises the pressure without delay.
+        // The first tick is at once: a queue already waiting raises the pressure without delay. Later
+        // ticks lower it again once the queue is empty (another accept loop, or another process on the
+        // same socket, took the clients).
         let mut check = tokio::time::interval(PRESSURE_CHECK);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut acquire => return,
-                _ = check.tick(), if raised.is_none() => {
-                    if self.source.queued().is_some_and(|queued| queued > 0) {
+                _ = check.tick() => {
+                    let queued = self.source.queued().is_some_and(|queued| queued > 0);
+                    if queued && raised.is_none() {
                         raised = Some(shared.pressure.raise());
+                    } else if !queued {
+                        raised = None;
                     }
                 }
             }
