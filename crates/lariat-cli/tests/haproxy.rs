@@ -77,22 +77,7 @@ impl Haproxy {
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start haproxy");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let mut pipe = child.stderr.take().unwrap();
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
+        let stderr = common::collect(child.stderr.take().unwrap());
         let mut haproxy = Haproxy {
             child,
             addr,

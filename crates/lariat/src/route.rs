@@ -147,6 +147,7 @@ fn boxed<H: Handler>(handler: H) -> BoxHandler {
     })
 }
 
+#[derive(Clone)]
 struct Route {
     name: Arc<str>,
     matcher: Matcher,
@@ -217,24 +218,8 @@ impl Router {
     }
 
     fn push(mut self, route: Route) -> Router {
-        // Routers are built once, before serving: the `Arc` is not shared yet.
-        match Arc::get_mut(&mut self.routes) {
-            Some(routes) => routes.push(route),
-            None => {
-                let mut routes: Vec<Route> = self
-                    .routes
-                    .iter()
-                    .map(|r| Route {
-                        name: r.name.clone(),
-                        matcher: r.matcher.clone(),
-                        tls: r.tls.clone(),
-                        handler: r.handler.clone(),
-                    })
-                    .collect();
-                routes.push(route);
-                self.routes = Arc::new(routes);
-            }
-        }
+        // Routers are built before serving, so the `Arc` is not shared yet and nothing is copied.
+        Arc::make_mut(&mut self.routes).push(route);
         self
     }
 

@@ -215,13 +215,7 @@ impl AsyncWrite for WriteHalf {
         let n = match &mut this.inner {
             WriteInner::Tcp(w) => ready!(Pin::new(w).poll_write_vectored(cx, bufs))?,
             WriteInner::Unix(w) => ready!(Pin::new(w).poll_write_vectored(cx, bufs))?,
-            WriteInner::Tls(w) => {
-                let first = bufs
-                    .iter()
-                    .find(|b| !b.is_empty())
-                    .map_or(&[][..], |b| &**b);
-                ready!(w.get().poll_write(cx, first))?
-            }
+            WriteInner::Tls(w) => ready!(w.get().poll_write_vectored(cx, bufs))?,
         };
         this.guard.entry().bytes_out.fetch_add(n as u64, Relaxed);
         Poll::Ready(Ok(n))

@@ -220,13 +220,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => {
-                let first = bufs
-                    .iter()
-                    .find(|b| !b.is_empty())
-                    .map_or(&[][..], |b| &**b);
-                s.poll_write(cx, first)
-            }
+            Stream::Tls(s) => s.poll_write_vectored(cx, bufs),
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rustls::{ServerConfig, ServerConnection};
 
-use super::stream::{SocketReader, SocketWriter};
+use super::stream::{process, SocketReader, SocketWriter};
 use super::{TlsError, TlsStream};
 use crate::Stream;
 
@@ -28,13 +28,8 @@ pub(crate) async fn handshake(
         }
         match session.read_tls(&mut SocketReader(&io)) {
             Ok(0) => return Err(TlsError::Closed),
-            Ok(_) => {
-                if let Err(e) = session.process_new_packets() {
-                    // Tell the client why, if the socket takes the alert now.
-                    let _ = session.write_tls(&mut SocketWriter(&io));
-                    return Err(e.into());
-                }
-            }
+            // On a protocol error the client is told why, if the socket takes the alert now.
+            Ok(_) => process(&mut session, &io)?,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => io.readable().await?,
             Err(e) => return Err(e.into()),
         }

@@ -102,15 +102,19 @@ impl TlsStream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
-            // rustls keeps a failure: report it rather than wait for records it will not process.
-            session.process_new_packets().map_err(invalid_data)?;
-            // No plaintext buffered: take records from the socket.
-            match session.read_tls(&mut SocketReader(&self.io)) {
-                // EOF: the session now knows; the next `reader().read` says how it ended.
-                Ok(0) => {}
-                Ok(_) => process(session, &self.io)?,
-                Err(e) => return Err(e),
-            }
+            // No plaintext buffered: take records from the socket (`WouldBlock` once it has none).
+            self.take_records(session)?;
+        }
+    }
+
+    /// Reads what records the socket has now into the session and processes them. `WouldBlock` (which
+    /// clears the socket's readiness) when it has none; EOF leaves it to the session's reader to say
+    /// how the stream ended. A failure rustls keeps is reported again rather than waited on.
+    fn take_records(&self, session: &mut ServerConnection) -> io::Result<()> {
+        session.process_new_packets().map_err(invalid_data)?;
+        match session.read_tls(&mut SocketReader(&self.io))? {
+            0 => Ok(()),
+            _ => process(session, &self.io).map_err(invalid_data),
         }
     }
 
@@ -174,10 +178,8 @@ impl TlsStream {
                 buf[..seen].copy_from_slice(&peeked[..seen]);
                 return Ok(Peek { seen, closed });
             }
-            session.process_new_packets().map_err(invalid_data)?;
-            match session.read_tls(&mut SocketReader(&self.io)) {
-                Ok(0) => {}
-                Ok(_) => process(session, &self.io)?,
+            match self.take_records(session) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     buf[..seen].copy_from_slice(&peeked[..seen]);
                     return Ok(Peek { seen, closed });
@@ -216,6 +218,19 @@ impl TlsStream {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// TLS has no vectored writes: the first non-empty buffer is written.
+    pub(crate) fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        self.poll_write(cx, first)
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -332,10 +347,10 @@ fn linger(session: &mut ServerConnection, io: &Stream) {
 }
 
 /// Processes records just read; on a protocol error, sends rustls' alert if the socket takes it now.
-fn process(session: &mut ServerConnection, io: &Stream) -> io::Result<()> {
+pub(super) fn process(session: &mut ServerConnection, io: &Stream) -> Result<(), rustls::Error> {
     if let Err(e) = session.process_new_packets() {
         let _ = session.write_tls(&mut SocketWriter(io));
-        return Err(invalid_data(e));
+        return Err(e);
     }
     // Post-handshake messages (key updates) may want an answer.
     if session.wants_write() {
