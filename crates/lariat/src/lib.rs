@@ -72,6 +72,8 @@ pub mod tls;
 
 #[cfg(feature = "axum")]
 pub mod axum;
+#[cfg(feature = "http")]
+pub mod http;
 
 pub use accept::backoff::BackoffPolicy;
 pub use accept::classify::{classify, ErrorClass, Shortage};
