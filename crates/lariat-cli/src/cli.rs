@@ -130,6 +130,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// http-hello: how long a request head may take, from the end of the previous answer (slow header
+    /// senders are closed then, counted); 0 disables it.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// http-hello: close a connection idle this long between requests (HTTP/2: GOAWAY); 0 disables it.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub http_keep_alive: Duration,
+
     /// On SIGTERM/SIGINT, how long live connections get to finish before they are closed (e.g. 30s,
     /// 500ms). A second signal closes them at once.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
@@ -337,7 +346,8 @@ pub enum HandlerKind {
     Echo,
     /// Read and drop every byte.
     Discard,
-    /// Answer every HTTP/1.x request with a short 200, keep-alive (for wrk, h2load).
+    /// Answer every HTTP/1.1 or HTTP/2 (h2c, or h2 by ALPN) request with `200 Hello, world!`, keep-alive
+    /// (for wrk, h2load, curl); drains end each connection after an answer.
     HttpHello,
     /// Write `peer=ADDR hop=ADDR` (the client as a PROXY header named it, and the socket's peer), then echo.
     Whoami,

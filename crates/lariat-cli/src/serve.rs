@@ -63,10 +63,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
     let builder = front_per_listener(builder, &named, &args, tls.as_ref())?;
     if !args.route.is_empty() {
-        let router = args
-            .route
-            .iter()
-            .try_fold(Router::new(), |router, spec| add_route(router, spec, &tls))?;
+        let router = args.route.iter().try_fold(Router::new(), |router, spec| {
+            add_route(router, spec, &tls, &args)
+        })?;
         return serve(builder, named, admin, router, &args, tls).await;
     }
     // Monomorphised per handler: no boxing on the per-connection path.
@@ -97,7 +96,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             serve(builder, named, admin, handlers::whoami::whoami, &args, tls).await
         }
         HandlerKind::HttpHello => {
-            let handler = handlers::http_hello::http_hello;
+            let handler = http_hello(&args);
             serve(builder, named, admin, handler, &args, tls).await
         }
     }
@@ -164,12 +163,22 @@ fn front_per_listener(
     Ok(builder)
 }
 
-fn add_route(router: Router, spec: &RouteSpec, tls: &Option<TlsConfig>) -> anyhow::Result<Router> {
+/// `http-hello` with the HTTP timeouts from the command line.
+fn http_hello(args: &ServeArgs) -> impl Handler + Clone {
+    handlers::http::http_hello(args.http_header_timeout, args.http_keep_alive)
+}
+
+fn add_route(
+    router: Router,
+    spec: &RouteSpec,
+    tls: &Option<TlsConfig>,
+    args: &ServeArgs,
+) -> anyhow::Result<Router> {
     match spec.handler {
         HandlerKind::Echo => with_route(router, spec, tls, handlers::echo::echo),
         HandlerKind::Discard => with_route(router, spec, tls, handlers::discard::discard),
         HandlerKind::Whoami => with_route(router, spec, tls, handlers::whoami::whoami),
-        HandlerKind::HttpHello => with_route(router, spec, tls, handlers::http_hello::http_hello),
+        HandlerKind::HttpHello => with_route(router, spec, tls, http_hello(args)),
     }
 }
 
