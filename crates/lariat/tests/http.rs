@@ -387,3 +387,74 @@ async fn h2_streams_in_flight_finish_across_a_drain() {
     );
     assert_eq!(http.stats().goaway_sent, 1);
 }
+
+/// Under lariat's TLS, ALPN picks the protocol: `h2` gets HTTP/2, `http/1.1` gets HTTP/1.1; a drain
+/// then closes the idle HTTP/1.1 connection with TLS `close_notify` and an end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_picks_http2_or_http1_under_tls() {
+    use common::tls::{connect, temp_dir, TestCert};
+    let cert = TestCert::write(&temp_dir("http-alpn"));
+    let tls = lariat::tls::TlsConfig::from_pem_files(&cert.cert_path, &cert.key_path)
+        .unwrap()
+        .with_alpn(["h2", "http/1.1"]);
+    let (listener, addr) = bind_loopback();
+    let http = Http::new(Hello::new(Duration::ZERO));
+    let server = Server::builder()
+        .tls(Some(tls))
+        .serve([listener], http.clone())
+        .unwrap();
+
+    let h2 = connect(&cert.client(&[b"h2"]), addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2))
+            .await
+            .unwrap();
+    let h2_conn = tokio::spawn(conn);
+    let res = send
+        .send_request(
+            Request::get("https://localhost/")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.version(), res.status()),
+        (Version::HTTP_2, StatusCode::OK)
+    );
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hello");
+
+    let h1 = connect(&cert.client(&[b"http/1.1"]), addr).await.unwrap();
+    let (mut send1, conn1) = hyper::client::conn::http1::handshake(TokioIo::new(h1))
+        .await
+        .unwrap();
+    let h1_conn = tokio::spawn(conn1);
+    let res = send1
+        .send_request(
+            Request::get("/")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.version(), res.status()),
+        (Version::HTTP_11, StatusCode::OK)
+    );
+    res.into_body().collect().await.unwrap();
+
+    let report = server.handle().drain(drain_opts()).await;
+    assert_eq!(report.forced, 0, "{report:?}");
+    // Both connections ended without an error on the client's side.
+    h1_conn
+        .await
+        .unwrap()
+        .expect("HTTP/1.1 over TLS ended with an error");
+    h2_conn
+        .await
+        .unwrap()
+        .expect("HTTP/2 over TLS ended with an error");
+    let s = http.stats();
+    assert_eq!((s.drain_closed_idle, s.goaway_sent), (1, 1), "{s:?}");
+}
