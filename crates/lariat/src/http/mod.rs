@@ -1,7 +1,7 @@
 //! HTTP/1.1 and HTTP/2 on a lariat server, with drains and restarts that lose no request.
 //!
-//! [`Http`] is a [`Handler`](crate::Handler) that runs [hyper](https://hyper.rs) on each
-//! [`Connection`](crate::Connection): give it any hyper service ([`Http::new`]) or tower service
+//! [`Http`] is a [`Handler`] that runs [hyper](https://hyper.rs) on each
+//! [`Connection`]: give it any hyper service ([`Http::new`]) or tower service
 //! ([`Http::tower`]: an axum `Router`, a tonic server), and serve it with
 //! [`ServerBuilder::serve`](crate::ServerBuilder::serve). hyper-util's auto builder tells HTTP/1.1 from
 //! HTTP/2 by the first bytes (h2c with prior knowledge on the same port); under lariat's TLS the ALPN
@@ -18,7 +18,7 @@
 //! let listener = lariat::Listener::bind(&"127.0.0.1:8080".parse()?)?;
 //! let server = lariat::Server::builder().serve([listener], lariat::http::Http::new(hello))?;
 //! // … later, on SIGTERM: answers in progress finish, keep-alive connections close between requests.
-//! server.drain(lariat::DrainOptions::default()).await;
+//! server.handle().drain(lariat::DrainOptions::default()).await;
 //! # Ok(()) }
 //! ```
 //!
