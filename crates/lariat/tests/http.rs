@@ -458,3 +458,208 @@ async fn alpn_picks_http2_or_http1_under_tls() {
     let s = http.stats();
     assert_eq!((s.drain_closed_idle, s.goaway_sent), (1, 1), "{s:?}");
 }
+
+/// One client's tally.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    refused: AtomicU64,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
+}
+
+/// HTTP/1.1 over TLS: requests on one connection until it closes (after an answer with
+/// `Connection: close`), then a new connection; until `stop`.
+async fn h1_tls_client(
+    connector: tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    while !stop.load(Relaxed) {
+        let Ok(tls) = common::tls::connect(&connector, addr).await else {
+            tally.fail("connect".into());
+            return;
+        };
+        let (mut send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await
+        {
+            Ok(x) => x,
+            Err(e) => return tally.fail(format!("h1 handshake: {e}")),
+        };
+        let conn = tokio::spawn(conn);
+        for path in ["/", "/slow"].iter().cycle() {
+            if stop.load(Relaxed) || send.ready().await.is_err() {
+                break;
+            }
+            let req = Request::get(*path)
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            match send.send_request(req).await {
+                Ok(res) => {
+                    let close = res
+                        .headers()
+                        .get("connection")
+                        .is_some_and(|v| v == "close");
+                    match res.into_body().collect().await {
+                        Ok(_) => tally.ok.fetch_add(1, Relaxed),
+                        Err(e) => return tally.fail(format!("h1 body: {e}")),
+                    };
+                    if close {
+                        break;
+                    }
+                }
+                // Never sent: the connection was already closing.
+                Err(e) if e.is_canceled() => {
+                    tally.refused.fetch_add(1, Relaxed);
+                    break;
+                }
+                Err(e) => return tally.fail(format!("h1 request: {e:?}")),
+            }
+        }
+        drop(send);
+        match conn.await.unwrap() {
+            Ok(()) => {}
+            Err(e) => return tally.fail(format!("h1 connection: {e:?}")),
+        }
+    }
+}
+
+/// HTTP/2 over TLS: 4 streams at a time on one connection until a GOAWAY, then a new connection.
+async fn h2_tls_client(
+    connector: tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    while !stop.load(Relaxed) {
+        let Ok(tls) = common::tls::connect(&connector, addr).await else {
+            return tally.fail("connect".into());
+        };
+        let (send, conn) =
+            match hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+            {
+                Ok(x) => x,
+                Err(e) => return tally.fail(format!("h2 handshake: {e}")),
+            };
+        tokio::spawn(conn);
+        let streams: Vec<_> = (0..4)
+            .map(|i| {
+                let (mut send, stop, tally) = (send.clone(), stop.clone(), tally.clone());
+                tokio::spawn(async move {
+                    let path = if i % 2 == 0 { "/" } else { "/slow" };
+                    while !stop.load(Relaxed) && send.ready().await.is_ok() {
+                        let req = Request::get(format!("https://localhost{path}"))
+                            .body(Empty::<Bytes>::new())
+                            .unwrap();
+                        match send.send_request(req).await {
+                            Ok(res) => match res.into_body().collect().await {
+                                Ok(_) => tally.ok.fetch_add(1, Relaxed),
+                                Err(e) => return tally.fail(format!("h2 body: {e}")),
+                            },
+                            Err(e) if refused_unprocessed(&e) => {
+                                tally.refused.fetch_add(1, Relaxed);
+                                return;
+                            }
+                            Err(e) => return tally.fail(format!("h2 request: {e:?}")),
+                        };
+                    }
+                })
+            })
+            .collect();
+        for s in streams {
+            s.await.unwrap();
+        }
+    }
+}
+
+/// A request that failed before the server took it: never sent, or above a GOAWAY's last stream.
+fn refused_unprocessed(e: &hyper::Error) -> bool {
+    if e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An axum app over TLS (ALPN `h2` and `http/1.1`) handed from one server to the next 5 times under
+/// load, the way a restart does (the successor serves the same socket, the old one releases it and
+/// drains): no request fails, no drain is forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_over_tls_through_five_hand_overs_under_load() {
+    use axum::routing::get;
+    use common::tls::{temp_dir, TestCert};
+    let cert = TestCert::write(&temp_dir("http-axum"));
+    let tls = lariat::tls::TlsConfig::from_pem_files(&cert.cert_path, &cert.key_path)
+        .unwrap()
+        .with_alpn(["h2", "http/1.1"]);
+    let app = axum::Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                "slow"
+            }),
+        );
+    let http = Http::tower(app);
+    // The socket itself stays here; each generation serves a descriptor of its own.
+    let (socket, addr) = bind_loopback();
+    let generation = || {
+        Server::builder()
+            .tls(Some(tls.clone()))
+            .serve([socket.try_clone().unwrap()], http.clone())
+            .unwrap()
+    };
+    let mut serving = generation();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(tokio::spawn(h1_tls_client(
+            cert.client(&[b"http/1.1"]),
+            addr,
+            stop.clone(),
+            tally.clone(),
+        )));
+        clients.push(tokio::spawn(h2_tls_client(
+            cert.client(&[b"h2"]),
+            addr,
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let next = generation();
+        serving.handle().release_listeners();
+        let report = serving.handle().drain(drain_opts()).await;
+        assert_eq!(report.forced, 0, "{report:?}");
+        serving = next;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Relaxed);
+    for c in clients {
+        tokio::time::timeout(PATIENCE, c).await.unwrap().unwrap();
+    }
+    let failures = tally.failures.lock().unwrap().clone();
+    let (ok, refused) = (tally.ok.load(Relaxed), tally.refused.load(Relaxed));
+    eprintln!("axum over TLS, 5 hand-overs: {ok} ok, {refused} refused unprocessed and retried, {} failed", failures.len());
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(ok > 100, "{ok}");
+    let report = serving.handle().drain(drain_opts()).await;
+    assert_eq!(report.forced, 0, "{report:?}");
+}
