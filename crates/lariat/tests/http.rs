@@ -605,11 +605,20 @@ async fn axum_over_tls_through_five_hand_overs_under_load() {
     let tls = lariat::tls::TlsConfig::from_pem_files(&cert.cert_path, &cert.key_path)
         .unwrap()
         .with_alpn(["h2", "http/1.1"]);
+    // Requests the app began: each must have been answered (none processed and then lost).
+    static BEGAN: AtomicU64 = AtomicU64::new(0);
     let app = axum::Router::new()
-        .route("/", get(|| async { "hello" }))
+        .route(
+            "/",
+            get(|| async {
+                BEGAN.fetch_add(1, Relaxed);
+                "hello"
+            }),
+        )
         .route(
             "/slow",
             get(|| async {
+                BEGAN.fetch_add(1, Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 "slow"
             }),
@@ -660,6 +669,11 @@ async fn axum_over_tls_through_five_hand_overs_under_load() {
     eprintln!("axum over TLS, 5 hand-overs: {ok} ok, {refused} refused unprocessed and retried, {} failed", failures.len());
     assert!(failures.is_empty(), "{failures:?}");
     assert!(ok > 100, "{ok}");
+    assert_eq!(
+        BEGAN.load(Relaxed),
+        ok,
+        "a request was processed but its answer lost"
+    );
     let report = serving.handle().drain(drain_opts()).await;
     assert_eq!(report.forced, 0, "{report:?}");
 }
