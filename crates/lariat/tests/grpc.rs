@@ -229,7 +229,7 @@ async fn tonic_unary_calls_through_drains_fail_none() {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let next = generation();
         serving.handle().release_listeners();
-        let report = serving.handle().drain(opts.clone()).await;
+        let report = serving.handle().drain(opts).await;
         assert_eq!(report.forced, 0, "{report:?}");
         serving = next;
     }
