@@ -677,3 +677,43 @@ async fn axum_over_tls_through_five_hand_overs_under_load() {
     let report = serving.handle().drain(drain_opts()).await;
     assert_eq!(report.forced, 0, "{report:?}");
 }
+
+/// A head over the limit, or too many header fields, gets `431` and a close, counted as a protocol
+/// error; the limit is the option's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_are_counted() {
+    let (listener, addr) = bind_loopback();
+    let opts = HttpOptions::default()
+        .max_head_bytes(16 * 1024)
+        .max_headers(20);
+    let http = Http::with_options(Hello::new(Duration::ZERO), opts);
+    let _server = Server::builder().serve([listener], http.clone()).unwrap();
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20 * 1024)
+    );
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..30).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+    );
+    for req in [long, many] {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(req.as_bytes()).await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, c.read_to_end(&mut got))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    }
+    // Within the limits: served.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-1: v\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut c, &mut Vec::new()).await.unwrap();
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    // Counted as each connection ends, which may come just after the client saw the close.
+    let counted = common::eventually(PATIENCE, || http.stats().protocol_errors == 2).await;
+    assert!(counted, "{:?}", http.stats());
+}
