@@ -1,13 +1,17 @@
 //! One connection's life under hyper: serve, watch for the drain and for idleness, end gracefully,
 //! close without a reset.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::io::{linger, pending, raw_fd, Linger, Returned};
 use super::service::{ConnState, Tracked};
@@ -28,25 +32,25 @@ where
     let options = &http.options;
     HttpStats::add(&stats.connections);
     let entry = conn.entry().clone();
-    let drain = entry.shared.drain.draining.clone();
+    let drain = DrainWatch::new(entry.shared.drain.draining.clone());
     let fd = raw_fd(conn.stream());
     let builder = match conn.tls().and_then(|t| t.alpn).as_deref() {
         Some(b"h2") => &http.h2,
         Some(b"http/1.1") => &http.h1,
         _ => &http.auto,
     };
-    let state = Arc::new(ConnState::default());
+    let state = Arc::new(ConnState::new(stats.clone()));
     let (io, back) = Returned::new(conn);
     let service = Tracked {
         inner: service,
         state: state.clone(),
-        stats: stats.clone(),
     };
     let moved = || entry.bytes_in.load(Relaxed) + entry.bytes_out.load(Relaxed);
 
     let result = {
         let served = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(served);
+        tokio::pin!(drain);
         // One timer: the keep-alive timeout, or during a drain the quiet period. When it fires, the
         // connection is idle if no request is in progress and no byte moved since it was set.
         let period = |draining: bool| {
@@ -65,7 +69,7 @@ where
             tokio::select! {
                 biased;
                 r = served.as_mut() => break r,
-                () = drain.cancelled(), if !draining => {
+                () = drain.as_mut(), if !draining => {
                     draining = true;
                     state.closing.store(true, Relaxed);
                     if state.h2.load(Relaxed) {
@@ -112,6 +116,49 @@ where
         if linger(conn, options.linger).await == Linger::TimedOut {
             HttpStats::add(&stats.linger_timeouts);
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The drain signal, polled cheaply: once its waiter holds this task's waker, later polls (one per
+    /// wake-up of the connection, so one per request) only read the token's flag instead of taking the
+    /// lock every connection of the server shares.
+    struct DrainWatch {
+        token: CancellationToken,
+        #[pin]
+        wait: WaitForCancellationFutureOwned,
+        registered: Option<Waker>,
+    }
+}
+
+impl DrainWatch {
+    fn new(token: CancellationToken) -> DrainWatch {
+        DrainWatch {
+            wait: token.clone().cancelled_owned(),
+            token,
+            registered: None,
+        }
+    }
+}
+
+impl Future for DrainWatch {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let polled = this.wait.poll(cx);
+        *this.registered = Some(cx.waker().clone());
+        polled
     }
 }
 

@@ -16,8 +16,10 @@ use hyper::body::Incoming;
 use super::stats::HttpStats;
 
 /// What the connection's loop and its service share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ConnState {
+    /// The handler's counters (reached through here so a request clones one `Arc`, not two).
+    pub(crate) stats: Arc<HttpStats>,
     /// Requests handed to the service whose answer's body is not finished yet.
     pub(crate) in_flight: AtomicU32,
     /// Set when the drain begins: HTTP/1 answers from now on carry `Connection: close`.
@@ -26,12 +28,22 @@ pub(crate) struct ConnState {
     pub(crate) h2: AtomicBool,
 }
 
+impl ConnState {
+    pub(crate) fn new(stats: Arc<HttpStats>) -> ConnState {
+        ConnState {
+            stats,
+            in_flight: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+        }
+    }
+}
+
 /// The user's service, wrapped.
 #[derive(Debug, Clone)]
 pub(crate) struct Tracked<S> {
     pub(crate) inner: S,
     pub(crate) state: Arc<ConnState>,
-    pub(crate) stats: Arc<HttpStats>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -43,7 +55,7 @@ where
     type Future = TrackedFuture<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        HttpStats::add(&self.stats.requests);
+        HttpStats::add(&self.state.stats.requests);
         let h1 = req.version() < Version::HTTP_2;
         if !h1 {
             self.state.h2.store(true, Relaxed);
@@ -53,7 +65,6 @@ where
             inner: self.inner.call(req),
             done: Some(Done {
                 state: self.state.clone(),
-                stats: self.stats.clone(),
                 h1,
             }),
         }
@@ -65,7 +76,6 @@ where
 #[derive(Debug)]
 pub(crate) struct Done {
     state: Arc<ConnState>,
-    stats: Arc<HttpStats>,
     h1: bool,
 }
 
@@ -98,7 +108,7 @@ where
             if done.h1 && done.state.closing.load(Relaxed) {
                 res.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
-                HttpStats::add(&done.stats.drain_closed_after_answer);
+                HttpStats::add(&done.state.stats.drain_closed_after_answer);
             }
         }
         Poll::Ready(Ok(res.map(|inner| TrackedBody { inner, done })))
