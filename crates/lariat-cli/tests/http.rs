@@ -545,3 +545,39 @@ async fn h2_client(
         }
     }
 }
+
+/// curl sends a request every 200 ms on one keep-alive connection (about the drain's quiet period, so
+/// its connection is often idle when a drain begins) through two restarts: every request gets its 200,
+/// on the old process or, after the close, on a fresh connection to the successor.
+#[test]
+fn curl_paced_keep_alive_requests_through_restarts_all_succeed() {
+    if !have("curl") {
+        return;
+    }
+    let server = start_hello(&["--drain-timeout", "5s"]);
+    let mut successors = KillOnDrop::default();
+    let url = format!("http://{}/", server.tcp_addr());
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--rate",
+        "5/s",
+        "-w",
+        "%{http_code} %{num_connects}\\n",
+    ]);
+    for _ in 0..25 {
+        cmd.args(["-o", "/dev/null", &url]);
+    }
+    let curl = Tool::start(&mut cmd);
+    restart(&server, &mut successors, 2, Duration::from_millis(1500));
+    let out = curl.finish(Duration::from_secs(30));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 25, "{out}");
+    assert!(lines.iter().all(|l| l.starts_with("200 ")), "{out}");
+    // The restarts closed the connection it kept: it connected again (at least once per restart).
+    let connects: u32 = lines
+        .iter()
+        .filter_map(|l| l.split(' ').nth(1)?.parse::<u32>().ok())
+        .sum();
+    assert!(connects >= 3, "{out}");
+}
