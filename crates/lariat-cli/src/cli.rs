@@ -140,6 +140,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<AdminAddr>,
 
+    /// Permission bits for a Unix --metrics socket file, in octal. Apart from --unix-mode: whoever can
+    /// connect to it reads the metrics (and, with the token, closes connections).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, default_value = "600")]
+    pub metrics_unix_mode: u32,
+
     /// On SIGTERM/SIGINT, first spend this long in lame duck: /readyz answers 503 while clients are still
     /// accepted and served, so a load balancer stops sending before the drain stops admitting. A second
     /// signal skips to the drain (and a third then forces it).
@@ -253,11 +258,11 @@ impl ServeArgs {
         }
     }
 
-    /// How the `--metrics` socket is bound (a file mode for a Unix path; no SO_REUSEPORT: one process
-    /// answers it).
+    /// How the `--metrics` socket is bound (its own file mode for a Unix path, never `--unix-mode`'s; no
+    /// SO_REUSEPORT: one process answers it).
     pub fn metrics_bind_options(&self) -> lariat::BindOptions {
         lariat::BindOptions {
-            unix_mode: self.unix_mode,
+            unix_mode: Some(self.metrics_unix_mode),
             ..lariat::BindOptions::default()
         }
     }

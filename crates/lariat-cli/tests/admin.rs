@@ -451,3 +451,49 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// The permission bits of a socket file.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// `--unix-mode` opens the service's socket to other users; it must not open the admin socket (which
+/// reads the connection list) with it: that one has `--metrics-unix-mode`, 0600 unless given.
+#[test]
+fn the_admin_unix_socket_gets_its_own_mode_not_unix_mode() {
+    let dir = std::env::temp_dir().join(format!("lariat-admin-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let service = dir.join("service.sock");
+    let admin = dir.join("admin.sock");
+    let (service_arg, admin_arg) = (
+        format!("unix:{}", service.display()),
+        format!("unix:{}", admin.display()),
+    );
+    {
+        let _server = Lariat::start(&[
+            "--listen",
+            &service_arg,
+            "--unix-mode",
+            "666",
+            "--metrics",
+            &admin_arg,
+        ]);
+        assert_eq!(mode(&service), 0o666);
+        assert_eq!(mode(&admin), 0o600, "the admin socket took --unix-mode");
+    }
+    let _ = std::fs::remove_file(&service);
+    let _ = std::fs::remove_file(&admin);
+    {
+        let _server = Lariat::start(&[
+            "--listen",
+            &service_arg,
+            "--metrics",
+            &admin_arg,
+            "--metrics-unix-mode",
+            "660",
+        ]);
+        assert_eq!(mode(&admin), 0o660);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
