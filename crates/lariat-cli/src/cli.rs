@@ -170,8 +170,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: usize,
 
-    /// Internal: this process is a worker of the `--workers` supervisor with this pid (SIGUSR2 hands
-    /// over, SIGHUP is the supervisor's).
+    /// Internal: this process is a worker of the `--workers` supervisor with this pid (it obeys the
+    /// supervisor's instructions only).
     #[arg(long, hide = true, value_name = "SUPERVISOR_PID")]
     pub as_worker: Option<u32>,
 

@@ -10,7 +10,6 @@ use anyhow::Context;
 use lariat::metrics::{record_restart, RestartEvent};
 use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions};
 use lariat::{DrainOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder, ServerHandle};
-use tokio::signal::unix::{signal, SignalKind};
 
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use crate::admin::{self, Phase};
 use crate::cli::{Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs};
 use crate::handlers;
 use crate::listeners::{self, Named};
+use crate::signals::{Order, Signals};
 use lariat::proxy::{ProxyConfig, ProxyMode};
 
 /// Runs the server described by `args`.
@@ -241,17 +241,15 @@ async fn serve<H: Handler>(
     tls: Option<TlsConfig>,
 ) -> anyhow::Result<ExitCode> {
     // Register for signals before announcing readiness, so a signal sent right after the line is seen.
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigusr1 =
-        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
-    let mut sigusr2 =
-        signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    let mut signals = match args.as_worker {
+        Some(_) => Signals::worker()?,
+        None => Signals::operator()?,
+    };
     if let Some(supervisor) = args.as_worker {
-        // After the SIGTERM handler is installed: a supervisor's death then drains this worker.
+        // After the drain instruction's handler is installed: a supervisor's death then drains this
+        // worker.
         crate::workers::tie_to_supervisor(supervisor);
     }
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     // What a restart passes on: each socket under its name. Duplicates, so a listener the accept loop
     // drops (failed for good) cannot leave a stale number behind.
@@ -297,12 +295,22 @@ async fn serve<H: Handler>(
     match lariat::activation::notify_ready() {
         Ok(true) => tracing::debug!("told NOTIFY_SOCKET we are ready"),
         Ok(false) => {}
+        // A lariat process that started us (a restart, a supervisor) gave up waiting and stopped
+        // listening for our READY: it goes on serving (or is stopping), so we must not. Nothing has been
+        // accepted yet and the sockets are left as they are.
+        Err(e) if std::env::var_os(lariat::activation::HANDOFF_ENV).is_some() => {
+            return Err(anyhow::Error::from(e).context(
+                "the process that started us no longer waits for our READY; exiting without serving",
+            ))
+        }
         Err(e) => tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready"),
     }
     tokio::pin!(accept_loop);
 
     // At most one restart at a time: the successor being waited for.
     let mut restart: Option<PendingRestart> = None;
+    // Told to close every connection without a drain first (a worker's supervisor).
+    let mut force_at_once = false;
     let ending = loop {
         tokio::select! {
             result = &mut accept_loop => {
@@ -310,36 +318,34 @@ async fn serve<H: Handler>(
                 result.context("the server stopped accepting")?;
                 return Ok(ExitCode::SUCCESS);
             }
-            _ = sigterm.recv() => break Ending::Signal("SIGTERM"),
-            _ = sigint.recv() => break Ending::Signal("SIGINT"),
-            _ = sigusr1.recv() => match &tls {
-                Some(tls) => match tls.reload() {
-                    Ok(()) => tracing::info!("SIGUSR1: TLS certificate and key reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGUSR1: TLS reload failed; the current certificate stays"),
-                },
-                None => tracing::info!("SIGUSR1: no TLS configured; nothing to reload"),
+            order = signals.recv() => match order {
+                Order::Stop(signal) => break Ending::Signal(signal),
+                // Only a worker is told this, by its supervisor, after a drain instruction: drain and
+                // close at once.
+                Order::Force => {
+                    force_at_once = true;
+                    break Ending::Signal("force instruction");
+                }
+                Order::Reload => reload(tls.as_ref()),
+                Order::Retire => break Ending::Retired,
+                Order::Ignored(signal) => tracing::info!(signal, "nothing to do on this signal; ignored"),
+                Order::Restart => {
+                    if restart.is_some() {
+                        tracing::warn!("SIGHUP: a restart is already in progress; ignored");
+                        continue;
+                    }
+                    match start_successor(&passable, args) {
+                        Ok(successor) => {
+                            record_restart(RestartEvent::Started);
+                            restart = Some(Box::pin(successor.ready()));
+                        }
+                        Err(e) => {
+                            record_restart(RestartEvent::Failed);
+                            tracing::error!(error = %e, "restart failed; still serving");
+                        }
+                    }
+                }
             },
-            _ = sigusr2.recv(), if args.as_worker.is_some() => break Ending::Retired,
-            _ = sighup.recv() => {
-                if args.as_worker.is_some() {
-                    tracing::warn!("SIGHUP: this is a worker; send SIGHUP to its supervisor to replace the workers");
-                    continue;
-                }
-                if restart.is_some() {
-                    tracing::warn!("SIGHUP: a restart is already in progress; ignored");
-                    continue;
-                }
-                match start_successor(&passable, args) {
-                    Ok(successor) => {
-                        record_restart(RestartEvent::Started);
-                        restart = Some(Box::pin(successor.ready()));
-                    }
-                    Err(e) => {
-                        record_restart(RestartEvent::Failed);
-                        tracing::error!(error = %e, "restart failed; still serving");
-                    }
-                }
-            }
             result = async { restart.as_mut().expect("guarded").await }, if restart.is_some() => {
                 restart = None;
                 match result {
@@ -412,9 +418,17 @@ async fn serve<H: Handler>(
                             }
                             break "the server stopped accepting";
                         }
-                        _ = sigterm.recv() => break "a second signal (SIGTERM) skips it",
-                        _ = sigint.recv() => break "a second signal (SIGINT) skips it",
-                        _ = sighup.recv() => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
+                        order = signals.recv() => match order {
+                            Order::Stop("SIGINT") => break "a second signal (SIGINT) skips it",
+                            Order::Stop(_) => break "a second signal (SIGTERM) skips it",
+                            Order::Force => {
+                                force_at_once = true;
+                                break "told to close every connection";
+                            }
+                            Order::Reload => reload(tls.as_ref()),
+                            Order::Restart => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
+                            Order::Retire | Order::Ignored(_) => {}
+                        },
                     }
                 };
                 tracing::info!(why, "lame duck over");
@@ -464,9 +478,16 @@ async fn serve<H: Handler>(
         timeout: args.drain_timeout,
         ..DrainOptions::default()
     };
+    // A stop signal forces the drain when one already began it. After a hand-over (a restart, or a
+    // worker's retirement) the drain began without one: the first stop signal (`systemctl stop` reaches
+    // every process of the unit) lets it go on, and only a second one forces it.
+    let mut stop_seen = matches!(ending, Ending::Signal(_));
     // The drain needs the accept loop driven (it empties the queues), so both run here.
     let drain = handle.drain(opts);
     tokio::pin!(drain);
+    if force_at_once {
+        force(&handle, "force instruction");
+    }
     let report = loop {
         tokio::select! {
             result = &mut accept_loop, if !accept_loop_done => {
@@ -476,8 +497,17 @@ async fn serve<H: Handler>(
                 }
             }
             report = &mut drain => break report,
-            _ = sigterm.recv() => force(&handle, "SIGTERM"),
-            _ = sigint.recv() => force(&handle, "SIGINT"),
+            order = signals.recv() => match order {
+                Order::Stop(signal) if stop_seen => force(&handle, signal),
+                Order::Stop(signal) => {
+                    stop_seen = true;
+                    tracing::info!(signal, "already draining after a hand-over; a second signal closes every connection");
+                }
+                Order::Force => force(&handle, "force instruction"),
+                Order::Reload => reload(tls.as_ref()),
+                Order::Restart => tracing::warn!("SIGHUP while draining: ignored"),
+                Order::Retire | Order::Ignored(_) => {}
+            },
         }
     };
     Ok(if report.is_complete() {
@@ -541,6 +571,19 @@ pub fn announce(addrs: &[lariat::ListenAddr], metrics: Option<&lariat::ListenAdd
 
 /// The exit code after a drain that had to close connections (or left clients queued).
 pub const EXIT_FORCED: u8 = 3;
+
+/// SIGUSR1 (a worker: its supervisor's reload instruction): new handshakes use the files' current pair.
+fn reload(tls: Option<&TlsConfig>) {
+    match tls {
+        Some(tls) => match tls.reload() {
+            Ok(()) => tracing::info!("SIGUSR1: TLS certificate and key reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGUSR1: TLS reload failed; the current certificate stays")
+            }
+        },
+        None => tracing::info!("SIGUSR1: no TLS configured; nothing to reload"),
+    }
+}
 
 fn force(handle: &ServerHandle, signal: &str) {
     tracing::warn!(signal, "second signal: closing every connection now");

@@ -280,3 +280,64 @@ fn a_successor_that_fails_after_adopting_leaves_the_unix_path_alone() {
     assert_eq!(&back, b"still");
     let _ = std::fs::remove_file(failing);
 }
+
+/// `systemctl stop` during a restart's drain: SIGTERM reaches the successor and the old process still
+/// draining. That first signal must not force the old process: its clients are served to their end.
+#[test]
+fn the_first_sigterm_after_a_hand_over_keeps_the_old_process_draining() {
+    let mut server = Lariat::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "20s"]);
+    let addr = server.tcp_addr();
+    let mut live = TcpStream::connect(addr).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut back = [0u8; 3];
+    live.write_all(b"one").unwrap();
+    live.read_exact(&mut back).unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || successor_pids(
+        &server.stderr()
+    )
+    .len()
+        == 1));
+    let successor = successor_pids(&server.stderr())[0];
+    // Every process of the unit, as systemd's default KillMode does.
+    server.signal_group(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.is_running(), "{}", server.stderr());
+    live.write_all(b"two").unwrap();
+    live.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"two");
+    drop(live);
+    let status = server.wait_exit(Duration::from_secs(10));
+    let log = server.stderr();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("already draining after a hand-over"), "{log}");
+    assert!(eventually(Duration::from_secs(10), || !is_alive(successor)));
+}
+
+/// A second signal still forces the old process.
+#[test]
+fn a_second_sigterm_after_a_hand_over_forces_the_old_process() {
+    let mut server = Lariat::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "20s"]);
+    let mut live = TcpStream::connect(server.tcp_addr()).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    live.write_all(b"one").unwrap();
+    let mut back = [0u8; 3];
+    live.read_exact(&mut back).unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || successor_pids(
+        &server.stderr()
+    )
+    .len()
+        == 1));
+    let successor = successor_pids(&server.stderr())[0];
+    server.signal(libc::SIGTERM);
+    assert!(eventually(Duration::from_secs(5), || server
+        .stderr()
+        .contains("already draining after a hand-over")));
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "{}", server.stderr());
+    kill(successor);
+}
