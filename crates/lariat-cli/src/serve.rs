@@ -20,7 +20,7 @@ use crate::admin::{self, Phase};
 use crate::cli::{Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs};
 use crate::handlers;
 use crate::listeners::{self, Named};
-use crate::signals::{Order, Signals};
+use crate::signals::{Instruction, Order, Signals};
 use lariat::proxy::{ProxyConfig, ProxyMode};
 
 /// Runs the server described by `args`.
@@ -214,8 +214,12 @@ fn proxy_config(args: &ServeArgs) -> Option<ProxyConfig> {
 
 /// Why the serving loop ended.
 enum Ending {
-    /// A signal asked to stop: drain.
-    Signal(&'static str),
+    /// Asked to stop: drain. `why` names the signal; `by_operator`: the operator's signal (a further one
+    /// forces the drain), not the drain instruction of the process that started this one.
+    Stop {
+        why: &'static str,
+        by_operator: bool,
+    },
     /// A successor took the listeners over: drain our own connections.
     HandedOver { successor: u32 },
     /// A worker told by its supervisor (SIGUSR2) to leave the shared sockets to the others and finish.
@@ -319,12 +323,13 @@ async fn serve<H: Handler>(
                 return Ok(ExitCode::SUCCESS);
             }
             order = signals.recv() => match order {
-                Order::Stop(signal) => break Ending::Signal(signal),
+                Order::Stop(why) => break Ending::Stop { why, by_operator: true },
+                Order::Drain => break Ending::Stop { why: "drain instruction", by_operator: false },
                 // Only a worker is told this, by its supervisor, after a drain instruction: drain and
                 // close at once.
                 Order::Force => {
                     force_at_once = true;
-                    break Ending::Signal("force instruction");
+                    break Ending::Stop { why: "force instruction", by_operator: false };
                 }
                 Order::Reload => reload(tls.as_ref()),
                 Order::Retire => break Ending::Retired,
@@ -358,44 +363,42 @@ async fn serve<H: Handler>(
             }
         }
     };
-    // A signal that raced a successor's READY: if it is serving already, it takes over and gets the
-    // signal too; otherwise the restart is abandoned (dropping it kills the successor, which accepts
-    // nothing before it says READY).
+    // A signal that raced a successor's READY: if it is serving already, it takes over and is told to
+    // drain (an instruction, not the signal: if the signal reached the whole group, the successor got it
+    // too, and two would force its drain); otherwise the restart is abandoned (dropping it stops the
+    // successor, which accepts nothing before it says READY).
     let ending = match (ending, restart.take()) {
-        (Ending::Signal(signal), Some(pending)) => {
-            match tokio::time::timeout(std::time::Duration::ZERO, pending).await {
-                Ok(Ok(successor)) => {
-                    tracing::info!(
-                        successor_pid = successor,
-                        signal,
-                        "a signal arrived as the successor became ready; passing it on"
-                    );
-                    // SAFETY: kill(2) on our own child.
-                    unsafe {
-                        libc::kill(
-                            successor as libc::pid_t,
-                            if signal == "SIGINT" {
-                                libc::SIGINT
-                            } else {
-                                libc::SIGTERM
-                            },
-                        );
-                    }
-                    Ending::HandedOver { successor }
-                }
-                _ => Ending::Signal(signal),
+        (
+            Ending::Stop {
+                why: signal,
+                by_operator,
+            },
+            Some(pending),
+        ) => match tokio::time::timeout(std::time::Duration::ZERO, pending).await {
+            Ok(Ok(successor)) => {
+                tracing::info!(
+                    successor_pid = successor,
+                    signal,
+                    "a signal arrived as the successor became ready; passing it on"
+                );
+                Instruction::Drain.send(successor);
+                Ending::HandedOver { successor }
             }
-        }
+            _ => Ending::Stop {
+                why: signal,
+                by_operator,
+            },
+        },
         (ending, _) => ending,
     };
-    if matches!(ending, Ending::Signal(_)) {
+    if matches!(ending, Ending::Stop { .. }) {
         // No restart will follow: holding duplicates would keep the sockets listening after the drain
         // closes them, leaving new clients unanswered instead of refused.
         passable.clear();
     }
     let mut accept_loop_done = false;
     match ending {
-        Ending::Signal(signal) => {
+        Ending::Stop { why: signal, .. } => {
             if !args.lame_duck.is_zero() {
                 // /readyz turns 503 now, while the listeners keep accepting: a load balancer checking it
                 // stops sending before the drain stops admitting.
@@ -427,7 +430,7 @@ async fn serve<H: Handler>(
                             }
                             Order::Reload => reload(tls.as_ref()),
                             Order::Restart => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
-                            Order::Retire | Order::Ignored(_) => {}
+                            Order::Drain | Order::Retire | Order::Ignored(_) => {}
                         },
                     }
                 };
@@ -479,9 +482,15 @@ async fn serve<H: Handler>(
         ..DrainOptions::default()
     };
     // A stop signal forces the drain when one already began it. After a hand-over (a restart, or a
-    // worker's retirement) the drain began without one: the first stop signal (`systemctl stop` reaches
-    // every process of the unit) lets it go on, and only a second one forces it.
-    let mut stop_seen = matches!(ending, Ending::Signal(_));
+    // worker's retirement) or a drain instruction the drain began without one: the first stop signal
+    // (`systemctl stop` reaches every process of the unit) lets it go on, and only a second one forces it.
+    let mut stop_seen = matches!(
+        ending,
+        Ending::Stop {
+            by_operator: true,
+            ..
+        }
+    );
     // The drain needs the accept loop driven (it empties the queues), so both run here.
     let drain = handle.drain(opts);
     tokio::pin!(drain);
@@ -501,12 +510,12 @@ async fn serve<H: Handler>(
                 Order::Stop(signal) if stop_seen => force(&handle, signal),
                 Order::Stop(signal) => {
                     stop_seen = true;
-                    tracing::info!(signal, "already draining after a hand-over; a second signal closes every connection");
+                    tracing::info!(signal, "already draining; a second signal closes every connection");
                 }
                 Order::Force => force(&handle, "force instruction"),
                 Order::Reload => reload(tls.as_ref()),
                 Order::Restart => tracing::warn!("SIGHUP while draining: ignored"),
-                Order::Retire | Order::Ignored(_) => {}
+                Order::Drain | Order::Retire | Order::Ignored(_) => {}
             },
         }
     };

@@ -9,7 +9,7 @@
 //! that acted on its own SIGTERM would stop accepting while the supervisor is still in its lame duck,
 //! and then take the supervisor's forwarded signal as a second one and close every connection. So a
 //! worker ignores SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2, and the supervisor instructs it on
-//! real-time signals of its own ([`ToWorker`]), which nothing sends to a whole group. The parent-death
+//! real-time signals of its own ([`Instruction`]), which nothing sends to a whole group. The parent-death
 //! signal is the drain instruction, so a worker whose supervisor died drains.
 
 use std::future::poll_fn;
@@ -21,9 +21,14 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 /// What a signal asks of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
-    /// Stop taking clients and drain (after the lame duck, where there is one); the signal's name. While
-    /// a drain is under way, a further one closes every connection.
+    /// The operator's stop signal (its name): stop taking clients and drain (after the lame duck, where
+    /// there is one). While a drain the operator asked for is under way, a further one closes every
+    /// connection.
     Stop(&'static str),
+    /// Drain, told by the process that started this one: begins a drain if none is under way (lame duck
+    /// first, where there is one), and never forces one, so a stop both passed on and received directly
+    /// drains once.
+    Drain,
     /// Close every connection now (a worker, told by its supervisor after a second signal).
     Force,
     /// Restart: start a successor and hand over (the supervisor: replace the workers).
@@ -36,9 +41,11 @@ pub enum Order {
     Ignored(&'static str),
 }
 
-/// An instruction from a `--workers` supervisor to one worker.
+/// An instruction from the process that started this one: a `--workers` supervisor to a worker (all
+/// four), or a restart's predecessor to its successor (drain: a stop signal that reached the predecessor
+/// alone, as the successor took over).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToWorker {
+pub enum Instruction {
     /// Drain: serve the queue and the connections, then exit. Also the parent-death signal.
     Drain,
     /// Close every connection now.
@@ -49,12 +56,12 @@ pub enum ToWorker {
     Reload,
 }
 
-impl ToWorker {
-    const ALL: [ToWorker; 4] = [
-        ToWorker::Drain,
-        ToWorker::Force,
-        ToWorker::Retire,
-        ToWorker::Reload,
+impl Instruction {
+    const ALL: [Instruction; 4] = [
+        Instruction::Drain,
+        Instruction::Force,
+        Instruction::Retire,
+        Instruction::Reload,
     ];
 
     /// The signal that carries it: a real-time one (Linux), which no terminal, init system or `kill`
@@ -64,10 +71,10 @@ impl ToWorker {
         // The first real-time signal the C library leaves to programs, and the next three.
         libc::SIGRTMIN()
             + match self {
-                ToWorker::Drain => 0,
-                ToWorker::Force => 1,
-                ToWorker::Retire => 2,
-                ToWorker::Reload => 3,
+                Instruction::Drain => 0,
+                Instruction::Force => 1,
+                Instruction::Retire => 2,
+                Instruction::Reload => 3,
             }
     }
 
@@ -76,20 +83,20 @@ impl ToWorker {
     #[cfg(not(target_os = "linux"))]
     pub fn signal(self) -> i32 {
         match self {
-            ToWorker::Drain => libc::SIGTERM,
-            ToWorker::Force => libc::SIGINT,
-            ToWorker::Retire => libc::SIGUSR2,
-            ToWorker::Reload => libc::SIGUSR1,
+            Instruction::Drain => libc::SIGTERM,
+            Instruction::Force => libc::SIGINT,
+            Instruction::Retire => libc::SIGUSR2,
+            Instruction::Reload => libc::SIGUSR1,
         }
     }
 
     /// What the worker does on it.
     fn order(self) -> Order {
         match self {
-            ToWorker::Drain => Order::Stop("drain instruction"),
-            ToWorker::Force => Order::Force,
-            ToWorker::Retire => Order::Retire,
-            ToWorker::Reload => Order::Reload,
+            Instruction::Drain => Order::Drain,
+            Instruction::Force => Order::Force,
+            Instruction::Retire => Order::Retire,
+            Instruction::Reload => Order::Reload,
         }
     }
 
@@ -108,7 +115,8 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// A standalone server or a supervisor: the operator's signals.
+    /// A standalone server or a supervisor: the operator's signals, and the drain instruction (from a
+    /// restart's predecessor).
     pub fn operator() -> anyhow::Result<Signals> {
         Signals::listen(&[
             (libc::SIGTERM, Order::Stop("SIGTERM")),
@@ -116,13 +124,14 @@ impl Signals {
             (libc::SIGHUP, Order::Restart),
             (libc::SIGUSR1, Order::Reload),
             (libc::SIGUSR2, Order::Ignored("SIGUSR2")),
+            (Instruction::Drain.signal(), Order::Drain),
         ])
     }
 
     /// A worker: its supervisor's instructions; the operator's signals are ignored (the supervisor gets
     /// them and instructs).
     pub fn worker() -> anyhow::Result<Signals> {
-        let orders: Vec<(i32, Order)> = ToWorker::ALL
+        let orders: Vec<(i32, Order)> = Instruction::ALL
             .iter()
             .map(|w| (w.signal(), w.order()))
             .collect();
@@ -181,7 +190,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn instructions_are_distinct_real_time_signals() {
-        let signals: Vec<i32> = ToWorker::ALL.iter().map(|w| w.signal()).collect();
+        let signals: Vec<i32> = Instruction::ALL.iter().map(|w| w.signal()).collect();
         for (i, s) in signals.iter().enumerate() {
             assert!(*s >= libc::SIGRTMIN() && *s <= libc::SIGRTMAX(), "{s}");
             assert!(!signals[..i].contains(s));

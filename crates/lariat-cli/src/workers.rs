@@ -39,7 +39,7 @@ use crate::admin::{self, Phase};
 use crate::cli::ServeArgs;
 use crate::listeners;
 use crate::serve::{announce, EXIT_FORCED};
-use crate::signals::{Order, Signals, ToWorker};
+use crate::signals::{Instruction, Order, Signals};
 
 /// The hidden flag a worker is started with.
 pub const AS_WORKER: &str = "--as-worker";
@@ -119,7 +119,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 // The ones already serving go too: a supervisor that failed to start leaves nothing.
                 for w in &mut workers {
-                    ToWorker::Drain.send(w.child.id());
+                    Instruction::Drain.send(w.child.id());
                     let _ = w.child.wait();
                 }
                 return Err(e.context(format!("starting worker {slot}")));
@@ -153,7 +153,8 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             order = signals.recv() => match order {
                 Order::Stop(signal) => break signal,
-                Order::Reload => tell_all(&workers, &retiring, ToWorker::Reload),
+                Order::Drain => break "drain instruction",
+                Order::Reload => tell_all(&workers, &retiring, Instruction::Reload),
                 Order::Ignored(signal) => tracing::info!(signal, "nothing to do on this signal; ignored"),
                 Order::Force | Order::Retire => {}
                 Order::Restart => {
@@ -271,9 +272,9 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                         tracing::info!("a second signal skips the lame duck");
                         break;
                     }
-                    Order::Reload => tell_all(&workers, &retiring, ToWorker::Reload),
+                    Order::Reload => tell_all(&workers, &retiring, Instruction::Reload),
                     Order::Restart => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
-                    Order::Force | Order::Retire | Order::Ignored(_) => {}
+                    Order::Drain | Order::Force | Order::Retire | Order::Ignored(_) => {}
                 },
             }
         }
@@ -288,7 +289,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
         n.listener.refuse_new();
     }
     for w in &workers {
-        ToWorker::Drain.send(w.child.id());
+        Instruction::Drain.send(w.child.id());
     }
     // Old workers still handing over are already draining: they are waited for, not instructed, unless a
     // second signal reaches the supervisor.
@@ -301,11 +302,11 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             order = signals.recv() => match order {
                 Order::Stop(signal) => {
                     tracing::warn!(signal, "second signal: the workers close every connection now");
-                    tell_all(&workers, &[], ToWorker::Force);
+                    tell_all(&workers, &[], Instruction::Force);
                 }
-                Order::Reload => tell_all(&workers, &[], ToWorker::Reload),
+                Order::Reload => tell_all(&workers, &[], Instruction::Reload),
                 Order::Restart => tracing::warn!("SIGHUP while draining: ignored"),
-                Order::Force | Order::Retire | Order::Ignored(_) => {}
+                Order::Drain | Order::Force | Order::Retire | Order::Ignored(_) => {}
             },
             _ = reap.tick() => {
                 workers.retain_mut(|w| match exited(&mut w.child) {
@@ -337,7 +338,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
 pub fn tie_to_supervisor(supervisor: u32) {
     #[cfg(target_os = "linux")]
     {
-        let drain = ToWorker::Drain.signal();
+        let drain = Instruction::Drain.signal();
         // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
         let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, drain) };
         if set != 0 {
@@ -430,8 +431,8 @@ fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
 }
 
 /// Sends `what` to every worker, serving or handing over.
-fn tell_all(workers: &[Worker], retiring: &[Worker], what: ToWorker) {
-    if what == ToWorker::Reload {
+fn tell_all(workers: &[Worker], retiring: &[Worker], what: Instruction) {
+    if what == Instruction::Reload {
         tracing::info!("SIGUSR1: the workers reload the TLS certificate and key");
     }
     for w in workers.iter().chain(retiring) {
@@ -442,7 +443,7 @@ fn tell_all(workers: &[Worker], retiring: &[Worker], what: ToWorker) {
 /// Tells a replaced worker to stop accepting and finish its connections; the caller keeps it, to reap
 /// it and to wait for it at shutdown.
 fn retire(old: Worker) -> Worker {
-    ToWorker::Retire.send(old.child.id());
+    Instruction::Retire.send(old.child.id());
     tracing::info!(
         slot = old.slot,
         worker_pid = old.child.id(),
