@@ -364,6 +364,8 @@ impl Spawner {
         let mut opts = RestartOptions::same_process().context("finding this executable")?;
         opts.args = worker_args(&opts.args);
         opts.ready_timeout = args.restart_timeout;
+        // Workers ignore SIGTERM (it may be the whole group's): one given up on is told to drain.
+        opts.stop_signal = Instruction::Drain.signal();
         Ok(Spawner { opts })
     }
 

@@ -401,3 +401,77 @@ fn a_group_signal_racing_a_successors_ready_does_not_force_the_successor() {
     }
     let _ = std::fs::remove_file(slow);
 }
+
+/// A successor not ready in time is stopped with SIGTERM first (a lariat successor then exits without
+/// serving, or drains what it accepted), and killed only if it ignores it.
+#[test]
+fn a_successor_given_up_on_gets_sigterm_before_sigkill() {
+    let mark = std::env::temp_dir().join(format!("lariat-term-{}.mark", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
+    let slow = script(
+        "term-trap",
+        &format!(
+            "trap 'echo term > {}; exit 0' TERM\nwhile :; do sleep 0.05; done",
+            mark.display()
+        ),
+    );
+    let mut server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--restart-binary",
+        slow.to_str().unwrap(),
+        "--restart-timeout",
+        "500ms",
+    ]);
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || server
+        .stderr()
+        .contains("was not ready within")));
+    assert_eq!(
+        std::fs::read_to_string(&mark).unwrap_or_default().trim(),
+        "term",
+        "the successor was not sent SIGTERM: {}",
+        server.stderr()
+    );
+    still_serves(&mut server);
+    let _ = std::fs::remove_file(mark);
+    let _ = std::fs::remove_file(slow);
+}
+
+/// A successor whose READY comes after the old process gave up on it learns so (the READY fails) and
+/// exits without serving, leaving the sockets to the old process untouched.
+#[test]
+fn a_successor_ready_after_the_deadline_exits_without_serving() {
+    let late = script(
+        "late",
+        &format!(
+            "trap '' TERM\nsleep 1\nexec {} \"$@\"",
+            env!("CARGO_BIN_EXE_lariat")
+        ),
+    );
+    let mut server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--restart-binary",
+        late.to_str().unwrap(),
+        "--restart-timeout",
+        "300ms",
+    ]);
+    server.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .stderr()
+            .contains("no longer waits for our READY")),
+        "{}",
+        server.stderr()
+    );
+    assert!(
+        !server.stderr().contains("handing over"),
+        "{}",
+        server.stderr()
+    );
+    for _ in 0..5 {
+        still_serves(&mut server);
+    }
+    let _ = std::fs::remove_file(late);
+}
