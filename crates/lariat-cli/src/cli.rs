@@ -140,6 +140,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<AdminAddr>,
 
+    /// A file holding the token the --metrics endpoint's connection routes (the list, closing one) ask
+    /// for, as `Authorization: Bearer TOKEN` [default: the LARIAT_ADMIN_TOKEN variable]. Without a token
+    /// those routes are disabled.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// A host name the --metrics endpoint answers to (repeatable), besides IP addresses and localhost: a
+    /// request naming another host is refused (DNS rebinding).
+    #[arg(long, value_name = "NAME")]
+    pub admin_host: Vec<String>,
+
     /// Permission bits for a Unix --metrics socket file, in octal. Apart from --unix-mode: whoever can
     /// connect to it reads the metrics (and, with the token, closes connections).
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode, default_value = "600")]

@@ -292,6 +292,7 @@ async fn serve<H: Handler>(
                 Some(handle.clone()),
                 phase.clone(),
                 handler_name(args.handler),
+                admin::Access::new(args.admin_token_file.as_deref(), &args.admin_host)?,
             )
         })
         .transpose()?;

@@ -86,7 +86,14 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let admin = match &args.metrics {
         Some(addr) => {
             let listener = admin::listener(addr, &mut inherited, &args.metrics_bind_options())?;
-            Some(admin::start(listener, None, phase.clone(), "workers")?)
+            let access = admin::Access::new(args.admin_token_file.as_deref(), &args.admin_host)?;
+            Some(admin::start(
+                listener,
+                None,
+                phase.clone(),
+                "workers",
+                access,
+            )?)
         }
         None => None,
     };
@@ -405,10 +412,17 @@ impl Spawner {
 }
 
 /// The supervisor's own options, with their values: a worker gets neither.
-const SUPERVISOR_ONLY: [&str; 3] = ["--workers", "--metrics", "--lame-duck"];
+const SUPERVISOR_ONLY: [&str; 6] = [
+    "--workers",
+    "--metrics",
+    "--lame-duck",
+    "--metrics-unix-mode",
+    "--admin-token-file",
+    "--admin-host",
+];
 
-/// The worker's arguments: ours without the supervisor's options (`--workers N`, `--metrics ADDR`,
-/// `--lame-duck D`, or `=`-joined), plus `--as-worker`.
+/// The worker's arguments: ours without the supervisor's options (`--workers N`, `--metrics ADDR` and
+/// the endpoint's options, `--lame-duck D`, or `=`-joined), plus `--as-worker`.
 fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
     let mut out = Vec::with_capacity(args.len() + 1);
     let mut skip_next = false;

@@ -250,13 +250,18 @@ pub fn admin_addr(server: &Lariat) -> SocketAddr {
     addr.unwrap()
 }
 
-/// One HTTP/1.1 request; the status and the body.
+/// One HTTP/1.1 request (`Host` the address); the status and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, &format!("Host: {addr}\r\n"))
+}
+
+/// One HTTP/1.1 request with these header lines (each ending in CRLF); the status and the body.
+pub fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     std::io::Write::write_fmt(
         &mut s,
-        format_args!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+        format_args!("{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"),
     )
     .unwrap();
     let mut answer = String::new();
