@@ -136,7 +136,8 @@ pub struct ServeArgs {
     pub drain_timeout: Duration,
 
     /// Serve metrics and health over HTTP on this address (IP:PORT or unix:/path): GET /metrics
-    /// (Prometheus text), /healthz, /readyz, /connections (JSON); DELETE /connections/ID closes one.
+    /// (Prometheus text), /healthz, /readyz; with the --admin-token-file token, GET /connections (JSON)
+    /// and DELETE /connections/ID, which closes one.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<AdminAddr>,
 
