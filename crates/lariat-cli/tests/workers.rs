@@ -497,3 +497,29 @@ fn sigusr1_keeps_the_supervisor_and_its_workers_serving() {
     signal(server.pid(), libc::SIGTERM);
     assert!(server.wait_exit(PATIENCE).success());
 }
+
+/// A supervisor killed outright (SIGKILL: no drain of its own): its workers get the drain instruction as
+/// their parent-death signal, serve their live connection to its end, and exit, rather than serving on
+/// unsupervised.
+#[test]
+fn a_killed_supervisors_workers_drain_and_exit() {
+    let (mut server, addr, pids) = start_workers(&["--drain-timeout", "10s"]);
+    let mut live = TcpStream::connect(addr).unwrap();
+    live.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut back = [0u8; 3];
+    live.write_all(b"one").unwrap();
+    live.read_exact(&mut back).unwrap();
+    signal(server.pid(), libc::SIGKILL);
+    let _ = server.wait_exit(PATIENCE);
+    std::thread::sleep(Duration::from_millis(300));
+    // Still served while the workers drain.
+    live.write_all(b"two").unwrap();
+    live.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"two");
+    drop(live);
+    assert!(
+        eventually(PATIENCE, || pids.iter().all(|p| !is_alive(*p))),
+        "workers outlived their supervisor: {}",
+        server.stderr()
+    );
+}
