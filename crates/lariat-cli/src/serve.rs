@@ -398,6 +398,17 @@ async fn serve<H: Handler>(
         passable.clear();
     }
     let mut accept_loop_done = false;
+    // A stop signal skips the lame duck, or forces the drain, when one already began it. After a
+    // hand-over (a restart, or a worker's retirement) or a drain instruction it began without one: the
+    // first stop signal (`systemctl stop` reaches every process of the unit) lets it go on, and only a
+    // second one acts.
+    let mut stop_seen = matches!(
+        ending,
+        Ending::Stop {
+            by_operator: true,
+            ..
+        }
+    );
     match ending {
         Ending::Stop { why: signal, .. } => {
             if !args.lame_duck.is_zero() {
@@ -423,6 +434,10 @@ async fn serve<H: Handler>(
                             break "the server stopped accepting";
                         }
                         order = signals.recv() => match order {
+                            Order::Stop(signal) if !stop_seen => {
+                                stop_seen = true;
+                                tracing::info!(signal, "already in the lame duck; a second signal skips it");
+                            }
                             Order::Stop("SIGINT") => break "a second signal (SIGINT) skips it",
                             Order::Stop(_) => break "a second signal (SIGTERM) skips it",
                             Order::Force => {
@@ -482,16 +497,6 @@ async fn serve<H: Handler>(
         timeout: args.drain_timeout,
         ..DrainOptions::default()
     };
-    // A stop signal forces the drain when one already began it. After a hand-over (a restart, or a
-    // worker's retirement) or a drain instruction the drain began without one: the first stop signal
-    // (`systemctl stop` reaches every process of the unit) lets it go on, and only a second one forces it.
-    let mut stop_seen = matches!(
-        ending,
-        Ending::Stop {
-            by_operator: true,
-            ..
-        }
-    );
     // The drain needs the accept loop driven (it empties the queues), so both run here.
     let drain = handle.drain(opts);
     tokio::pin!(drain);

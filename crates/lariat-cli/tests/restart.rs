@@ -344,8 +344,9 @@ fn a_second_sigterm_after_a_hand_over_forces_the_old_process() {
 
 /// A stop signal to the whole group reaches the old process just as its successor is ready (the old
 /// one was stopped meanwhile, so it sees both at once). However the old process orders the two, the
-/// successor drains its clients once: what the old process passes on is not a second signal that forces
-/// the successor's drain. Four rounds: the old process picks either order at random.
+/// successor drains its clients once, after its whole lame duck: what the old process passes on is not a
+/// second signal that cuts the lame duck short or forces the drain. Four rounds: the old process picks
+/// either order at random.
 #[test]
 fn a_group_signal_racing_a_successors_ready_does_not_force_the_successor() {
     let slow = script(
@@ -358,6 +359,8 @@ fn a_group_signal_racing_a_successors_ready_does_not_force_the_successor() {
             "127.0.0.1:0",
             "--drain-timeout",
             "20s",
+            "--lame-duck",
+            "300ms",
             "--restart-binary",
             slow.to_str().unwrap(),
         ]);
@@ -393,10 +396,15 @@ fn a_group_signal_racing_a_successors_ready_does_not_force_the_successor() {
             eventually(Duration::from_secs(10), || !is_alive(successor)),
             "{log}"
         );
+        let log = server.stderr();
         assert!(
-            !server.stderr().contains("closing every connection now"),
-            "round {round}: {}",
-            server.stderr()
+            !log.contains("closing every connection now"),
+            "round {round}: {log}"
+        );
+        // Nor does the pair cut the successor's lame duck short.
+        assert!(
+            log.contains("lame duck over why=\"the period is over\"") && !log.contains("skips it"),
+            "round {round}: {log}"
         );
     }
     let _ = std::fs::remove_file(slow);
