@@ -222,7 +222,7 @@ enum Ending {
     },
     /// A successor took the listeners over: drain our own connections.
     HandedOver { successor: u32 },
-    /// A worker told by its supervisor (SIGUSR2) to leave the shared sockets to the others and finish.
+    /// A worker told by its supervisor to leave the shared sockets to the others and finish.
     Retired,
 }
 

@@ -165,15 +165,15 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 Order::Ignored(signal) => tracing::info!(signal, "nothing to do on this signal; ignored"),
                 Order::Force | Order::Retire => {}
                 Order::Restart => {
-                if !starting.is_empty() || !due.is_empty() {
-                    tracing::warn!("SIGHUP: workers are being started already; ignored");
-                    continue;
-                }
-                tracing::info!("SIGHUP: replacing the workers; each old one hands over once its replacement serves");
-                for worker in &workers {
-                    starting_slots.push(worker.slot);
-                    spawner.start_in(&mut starting, worker.slot, &named);
-                }
+                    if !starting.is_empty() || !due.is_empty() {
+                        tracing::warn!("SIGHUP: workers are being started already; ignored");
+                        continue;
+                    }
+                    tracing::info!("SIGHUP: replacing the workers; each old one hands over once its replacement serves");
+                    for worker in &workers {
+                        starting_slots.push(worker.slot);
+                        spawner.start_in(&mut starting, worker.slot, &named);
+                    }
                 }
             },
             Some(started) = starting.join_next() => {
