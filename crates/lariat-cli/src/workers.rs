@@ -155,12 +155,13 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut due: Vec<(usize, tokio::time::Instant)> = Vec::new();
     let mut backoff = RESTART_MIN;
     let mut reap = tokio::time::interval(REAP_EVERY);
-    let signal_name = loop {
+    let (signal_name, mut stop_seen) = loop {
         let next_due = due.iter().map(|(_, at)| *at).min();
         tokio::select! {
             order = signals.recv() => match order {
-                Order::Stop(signal) => break signal,
-                Order::Drain => break "drain instruction",
+                Order::Stop(signal) => break (signal, true),
+                // Not the operator's: a stop signal after it is the first, not a second one.
+                Order::Drain => break ("drain instruction", false),
                 Order::Reload => tell_all(&workers, &retiring, Instruction::Reload),
                 Order::Ignored(signal) => tracing::info!(signal, "nothing to do on this signal; ignored"),
                 Order::Force | Order::Retire => {}
@@ -275,6 +276,10 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 _ = &mut lame_duck => break,
                 order = signals.recv() => match order {
+                    Order::Stop(signal) if !stop_seen => {
+                        stop_seen = true;
+                        tracing::info!(signal, "already in the lame duck; a second signal skips it");
+                    }
                     Order::Stop(_) => {
                         tracing::info!("a second signal skips the lame duck");
                         break;
@@ -307,6 +312,10 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     while !workers.is_empty() {
         tokio::select! {
             order = signals.recv() => match order {
+                Order::Stop(signal) if !stop_seen => {
+                    stop_seen = true;
+                    tracing::info!(signal, "already draining; a second signal closes every connection");
+                }
                 Order::Stop(signal) => {
                     tracing::warn!(signal, "second signal: the workers close every connection now");
                     tell_all(&workers, &[], Instruction::Force);
