@@ -144,18 +144,18 @@ pub struct ServeArgs {
     /// A file holding the token the --metrics endpoint's connection routes (the list, closing one) ask
     /// for, as `Authorization: Bearer TOKEN` [default: the LARIAT_ADMIN_TOKEN variable]. Without a token
     /// those routes are disabled.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "metrics")]
     pub admin_token_file: Option<std::path::PathBuf>,
 
     /// A host name the --metrics endpoint answers to (repeatable), besides IP addresses and localhost: a
     /// request naming another host is refused (DNS rebinding).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", requires = "metrics")]
     pub admin_host: Vec<String>,
 
-    /// Permission bits for a Unix --metrics socket file, in octal. Apart from --unix-mode: whoever can
-    /// connect to it reads the metrics (and, with the token, closes connections).
-    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, default_value = "600")]
-    pub metrics_unix_mode: u32,
+    /// Permission bits for a Unix --metrics socket file, in octal [default: 600]. Apart from --unix-mode:
+    /// whoever can connect to it reads the metrics (and, with the token, closes connections).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, requires = "metrics")]
+    pub metrics_unix_mode: Option<u32>,
 
     /// On SIGTERM/SIGINT, first spend this long in lame duck: /readyz answers 503 while clients are still
     /// accepted and served, so a load balancer stops sending before the drain stops admitting. A second
@@ -271,14 +271,24 @@ impl ServeArgs {
     }
 
     /// How the `--metrics` socket is bound (its own file mode for a Unix path, never `--unix-mode`'s; no
-    /// SO_REUSEPORT: one process answers it).
-    pub fn metrics_bind_options(&self) -> lariat::BindOptions {
-        lariat::BindOptions {
-            unix_mode: Some(self.metrics_unix_mode),
-            ..lariat::BindOptions::default()
+    /// SO_REUSEPORT: one process answers it). A mode given for a socket that has no file is refused.
+    pub fn metrics_bind_options(&self) -> anyhow::Result<lariat::BindOptions> {
+        let file = matches!(
+            self.metrics.as_ref().map(|m| &m.endpoint),
+            Some(Endpoint::Unix(_))
+        );
+        if self.metrics_unix_mode.is_some() && !file {
+            anyhow::bail!("--metrics-unix-mode applies only to a --metrics unix:/path socket");
         }
+        Ok(lariat::BindOptions {
+            unix_mode: Some(self.metrics_unix_mode.unwrap_or(DEFAULT_METRICS_UNIX_MODE)),
+            ..lariat::BindOptions::default()
+        })
     }
 }
+
+/// The `--metrics` socket file's mode unless `--metrics-unix-mode` says otherwise: its owner only.
+pub const DEFAULT_METRICS_UNIX_MODE: u32 = 0o600;
 
 /// The address to use when no `--listen` is given and no socket was passed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";

@@ -32,7 +32,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => Some(admin::listener(
             addr,
             &mut inherited,
-            &args.metrics_bind_options(),
+            &args.metrics_bind_options()?,
         )?),
         None => None,
     };

@@ -85,7 +85,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let phase = Phase::default();
     let admin = match &args.metrics {
         Some(addr) => {
-            let listener = admin::listener(addr, &mut inherited, &args.metrics_bind_options())?;
+            let listener = admin::listener(addr, &mut inherited, &args.metrics_bind_options()?)?;
             let access = admin::Access::new(args.admin_token_file.as_deref(), &args.admin_host)?;
             Some(admin::start(
                 listener,

@@ -675,3 +675,37 @@ fn cross_site_requests_and_foreign_hosts_are_refused() {
     assert_eq!(http_with(admin, "GET", "/metrics", "").0, 200);
     let _ = std::fs::remove_file(token);
 }
+
+/// The endpoint's options where they would do nothing, or a token too weak to protect anything, stop
+/// the start with an error naming the option.
+#[test]
+fn admin_options_that_would_do_nothing_are_refused() {
+    let short = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-token-short-{}", std::process::id()));
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let short = short.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--admin-token-file", short], "--admin-token-file"),
+        (&["--admin-host", "metrics.internal"], "--admin-host"),
+        (&["--metrics-unix-mode", "600"], "--metrics-unix-mode"),
+        (
+            &["--metrics", "127.0.0.1:0", "--metrics-unix-mode", "600"],
+            "--metrics-unix-mode",
+        ),
+        (
+            &["--metrics", "127.0.0.1:0", "--admin-token-file", short],
+            "--admin-token-file",
+        ),
+    ];
+    for (args, flag) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lariat"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_file(short);
+}
