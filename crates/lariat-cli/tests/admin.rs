@@ -709,3 +709,33 @@ fn admin_options_that_would_do_nothing_are_refused() {
     }
     let _ = std::fs::remove_file(short);
 }
+
+/// The same over a Unix `--metrics` socket, whose queue length the kernel does not report (whether it
+/// is empty is enough).
+#[test]
+fn idle_connections_filling_a_unix_admin_socket_do_not_delay_healthz() {
+    use std::os::unix::net::UnixStream;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-crowd-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let metrics = format!("unix:{}", path.display());
+    let _server = Lariat::start(&["--listen", "127.0.0.1:0", "--metrics", &metrics]);
+    let crowd: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    let asked = Instant::now();
+    let mut health = UnixStream::connect(&path).unwrap();
+    health
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    health
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    health.read_to_string(&mut answer).unwrap();
+    let took = asked.elapsed();
+    eprintln!("behind 80 idle Unix connections: /healthz in {took:?}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    drop(crowd);
+}

@@ -142,7 +142,7 @@ impl Connection {
     }
 
     /// Completes when clients wait behind the full cap (an acceptor waits at it with clients in the
-    /// queue: Linux TCP) and this connection has lived past the handshake grace
+    /// queue: Linux TCP, Unix sockets) and this connection has lived past the handshake grace
     /// ([`ServerBuilder::handshake_grace`](crate::ServerBuilder::handshake_grace)). A handler in a phase
     /// it can give up without loss, such as waiting for a request that has not begun, awaits this
     /// alongside its read and closes, so a crowd of idle connections cannot keep queued clients out (the
