@@ -412,7 +412,7 @@ fn a_replacement_ready_as_the_drain_begins_is_drained_with_the_others() {
 /// word, and the forwarded instruction is not taken for a second signal that closes everything.
 #[test]
 fn a_sigterm_to_the_whole_group_gives_a_clean_drain_through_the_lame_duck() {
-    let (mut server, addr, pids) = start_workers(&["--lame-duck", "3s", "--drain-timeout", "10s"]);
+    let (mut server, addr, pids) = start_workers(&["--lame-duck", "5s", "--drain-timeout", "10s"]);
     let mut live = TcpStream::connect(addr).unwrap();
     live.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut back = [0u8; 3];
@@ -426,7 +426,7 @@ fn a_sigterm_to_the_whole_group_gives_a_clean_drain_through_the_lame_duck() {
     std::thread::sleep(Duration::from_millis(1500));
     let (served, failed, errors) = load.finish();
     assert!(
-        signalled.elapsed() < Duration::from_secs(3),
+        signalled.elapsed() < Duration::from_secs(5),
         "too slow to stay inside the lame duck: {:?}",
         signalled.elapsed()
     );
