@@ -9,12 +9,14 @@
 //! | `DELETE /connections/ID` or `POST /connections/ID/close` | closes one (404 if no live connection has that id) (token) |
 //!
 //! Who may ask for what is `access.rs`: health for everyone, the rest not from web pages, the
-//! connection routes only with the token. `HEAD` works wherever `GET` does. Why not hyper or axum: five routes, one request per connection
-//! (`Connection: close`), no bodies. The endpoint is served by lariat itself, the way it serves clients
-//! (its own small cap, a short deadline for the request, EMFILE handled by the same accept loop), with
-//! request heads parsed by `httparse`, which the `http-hello` handler already uses: no HTTP stack in the
-//! binary for it. A connection still waiting for its request gives way when the cap is full and another
-//! client is queued (`Connection::crowded`), so idle connections cannot keep a health check out.
+//! connection routes only with the token. `HEAD` works wherever `GET` does.
+//!
+//! Why not hyper or axum: five routes, one request per connection (`Connection: close`), no bodies. The
+//! endpoint is served by lariat itself, the way it serves clients (its own small cap, a short deadline
+//! for the request, EMFILE handled by the same accept loop), with request heads parsed by `httparse`,
+//! which the `http-hello` handler already uses: no HTTP stack in the binary for it. A connection still
+//! waiting for its request gives way when the cap is full and another client is queued
+//! (`Connection::crowded`), so idle connections cannot keep a health check out.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
