@@ -41,10 +41,20 @@ pub enum Refusal {
 }
 
 /// The endpoint's access rules.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Access {
     token: Option<Vec<u8>>,
     hosts: Vec<String>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("hosts", &self.hosts)
+            .finish()
+    }
 }
 
 impl Access {
