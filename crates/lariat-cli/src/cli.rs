@@ -136,9 +136,26 @@ pub struct ServeArgs {
     pub drain_timeout: Duration,
 
     /// Serve metrics and health over HTTP on this address (IP:PORT or unix:/path): GET /metrics
-    /// (Prometheus text), /healthz, /readyz, /connections (JSON); DELETE /connections/ID closes one.
+    /// (Prometheus text), /healthz, /readyz; with the --admin-token-file token, GET /connections (JSON)
+    /// and DELETE /connections/ID, which closes one.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<AdminAddr>,
+
+    /// A file holding the token the --metrics endpoint's connection routes (the list, closing one) ask
+    /// for, as `Authorization: Bearer TOKEN` [default: the LARIAT_ADMIN_TOKEN variable]. Without a token
+    /// those routes are disabled.
+    #[arg(long, value_name = "PATH", requires = "metrics")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// A host name the --metrics endpoint answers to (repeatable), besides IP addresses and localhost: a
+    /// request naming another host is refused (DNS rebinding).
+    #[arg(long, value_name = "NAME", requires = "metrics")]
+    pub admin_host: Vec<String>,
+
+    /// Permission bits for a Unix --metrics socket file, in octal [default: 600]. Apart from --unix-mode:
+    /// whoever can connect to it reads the metrics (and, with the token, closes connections).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, requires = "metrics")]
+    pub metrics_unix_mode: Option<u32>,
 
     /// On SIGTERM/SIGINT, first spend this long in lame duck: /readyz answers 503 while clients are still
     /// accepted and served, so a load balancer stops sending before the drain stops admitting. A second
@@ -165,8 +182,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: usize,
 
-    /// Internal: this process is a worker of the `--workers` supervisor with this pid (SIGUSR2 hands
-    /// over, SIGHUP is the supervisor's).
+    /// Internal: this process is a worker of the `--workers` supervisor with this pid (it obeys the
+    /// supervisor's instructions only).
     #[arg(long, hide = true, value_name = "SUPERVISOR_PID")]
     pub as_worker: Option<u32>,
 
@@ -253,15 +270,25 @@ impl ServeArgs {
         }
     }
 
-    /// How the `--metrics` socket is bound (a file mode for a Unix path; no SO_REUSEPORT: one process
-    /// answers it).
-    pub fn metrics_bind_options(&self) -> lariat::BindOptions {
-        lariat::BindOptions {
-            unix_mode: self.unix_mode,
-            ..lariat::BindOptions::default()
+    /// How the `--metrics` socket is bound (its own file mode for a Unix path, never `--unix-mode`'s; no
+    /// SO_REUSEPORT: one process answers it). A mode given for a socket that has no file is refused.
+    pub fn metrics_bind_options(&self) -> anyhow::Result<lariat::BindOptions> {
+        let file = matches!(
+            self.metrics.as_ref().map(|m| &m.endpoint),
+            Some(Endpoint::Unix(_))
+        );
+        if self.metrics_unix_mode.is_some() && !file {
+            anyhow::bail!("--metrics-unix-mode applies only to a --metrics unix:/path socket");
         }
+        Ok(lariat::BindOptions {
+            unix_mode: Some(self.metrics_unix_mode.unwrap_or(DEFAULT_METRICS_UNIX_MODE)),
+            ..lariat::BindOptions::default()
+        })
     }
 }
+
+/// The `--metrics` socket file's mode unless `--metrics-unix-mode` says otherwise: its owner only.
+pub const DEFAULT_METRICS_UNIX_MODE: u32 = 0o600;
 
 /// The address to use when no `--listen` is given and no socket was passed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";

@@ -8,6 +8,7 @@ mod logging;
 mod probe;
 mod rlimit;
 mod serve;
+mod signals;
 mod workers;
 
 use std::process::ExitCode;

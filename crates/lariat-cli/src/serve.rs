@@ -10,7 +10,6 @@ use anyhow::Context;
 use lariat::metrics::{record_restart, RestartEvent};
 use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions};
 use lariat::{DrainOptions, Handler, Listener, OnExhaustion, Server, ServerBuilder, ServerHandle};
-use tokio::signal::unix::{signal, SignalKind};
 
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use crate::admin::{self, Phase};
 use crate::cli::{Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs};
 use crate::handlers;
 use crate::listeners::{self, Named};
+use crate::signals::{Instruction, Order, Signals};
 use lariat::proxy::{ProxyConfig, ProxyMode};
 
 /// Runs the server described by `args`.
@@ -32,7 +32,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => Some(admin::listener(
             addr,
             &mut inherited,
-            &args.metrics_bind_options(),
+            &args.metrics_bind_options()?,
         )?),
         None => None,
     };
@@ -214,11 +214,15 @@ fn proxy_config(args: &ServeArgs) -> Option<ProxyConfig> {
 
 /// Why the serving loop ended.
 enum Ending {
-    /// A signal asked to stop: drain.
-    Signal(&'static str),
+    /// Asked to stop: drain. `why` names the signal; `by_operator`: the operator's signal (a further one
+    /// forces the drain), not the drain instruction of the process that started this one.
+    Stop {
+        why: &'static str,
+        by_operator: bool,
+    },
     /// A successor took the listeners over: drain our own connections.
     HandedOver { successor: u32 },
-    /// A worker told by its supervisor (SIGUSR2) to leave the shared sockets to the others and finish.
+    /// A worker told by its supervisor to leave the shared sockets to the others and finish.
     Retired,
 }
 
@@ -241,17 +245,15 @@ async fn serve<H: Handler>(
     tls: Option<TlsConfig>,
 ) -> anyhow::Result<ExitCode> {
     // Register for signals before announcing readiness, so a signal sent right after the line is seen.
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigusr1 =
-        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
-    let mut sigusr2 =
-        signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    let mut signals = match args.as_worker {
+        Some(_) => Signals::worker()?,
+        None => Signals::operator()?,
+    };
     if let Some(supervisor) = args.as_worker {
-        // After the SIGTERM handler is installed: a supervisor's death then drains this worker.
+        // After the drain instruction's handler is installed: a supervisor's death then drains this
+        // worker.
         crate::workers::tie_to_supervisor(supervisor);
     }
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     // What a restart passes on: each socket under its name. Duplicates, so a listener the accept loop
     // drops (failed for good) cannot leave a stale number behind.
@@ -290,6 +292,7 @@ async fn serve<H: Handler>(
                 Some(handle.clone()),
                 phase.clone(),
                 handler_name(args.handler),
+                admin::Access::new(args.admin_token_file.as_deref(), &args.admin_host)?,
             )
         })
         .transpose()?;
@@ -297,12 +300,22 @@ async fn serve<H: Handler>(
     match lariat::activation::notify_ready() {
         Ok(true) => tracing::debug!("told NOTIFY_SOCKET we are ready"),
         Ok(false) => {}
+        // A lariat process that started us (a restart, a supervisor) gave up waiting and stopped
+        // listening for our READY: it goes on serving (or is stopping), so we must not. Nothing has been
+        // accepted yet and the sockets are left as they are.
+        Err(e) if std::env::var_os(lariat::activation::HANDOFF_ENV).is_some() => {
+            return Err(anyhow::Error::from(e).context(
+                "the process that started us no longer waits for our READY; exiting without serving",
+            ))
+        }
         Err(e) => tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready"),
     }
     tokio::pin!(accept_loop);
 
     // At most one restart at a time: the successor being waited for.
     let mut restart: Option<PendingRestart> = None;
+    // Told to close every connection without a drain first (a worker's supervisor).
+    let mut force_at_once = false;
     let ending = loop {
         tokio::select! {
             result = &mut accept_loop => {
@@ -310,36 +323,35 @@ async fn serve<H: Handler>(
                 result.context("the server stopped accepting")?;
                 return Ok(ExitCode::SUCCESS);
             }
-            _ = sigterm.recv() => break Ending::Signal("SIGTERM"),
-            _ = sigint.recv() => break Ending::Signal("SIGINT"),
-            _ = sigusr1.recv() => match &tls {
-                Some(tls) => match tls.reload() {
-                    Ok(()) => tracing::info!("SIGUSR1: TLS certificate and key reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGUSR1: TLS reload failed; the current certificate stays"),
-                },
-                None => tracing::info!("SIGUSR1: no TLS configured; nothing to reload"),
+            order = signals.recv() => match order {
+                Order::Stop(why) => break Ending::Stop { why, by_operator: true },
+                Order::Drain => break Ending::Stop { why: "drain instruction", by_operator: false },
+                // Only a worker is told this, by its supervisor, after a drain instruction: drain and
+                // close at once.
+                Order::Force => {
+                    force_at_once = true;
+                    break Ending::Stop { why: "force instruction", by_operator: false };
+                }
+                Order::Reload => reload(tls.as_ref()),
+                Order::Retire => break Ending::Retired,
+                Order::Ignored(signal) => tracing::info!(signal, "nothing to do on this signal; ignored"),
+                Order::Restart => {
+                    if restart.is_some() {
+                        tracing::warn!("SIGHUP: a restart is already in progress; ignored");
+                        continue;
+                    }
+                    match start_successor(&passable, args) {
+                        Ok(successor) => {
+                            record_restart(RestartEvent::Started);
+                            restart = Some(Box::pin(successor.ready()));
+                        }
+                        Err(e) => {
+                            record_restart(RestartEvent::Failed);
+                            tracing::error!(error = %e, "restart failed; still serving");
+                        }
+                    }
+                }
             },
-            _ = sigusr2.recv(), if args.as_worker.is_some() => break Ending::Retired,
-            _ = sighup.recv() => {
-                if args.as_worker.is_some() {
-                    tracing::warn!("SIGHUP: this is a worker; send SIGHUP to its supervisor to replace the workers");
-                    continue;
-                }
-                if restart.is_some() {
-                    tracing::warn!("SIGHUP: a restart is already in progress; ignored");
-                    continue;
-                }
-                match start_successor(&passable, args) {
-                    Ok(successor) => {
-                        record_restart(RestartEvent::Started);
-                        restart = Some(Box::pin(successor.ready()));
-                    }
-                    Err(e) => {
-                        record_restart(RestartEvent::Failed);
-                        tracing::error!(error = %e, "restart failed; still serving");
-                    }
-                }
-            }
             result = async { restart.as_mut().expect("guarded").await }, if restart.is_some() => {
                 restart = None;
                 match result {
@@ -352,44 +364,53 @@ async fn serve<H: Handler>(
             }
         }
     };
-    // A signal that raced a successor's READY: if it is serving already, it takes over and gets the
-    // signal too; otherwise the restart is abandoned (dropping it kills the successor, which accepts
-    // nothing before it says READY).
+    // A signal that raced a successor's READY: if it is serving already, it takes over and is told to
+    // drain (an instruction, not the signal: if the signal reached the whole group, the successor got it
+    // too, and two would force its drain); otherwise the restart is abandoned (dropping it stops the
+    // successor, which accepts nothing before it says READY).
     let ending = match (ending, restart.take()) {
-        (Ending::Signal(signal), Some(pending)) => {
-            match tokio::time::timeout(std::time::Duration::ZERO, pending).await {
-                Ok(Ok(successor)) => {
-                    tracing::info!(
-                        successor_pid = successor,
-                        signal,
-                        "a signal arrived as the successor became ready; passing it on"
-                    );
-                    // SAFETY: kill(2) on our own child.
-                    unsafe {
-                        libc::kill(
-                            successor as libc::pid_t,
-                            if signal == "SIGINT" {
-                                libc::SIGINT
-                            } else {
-                                libc::SIGTERM
-                            },
-                        );
-                    }
-                    Ending::HandedOver { successor }
-                }
-                _ => Ending::Signal(signal),
+        (
+            Ending::Stop {
+                why: signal,
+                by_operator,
+            },
+            Some(pending),
+        ) => match tokio::time::timeout(std::time::Duration::ZERO, pending).await {
+            Ok(Ok(successor)) => {
+                tracing::info!(
+                    successor_pid = successor,
+                    signal,
+                    "a signal arrived as the successor became ready; passing it on"
+                );
+                Instruction::Drain.send(successor);
+                Ending::HandedOver { successor }
             }
-        }
+            _ => Ending::Stop {
+                why: signal,
+                by_operator,
+            },
+        },
         (ending, _) => ending,
     };
-    if matches!(ending, Ending::Signal(_)) {
+    if matches!(ending, Ending::Stop { .. }) {
         // No restart will follow: holding duplicates would keep the sockets listening after the drain
         // closes them, leaving new clients unanswered instead of refused.
         passable.clear();
     }
     let mut accept_loop_done = false;
+    // A stop signal skips the lame duck, or forces the drain, when one already began it. After a
+    // hand-over (a restart, or a worker's retirement) or a drain instruction it began without one: the
+    // first stop signal (`systemctl stop` reaches every process of the unit) lets it go on, and only a
+    // second one acts.
+    let mut stop_seen = matches!(
+        ending,
+        Ending::Stop {
+            by_operator: true,
+            ..
+        }
+    );
     match ending {
-        Ending::Signal(signal) => {
+        Ending::Stop { why: signal, .. } => {
             if !args.lame_duck.is_zero() {
                 // /readyz turns 503 now, while the listeners keep accepting: a load balancer checking it
                 // stops sending before the drain stops admitting.
@@ -412,9 +433,21 @@ async fn serve<H: Handler>(
                             }
                             break "the server stopped accepting";
                         }
-                        _ = sigterm.recv() => break "a second signal (SIGTERM) skips it",
-                        _ = sigint.recv() => break "a second signal (SIGINT) skips it",
-                        _ = sighup.recv() => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
+                        order = signals.recv() => match order {
+                            Order::Stop(signal) if !stop_seen => {
+                                stop_seen = true;
+                                tracing::info!(signal, "already in the lame duck; a second signal skips it");
+                            }
+                            Order::Stop("SIGINT") => break "a second signal (SIGINT) skips it",
+                            Order::Stop(_) => break "a second signal (SIGTERM) skips it",
+                            Order::Force => {
+                                force_at_once = true;
+                                break "told to close every connection";
+                            }
+                            Order::Reload => reload(tls.as_ref()),
+                            Order::Restart => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
+                            Order::Drain | Order::Retire | Order::Ignored(_) => {}
+                        },
                     }
                 };
                 tracing::info!(why, "lame duck over");
@@ -467,6 +500,9 @@ async fn serve<H: Handler>(
     // The drain needs the accept loop driven (it empties the queues), so both run here.
     let drain = handle.drain(opts);
     tokio::pin!(drain);
+    if force_at_once {
+        force(&handle, "force instruction");
+    }
     let report = loop {
         tokio::select! {
             result = &mut accept_loop, if !accept_loop_done => {
@@ -476,8 +512,17 @@ async fn serve<H: Handler>(
                 }
             }
             report = &mut drain => break report,
-            _ = sigterm.recv() => force(&handle, "SIGTERM"),
-            _ = sigint.recv() => force(&handle, "SIGINT"),
+            order = signals.recv() => match order {
+                Order::Stop(signal) if stop_seen => force(&handle, signal),
+                Order::Stop(signal) => {
+                    stop_seen = true;
+                    tracing::info!(signal, "already draining; a second signal closes every connection");
+                }
+                Order::Force => force(&handle, "force instruction"),
+                Order::Reload => reload(tls.as_ref()),
+                Order::Restart => tracing::warn!("SIGHUP while draining: ignored"),
+                Order::Drain | Order::Retire | Order::Ignored(_) => {}
+            },
         }
     };
     Ok(if report.is_complete() {
@@ -541,6 +586,19 @@ pub fn announce(addrs: &[lariat::ListenAddr], metrics: Option<&lariat::ListenAdd
 
 /// The exit code after a drain that had to close connections (or left clients queued).
 pub const EXIT_FORCED: u8 = 3;
+
+/// SIGUSR1 (a worker: its supervisor's reload instruction): new handshakes use the files' current pair.
+fn reload(tls: Option<&TlsConfig>) {
+    match tls {
+        Some(tls) => match tls.reload() {
+            Ok(()) => tracing::info!("SIGUSR1: TLS certificate and key reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGUSR1: TLS reload failed; the current certificate stays")
+            }
+        },
+        None => tracing::info!("SIGUSR1: no TLS configured; nothing to reload"),
+    }
+}
 
 fn force(handle: &ServerHandle, signal: &str) {
     tracing::warn!(signal, "second signal: closing every connection now");

@@ -275,3 +275,61 @@ fn proxy_on_names_one_listener() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--proxy-on 127.0.0.1:1"));
 }
+
+/// SIGUSR1 to a `--workers` supervisor reloads the certificate in every worker (the supervisor passes it
+/// on); sent to the whole group (`systemctl kill -s USR1` does), each worker still reloads once, on the
+/// supervisor's word.
+#[test]
+fn sigusr1_to_a_workers_supervisor_reloads_the_certificate_in_every_worker() {
+    let dir = dir("workers");
+    let old = write_cert(&dir);
+    let mut server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--tls-cert",
+        old.cert.to_str().unwrap(),
+        "--tls-key",
+        old.key.to_str().unwrap(),
+    ]);
+    let addr = server.tcp_addr();
+    let reloads = |server: &Lariat| {
+        server
+            .stderr()
+            .matches("TLS certificate and key reloaded")
+            .count()
+    };
+    assert!(eventually(PATIENCE, || server
+        .stderr()
+        .matches("worker ready")
+        .count()
+        == 2));
+    assert_eq!(
+        echo_through(&mut tls_connect(addr, &old, &[]).unwrap(), b"old"),
+        b"old"
+    );
+    let new = write_cert(&dir);
+    server.signal(libc::SIGUSR1);
+    assert!(
+        eventually(PATIENCE, || reloads(&server) == 2),
+        "{}",
+        server.stderr()
+    );
+    // Whichever worker takes it, a new client gets the new certificate.
+    for _ in 0..10 {
+        assert!(
+            tls_connect(addr, &old, &[]).is_err(),
+            "the old certificate is still served"
+        );
+        let mut fresh = tls_connect(addr, &new, &[]).unwrap();
+        assert_eq!(echo_through(&mut fresh, b"new"), b"new");
+    }
+    server.signal_group(libc::SIGUSR1);
+    assert!(eventually(PATIENCE, || reloads(&server) == 4));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(reloads(&server), 4, "{}", server.stderr());
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(PATIENCE).success(), "{}", server.stderr());
+    let _ = std::fs::remove_dir_all(&dir);
+}

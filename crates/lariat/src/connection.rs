@@ -141,6 +141,19 @@ impl Connection {
         self.guard.entry.shared.drain.draining.is_cancelled()
     }
 
+    /// Completes when clients wait behind the full cap (an acceptor waits at it with clients in the
+    /// queue: Linux TCP, Unix sockets) and this connection has lived past the handshake grace
+    /// ([`ServerBuilder::handshake_grace`](crate::ServerBuilder::handshake_grace)). A handler in a phase
+    /// it can give up without loss, such as waiting for a request that has not begun, awaits this
+    /// alongside its read and closes, so a crowd of idle connections cannot keep queued clients out (the
+    /// front makes handshakes give way the same way). The future does not borrow the connection, so it
+    /// can race the connection's own reads.
+    pub fn crowded(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.guard.entry.shared.clone();
+        let grace_ends = tokio::time::Instant::now() - self.age() + shared.handshake_grace;
+        async move { shared.pressure.gives_way(grace_ends).await }
+    }
+
     /// Time since the connection was accepted.
     pub fn age(&self) -> Duration {
         self.guard.entry.shared.registry.age(&self.guard.entry)

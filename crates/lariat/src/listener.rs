@@ -61,7 +61,7 @@ pub trait AcceptSource: Send + 'static {
     /// (see [`drain`](crate::drain)). Best effort; the default does nothing.
     fn refuse_new(&mut self) {}
 
-    /// How many clients wait in the queue, where the OS reports it.
+    /// How many clients wait in the queue, where the OS reports it (a Unix socket: 1 for "some").
     fn queued(&self) -> Option<usize> {
         None
     }
@@ -306,8 +306,23 @@ impl AcceptSource for Listener {
     fn queued(&self) -> Option<usize> {
         match &self.socket {
             Socket::Tcp(l) => crate::drain::syn_filter::accept_queue_len(l).ok(),
-            Socket::Unix(_) => None,
+            Socket::Unix(l) => any_pending(l).ok().map(usize::from),
         }
+    }
+}
+
+/// Whether a client waits in a listener's queue: the listening socket polls readable then. (The length
+/// of a Unix socket's queue is not reported; whether it is empty is all the pressure and the drain need.)
+fn any_pending(listener: &impl AsRawFd) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, a zero timeout: poll(2) only reports the readiness.
+    match unsafe { libc::poll(&mut poll, 1, 0) } {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        _ => Ok(poll.revents & libc::POLLIN != 0),
     }
 }
 

@@ -139,7 +139,7 @@ impl ServerBuilder {
     /// How long a connection may stay in its handshake before it gives way to clients queued behind
     /// it, when every slot under the cap is taken: past this grace, such connections are closed and
     /// counted (`handshake_evicted`), so silent clients cannot hold the cap for a whole handshake
-    /// timeout per cap's worth of them (Linux TCP, where the queue length is known). Connections that
+    /// timeout per cap's worth of them (Linux TCP and Unix sockets, where a waiting queue is seen). Connections that
     /// reached their handler are never evicted. Default
     /// [`DEFAULT_HANDSHAKE_GRACE`](crate::DEFAULT_HANDSHAKE_GRACE) (1 s), at most the handshake timeout.
     pub fn handshake_grace(mut self, grace: Duration) -> Self {

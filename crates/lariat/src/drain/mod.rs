@@ -72,7 +72,8 @@ pub struct DrainReport {
     /// closed by lariat.
     pub forced: u64,
     /// Clients still in a listener's queue when it was closed (the kernel resets them), where the OS
-    /// reports it (Linux TCP). Non-zero only after a forced end.
+    /// reports it (Linux TCP; a Unix socket reports only whether any were: 1 for "some"). Non-zero only
+    /// after a forced end.
     pub left_in_queue: u64,
     /// From the start of the drain to its end.
     pub elapsed: Duration,
