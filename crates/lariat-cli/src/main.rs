@@ -8,7 +8,6 @@ mod logging;
 mod probe;
 mod rlimit;
 mod serve;
-mod signals;
 mod workers;
 
 use std::process::ExitCode;

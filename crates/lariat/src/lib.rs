@@ -53,6 +53,7 @@ mod endpoint;
 mod front;
 mod handler;
 mod idle;
+pub mod lifecycle;
 mod limit;
 mod listener;
 #[cfg(feature = "metrics")]
