@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lariat::lifecycle::{Lifecycle, PassOn, Signals};
+use lariat::lifecycle::{Lifecycle, PassOn, Readiness, Signals};
 use lariat::restart::RestartOptions;
 use lariat::{Handler, Listener, OnExhaustion, Server, ServerBuilder};
 
@@ -248,8 +248,11 @@ async fn serve<H: Handler>(
     let (running, accept_loop) = builder
         .run(listeners, handler)
         .context("starting the accept loop")?;
+    // What /readyz reports; moved on by the lifecycle.
+    let readiness = Readiness::new();
     let mut lifecycle = Lifecycle::new(running.handle.clone(), accept_loop)
         .signals(signals)
+        .readiness(readiness.clone())
         .lame_duck(args.lame_duck)
         .drain_timeout(args.drain_timeout)
         .restart(restart_options(args)?, passable);
@@ -261,7 +264,7 @@ async fn serve<H: Handler>(
             admin::start(
                 l,
                 Some(running.handle.clone()),
-                lifecycle.readiness(),
+                readiness,
                 handler_name(args.handler),
                 admin::Access::new(args.admin_token_file.as_deref(), &args.admin_host)?,
             )

@@ -24,12 +24,12 @@
 //! let listener = lariat::Listener::bind(&"127.0.0.1:8080".parse()?)?;
 //! let (running, accept_loop) = lariat::Server::builder()
 //!     .run([listener], |conn: lariat::Connection| async move { drop(conn) })?;
-//! let lifecycle = Lifecycle::new(running.handle, accept_loop)
+//! let exit = Lifecycle::new(running.handle, accept_loop)
 //!     .lame_duck(Duration::from_secs(5))
-//!     .drain_timeout(Duration::from_secs(30));
-//! let readiness = lifecycle.readiness(); // for your /readyz
-//! let exit = lifecycle.run().await?;
-//! Ok(exit.into())
+//!     .drain_timeout(Duration::from_secs(30))
+//!     .run()
+//!     .await?;
+//! Ok(exit.into()) // 0, or 3 if the drain had to close connections
 //! # }
 //! ```
 //!
@@ -207,9 +207,11 @@ impl Lifecycle {
         self
     }
 
-    /// The readiness this lifecycle moves, for a health endpoint to read.
-    pub fn readiness(&self) -> Readiness {
-        self.readiness.clone()
+    /// The readiness to move (a clone of one your health endpoint reads, created before the server so
+    /// that its handlers can hold it too). Default: a fresh one nobody else reads.
+    pub fn readiness(mut self, readiness: Readiness) -> Lifecycle {
+        self.readiness = readiness;
+        self
     }
 
     /// The handle of the server it runs.
