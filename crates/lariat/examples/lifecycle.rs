@@ -33,6 +33,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The successor SIGHUP starts, if not this program.
     pub restart_program: Option<std::path::PathBuf>,
+    /// Run as the worker of this supervisor (a pid): obey its instructions, ignore the group's signals.
+    pub supervisor: Option<u32>,
 }
 
 /// The name the socket is passed on under, so that the successor finds it.
@@ -41,7 +43,10 @@ const SOCKET_NAME: &str = "main";
 /// Serves until signalled; returns how the drain ended.
 pub async fn serve(config: Config) -> Result<Exit, Box<dyn Error>> {
     // Before anyone learns that we serve: a SIGTERM sent right after the line below is obeyed.
-    let signals = Signals::operator()?;
+    let signals = match config.supervisor {
+        Some(supervisor) => Signals::worker(supervisor)?,
+        None => Signals::operator()?,
+    };
     // A restart's predecessor passes the socket on; otherwise bind it.
     let passed = lariat::activation::inherited()?
         .into_iter()
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
         lame_duck: millis(args.next(), 0),
         drain_timeout: millis(args.next(), 30_000),
         restart_program: None,
+        supervisor: None,
     };
     let served = tokio::runtime::Runtime::new()
         .map_err(Box::<dyn Error>::from)

@@ -10,6 +10,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lariat::lifecycle::Instruction;
+
 #[allow(dead_code)] // its `main` is the example's; the child runs `serve`
 #[path = "../examples/lifecycle.rs"]
 mod example;
@@ -20,28 +22,36 @@ const PATIENCE: Duration = Duration::from_secs(20);
 const CHILD_ENV: &str = "LIFECYCLE_CHILD";
 const CHILD_TEST: &str = "lifecycle_child_process";
 
-/// The child: serves with the lifecycle as configured in `LIFECYCLE_CHILD` ("LAME_MS DRAIN_MS
-/// [RESTART_PROGRAM]") and exits with its code. Started by the tests below, never on its own.
+/// The child: serves with the lifecycle as configured in `LIFECYCLE_CHILD` (`lame=MS drain=MS
+/// [restart=PROGRAM] [worker]`) and exits with its code. Started by the tests below, never on its own.
 #[test]
 #[ignore = "run by the other tests in a process of its own"]
 fn lifecycle_child_process() {
-    let Ok(config) = std::env::var(CHILD_ENV) else {
+    let Ok(words) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let mut words = config.split_whitespace();
-    let mut millis = || Duration::from_millis(words.next().unwrap().parse().unwrap());
-    let (lame_duck, drain_timeout) = (millis(), millis());
-    let restart_program = words.next().map(Into::into);
+    let mut config = example::Config {
+        addr: "127.0.0.1:0".into(),
+        lame_duck: Duration::ZERO,
+        drain_timeout: Duration::from_secs(30),
+        restart_program: None,
+        supervisor: None,
+    };
+    let millis = |v: &str| Duration::from_millis(v.parse().unwrap());
+    for word in words.split_whitespace() {
+        match word.split_once('=') {
+            Some(("lame", v)) => config.lame_duck = millis(v),
+            Some(("drain", v)) => config.drain_timeout = millis(v),
+            Some(("restart", v)) => config.restart_program = Some(v.into()),
+            // The test that started this process plays the supervisor.
+            _ if word == "worker" => config.supervisor = Some(std::os::unix::process::parent_id()),
+            _ => panic!("unknown child setting {word}"),
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let config = example::Config {
-        addr: "127.0.0.1:0".into(),
-        lame_duck,
-        drain_timeout,
-        restart_program,
-    };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let code = match runtime.block_on(example::serve(config)) {
         Ok(exit) => i32::from(exit.code()),
@@ -194,7 +204,7 @@ impl Client {
 
 #[test]
 fn sigterm_drains_a_live_connection_and_exits_zero() {
-    let mut server = Child::start("0 20000");
+    let mut server = Child::start("drain=20000");
     let mut client = Client::connect(server.addr);
     assert_eq!(client.ask(), "serving");
     server.signal(libc::SIGTERM);
@@ -211,7 +221,7 @@ fn sigterm_drains_a_live_connection_and_exits_zero() {
 
 #[test]
 fn a_second_sigterm_forces_the_drain_and_exits_three() {
-    let mut server = Child::start("0 60000");
+    let mut server = Child::start("drain=60000");
     let mut client = Client::connect(server.addr);
     client.ask();
     server.signal(libc::SIGTERM);
@@ -228,7 +238,7 @@ fn a_second_sigterm_forces_the_drain_and_exits_three() {
 #[test]
 fn the_lame_duck_reports_unready_while_new_clients_are_still_served() {
     let lame_duck = Duration::from_secs(3);
-    let mut server = Child::start(&format!("{} 20000", lame_duck.as_millis()));
+    let mut server = Child::start(&format!("lame={} drain=20000", lame_duck.as_millis()));
     let mut early = Client::connect(server.addr);
     assert_eq!(early.ask(), "serving");
     let signalled = Instant::now();
@@ -250,7 +260,7 @@ fn the_lame_duck_reports_unready_while_new_clients_are_still_served() {
 
 #[test]
 fn sighup_hands_the_socket_to_a_successor_and_the_old_process_drains() {
-    let mut server = Child::start("0 20000");
+    let mut server = Child::start("drain=20000");
     let mut old_client = Client::connect(server.addr);
     assert_eq!(old_client.ask(), "serving");
     server.signal(libc::SIGHUP);
@@ -273,7 +283,7 @@ fn sighup_hands_the_socket_to_a_successor_and_the_old_process_drains() {
 
 #[test]
 fn a_successor_that_fails_leaves_the_process_serving() {
-    let mut server = Child::start("0 20000 /bin/false");
+    let mut server = Child::start("drain=20000 restart=/bin/false");
     server.signal(libc::SIGHUP);
     let deadline = Instant::now() + PATIENCE;
     while !server.stderr().contains("restart failed; still serving") {
@@ -288,7 +298,7 @@ fn a_successor_that_fails_leaves_the_process_serving() {
 
 #[test]
 fn sigusr1_runs_the_reload_hook_and_sigusr2_changes_nothing() {
-    let mut server = Child::start("0 20000");
+    let mut server = Child::start("drain=20000");
     let mut client = Client::connect(server.addr);
     server.signal(libc::SIGUSR1);
     server.signal(libc::SIGUSR2);
@@ -305,4 +315,52 @@ fn sigusr1_runs_the_reload_hook_and_sigusr2_changes_nothing() {
     drop(client);
     server.signal(libc::SIGTERM);
     assert_eq!(server.exit_within(PATIENCE).unwrap().code(), Some(0));
+}
+
+#[test]
+fn after_a_hand_over_the_first_sigterm_lets_the_drain_go_on_and_a_second_forces() {
+    let mut server = Child::start("drain=60000");
+    let mut old_client = Client::connect(server.addr);
+    old_client.ask();
+    server.signal(libc::SIGHUP);
+    next_listening_line(&mut server.stdout).expect("no successor");
+    old_client.wait_for("stopping");
+    // `systemctl stop` reaches every process of the unit: the old one is draining already, and goes on.
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.exit_within(Duration::from_millis(500)).is_none(),
+        "the first SIGTERM after a hand-over ended the drain: {}",
+        server.stderr()
+    );
+    assert_eq!(old_client.ask(), "stopping");
+    server.signal(libc::SIGTERM);
+    let status = server
+        .exit_within(PATIENCE)
+        .expect("a second SIGTERM did not force");
+    assert_eq!(status.code(), Some(3), "{}", server.stderr());
+}
+
+#[test]
+fn a_worker_ignores_the_operators_signals_and_obeys_its_supervisors_instructions() {
+    let mut server = Child::start("drain=60000 worker");
+    let mut client = Client::connect(server.addr);
+    assert_eq!(client.ask(), "serving");
+    // Signals meant for the whole group: the supervisor (here, this test) acts on them, the worker not.
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+        server.signal(sig);
+    }
+    assert!(server.exit_within(Duration::from_millis(300)).is_none());
+    assert_eq!(client.ask(), "serving");
+    Instruction::Drain.send(server.child.id());
+    client.wait_for("stopping");
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.exit_within(Duration::from_millis(300)).is_none(),
+        "a group SIGTERM forced a worker's drain"
+    );
+    Instruction::Force.send(server.child.id());
+    let status = server
+        .exit_within(PATIENCE)
+        .expect("the force instruction did not end the drain");
+    assert_eq!(status.code(), Some(3), "{}", server.stderr());
 }
