@@ -21,6 +21,9 @@
 //!   modes, with bounded memory and back-pressure.
 //! * **Draining** ([`ServerHandle::drain`], [`drain`]): stop new clients without resetting queued ones,
 //!   tell handlers, let live connections finish up to a deadline, then close and count the rest.
+//! * **Living on signals** ([`lifecycle`], Unix): what `lariat serve` does, for any program: a lame duck
+//!   that health checks see, the drain, a second signal that forces, a hitless restart on SIGHUP that
+//!   rolls back when the successor fails, a reload hook, exit codes.
 //!
 //! ```no_run
 //! use tokio::io::AsyncWriteExt;
