@@ -497,3 +497,15 @@ fn force(handle: &ServerHandle, signal: &str) {
     tracing::warn!(signal, "second signal: closing every connection now");
     handle.force();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lifecycle runs on any task: `tokio::spawn(lifecycle.run())` compiles.
+    #[allow(dead_code)]
+    fn runs_on_any_task(lifecycle: Lifecycle) {
+        fn send<T: Send + 'static>(_: T) {}
+        send(lifecycle.run());
+    }
+}
