@@ -345,7 +345,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else if forced {
         Exit::Forced.into()
     } else {
-        ExitCode::SUCCESS
+        Exit::Clean.into()
     })
 }
 
