@@ -237,7 +237,7 @@ fn a_second_sigterm_forces_the_drain_and_exits_three() {
 
 #[test]
 fn the_lame_duck_reports_unready_while_new_clients_are_still_served() {
-    let lame_duck = Duration::from_secs(3);
+    let lame_duck = Duration::from_secs(4);
     let mut server = Child::start(&format!("lame={} drain=20000", lame_duck.as_millis()));
     let mut early = Client::connect(server.addr);
     assert_eq!(early.ask(), "serving");
