@@ -46,6 +46,7 @@ pub mod accept;
 pub mod activation;
 pub mod admission;
 mod bind;
+mod closer;
 mod connection;
 pub mod delivery;
 pub mod drain;
@@ -55,6 +56,7 @@ mod handler;
 mod idle;
 mod limit;
 mod listener;
+mod meta;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod peek;
@@ -78,12 +80,13 @@ pub use accept::classify::{classify, ErrorClass, Shortage};
 pub use accept::{AcceptError, Acceptor, OnExhaustion};
 pub use bind::{default_backlog, BindError, BindOptions};
 pub use connection::{Connection, ConnectionGuard};
-pub use drain::{DrainOptions, DrainReport};
+pub use drain::{DrainOptions, DrainReport, DrainSignal};
 pub use endpoint::{Endpoint, ParseEndpointError};
 pub use front::{DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use handler::{BoxError, Handler, Outcome};
 pub use limit::ConnectionLimit;
 pub use listener::{AcceptSource, ListenAddr, Listener, ParkedListener};
+pub use meta::ConnectionMeta;
 pub use registry::{CloseError, ConnectionInfo, Registry};
 pub use server::{
     Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,
