@@ -55,6 +55,7 @@ async fn collect(conn: Connection, framing: Framing, mode: Mode) -> io::Result<(
                     messages.set_mode(Mode::Once);
                 }
             }
+            Some(Event::Draining) => panic!("Draining was not asked for"),
             Some(Event::Passive) => {
                 assert!(matches!(mode, Mode::Count(_)), "Passive event in {mode:?}");
                 passives += 1;
@@ -730,6 +731,7 @@ mod property {
                     model.done = true;
                 }
                 Some(Event::Passive) => return Err(fail("unexpected Passive".into())),
+                Some(Event::Draining) => return Err(fail("Draining was not asked for".into())),
                 Some(Event::Error(e)) => return Err(fail(format!("error: {e}"))),
                 None => {
                     if !model.done {

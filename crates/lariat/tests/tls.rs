@@ -66,7 +66,7 @@ async fn lines_echo(conn: Connection) -> io::Result<()> {
             }
             lariat::delivery::Event::Closed => break,
             lariat::delivery::Event::Error(e) => return Err(io::Error::other(e)),
-            lariat::delivery::Event::Passive => {}
+            lariat::delivery::Event::Passive | lariat::delivery::Event::Draining => {}
         }
     }
     write.shutdown().await
