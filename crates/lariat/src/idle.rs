@@ -41,6 +41,7 @@ pub(crate) async fn reap(shared: Weak<Shared>, timeout: Duration) {
             }
         }
         if closed > 0 {
+            shared.forced_closes.notify_waiters();
             Stats::add(&shared.stats.idle_closed, closed);
             tracing::debug!(closed, timeout_ms, "closed idle connections");
         }

@@ -68,6 +68,20 @@ impl Entry {
         self.extras.get()?.proxy.get()
     }
 
+    /// Completes once the connection was closed by force (see `Shared::forced_closes`).
+    pub(crate) async fn closed_by_force(&self) {
+        loop {
+            let notified = self.shared.forced_closes.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the two is not missed.
+            notified.as_mut().enable();
+            if self.closer.is_shut() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub(crate) fn tls(&self) -> Option<&crate::tls::TlsInfo> {
         self.extras.get()?.tls.get()
     }
@@ -230,11 +244,18 @@ impl Registry {
     /// stream was taken out ([`Connection::into_parts`](crate::Connection::into_parts)) by a task lariat
     /// does not own answers `NotOwned`.
     pub fn close(&self, id: u64) -> Result<(), CloseError> {
-        self.close_once(id).map(|_| ())
+        let closed = self.close_once(id)?;
+        if closed {
+            if let Some(entry) = self.map.get(&id) {
+                entry.shared.forced_closes.notify_waiters();
+            }
+        }
+        Ok(())
     }
 
     /// Like [`close`](Self::close); `Ok(true)` when this call closed it, `Ok(false)` when an earlier
-    /// one had (so callers count each connection once).
+    /// one had (so callers count each connection once). The caller notifies `forced_closes` (once for
+    /// a batch).
     pub(crate) fn close_once(&self, id: u64) -> Result<bool, CloseError> {
         let entry = self
             .map

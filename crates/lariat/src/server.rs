@@ -533,6 +533,7 @@ impl ServerHandle {
             );
         }
         if closed > 0 {
+            self.shared.forced_closes.notify_waiters();
             Stats::add(&self.shared.stats.drain_forced, closed);
             // Their sockets are shut down: every holder's next read or write fails, and aborted tasks
             // drop theirs when next polled. Give them a moment.

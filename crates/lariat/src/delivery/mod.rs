@@ -25,6 +25,10 @@
 //! - **Cancel-safe**: [`Messages::recv`] and `StreamExt::next` keep every byte read and every decoded
 //!   message in the `Messages` itself, so dropping the future (a `select!` whose other branch won)
 //!   loses nothing; the next call carries on.
+//! - **Writing frames**: every [`Framing`] is also a `tokio_util` `Encoder` (`FramedWrite::new(writer,
+//!   Framing::lines())`), and an [`Outbox`] is a cloneable writer with a bounded queue for fan-out:
+//!   many tasks send to one connection, and a client that does not read cannot make the server buffer
+//!   without bound.
 //! - **The drain as an event**: [`Messages::with_drain_event`] delivers [`Event::Draining`] once when
 //!   the server begins to drain, in the same loop as the data (Erlang's one mailbox).
 //!   [`Messages::meta`] gives the connection's metadata and its [`DrainSignal`](crate::DrainSignal).
@@ -55,9 +59,11 @@
 //! ```
 
 mod framing;
+mod outbox;
 mod prefixed;
 
 pub use framing::{FrameError, Framing, FramingDecoder, DEFAULT_MAX_FRAME};
+pub use outbox::{Outbox, SendError};
 pub use prefixed::Prefixed;
 
 use std::future::Future;
