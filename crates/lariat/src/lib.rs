@@ -75,6 +75,12 @@ pub mod tls;
 #[cfg(feature = "axum")]
 pub mod axum;
 
+/// The README's code blocks, compiled as doctests so that what users copy compiles. Under the `axum`
+/// feature, which one block needs (`cargo test --all-features`, as CI runs).
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use accept::backoff::BackoffPolicy;
 pub use accept::classify::{classify, ErrorClass, Shortage};
 pub use accept::{AcceptError, Acceptor, OnExhaustion};
