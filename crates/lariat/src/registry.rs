@@ -112,7 +112,8 @@ pub enum CloseError {
     /// No live connection has this id (it may have closed already).
     #[error("no live connection with id {0}")]
     NotFound(u64),
-    /// The connection is served by a task lariat did not spawn (for example under `axum::serve`).
+    /// The connection's raw stream was taken out ([`Connection::into_parts`](crate::Connection::into_parts))
+    /// in a task lariat did not spawn, so lariat can neither shut its socket down nor abort its task.
     #[error(
         "connection {0} is served by a task lariat does not own, so it cannot be closed from here"
     )]
