@@ -130,11 +130,17 @@ impl Closer {
     /// descriptor is registered or it was shut down. `f` must be one short system call.
     pub(crate) fn with_fd<R>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> R) -> Option<R> {
         let fd = self.take_open(BUSY).ok()?;
+        /// Puts the descriptor back however `f` ends, so the owner never waits on a `BUSY` left behind.
+        struct Reopen<'a>(&'a AtomicU64, RawFd);
+        impl Drop for Reopen<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .store(word(OPEN, self.1), std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _reopen = Reopen(&self.0, fd);
         // SAFETY: the owner holds `fd` open, and cannot close it while the state is `BUSY`.
-        let result = f(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
-        self.0
-            .store(word(OPEN, fd), std::sync::atomic::Ordering::Release);
-        Some(result)
+        Some(f(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }))
     }
 }
 

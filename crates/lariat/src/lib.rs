@@ -18,7 +18,8 @@
 //! * **Observing** ([`ServerHandle`]): live connection registry, close by id, counters; with feature
 //!   `metrics`, the counters published to the `metrics` facade at scrape time (`metrics` module).
 //! * **Push delivery** ([`delivery`]): a connection as a stream of framed messages in Erlang's active
-//!   modes, with bounded memory and back-pressure.
+//!   modes, with bounded memory and back-pressure; frames written through the same framings, or an
+//!   [`Outbox`](delivery::Outbox) (a cloneable writer with a bounded queue) for fan-out.
 //! * **Draining** ([`ServerHandle::drain`], [`drain`]): stop new clients without resetting queued ones,
 //!   tell handlers, let live connections finish up to a deadline, then close and count the rest.
 //!

@@ -245,11 +245,9 @@ impl Registry {
     /// stream was taken out ([`Connection::into_parts`](crate::Connection::into_parts)) by a task lariat
     /// does not own answers `NotOwned`.
     pub fn close(&self, id: u64) -> Result<(), CloseError> {
-        let closed = self.close_once(id)?;
-        if closed {
-            if let Some(entry) = self.map.get(&id) {
-                entry.shared.forced_closes.notify_waiters();
-            }
+        let entry = self.get(id)?;
+        if Self::close_entry(&entry)? {
+            entry.shared.forced_closes.notify_waiters();
         }
         Ok(())
     }
@@ -258,16 +256,22 @@ impl Registry {
     /// one had (so callers count each connection once). The caller notifies `forced_closes` (once for
     /// a batch).
     pub(crate) fn close_once(&self, id: u64) -> Result<bool, CloseError> {
-        let entry = self
-            .map
+        Self::close_entry(&*self.get(id)?)
+    }
+
+    fn get(&self, id: u64) -> Result<Arc<Entry>, CloseError> {
+        self.map
             .get(&id)
             .map(|e| e.value().clone())
-            .ok_or(CloseError::NotFound(id))?;
+            .ok_or(CloseError::NotFound(id))
+    }
+
+    fn close_entry(entry: &Entry) -> Result<bool, CloseError> {
         let task = entry.task.get();
         let first = match entry.closer.shut_down(task.is_some()) {
             Shutdown::Done => true,
             Shutdown::Already => false,
-            Shutdown::NoSocket if task.is_none() => return Err(CloseError::NotOwned(id)),
+            Shutdown::NoSocket if task.is_none() => return Err(CloseError::NotOwned(entry.id)),
             Shutdown::NoSocket => true,
         };
         if let Some(task) = task {

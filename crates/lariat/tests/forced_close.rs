@@ -90,6 +90,7 @@ async fn close_connection_closes_a_write_half_in_another_task() {
     handle.close_connection(id).unwrap();
     let ended = read_until_closed(&mut client, Duration::from_secs(3)).await;
     let took = ended - closed_at;
+    eprintln!("close_connection -> peer saw the end after {took:?}");
     assert!(took < CLOSE_BOUND, "the peer saw the close after {took:?}");
     released(&handle).await;
     assert_eq!(handle.stats().closed, 1);
@@ -120,6 +121,7 @@ async fn a_forced_drain_closes_and_counts_a_write_half_in_another_task_once() {
     });
     let ended = read_until_closed(&mut client, Duration::from_secs(3)).await;
     let took = ended - (started + TIMEOUT);
+    eprintln!("drain deadline -> peer saw the end {took:?} after it");
     assert!(
         took < CLOSE_BOUND,
         "the peer saw the close {took:?} after the deadline"
@@ -153,6 +155,7 @@ async fn the_idle_timeout_closes_a_connection_whose_halves_outlived_their_handle
     // Past the timeout, one sweep (100 ms for this timeout) closes it; the rest is margin.
     let ended = read_until_closed(&mut client, Duration::from_secs(3)).await;
     let took = ended - connected;
+    eprintln!("idle timeout {IDLE:?} -> peer saw the end after {took:?}");
     assert!(
         took >= IDLE && took < IDLE + Duration::from_millis(200) + CLOSE_BOUND,
         "closed after {took:?}"
@@ -183,6 +186,7 @@ async fn close_connection_closes_a_tls_write_half_in_another_task() {
     handle.close_connection(handle.connections()[0].id).unwrap();
     let ended = read_until_closed(&mut client, Duration::from_secs(3)).await;
     let took = ended - closed_at;
+    eprintln!("close_connection -> peer saw the end after {took:?}");
     assert!(took < CLOSE_BOUND, "the peer saw the close after {took:?}");
     released(&handle).await;
     assert_eq!(handle.stats().closed, 1);
