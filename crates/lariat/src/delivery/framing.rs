@@ -6,6 +6,19 @@
 //! `FramedWrite::new(write_half, Framing::lines())` or an [`Outbox`](super::Outbox), never a
 //! hand-built `[len, payload]` or `line + "\n"`. The encoder refuses what the peer's decoder would:
 //! a frame over the limit, a line holding a newline.
+//!
+//! ```no_run
+//! use futures_util::SinkExt;
+//! use lariat::delivery::{FrameError, Framing};
+//! use tokio_util::codec::FramedWrite;
+//!
+//! async fn greet(conn: lariat::Connection) -> Result<(), FrameError> {
+//!     let (_read, write) = conn.into_split();
+//!     let mut out = FramedWrite::new(write, Framing::packet(2));
+//!     out.send("hello").await?; // b"\x00\x05hello"
+//!     Ok(())
+//! }
+//! ```
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
