@@ -17,7 +17,6 @@ use crate::{LocalAddr, PeerAddr};
 /// broadcast list, a log context or a task of its own. It reads the counters the connection updates,
 /// so byte counts and age are live.
 #[derive(Debug, Clone)]
-#[repr(transparent)]
 pub struct ConnectionMeta(pub(crate) Arc<Entry>);
 
 impl ConnectionMeta {

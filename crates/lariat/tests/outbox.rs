@@ -86,23 +86,26 @@ async fn a_client_that_does_not_read_fills_the_queue_and_no_more() {
     let _client = TcpStream::connect(addr).await.unwrap();
     let outbox = outboxes.recv().await.unwrap();
     let line = "x".repeat(16 * 1024);
-    // The socket buffers take a few MiB at most; then the queue fills.
+    // The socket buffers take a few MiB at most (and grow as they fill); then the queue fills and
+    // stays full: nothing moves for 200 ms.
     let mut sent = 0usize;
-    let full = loop {
-        match outbox.try_send(line.as_str()) {
-            Ok(()) => sent += 1,
-            Err(SendError::Full) => break true,
-            Err(e) => panic!("{e}"),
+    let mut stalled = false;
+    while !stalled && sent < 100_000 {
+        loop {
+            match outbox.try_send(line.as_str()) {
+                Ok(()) => sent += 1,
+                Err(SendError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
         }
-        if sent > 100_000 {
-            break false;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stalled = matches!(outbox.try_send(line.as_str()), Err(SendError::Full));
+        if !stalled {
+            sent += 1;
         }
-        if sent % CAPACITY == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    assert!(full, "the queue never filled after {sent} lines");
-    assert!(outbox.queued() <= CAPACITY);
+    }
+    assert!(stalled, "the queue never stayed full after {sent} lines");
+    assert_eq!(outbox.queued(), CAPACITY);
     // `send` waits instead.
     assert!(
         tokio::time::timeout(Duration::from_millis(200), outbox.send(line.as_str()))
