@@ -48,7 +48,8 @@ impl ConnectionMeta {
     }
 
     /// The local address of the connection (a `getsockname` call, made only when asked). Fails with
-    /// `NotConnected` once the connection was closed.
+    /// `NotConnected` once the connection was closed (or its raw stream taken out with
+    /// [`Connection::into_parts`](crate::Connection::into_parts)).
     pub fn local_addr(&self) -> io::Result<LocalAddr> {
         let addr = self
             .0
