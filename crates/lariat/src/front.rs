@@ -137,6 +137,7 @@ pub(crate) async fn bounded<T>(
 pub(crate) async fn start_tls(conn: Connection, tls: &TlsConfig) -> Result<Connection, TlsError> {
     let (stream, guard) = conn.into_parts();
     let session = crate::tls::handshake(stream, tls.server_config().clone()).await?;
+    let _ = guard.entry().extras().tls.set(session.info());
     Ok(Connection::from_parts(
         Stream::Tls(Box::new(session)),
         guard,

@@ -4,8 +4,9 @@
 //! A per-connection `tokio::time::timeout` would add a timer entry (about 100 bytes) to every idle
 //! connection's task and a timer reset to every read. Instead one task per server sweeps the registry
 //! once per [`sweep interval`](sweep_interval): a connection whose byte counters (in + out) have not moved
-//! since the last sweep that saw them move is idle since then; past the timeout its task is aborted,
-//! which closes the socket. The cost on the I/O path is nil; the precision is one sweep interval.
+//! since the last sweep that saw them move is idle since then; past the timeout its socket is shut down
+//! and its task aborted, which closes it wherever its halves are. The cost on the I/O path is nil; the
+//! precision is one sweep interval.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -34,11 +35,13 @@ pub(crate) async fn reap(shared: Weak<Shared>, timeout: Duration) {
         let now = shared.registry.now_ms();
         let mut closed = 0;
         for id in shared.registry.idle_longer_than(now, timeout_ms) {
-            if shared.registry.close(id).is_ok() {
+            // Counted once: a connection already closed (its holders have yet to drop it) is not again.
+            if let Ok(true) = shared.registry.close_once(id) {
                 closed += 1;
             }
         }
         if closed > 0 {
+            shared.forced_closes.notify_waiters();
             Stats::add(&shared.stats.idle_closed, closed);
             tracing::debug!(closed, timeout_ms, "closed idle connections");
         }

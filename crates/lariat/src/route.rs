@@ -299,6 +299,9 @@ enum Unrouted {
     Io(std::io::Error),
 }
 
+// Not offered as a hint when a closure fails to be a handler (its future not `Send`, say): the
+// closure is what needs fixing, not a reason to reach for a `Router`.
+#[diagnostic::do_not_recommend]
 impl Handler for Router {
     type Outcome = Result<(), BoxError>;
     type Future = BoxFuture;
