@@ -206,6 +206,12 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
         "h2" => RouteProtocol::H2,
         "default" => RouteProtocol::Default,
         other => match other.strip_prefix("prefix:") {
+            Some(p) if p.len() > lariat::route::MAX_SNIFF => {
+                return Err(format!(
+                    "`{other}`: a prefix is at most {} bytes, the most the router looks at",
+                    lariat::route::MAX_SNIFF
+                ))
+            }
             Some(p) if !p.is_empty() => RouteProtocol::Prefix(p.to_owned()),
             _ => {
                 return Err(format!(
@@ -395,8 +401,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .map_err(|e| format!("`{text}` is not an octal mode: {e}"))
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("`{text}` is not an octal mode: {e}"))?;
+    if mode > 0o7777 {
+        return Err(format!("`{text}`: permission bits go up to 7777 (octal)"));
+    }
+    Ok(mode)
 }
 
 #[cfg(test)]
@@ -447,6 +457,8 @@ mod tests {
         assert_eq!(parse_mode("660").unwrap(), 0o660);
         assert_eq!(parse_mode("0o600").unwrap(), 0o600);
         assert!(parse_mode("9").is_err());
+        assert_eq!(parse_mode("7777").unwrap(), 0o7777);
+        assert!(parse_mode("17777").is_err(), "beyond the permission bits");
     }
 
     #[test]

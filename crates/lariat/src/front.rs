@@ -123,8 +123,11 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T, FrontError> {
     let shared = &entry.shared;
     let accepted = tokio::time::Instant::now() - shared.registry.age(entry);
-    let deadline = accepted + shared.handshake_timeout;
-    let grace_ends = accepted + shared.handshake_grace.min(shared.handshake_timeout);
+    let deadline = crate::deadline::after(accepted, shared.handshake_timeout);
+    let grace_ends = crate::deadline::after(
+        accepted,
+        shared.handshake_grace.min(shared.handshake_timeout),
+    );
     tokio::select! {
         biased;
         done = step => Ok(done),

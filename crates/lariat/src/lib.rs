@@ -47,6 +47,7 @@ pub mod activation;
 pub mod admission;
 mod bind;
 mod connection;
+mod deadline;
 pub mod delivery;
 pub mod drain;
 mod endpoint;
