@@ -41,17 +41,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         warn_without_request_migration();
     }
     let tls = tls_config(&args)?;
+    let greeting = args
+        .greeting
+        .as_deref()
+        .map(|g| bytes::Bytes::from(crate::cli::unescape(g)));
     let builder = Server::builder()
         .max_connections(args.max_connections)
         .acceptors(args.acceptors)
         .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
         .handshake_timeout(args.handshake_timeout)
         .handshake_grace(args.handshake_grace)
-        .greeting(
-            args.greeting
-                .as_deref()
-                .map(|g| bytes::Bytes::from(crate::cli::unescape(g))),
-        )
+        // With routes, the router greets once the route is chosen (inside a TLS route's session).
+        .greeting(greeting.clone().filter(|_| args.route.is_empty()))
         .admission(Some(lariat::admission::Admission {
             allow: args.allow.clone(),
             deny: args.deny.clone(),
@@ -66,17 +67,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let router = args
             .route
             .iter()
-            .try_fold(Router::new(), |router, spec| add_route(router, spec, &tls))?;
+            .try_fold(Router::new(), |router, spec| add_route(router, spec, &tls))?
+            .greeting(greeting);
         return serve(builder, named, admin, router, &args, tls).await;
     }
     // Monomorphised per handler: no boxing on the per-connection path.
     if let Some(mode) = args.delivery {
-        if args.handler != HandlerKind::Echo {
-            anyhow::bail!(
-                "--delivery runs the echo handler; it cannot be combined with --handler {:?}",
-                args.handler
-            );
-        }
+        // Only with the echo handler and no routes (`checks`).
         let handler = move |conn| handlers::echo_messages::echo(conn, mode);
         return serve(builder, named, admin, handler, &args, tls).await;
     }
@@ -132,8 +129,9 @@ fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<TlsConfig>> {
     }))
 }
 
-/// PROXY and TLS: on every listener, or only on those `--proxy-on` / `--tls-on` name. With routes, TLS
-/// belongs to the `tls` route instead.
+/// PROXY and TLS: on every listener, or only on those `--proxy-on` / `--tls-on` name. With a `tls`
+/// route, TLS belongs to that route instead; with routes but no `tls` route, TLS runs first and the
+/// routes see the plaintext.
 fn front_per_listener(
     mut builder: ServerBuilder,
     named: &[Named],
@@ -153,7 +151,8 @@ fn front_per_listener(
             builder = builder.proxy_protocol_on(n.listener.local_addr().clone(), proxy.clone());
         }
     }
-    let tls = tls.filter(|_| args.route.is_empty());
+    let tls_route = args.route.iter().any(|r| r.protocol == RouteProtocol::Tls);
+    let tls = tls.filter(|_| !tls_route);
     if args.tls_on.is_empty() {
         builder = builder.tls(tls.cloned());
     } else {
