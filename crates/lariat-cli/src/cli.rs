@@ -65,8 +65,9 @@ pub struct ServeArgs {
     pub proxy_protocol: ProxyArg,
 
     /// A network allowed to send PROXY headers (repeatable) [default: loopback]. Others are refused.
-    #[arg(long, value_name = "CIDR")]
-    pub trusted_proxy: Vec<ipnet::IpNet>,
+    /// `unix` trusts the peers of the Unix listeners (any local process that may open the socket).
+    #[arg(long, value_name = "CIDR|unix")]
+    pub trusted_proxy: Vec<TrustedProxy>,
 
     /// Read PROXY headers only on this listener (as written in --listen; repeatable) [default: on every
     /// listener].
@@ -121,9 +122,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CIDR")]
     pub deny: Vec<ipnet::IpNet>,
 
-    /// The most connections one peer address may hold at once [default: no limit].
+    /// The most connections one peer address may hold at once [default: no limit]. Behind
+    /// --proxy-protocol, the client the header names; an IPv6 client, by its network (see
+    /// --per-ip-v6-prefix).
     #[arg(long, value_name = "N")]
     pub max_per_ip: Option<u32>,
+
+    /// For --max-per-ip, IPv6 clients in one network of this prefix length count as one address (one
+    /// host usually holds a whole /64).
+    #[arg(long, value_name = "BITS", default_value_t = lariat::admission::DEFAULT_IPV6_PREFIX,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub per_ip_v6_prefix: u8,
 
     /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
     /// disables it.
@@ -325,6 +334,28 @@ impl std::str::FromStr for AdminAddr {
             endpoint,
             text: text.to_owned(),
         })
+    }
+}
+
+/// One `--trusted-proxy` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustedProxy {
+    /// Peers in this network.
+    Net(ipnet::IpNet),
+    /// The peers of Unix listeners.
+    Unix,
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "unix" {
+            return Ok(TrustedProxy::Unix);
+        }
+        text.parse()
+            .map(TrustedProxy::Net)
+            .map_err(|e| format!("`{text}`: a network (10.0.0.0/8) or unix: {e}"))
     }
 }
 

@@ -18,7 +18,9 @@ use lariat::route::{Matcher, Router};
 use lariat::tls::TlsConfig;
 
 use crate::admin::{self, Phase};
-use crate::cli::{Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs};
+use crate::cli::{
+    Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs, TrustedProxy,
+};
 use crate::handlers;
 use crate::listeners::{self, Named};
 use lariat::proxy::{ProxyConfig, ProxyMode};
@@ -57,6 +59,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             allow: args.allow.clone(),
             deny: args.deny.clone(),
             max_per_ip: args.max_per_ip,
+            ipv6_prefix: args.per_ip_v6_prefix,
         }))
         .on_exhaustion(match args.on_exhaustion {
             Exhaustion::Wait => OnExhaustion::Wait,
@@ -206,7 +209,15 @@ fn proxy_config(args: &ServeArgs) -> Option<ProxyConfig> {
     };
     let mut config = ProxyConfig::new(mode);
     if !args.trusted_proxy.is_empty() {
-        config.trusted = args.trusted_proxy.clone();
+        config.trusted = args
+            .trusted_proxy
+            .iter()
+            .filter_map(|t| match t {
+                TrustedProxy::Net(net) => Some(*net),
+                TrustedProxy::Unix => None,
+            })
+            .collect();
+        config.trusted_unix = args.trusted_proxy.contains(&TrustedProxy::Unix);
     }
     Some(config)
 }

@@ -12,6 +12,7 @@ use common::{eventually, Lariat};
 const REFUSED: &[(&[&str], &str)] = &[
     (&["--max-connections", "0"], "--max-connections"),
     (&["--max-per-ip", "0"], "--max-per-ip"),
+    (&["--per-ip-v6-prefix", "129"], "--per-ip-v6-prefix"),
     (&["--handshake-timeout", "0"], "--handshake-timeout"),
     (&["--handshake-timeout", "0s"], "--handshake-timeout"),
     (&["--acceptors", "0"], "--acceptors"),
@@ -131,4 +132,53 @@ fn a_huge_drain_timeout_drains_without_a_panic() {
     let status = server.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
     assert!(!server.stderr().contains("panicked"), "{}", server.stderr());
+}
+
+/// Sends a PROXY header over the Unix socket at `path`; what the whoami handler answers (empty if the
+/// connection was refused).
+fn whoami_over_unix(path: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n");
+    let mut line = vec![0u8; "peer=192.0.2.1:1234".len()];
+    match s.read_exact(&mut line) {
+        Ok(()) => String::from_utf8_lossy(&line).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+#[test]
+fn proxy_headers_over_unix_are_trusted_only_with_trusted_proxy_unix() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("config-unix-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("untrusted.sock");
+    let listen = format!("unix:{}", path.display());
+    let _untrusting = Lariat::start(&[
+        "--listen",
+        &listen,
+        "--handler",
+        "whoami",
+        "--proxy-protocol",
+        "v1",
+    ]);
+    assert_eq!(
+        whoami_over_unix(&path),
+        "",
+        "a local process claimed a client address without --trusted-proxy unix"
+    );
+    let trusted_path = dir.join("trusted.sock");
+    let listen = format!("unix:{}", trusted_path.display());
+    let _trusting = Lariat::start(&[
+        "--listen",
+        &listen,
+        "--handler",
+        "whoami",
+        "--proxy-protocol",
+        "v1",
+        "--trusted-proxy",
+        "unix",
+    ]);
+    assert_eq!(whoami_over_unix(&trusted_path), "peer=192.0.2.1:1234");
 }

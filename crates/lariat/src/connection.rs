@@ -52,7 +52,9 @@ impl Drop for ConnectionGuard {
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            gate.release(&entry.peer);
+            if entry.gate_counted.load(Relaxed) {
+                gate.release(entry.reported_peer());
+            }
         }
         shared.limit.release();
         if shared.drain.draining.is_cancelled() {

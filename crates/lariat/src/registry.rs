@@ -1,7 +1,7 @@
 //! The live connection registry (seed 002's "children list"): who is connected, since when, how much they
 //! sent, and a way to close one by id.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ pub(crate) struct Entry {
     pub(crate) quiet_since_ms: AtomicU64,
     /// The PROXY header, when one was read (boxed: most connections have none).
     pub(crate) proxy: OnceLock<Box<ProxyInfo>>,
+    /// The admission gate counted this connection under its peer (the reported one: see
+    /// `admission::judge`), so closing it must uncount it.
+    pub(crate) gate_counted: AtomicBool,
 }
 
 /// A connection's PROXY header and the peer it reports.
@@ -115,6 +118,7 @@ impl Registry {
             swept_bytes: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(now),
             proxy: OnceLock::new(),
+            gate_counted: AtomicBool::new(false),
         });
         self.map.insert(id, entry.clone());
         entry
