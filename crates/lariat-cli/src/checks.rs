@@ -19,6 +19,9 @@ pub fn serve_args(args: &ServeArgs) -> anyhow::Result<()> {
     if args.handshake_timeout.is_zero() {
         bail!("--handshake-timeout 0 would close every connection before its handler; use a positive duration");
     }
+    if args.request_timeout.is_zero() {
+        bail!("--request-timeout 0 would answer every request with 408; use a positive duration");
+    }
     if args.acceptors == 0 {
         bail!("--acceptors 0: at least one accept loop is needed");
     }

@@ -109,6 +109,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub handshake_grace: Duration,
 
+    /// http-hello: a request's head must arrive whole within this long of its first byte, and its body
+    /// at 1 KiB/s on average after this long, or the client gets 408 and a close (a client sending a
+    /// byte now and then would otherwise hold its slot, as every byte resets --idle-timeout).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Written to each admitted client before its handler runs (after TLS), so it knows it was accepted
     /// and not just queued. `\n` and `\r` are unescaped.
     #[arg(long, value_name = "TEXT")]

@@ -70,7 +70,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let router = args
             .route
             .iter()
-            .try_fold(Router::new(), |router, spec| add_route(router, spec, &tls))?
+            .try_fold(Router::new(), |router, spec| {
+                add_route(router, spec, &tls, &args)
+            })?
             .greeting(greeting);
         return serve(builder, named, admin, router, &args, tls).await;
     }
@@ -97,7 +99,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             serve(builder, named, admin, handlers::whoami::whoami, &args, tls).await
         }
         HandlerKind::HttpHello => {
-            let handler = handlers::http_hello::http_hello;
+            let timeout = args.request_timeout;
+            let handler = move |conn| handlers::http_hello::http_hello(conn, timeout);
             serve(builder, named, admin, handler, &args, tls).await
         }
     }
@@ -166,12 +169,22 @@ fn front_per_listener(
     Ok(builder)
 }
 
-fn add_route(router: Router, spec: &RouteSpec, tls: &Option<TlsConfig>) -> anyhow::Result<Router> {
+fn add_route(
+    router: Router,
+    spec: &RouteSpec,
+    tls: &Option<TlsConfig>,
+    args: &ServeArgs,
+) -> anyhow::Result<Router> {
     match spec.handler {
         HandlerKind::Echo => with_route(router, spec, tls, handlers::echo::echo),
         HandlerKind::Discard => with_route(router, spec, tls, handlers::discard::discard),
         HandlerKind::Whoami => with_route(router, spec, tls, handlers::whoami::whoami),
-        HandlerKind::HttpHello => with_route(router, spec, tls, handlers::http_hello::http_hello),
+        HandlerKind::HttpHello => {
+            let timeout = args.request_timeout;
+            with_route(router, spec, tls, move |conn| {
+                handlers::http_hello::http_hello(conn, timeout)
+            })
+        }
     }
 }
 

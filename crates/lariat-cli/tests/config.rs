@@ -15,6 +15,7 @@ const REFUSED: &[(&[&str], &str)] = &[
     (&["--per-ip-v6-prefix", "129"], "--per-ip-v6-prefix"),
     (&["--handshake-timeout", "0"], "--handshake-timeout"),
     (&["--handshake-timeout", "0s"], "--handshake-timeout"),
+    (&["--request-timeout", "0"], "--request-timeout"),
     (&["--acceptors", "0"], "--acceptors"),
     (&["--threads", "0"], "--threads"),
     (&["--unix-mode", "17777"], "--unix-mode"),
