@@ -6,7 +6,7 @@
 use anyhow::bail;
 use lariat::Endpoint;
 
-use crate::cli::{HandlerKind, ListenSpec, ProxyArg, RouteProtocol, ServeArgs};
+use crate::cli::{HandlerKind, ListenSpec, ProxyArg, RouteProtocol, ServeArgs, TrustedProxy};
 
 /// Refuses what `args` cannot mean.
 pub fn serve_args(args: &ServeArgs) -> anyhow::Result<()> {
@@ -60,14 +60,22 @@ pub fn serve_args(args: &ServeArgs) -> anyhow::Result<()> {
              the plaintext)"
         );
     }
+    let abstract_listen = args.listen.iter().find_map(|l| match l {
+        ListenSpec::Bind {
+            endpoint: Endpoint::UnixAbstract(_),
+            text,
+        } => Some(text.as_str()),
+        _ => None,
+    });
+    if let Some(text) = abstract_listen {
+        if args.trusted_proxy.contains(&TrustedProxy::Unix) {
+            bail!(
+                "--trusted-proxy unix cannot apply to {text}: any local user may connect to an \
+                 abstract socket and claim any client address; use a socket path with --unix-mode"
+            );
+        }
+    }
     if args.unix_mode.is_some() {
-        let abstract_listen = args.listen.iter().find_map(|l| match l {
-            ListenSpec::Bind {
-                endpoint: Endpoint::UnixAbstract(_),
-                text,
-            } => Some(text.as_str()),
-            _ => None,
-        });
         let abstract_metrics = args
             .metrics
             .as_ref()

@@ -31,6 +31,17 @@ const REFUSED: &[(&[&str], &str)] = &[
         "--route",
     ),
     (
+        &[
+            "--listen",
+            "unix:@lariat-config-test",
+            "--proxy-protocol",
+            "v1",
+            "--trusted-proxy",
+            "unix",
+        ],
+        "--trusted-proxy",
+    ),
+    (
         &["--workers", "2", "--restart-binary", "/bin/true"],
         "--restart-binary",
     ),
