@@ -30,8 +30,8 @@ pub struct ServeArgs {
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<ListenSpec>,
 
-    /// What to do with each connection.
-    #[arg(long, value_enum, default_value_t = HandlerKind::Echo)]
+    /// What to do with each connection (with --route, each route names its own).
+    #[arg(long, value_enum, default_value_t = HandlerKind::Echo, conflicts_with = "route")]
     pub handler: HandlerKind,
 
     /// Run the echo handler on the message API, in this delivery mode: pull, once, push, or a count N

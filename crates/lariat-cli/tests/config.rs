@@ -53,6 +53,10 @@ const REFUSED: &[(&[&str], &str)] = &[
         &["--handler", "discard", "--delivery", "push"],
         "--delivery",
     ),
+    (
+        &["--route", "default=echo", "--handler", "discard"],
+        "--handler",
+    ),
     (&["--trusted-proxy", "10.0.0.0/8"], "--trusted-proxy"),
     (
         &["--proxy-protocol", "off", "--trusted-proxy", "10.0.0.0/8"],
