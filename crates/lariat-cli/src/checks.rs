@@ -75,6 +75,19 @@ pub fn serve_args(args: &ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let only_tcp = !args.listen.is_empty()
+        && args.listen.iter().all(|l| {
+            matches!(
+                l,
+                ListenSpec::Bind {
+                    endpoint: Endpoint::Tcp(_),
+                    ..
+                }
+            )
+        });
+    if only_tcp && !args.unix_peer_uid.is_empty() {
+        bail!("--unix-peer-uid has no effect without a Unix --listen");
+    }
     if args.unix_mode.is_some() {
         let abstract_metrics = args
             .metrics

@@ -134,6 +134,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub max_per_ip: Option<u32>,
 
+    /// Admit only processes running as this user to the Unix listeners (a uid, or `self` for the user
+    /// lariat runs as; repeatable), checked with SO_PEERCRED [default: anyone the socket file's mode
+    /// admits]. An abstract socket (unix:@name) has no file mode: this is how to keep other users out.
+    #[arg(long, value_name = "UID|self", value_parser = parse_uid)]
+    pub unix_peer_uid: Vec<u32>,
+
     /// For --max-per-ip, IPv6 clients in one network of this prefix length count as one address (one
     /// host usually holds a whole /64).
     #[arg(long, value_name = "BITS", default_value_t = lariat::admission::DEFAULT_IPV6_PREFIX,
@@ -435,6 +441,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// A user id, or `self` for the effective user of this process.
+fn parse_uid(text: &str) -> Result<u32, String> {
+    if text == "self" {
+        // SAFETY: geteuid has no preconditions.
+        return Ok(unsafe { libc::geteuid() });
+    }
+    text.parse()
+        .map_err(|_| format!("`{text}`: a numeric user id, or self"))
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {

@@ -60,6 +60,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             deny: args.deny.clone(),
             max_per_ip: args.max_per_ip,
             ipv6_prefix: args.per_ip_v6_prefix,
+            unix_uids: args.unix_peer_uid.clone(),
         }))
         .on_exhaustion(match args.on_exhaustion {
             Exhaustion::Wait => OnExhaustion::Wait,

@@ -17,6 +17,16 @@ const REFUSED: &[(&[&str], &str)] = &[
     (&["--handshake-timeout", "0s"], "--handshake-timeout"),
     (&["--request-timeout", "0"], "--request-timeout"),
     (&["--acceptors", "0"], "--acceptors"),
+    (&["--unix-peer-uid", "self"], "--unix-peer-uid"),
+    (
+        &[
+            "--listen",
+            "unix:@lariat-config-test",
+            "--unix-peer-uid",
+            "nobody",
+        ],
+        "--unix-peer-uid",
+    ),
     (&["--threads", "0"], "--threads"),
     (&["--unix-mode", "17777"], "--unix-mode"),
     (
@@ -197,4 +207,26 @@ fn proxy_headers_over_unix_are_trusted_only_with_trusted_proxy_unix() {
         "unix",
     ]);
     assert_eq!(whoami_over_unix(&trusted_path), "peer=192.0.2.1:1234");
+}
+
+#[test]
+fn unix_peer_uid_keeps_other_users_off_an_abstract_socket() {
+    use std::io::{Read, Write};
+    use std::os::linux::net::SocketAddrExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for (uid, admitted) in [
+        (me.wrapping_add(1).to_string(), false),
+        ("self".into(), true),
+    ] {
+        let name = format!("lariat-peer-uid-{}-{admitted}", std::process::id());
+        let listen = format!("unix:@{name}");
+        let _server = Lariat::start(&["--listen", &listen, "--unix-peer-uid", &uid]);
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let mut c = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut back = [0u8; 4];
+        let answered = c.write_all(b"ping").is_ok() && c.read_exact(&mut back).is_ok();
+        assert_eq!(answered, admitted, "--unix-peer-uid {uid}");
+    }
 }

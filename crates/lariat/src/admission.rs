@@ -38,6 +38,10 @@ pub struct Admission {
     /// For the per-address limit, IPv6 peers in one network of this prefix length count as one
     /// address. Default [`DEFAULT_IPV6_PREFIX`] (64); 128 counts each address apart.
     pub ipv6_prefix: u8,
+    /// If not empty, only processes running as these users (uids, from `SO_PEERCRED`) may connect to
+    /// the Unix listeners. An abstract socket (`unix:@name`) has no file permissions, so this is the
+    /// only way to keep other local users out of one. Default: empty (anyone the file's mode admits).
+    pub unix_uids: Vec<u32>,
 }
 
 /// The default [`Admission::ipv6_prefix`]: a /64, the usual allocation to one host or one home.
@@ -50,6 +54,7 @@ impl Default for Admission {
             deny: Vec::new(),
             max_per_ip: None,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            unix_uids: Vec::new(),
         }
     }
 }
@@ -57,7 +62,10 @@ impl Default for Admission {
 impl Admission {
     /// True when these rules admit everyone without counting (nothing to check).
     pub(crate) fn is_open(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty() && self.max_per_ip.is_none()
+        self.allow.is_empty()
+            && self.deny.is_empty()
+            && self.max_per_ip.is_none()
+            && self.unix_uids.is_empty()
     }
 }
 
@@ -87,6 +95,9 @@ pub enum Refusal {
     /// Its address already holds the most connections allowed.
     #[error("too many connections from this address")]
     PerIpLimit,
+    /// A Unix peer running as a user not in [`Admission::unix_uids`] (or whose user is unknown).
+    #[error("the connecting process's user is not allowed")]
+    UnixUser,
 }
 
 /// The application's admission check: `Ok` admits the connection, `Err` closes it (counted as
@@ -204,6 +215,17 @@ impl Gate {
         Ok(true)
     }
 
+    /// Judges a Unix peer by the user its process runs as (`None`: unknown).
+    pub(crate) fn admit_unix_user(&self, uid: Option<u32>) -> Result<(), Refusal> {
+        if self.rules.unix_uids.is_empty() {
+            return Ok(());
+        }
+        match uid {
+            Some(uid) if self.rules.unix_uids.contains(&uid) => Ok(()),
+            _ => Err(Refusal::UnixUser),
+        }
+    }
+
     /// A connection counted by [`admit`](Self::admit) closed.
     pub(crate) fn release(&self, peer: &PeerAddr) {
         if let PeerAddr::Tcp(addr) = peer {
@@ -238,14 +260,39 @@ pub(crate) fn judge(entry: &crate::registry::Entry, peer: &PeerAddr) -> Result<(
             }
             Ok(())
         }
-        Err(refusal) => {
-            crate::stats::Stats::add(&entry.shared.stats.admission_refused, 1);
-            if gate.should_log(entry.shared.registry.now_ms()) {
-                tracing::info!(peer = %peer, hop = %entry.peer, why = %refusal, "connection refused (logged at most once a second)");
-            }
-            Err(refusal)
-        }
+        Err(refusal) => Err(refused(gate, entry, peer, refusal)),
     }
+}
+
+/// Judges the process at the other end of a Unix socket by its user, if the rules name users: the
+/// socket's own peer, before any PROXY header (which names a network client, not a process).
+pub(crate) fn judge_socket(
+    entry: &crate::registry::Entry,
+    stream: &crate::Stream,
+) -> Result<(), Refusal> {
+    let (Some(gate), crate::Stream::Unix(unix)) = (&entry.shared.gate, stream) else {
+        return Ok(());
+    };
+    if gate.rules.unix_uids.is_empty() {
+        return Ok(());
+    }
+    let uid = unix.peer_cred().ok().map(|cred| cred.uid());
+    gate.admit_unix_user(uid)
+        .map_err(|refusal| refused(gate, entry, &entry.peer, refusal))
+}
+
+/// Counts a refusal and logs it (at most once a second).
+fn refused(
+    gate: &Gate,
+    entry: &crate::registry::Entry,
+    peer: &PeerAddr,
+    refusal: Refusal,
+) -> Refusal {
+    crate::stats::Stats::add(&entry.shared.stats.admission_refused, 1);
+    if gate.should_log(entry.shared.registry.now_ms()) {
+        tracing::info!(peer = %peer, hop = %entry.peer, why = %refusal, "connection refused (logged at most once a second)");
+    }
+    refusal
 }
 
 /// `LogLimit::last_ms` before the first event.
@@ -317,6 +364,19 @@ mod tests {
             canonical_net("2001:db8::/32".parse().unwrap()),
             "2001:db8::/32".parse::<IpNet>().unwrap()
         );
+    }
+
+    #[test]
+    fn unix_peers_are_judged_by_their_user_when_users_are_named() {
+        let open = Gate::new(Admission::default());
+        assert_eq!(open.admit_unix_user(None), Ok(()));
+        let gate = Gate::new(Admission {
+            unix_uids: vec![1000, 0],
+            ..Admission::default()
+        });
+        assert_eq!(gate.admit_unix_user(Some(1000)), Ok(()));
+        assert_eq!(gate.admit_unix_user(Some(1001)), Err(Refusal::UnixUser));
+        assert_eq!(gate.admit_unix_user(None), Err(Refusal::UnixUser));
     }
 
     #[test]

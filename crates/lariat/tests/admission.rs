@@ -195,3 +195,41 @@ async fn an_ipv4_mapped_rule_matches_the_ipv4_client() {
     assert!(served(&mut good).await);
     assert_eq!(server.handle().stats().admission_refused, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_peers_of_other_users_are_refused_when_users_are_named() {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let dir = std::env::temp_dir().join(format!("lariat-admission-uid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (tag, uids, admitted) in [
+        ("other", vec![me.wrapping_add(1)], false),
+        ("mine", vec![me], true),
+    ] {
+        let path = dir.join(format!("{tag}.sock"));
+        let endpoint: lariat::Endpoint = format!("unix:{}", path.display()).parse().unwrap();
+        let listener = lariat::Listener::bind(&endpoint).unwrap();
+        let server = Server::builder()
+            .admission(Some(Admission {
+                unix_uids: uids,
+                ..Admission::default()
+            }))
+            .serve([listener], echo)
+            .unwrap();
+        let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let answered = client.write_all(b"ping").await.is_ok() && {
+            let mut back = [0u8; 4];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut back)).await,
+                Ok(Ok(_))
+            )
+        };
+        assert_eq!(answered, admitted, "{tag}");
+        assert_eq!(
+            server.handle().stats().admission_refused,
+            u64::from(!admitted),
+            "{tag}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
