@@ -19,8 +19,22 @@ pub fn serve_args(args: &ServeArgs) -> anyhow::Result<()> {
     if args.handshake_timeout.is_zero() {
         bail!("--handshake-timeout 0 would close every connection before its handler; use a positive duration");
     }
-    if args.request_timeout.is_zero() {
-        bail!("--request-timeout 0 would answer every request with 408; use a positive duration");
+    if let Some(timeout) = args.request_timeout {
+        if timeout.is_zero() {
+            bail!(
+                "--request-timeout 0 would answer every request with 408; use a positive duration"
+            );
+        }
+        let http_hello = if args.route.is_empty() {
+            args.handler == HandlerKind::HttpHello
+        } else {
+            args.route
+                .iter()
+                .any(|r| r.handler == HandlerKind::HttpHello)
+        };
+        if !http_hello {
+            bail!("--request-timeout applies to the http-hello handler only, and none is in use");
+        }
     }
     if args.acceptors == 0 {
         bail!("--acceptors 0: at least one accept loop is needed");

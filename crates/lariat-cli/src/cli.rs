@@ -112,8 +112,9 @@ pub struct ServeArgs {
     /// http-hello: a request's head must arrive whole within this long of its first byte, and its body
     /// at 1 KiB/s on average after this long, or the client gets 408 and a close (a client sending a
     /// byte now and then would otherwise hold its slot, as every byte resets --idle-timeout).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
+    /// [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
 
     /// Written to each admitted client before its handler runs (after TLS), so it knows it was accepted
     /// and not just queued. `\n` and `\r` are unescaped.
@@ -269,7 +270,15 @@ pub fn unescape(text: &str) -> String {
     out
 }
 
+/// The `--request-timeout` default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ServeArgs {
+    /// `--request-timeout`, or its default.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+    }
+
     /// How the `--listen` sockets are bound.
     pub fn bind_options(&self) -> lariat::BindOptions {
         lariat::BindOptions {

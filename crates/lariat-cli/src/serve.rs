@@ -100,7 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             serve(builder, named, admin, handlers::whoami::whoami, &args, tls).await
         }
         HandlerKind::HttpHello => {
-            let timeout = args.request_timeout;
+            let timeout = args.request_timeout();
             let handler = move |conn| handlers::http_hello::http_hello(conn, timeout);
             serve(builder, named, admin, handler, &args, tls).await
         }
@@ -181,7 +181,7 @@ fn add_route(
         HandlerKind::Discard => with_route(router, spec, tls, handlers::discard::discard),
         HandlerKind::Whoami => with_route(router, spec, tls, handlers::whoami::whoami),
         HandlerKind::HttpHello => {
-            let timeout = args.request_timeout;
+            let timeout = args.request_timeout();
             with_route(router, spec, tls, move |conn| {
                 handlers::http_hello::http_hello(conn, timeout)
             })

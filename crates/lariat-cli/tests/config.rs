@@ -15,7 +15,11 @@ const REFUSED: &[(&[&str], &str)] = &[
     (&["--per-ip-v6-prefix", "129"], "--per-ip-v6-prefix"),
     (&["--handshake-timeout", "0"], "--handshake-timeout"),
     (&["--handshake-timeout", "0s"], "--handshake-timeout"),
-    (&["--request-timeout", "0"], "--request-timeout"),
+    (
+        &["--handler", "http-hello", "--request-timeout", "0"],
+        "--request-timeout",
+    ),
+    (&["--request-timeout", "5s"], "--request-timeout"),
     (&["--acceptors", "0"], "--acceptors"),
     (&["--unix-peer-uid", "self"], "--unix-peer-uid"),
     (
