@@ -16,6 +16,9 @@ pub fn serve_args(args: &ServeArgs) -> anyhow::Result<()> {
     if args.max_per_ip == Some(0) {
         bail!("--max-per-ip 0 would refuse every client; use at least 1, or leave it out for no limit");
     }
+    if args.per_ip_v6_prefix.is_some() && args.max_per_ip.is_none() {
+        bail!("--per-ip-v6-prefix has no effect without --max-per-ip");
+    }
     if args.handshake_timeout.is_zero() {
         bail!("--handshake-timeout 0 would close every connection before its handler; use a positive duration");
     }

@@ -142,10 +142,9 @@ pub struct ServeArgs {
     pub unix_peer_uid: Vec<u32>,
 
     /// For --max-per-ip, IPv6 clients in one network of this prefix length count as one address (one
-    /// host usually holds a whole /64).
-    #[arg(long, value_name = "BITS", default_value_t = lariat::admission::DEFAULT_IPV6_PREFIX,
-          value_parser = clap::value_parser!(u8).range(0..=128))]
-    pub per_ip_v6_prefix: u8,
+    /// host usually holds a whole /64). [default: 64]
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub per_ip_v6_prefix: Option<u8>,
 
     /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
     /// disables it.

@@ -59,7 +59,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             allow: args.allow.clone(),
             deny: args.deny.clone(),
             max_per_ip: args.max_per_ip,
-            ipv6_prefix: args.per_ip_v6_prefix,
+            ipv6_prefix: args
+                .per_ip_v6_prefix
+                .unwrap_or(lariat::admission::DEFAULT_IPV6_PREFIX),
             unix_uids: args.unix_peer_uid.clone(),
         }))
         .on_exhaustion(match args.on_exhaustion {

@@ -12,7 +12,11 @@ use common::{eventually, Lariat};
 const REFUSED: &[(&[&str], &str)] = &[
     (&["--max-connections", "0"], "--max-connections"),
     (&["--max-per-ip", "0"], "--max-per-ip"),
-    (&["--per-ip-v6-prefix", "129"], "--per-ip-v6-prefix"),
+    (
+        &["--max-per-ip", "5", "--per-ip-v6-prefix", "129"],
+        "--per-ip-v6-prefix",
+    ),
+    (&["--per-ip-v6-prefix", "48"], "--per-ip-v6-prefix"),
     (&["--handshake-timeout", "0"], "--handshake-timeout"),
     (&["--handshake-timeout", "0s"], "--handshake-timeout"),
     (
