@@ -66,7 +66,9 @@ impl Drop for ConnectionGuard {
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            gate.release(&entry.peer);
+            if entry.gate_counted.load(Relaxed) {
+                gate.release(entry.reported_peer());
+            }
         }
         shared.limit.release();
         if shared.drain.draining.is_cancelled() {
@@ -189,7 +191,10 @@ impl Connection {
     /// can race the connection's own reads.
     pub fn crowded(&self) -> impl Future<Output = ()> + Send + 'static {
         let shared = self.guard.meta.0.shared.clone();
-        let grace_ends = tokio::time::Instant::now() - self.age() + shared.handshake_grace;
+        let accepted = tokio::time::Instant::now()
+            .checked_sub(self.age())
+            .unwrap_or_else(tokio::time::Instant::now);
+        let grace_ends = crate::deadline::after(accepted, shared.handshake_grace);
         async move { shared.pressure.gives_way(grace_ends).await }
     }
 

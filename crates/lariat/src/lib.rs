@@ -49,6 +49,7 @@ pub mod admission;
 mod bind;
 mod closer;
 mod connection;
+mod deadline;
 pub mod delivery;
 pub mod drain;
 mod endpoint;
