@@ -14,7 +14,9 @@ use lariat::route::{Matcher, Router};
 use lariat::tls::TlsConfig;
 
 use crate::admin;
-use crate::cli::{Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs};
+use crate::cli::{
+    Exhaustion, HandlerKind, ProxyArg, RouteProtocol, RouteSpec, ServeArgs, TrustedProxy,
+};
 use crate::handlers;
 use crate::listeners::{self, Named};
 use lariat::proxy::{ProxyConfig, ProxyMode};
@@ -37,21 +39,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         warn_without_request_migration();
     }
     let tls = tls_config(&args)?;
+    let greeting = args
+        .greeting
+        .as_deref()
+        .map(|g| bytes::Bytes::from(crate::cli::unescape(g)));
     let builder = Server::builder()
         .max_connections(args.max_connections)
         .acceptors(args.acceptors)
         .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
         .handshake_timeout(args.handshake_timeout)
         .handshake_grace(args.handshake_grace)
-        .greeting(
-            args.greeting
-                .as_deref()
-                .map(|g| bytes::Bytes::from(crate::cli::unescape(g))),
-        )
+        // With routes, the router greets once the route is chosen (inside a TLS route's session).
+        .greeting(greeting.clone().filter(|_| args.route.is_empty()))
         .admission(Some(lariat::admission::Admission {
             allow: args.allow.clone(),
             deny: args.deny.clone(),
             max_per_ip: args.max_per_ip,
+            ipv6_prefix: args
+                .per_ip_v6_prefix
+                .unwrap_or(lariat::admission::DEFAULT_IPV6_PREFIX),
+            unix_uids: args.unix_peer_uid.clone(),
         }))
         .on_exhaustion(match args.on_exhaustion {
             Exhaustion::Wait => OnExhaustion::Wait,
@@ -62,17 +69,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let router = args
             .route
             .iter()
-            .try_fold(Router::new(), |router, spec| add_route(router, spec, &tls))?;
+            .try_fold(Router::new(), |router, spec| {
+                add_route(router, spec, &tls, &args)
+            })?
+            .greeting(greeting);
         return serve(builder, named, admin, router, &args, tls).await;
     }
     // Monomorphised per handler: no boxing on the per-connection path.
     if let Some(mode) = args.delivery {
-        if args.handler != HandlerKind::Echo {
-            anyhow::bail!(
-                "--delivery runs the echo handler; it cannot be combined with --handler {:?}",
-                args.handler
-            );
-        }
+        // Only with the echo handler and no routes (`checks`).
         let handler = move |conn| handlers::echo_messages::echo(conn, mode);
         return serve(builder, named, admin, handler, &args, tls).await;
     }
@@ -93,7 +98,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             serve(builder, named, admin, handlers::whoami::whoami, &args, tls).await
         }
         HandlerKind::HttpHello => {
-            let handler = handlers::http_hello::http_hello;
+            let timeout = args.request_timeout();
+            let handler = move |conn| handlers::http_hello::http_hello(conn, timeout);
             serve(builder, named, admin, handler, &args, tls).await
         }
     }
@@ -128,8 +134,9 @@ fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<TlsConfig>> {
     }))
 }
 
-/// PROXY and TLS: on every listener, or only on those `--proxy-on` / `--tls-on` name. With routes, TLS
-/// belongs to the `tls` route instead.
+/// PROXY and TLS: on every listener, or only on those `--proxy-on` / `--tls-on` name. With a `tls`
+/// route, TLS belongs to that route instead; with routes but no `tls` route, TLS runs first and the
+/// routes see the plaintext.
 fn front_per_listener(
     mut builder: ServerBuilder,
     named: &[Named],
@@ -149,7 +156,8 @@ fn front_per_listener(
             builder = builder.proxy_protocol_on(n.listener.local_addr().clone(), proxy.clone());
         }
     }
-    let tls = tls.filter(|_| args.route.is_empty());
+    let tls_route = args.route.iter().any(|r| r.protocol == RouteProtocol::Tls);
+    let tls = tls.filter(|_| !tls_route);
     if args.tls_on.is_empty() {
         builder = builder.tls(tls.cloned());
     } else {
@@ -160,12 +168,22 @@ fn front_per_listener(
     Ok(builder)
 }
 
-fn add_route(router: Router, spec: &RouteSpec, tls: &Option<TlsConfig>) -> anyhow::Result<Router> {
+fn add_route(
+    router: Router,
+    spec: &RouteSpec,
+    tls: &Option<TlsConfig>,
+    args: &ServeArgs,
+) -> anyhow::Result<Router> {
     match spec.handler {
         HandlerKind::Echo => with_route(router, spec, tls, handlers::echo::echo),
         HandlerKind::Discard => with_route(router, spec, tls, handlers::discard::discard),
         HandlerKind::Whoami => with_route(router, spec, tls, handlers::whoami::whoami),
-        HandlerKind::HttpHello => with_route(router, spec, tls, handlers::http_hello::http_hello),
+        HandlerKind::HttpHello => {
+            let timeout = args.request_timeout();
+            with_route(router, spec, tls, move |conn| {
+                handlers::http_hello::http_hello(conn, timeout)
+            })
+        }
     }
 }
 
@@ -200,7 +218,15 @@ fn proxy_config(args: &ServeArgs) -> Option<ProxyConfig> {
     };
     let mut config = ProxyConfig::new(mode);
     if !args.trusted_proxy.is_empty() {
-        config.trusted = args.trusted_proxy.clone();
+        config.trusted = args
+            .trusted_proxy
+            .iter()
+            .filter_map(|t| match t {
+                TrustedProxy::Net(net) => Some(*net),
+                TrustedProxy::Unix => None,
+            })
+            .collect();
+        config.trusted_unix = args.trusted_proxy.contains(&TrustedProxy::Unix);
     }
     Some(config)
 }

@@ -1,20 +1,32 @@
 //! `http-hello`: answers every HTTP/1.x request with a short `200 OK`, keeping the connection alive as the
 //! request asks, with pipelining, so wrk and h2load can drive it.
 //!
-//! Not a web server: request bodies with `Content-Length` are skipped, chunked bodies get `501` and a close,
-//! a head over [`MAX_HEAD`] bytes gets `431` and a close, garbage gets `400` and a close.
+//! Not a web server: request bodies with `Content-Length` are read and dropped as they stream (a body
+//! costs no memory, however long), chunked bodies get `501` and a close, a head over [`MAX_HEAD`] bytes
+//! gets `431` and a close, garbage gets `400` and a close.
+//!
+//! A request must keep moving: its head must arrive whole within the request timeout of its first
+//! byte, and its body at [`MIN_BODY_RATE`] on average after a first timeout's worth of grace, or the
+//! client gets `408` and a close. Without this a client sending a byte now and then would hold its slot
+//! forever, since every byte resets the idle timeout.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use lariat::Connection;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 /// The largest request head accepted.
 pub const MAX_HEAD: usize = 8 * 1024;
-/// The largest request body skipped.
-pub const MAX_BODY: usize = 1024 * 1024;
+/// The slowest average rate a request body may arrive at, after the first request timeout.
+pub const MIN_BODY_RATE: u64 = 1024;
+/// How much is read from the socket at once.
+const READ_SIZE: usize = 4096;
 const MAX_HEADERS: usize = 64;
+/// Later than any request deadline a running server reaches (about thirty years).
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 const BODY: &str = "Hello, world!";
 
 /// Why a connection was closed with an error response.
@@ -46,8 +58,13 @@ impl From<io::Error> for HttpError {
 /// What to do after parsing the front of the buffer.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
-    /// A whole request of this many bytes (head and body); answer, keeping the connection alive or not.
-    Request { len: usize, keep_alive: bool },
+    /// A whole request head of `head` bytes, announcing a body of `body` bytes; answer once the body
+    /// is read, keeping the connection alive or not.
+    Request {
+        head: usize,
+        body: u64,
+        keep_alive: bool,
+    },
     /// Need more bytes.
     Partial,
     /// Answer with this status line and close.
@@ -57,7 +74,7 @@ enum Step {
 fn parse(buf: &[u8]) -> Step {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    let head = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Step::Reject("431 Request Header Fields Too Large", "head too large")
@@ -70,7 +87,7 @@ fn parse(buf: &[u8]) -> Step {
     };
     let http10 = req.version == Some(0);
     let mut keep_alive = !http10;
-    let mut body = 0usize;
+    let mut body = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             let v = h.value;
@@ -80,23 +97,22 @@ fn parse(buf: &[u8]) -> Step {
                 keep_alive = true;
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value)
+            let n = std::str::from_utf8(h.value)
                 .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                Some(n) if n <= MAX_BODY => body = n,
-                Some(_) => return Step::Reject("413 Content Too Large", "body too large"),
-                None => return Step::Reject("400 Bad Request", "bad content-length"),
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, body) {
+                (Some(n), None) => body = Some(n),
+                // Repeated with the same value is allowed (RFC 9112 §6.3); differing values are not.
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Step::Reject("400 Bad Request", "bad content-length"),
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Step::Reject("501 Not Implemented", "chunked bodies not supported");
         }
     }
-    if buf.len() < head_len + body {
-        return Step::Partial;
-    }
     Step::Request {
-        len: head_len + body,
+        head,
+        body: body.unwrap_or(0),
         keep_alive,
     }
 }
@@ -112,32 +128,101 @@ fn respond(out: &mut Vec<u8>, keep_alive: bool) {
     out.extend_from_slice(BODY.as_bytes());
 }
 
-/// Serves requests until the peer closes or asks to close.
-pub async fn http_hello(mut conn: Connection) -> Result<(), HttpError> {
+/// Where the connection is within a request.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Between requests: nothing of the next one has arrived (the idle timeout applies).
+    Idle,
+    /// The head's first bytes arrived at `since`.
+    Head { since: Instant },
+    /// Skipping a body: `left` bytes still to come, `got` so far, the head complete at `since`.
+    Body {
+        left: u64,
+        got: u64,
+        since: Instant,
+        keep_alive: bool,
+    },
+}
+
+impl Phase {
+    /// When the request in progress must have made more progress; `None` between requests.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        let (since, allowed) = match *self {
+            Phase::Idle => return None,
+            Phase::Head { since } => (since, timeout),
+            Phase::Body { got, since, .. } => (
+                since,
+                timeout.saturating_add(Duration::from_secs(got / MIN_BODY_RATE)),
+            ),
+        };
+        // A huge timeout is "never", not an overflow.
+        Some(since.checked_add(allowed).unwrap_or(since + FAR))
+    }
+}
+
+/// Serves requests until the peer closes or asks to close; `timeout` is the request timeout (see the
+/// module docs).
+pub async fn http_hello(mut conn: Connection, timeout: Duration) -> Result<(), HttpError> {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    let mut phase = Phase::Idle;
     loop {
         // Answer every complete request already buffered (pipelining), then write once.
         loop {
-            match parse(&buf) {
-                Step::Request { len, keep_alive } => {
-                    buf.advance(len);
-                    respond(&mut out, keep_alive);
-                    if !keep_alive {
-                        conn.write_all(&out).await?;
-                        conn.flush().await?;
-                        return Ok(());
-                    }
+            if let Phase::Body {
+                left,
+                got,
+                since,
+                keep_alive,
+            } = phase
+            {
+                // The body is dropped as it arrives: a body never costs more than one read.
+                let n = left.min(buf.len() as u64);
+                buf.advance(n as usize);
+                if n < left {
+                    phase = Phase::Body {
+                        left: left - n,
+                        got: got + n,
+                        since,
+                        keep_alive,
+                    };
+                    break;
                 }
-                Step::Partial => break,
-                Step::Reject(status, why) => {
-                    out.extend_from_slice(b"HTTP/1.1 ");
-                    out.extend_from_slice(status.as_bytes());
-                    out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                phase = Phase::Idle;
+                respond(&mut out, keep_alive);
+                if !keep_alive {
                     conn.write_all(&out).await?;
                     conn.flush().await?;
-                    return Err(HttpError::Rejected(why));
+                    return Ok(());
                 }
+                continue;
+            }
+            if buf.is_empty() {
+                break;
+            }
+            match parse(&buf) {
+                Step::Request {
+                    head,
+                    body,
+                    keep_alive,
+                } => {
+                    buf.advance(head);
+                    phase = Phase::Body {
+                        left: body,
+                        got: 0,
+                        since: Instant::now(),
+                        keep_alive,
+                    };
+                }
+                Step::Partial => {
+                    if let Phase::Idle = phase {
+                        phase = Phase::Head {
+                            since: Instant::now(),
+                        };
+                    }
+                    break;
+                }
+                Step::Reject(status, why) => return reject(&mut conn, &mut out, status, why).await,
             }
         }
         if !out.is_empty() {
@@ -147,12 +232,27 @@ pub async fn http_hello(mut conn: Connection) -> Result<(), HttpError> {
             out.clear();
         }
         if buf.is_empty() {
-            // Idle between requests: give the buffers back.
+            // Idle between requests, or waiting for body bytes: give the buffers back.
             buf = BytesMut::new();
             out = Vec::new();
         }
-        conn.readable().await?;
-        buf.reserve(4096);
+        let ready = match phase.deadline(timeout) {
+            None => conn.readable().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, conn.readable()).await {
+                Ok(ready) => ready,
+                Err(_) => {
+                    return reject(
+                        &mut conn,
+                        &mut out,
+                        "408 Request Timeout",
+                        "request too slow",
+                    )
+                    .await
+                }
+            },
+        };
+        ready?;
+        buf.reserve(READ_SIZE);
         match conn.try_read_buf(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
@@ -160,6 +260,21 @@ pub async fn http_hello(mut conn: Connection) -> Result<(), HttpError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Answers with `status` and closes.
+async fn reject(
+    conn: &mut Connection,
+    out: &mut Vec<u8>,
+    status: &'static str,
+    why: &'static str,
+) -> Result<(), HttpError> {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    conn.write_all(out).await?;
+    conn.flush().await?;
+    Err(HttpError::Rejected(why))
 }
 
 #[cfg(test)]
@@ -172,7 +287,8 @@ mod tests {
         assert_eq!(
             parse(get11),
             Step::Request {
-                len: get11.len(),
+                head: get11.len(),
+                body: 0,
                 keep_alive: true
             }
         );
@@ -180,7 +296,8 @@ mod tests {
         assert_eq!(
             parse(close),
             Step::Request {
-                len: close.len(),
+                head: close.len(),
+                body: 0,
                 keep_alive: false
             }
         );
@@ -188,7 +305,8 @@ mod tests {
         assert_eq!(
             parse(get10),
             Step::Request {
-                len: get10.len(),
+                head: get10.len(),
+                body: 0,
                 keep_alive: false
             }
         );
@@ -196,7 +314,8 @@ mod tests {
         assert_eq!(
             parse(get10ka),
             Step::Request {
-                len: get10ka.len(),
+                head: get10ka.len(),
+                body: 0,
                 keep_alive: true
             }
         );
@@ -208,11 +327,22 @@ mod tests {
         assert_eq!(
             parse(post),
             Step::Request {
-                len: post.len(),
+                head: post.len() - 5,
+                body: 5,
                 keep_alive: true
             }
         );
-        assert_eq!(parse(&post[..post.len() - 1]), Step::Partial);
+        // The head is enough: the body is skipped as it streams, so a huge one is no error.
+        let huge = b"POST / HTTP/1.1\r\nContent-Length: 10000000000\r\n\r\n";
+        assert!(matches!(
+            parse(huge),
+            Step::Request {
+                body: 10_000_000_000,
+                ..
+            }
+        ));
+        let differing = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        assert!(matches!(parse(differing), Step::Reject(s, _) if s.starts_with("400")));
         assert_eq!(parse(b"GET / HTT"), Step::Partial);
         assert!(
             matches!(parse(b"\x16\x03\x01 garbage\r\n\r\n"), Step::Reject(s, _) if s.starts_with("400"))
