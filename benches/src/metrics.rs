@@ -161,7 +161,7 @@ impl Scraper {
 async fn scrape(addr: SocketAddr) -> anyhow::Result<u64> {
     let mut stream = TcpStream::connect(addr).await.context("connect")?;
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lariat-bench\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .context("sending the request")?;
     let mut answer = Vec::with_capacity(8 * 1024);

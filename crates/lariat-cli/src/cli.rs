@@ -30,8 +30,8 @@ pub struct ServeArgs {
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<ListenSpec>,
 
-    /// What to do with each connection.
-    #[arg(long, value_enum, default_value_t = HandlerKind::Echo)]
+    /// What to do with each connection (with --route, each route names its own).
+    #[arg(long, value_enum, default_value_t = HandlerKind::Echo, conflicts_with = "route")]
     pub handler: HandlerKind,
 
     /// Run the echo handler on the message API, in this delivery mode: pull, once, push, or a count N
@@ -65,8 +65,9 @@ pub struct ServeArgs {
     pub proxy_protocol: ProxyArg,
 
     /// A network allowed to send PROXY headers (repeatable) [default: loopback]. Others are refused.
-    #[arg(long, value_name = "CIDR")]
-    pub trusted_proxy: Vec<ipnet::IpNet>,
+    /// `unix` trusts the peers of the Unix listeners (any local process that may open the socket).
+    #[arg(long, value_name = "CIDR|unix")]
+    pub trusted_proxy: Vec<TrustedProxy>,
 
     /// Read PROXY headers only on this listener (as written in --listen; repeatable) [default: on every
     /// listener].
@@ -108,6 +109,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub handshake_grace: Duration,
 
+    /// http-hello: a request's head must arrive whole within this long (from the connection's start or
+    /// the end of the previous answer; slow header senders are closed, counted), and its body at
+    /// 1 KiB/s on average after this long, or the client gets 408 and a close (a client sending a byte
+    /// now and then would otherwise hold its slot, as every byte resets --idle-timeout). [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
     /// Written to each admitted client before its handler runs (after TLS), so it knows it was accepted
     /// and not just queued. `\n` and `\r` are unescaped.
     #[arg(long, value_name = "TEXT")]
@@ -121,19 +129,27 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CIDR")]
     pub deny: Vec<ipnet::IpNet>,
 
-    /// The most connections one peer address may hold at once [default: no limit].
+    /// The most connections one peer address may hold at once [default: no limit]. Behind
+    /// --proxy-protocol, the client the header names; an IPv6 client, by its network (see
+    /// --per-ip-v6-prefix).
     #[arg(long, value_name = "N")]
     pub max_per_ip: Option<u32>,
+
+    /// Admit only processes running as this user to the Unix listeners (a uid, or `self` for the user
+    /// lariat runs as; repeatable), checked with SO_PEERCRED [default: anyone the socket file's mode
+    /// admits]. An abstract socket (unix:@name) has no file mode: this is how to keep other users out.
+    #[arg(long, value_name = "UID|self", value_parser = parse_uid)]
+    pub unix_peer_uid: Vec<u32>,
+
+    /// For --max-per-ip, IPv6 clients in one network of this prefix length count as one address (one
+    /// host usually holds a whole /64). [default: 64]
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub per_ip_v6_prefix: Option<u8>,
 
     /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
     /// disables it.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-
-    /// http-hello: how long a request head may take, from the end of the previous answer (slow header
-    /// senders are closed then, counted); 0 disables it.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub http_header_timeout: Duration,
 
     /// http-hello: close a connection idle this long between requests (HTTP/2: GOAWAY); 0 disables it.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -145,9 +161,26 @@ pub struct ServeArgs {
     pub drain_timeout: Duration,
 
     /// Serve metrics and health over HTTP on this address (IP:PORT or unix:/path): GET /metrics
-    /// (Prometheus text), /healthz, /readyz, /connections (JSON); DELETE /connections/ID closes one.
+    /// (Prometheus text), /healthz, /readyz; with the --admin-token-file token, GET /connections (JSON)
+    /// and DELETE /connections/ID, which closes one.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<AdminAddr>,
+
+    /// A file holding the token the --metrics endpoint's connection routes (the list, closing one) ask
+    /// for, as `Authorization: Bearer TOKEN` [default: the LARIAT_ADMIN_TOKEN variable]. Without a token
+    /// those routes are disabled.
+    #[arg(long, value_name = "PATH", requires = "metrics")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// A host name the --metrics endpoint answers to (repeatable), besides IP addresses and localhost: a
+    /// request naming another host is refused (DNS rebinding).
+    #[arg(long, value_name = "NAME", requires = "metrics")]
+    pub admin_host: Vec<String>,
+
+    /// Permission bits for a Unix --metrics socket file, in octal [default: 600]. Apart from --unix-mode:
+    /// whoever can connect to it reads the metrics (and, with the token, closes connections).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, requires = "metrics")]
+    pub metrics_unix_mode: Option<u32>,
 
     /// On SIGTERM/SIGINT, first spend this long in lame duck: /readyz answers 503 while clients are still
     /// accepted and served, so a load balancer stops sending before the drain stops admitting. A second
@@ -174,8 +207,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: usize,
 
-    /// Internal: this process is a worker of the `--workers` supervisor with this pid (SIGUSR2 hands
-    /// over, SIGHUP is the supervisor's).
+    /// Internal: this process is a worker of the `--workers` supervisor with this pid (it obeys the
+    /// supervisor's instructions only).
     #[arg(long, hide = true, value_name = "SUPERVISOR_PID")]
     pub as_worker: Option<u32>,
 
@@ -215,6 +248,12 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
         "h2" => RouteProtocol::H2,
         "default" => RouteProtocol::Default,
         other => match other.strip_prefix("prefix:") {
+            Some(p) if p.len() > lariat::route::MAX_SNIFF => {
+                return Err(format!(
+                    "`{other}`: a prefix is at most {} bytes, the most the router looks at",
+                    lariat::route::MAX_SNIFF
+                ))
+            }
             Some(p) if !p.is_empty() => RouteProtocol::Prefix(p.to_owned()),
             _ => {
                 return Err(format!(
@@ -251,7 +290,15 @@ pub fn unescape(text: &str) -> String {
     out
 }
 
+/// The `--request-timeout` default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ServeArgs {
+    /// `--request-timeout`, or its default.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+    }
+
     /// How the `--listen` sockets are bound.
     pub fn bind_options(&self) -> lariat::BindOptions {
         lariat::BindOptions {
@@ -262,15 +309,25 @@ impl ServeArgs {
         }
     }
 
-    /// How the `--metrics` socket is bound (a file mode for a Unix path; no SO_REUSEPORT: one process
-    /// answers it).
-    pub fn metrics_bind_options(&self) -> lariat::BindOptions {
-        lariat::BindOptions {
-            unix_mode: self.unix_mode,
-            ..lariat::BindOptions::default()
+    /// How the `--metrics` socket is bound (its own file mode for a Unix path, never `--unix-mode`'s; no
+    /// SO_REUSEPORT: one process answers it). A mode given for a socket that has no file is refused.
+    pub fn metrics_bind_options(&self) -> anyhow::Result<lariat::BindOptions> {
+        let file = matches!(
+            self.metrics.as_ref().map(|m| &m.endpoint),
+            Some(Endpoint::Unix(_))
+        );
+        if self.metrics_unix_mode.is_some() && !file {
+            anyhow::bail!("--metrics-unix-mode applies only to a --metrics unix:/path socket");
         }
+        Ok(lariat::BindOptions {
+            unix_mode: Some(self.metrics_unix_mode.unwrap_or(DEFAULT_METRICS_UNIX_MODE)),
+            ..lariat::BindOptions::default()
+        })
     }
 }
+
+/// The `--metrics` socket file's mode unless `--metrics-unix-mode` says otherwise: its owner only.
+pub const DEFAULT_METRICS_UNIX_MODE: u32 = 0o600;
 
 /// The address to use when no `--listen` is given and no socket was passed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -328,6 +385,28 @@ impl std::str::FromStr for AdminAddr {
             endpoint,
             text: text.to_owned(),
         })
+    }
+}
+
+/// One `--trusted-proxy` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustedProxy {
+    /// Peers in this network.
+    Net(ipnet::IpNet),
+    /// The peers of Unix listeners.
+    Unix,
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "unix" {
+            return Ok(TrustedProxy::Unix);
+        }
+        text.parse()
+            .map(TrustedProxy::Net)
+            .map_err(|e| format!("`{text}`: a network (10.0.0.0/8) or unix: {e}"))
     }
 }
 
@@ -404,9 +483,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
 
+/// A user id, or `self` for the effective user of this process.
+fn parse_uid(text: &str) -> Result<u32, String> {
+    if text == "self" {
+        // SAFETY: geteuid has no preconditions.
+        return Ok(unsafe { libc::geteuid() });
+    }
+    text.parse()
+        .map_err(|_| format!("`{text}`: a numeric user id, or self"))
+}
+
 fn parse_mode(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .map_err(|e| format!("`{text}` is not an octal mode: {e}"))
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("`{text}` is not an octal mode: {e}"))?;
+    if mode > 0o7777 {
+        return Err(format!("`{text}`: permission bits go up to 7777 (octal)"));
+    }
+    Ok(mode)
 }
 
 #[cfg(test)]
@@ -457,6 +550,8 @@ mod tests {
         assert_eq!(parse_mode("660").unwrap(), 0o660);
         assert_eq!(parse_mode("0o600").unwrap(), 0o600);
         assert!(parse_mode("9").is_err());
+        assert_eq!(parse_mode("7777").unwrap(), 0o7777);
+        assert!(parse_mode("17777").is_err(), "beyond the permission bits");
     }
 
     #[test]

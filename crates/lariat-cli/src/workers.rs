@@ -13,13 +13,18 @@
 //!   waits for each one's `READY=1` before printing `listening on`;
 //! - restarts a worker that exits unasked (backing off when they keep dying: 100 ms doubling to 5 s);
 //! - SIGHUP: replaces the workers: each new one is started and ready before the old one it replaces is
-//!   told (SIGUSR2) to stop accepting and finish its connections, so capacity never drops;
+//!   told to stop accepting and finish its connections, so capacity never drops;
 //! - never blocks on a starting worker: replacements and restarts are waited for in the background, so
 //!   a SIGTERM is answered at once even while a worker is being (re)started;
-//! - SIGTERM/SIGINT: stops new clients at the socket (the drain's SYN filter, or unlinking a Unix path;
-//!   never on systemd's sockets), then SIGTERM to every worker, which serve the queue and their
-//!   connections and exit; the supervisor exits 0 if all did, 3 if one had to force. A second signal is
-//!   passed on (the workers then close what is left).
+//! - SIGTERM/SIGINT: (after the lame duck, with `--lame-duck`) stops new clients at the socket (the
+//!   drain's SYN filter, or unlinking a Unix path; never on systemd's sockets), then tells every worker
+//!   to drain: they serve the queue and their connections and exit; the supervisor exits 0 if all did, 3
+//!   if one had to force. A second signal tells them to close what is left;
+//! - SIGUSR1: tells every worker to reload the TLS certificate.
+//!
+//! Workers act on the supervisor's instructions only, carried by real-time signals ([`Instruction`]): a
+//! signal to the whole process group (Ctrl-C, systemd's default `KillMode=control-group`) reaches the
+//! workers too, and they ignore it, so the group drains once, cleanly, at the supervisor's pace.
 
 use std::os::fd::AsFd;
 use std::process::{Child, ExitCode, ExitStatus};
@@ -28,13 +33,13 @@ use std::time::Duration;
 use anyhow::Context;
 use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions, Successor};
 use lariat::ParkedListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 
-use crate::admin::{self, Phase};
+use crate::admin;
 use crate::cli::ServeArgs;
 use crate::listeners;
-use crate::serve::{announce, EXIT_FORCED};
+use crate::serve::announce;
+use lariat::lifecycle::{Exit, Instruction, Order, Readiness, Signals, State};
 
 /// The hidden flag a worker is started with.
 pub const AS_WORKER: &str = "--as-worker";
@@ -77,11 +82,18 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let opts = args.bind_options();
     let mut inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
     // `--metrics` is the supervisor's: /healthz, /readyz (with the lame duck) for the group.
-    let phase = Phase::default();
+    let readiness = Readiness::new();
     let admin = match &args.metrics {
         Some(addr) => {
-            let listener = admin::listener(addr, &mut inherited, &args.metrics_bind_options())?;
-            Some(admin::start(listener, None, phase.clone(), "workers")?)
+            let listener = admin::listener(addr, &mut inherited, &args.metrics_bind_options()?)?;
+            let access = admin::Access::new(args.admin_token_file.as_deref(), &args.admin_host)?;
+            Some(admin::start(
+                listener,
+                None,
+                readiness.clone(),
+                "workers",
+                access,
+            )?)
         }
         None => None,
     };
@@ -97,9 +109,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<std::io::Result<Vec<_>>>()
         .context("taking the sockets out of the supervisor's runtime")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut signals = Signals::operator()?;
 
     let spawner = Spawner::new(&args)?;
     let mut workers: Vec<Worker> = Vec::with_capacity(args.workers);
@@ -116,7 +126,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 // The ones already serving go too: a supervisor that failed to start leaves nothing.
                 for w in &mut workers {
-                    send(&w.child, libc::SIGTERM);
+                    Instruction::Drain.send(w.child.id());
                     let _ = w.child.wait();
                 }
                 return Err(e.context(format!("starting worker {slot}")));
@@ -145,22 +155,28 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut due: Vec<(usize, tokio::time::Instant)> = Vec::new();
     let mut backoff = RESTART_MIN;
     let mut reap = tokio::time::interval(REAP_EVERY);
-    let signal_name = loop {
+    let (signal_name, mut stop_seen) = loop {
         let next_due = due.iter().map(|(_, at)| *at).min();
         tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => {
-                if !starting.is_empty() || !due.is_empty() {
-                    tracing::warn!("SIGHUP: workers are being started already; ignored");
-                    continue;
+            order = signals.recv() => match order {
+                Order::Stop(signal) => break (signal, true),
+                // Not the operator's: a stop signal after it is the first, not a second one.
+                Order::Drain => break ("drain instruction", false),
+                Order::Reload => tell_all(&workers, &retiring, Instruction::Reload),
+                Order::Ignored(signal) => tracing::info!(signal, "nothing to do on this signal; ignored"),
+                Order::Force | Order::Retire => {}
+                Order::Restart => {
+                    if !starting.is_empty() || !due.is_empty() {
+                        tracing::warn!("SIGHUP: workers are being started already; ignored");
+                        continue;
+                    }
+                    tracing::info!("SIGHUP: replacing the workers; each old one hands over once its replacement serves");
+                    for worker in &workers {
+                        starting_slots.push(worker.slot);
+                        spawner.start_in(&mut starting, worker.slot, &named);
+                    }
                 }
-                tracing::info!("SIGHUP: replacing the workers; each old one hands over once its replacement serves");
-                for worker in &workers {
-                    starting_slots.push(worker.slot);
-                    spawner.start_in(&mut starting, worker.slot, &named);
-                }
-            }
+            },
             Some(started) = starting.join_next() => {
                 let Ok((slot, outcome)) = started else { continue };
                 starting_slots.retain(|s| *s != slot);
@@ -249,18 +265,33 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     while starting.join_next().await.is_some() {}
     if !args.lame_duck.is_zero() {
         // /readyz turns 503 while the workers keep accepting: a balancer stops sending first.
-        phase.lame_duck();
+        readiness.set(State::LameDuck);
         tracing::info!(
             lame_duck_ms = args.lame_duck.as_millis() as u64,
             "lame duck: /readyz answers 503; the workers keep serving until the period ends"
         );
-        tokio::select! {
-            _ = tokio::time::sleep(args.lame_duck) => {}
-            _ = sigterm.recv() => tracing::info!("a second signal skips the lame duck"),
-            _ = sigint.recv() => tracing::info!("a second signal skips the lame duck"),
+        let lame_duck = tokio::time::sleep(args.lame_duck);
+        tokio::pin!(lame_duck);
+        loop {
+            tokio::select! {
+                _ = &mut lame_duck => break,
+                order = signals.recv() => match order {
+                    Order::Stop(signal) if !stop_seen => {
+                        stop_seen = true;
+                        tracing::info!(signal, "already in the lame duck; a second signal skips it");
+                    }
+                    Order::Stop(_) => {
+                        tracing::info!("a second signal skips the lame duck");
+                        break;
+                    }
+                    Order::Reload => tell_all(&workers, &retiring, Instruction::Reload),
+                    Order::Restart => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
+                    Order::Drain | Order::Force | Order::Retire | Order::Ignored(_) => {}
+                },
+            }
         }
     }
-    phase.stopping();
+    readiness.set(State::Stopping);
     // Stop new clients at the socket itself, which all workers share; the workers then drain the queue.
     tracing::info!(
         signal = signal_name,
@@ -270,25 +301,36 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
         n.listener.refuse_new();
     }
     for w in &workers {
-        send(&w.child, libc::SIGTERM);
+        Instruction::Drain.send(w.child.id());
     }
-    // Old workers still handing over are already draining: they are waited for, not signalled (a
-    // second SIGTERM would force them), unless a second signal reaches the supervisor.
+    // Old workers still handing over are already draining: they are waited for, not instructed, unless a
+    // second signal reaches the supervisor.
     workers.append(&mut retiring);
     let mut forced = false;
     let mut failed = false;
     let mut reap = tokio::time::interval(REAP_EVERY);
     while !workers.is_empty() {
         tokio::select! {
-            _ = sigterm.recv() => workers.iter().for_each(|w| send(&w.child, libc::SIGTERM)),
-            _ = sigint.recv() => workers.iter().for_each(|w| send(&w.child, libc::SIGINT)),
+            order = signals.recv() => match order {
+                Order::Stop(signal) if !stop_seen => {
+                    stop_seen = true;
+                    tracing::info!(signal, "already draining; a second signal closes every connection");
+                }
+                Order::Stop(signal) => {
+                    tracing::warn!(signal, "second signal: the workers close every connection now");
+                    tell_all(&workers, &[], Instruction::Force);
+                }
+                Order::Reload => tell_all(&workers, &[], Instruction::Reload),
+                Order::Restart => tracing::warn!("SIGHUP while draining: ignored"),
+                Order::Drain | Order::Force | Order::Retire | Order::Ignored(_) => {}
+            },
             _ = reap.tick() => {
                 workers.retain_mut(|w| match exited(&mut w.child) {
                     None => true,
                     Some(status) => {
                         match status.code() {
                             Some(0) => {}
-                            Some(code) if code == i32::from(EXIT_FORCED) => forced = true,
+                            Some(code) if code == i32::from(Exit::FORCED_CODE) => forced = true,
                             _ => failed = true,
                         }
                         tracing::info!(slot = w.slot, pid = w.child.id(), %status, "worker stopped");
@@ -301,30 +343,10 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed {
         ExitCode::FAILURE
     } else if forced {
-        ExitCode::from(EXIT_FORCED)
+        Exit::Forced.into()
     } else {
-        ExitCode::SUCCESS
+        Exit::Clean.into()
     })
-}
-
-/// In a worker: when the supervisor dies (even by SIGKILL), this process gets SIGTERM and drains, rather
-/// than serving on unsupervised (Linux; elsewhere a worker outlives a killed supervisor).
-pub fn tie_to_supervisor(supervisor: u32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-        let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-        if set != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot ask for a signal when the supervisor dies");
-        }
-        // The supervisor may have died before the call: then we were re-parented already. (Compared with
-        // its pid, not with 1: a supervisor in a container is pid 1 itself.)
-        // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } as u32 != supervisor {
-            // SAFETY: raise on ourselves.
-            unsafe { libc::raise(libc::SIGTERM) };
-        }
-    }
 }
 
 /// Starts workers: this executable, the same arguments with `--workers` replaced by `--as-worker`.
@@ -337,6 +359,8 @@ impl Spawner {
         let mut opts = RestartOptions::same_process().context("finding this executable")?;
         opts.args = worker_args(&opts.args);
         opts.ready_timeout = args.restart_timeout;
+        // Workers ignore SIGTERM (it may be the whole group's): one given up on is told to drain.
+        opts.stop_signal = Instruction::Drain.signal();
         Ok(Spawner { opts })
     }
 
@@ -376,10 +400,17 @@ impl Spawner {
 }
 
 /// The supervisor's own options, with their values: a worker gets neither.
-const SUPERVISOR_ONLY: [&str; 3] = ["--workers", "--metrics", "--lame-duck"];
+const SUPERVISOR_ONLY: [&str; 6] = [
+    "--workers",
+    "--metrics",
+    "--lame-duck",
+    "--metrics-unix-mode",
+    "--admin-token-file",
+    "--admin-host",
+];
 
-/// The worker's arguments: ours without the supervisor's options (`--workers N`, `--metrics ADDR`,
-/// `--lame-duck D`, or `=`-joined), plus `--as-worker`.
+/// The worker's arguments: ours without the supervisor's options (`--workers N`, `--metrics ADDR` and
+/// the endpoint's options, `--lame-duck D`, or `=`-joined), plus `--as-worker`.
 fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
     let mut out = Vec::with_capacity(args.len() + 1);
     let mut skip_next = false;
@@ -403,10 +434,20 @@ fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
     out
 }
 
+/// Sends `what` to every worker, serving or handing over.
+fn tell_all(workers: &[Worker], retiring: &[Worker], what: Instruction) {
+    if what == Instruction::Reload {
+        tracing::info!("SIGUSR1: the workers reload the TLS certificate and key");
+    }
+    for w in workers.iter().chain(retiring) {
+        what.send(w.child.id());
+    }
+}
+
 /// Tells a replaced worker to stop accepting and finish its connections; the caller keeps it, to reap
 /// it and to wait for it at shutdown.
 fn retire(old: Worker) -> Worker {
-    send(&old.child, libc::SIGUSR2);
+    Instruction::Retire.send(old.child.id());
     tracing::info!(
         slot = old.slot,
         worker_pid = old.child.id(),
@@ -417,13 +458,6 @@ fn retire(old: Worker) -> Worker {
 
 fn exited(child: &mut Child) -> Option<ExitStatus> {
     child.try_wait().ok().flatten()
-}
-
-fn send(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child, which we have not reaped.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
-    }
 }
 
 #[cfg(test)]

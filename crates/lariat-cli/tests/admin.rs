@@ -8,10 +8,33 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{admin_addr, eventually, http, Lariat};
+use common::{admin_addr, eventually, http, http_with, Lariat};
 use socket2::{Domain, Socket, Type};
 
 const FORCED_EXIT: i32 = 3;
+
+/// The token the tests configure for the connection routes.
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A file holding [`TOKEN`] (mode 0600), unique to the test.
+fn token_file(tag: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-token-{tag}-{}", std::process::id()));
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A request with the token.
+fn authed(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(
+        admin,
+        method,
+        path,
+        &format!("Host: {admin}\r\nAuthorization: Bearer {TOKEN}\r\n"),
+    )
+}
 
 /// The `--metrics` address, from the `metrics on tcp://…` line printed after the `listening on` ones.
 fn scrape(addr: SocketAddr) -> String {
@@ -186,11 +209,14 @@ fn metrics_move_with_a_scripted_workload() {
 
 #[test]
 fn proxy_refusals_and_idle_closes_are_counted() {
+    let token = token_file("proxy");
     let server = Lariat::start(&[
         "--listen",
         "127.0.0.1:0",
         "--metrics",
         "127.0.0.1:0",
+        "--admin-token-file",
+        token.to_str().unwrap(),
         "--proxy-protocol",
         "v1",
         "--idle-timeout",
@@ -217,7 +243,7 @@ fn proxy_refusals_and_idle_closes_are_counted() {
         .write_all(b"PROXY TCP4 192.0.2.7 192.0.2.1 4000 80\r\n")
         .unwrap();
     round_trip(&mut quiet, b"hi");
-    let (status, list) = http(admin, "GET", "/connections");
+    let (status, list) = authed(admin, "GET", "/connections");
     assert_eq!(status, 200);
     assert!(list.contains("\"peer\":\"192.0.2.7:4000\""), "{list}");
     assert!(
@@ -342,10 +368,18 @@ fn a_second_signal_skips_the_lame_duck_and_a_third_forces_the_drain() {
 
 #[test]
 fn the_connection_list_shows_a_live_client_and_closing_it_by_id_closes_its_socket() {
-    let server = Lariat::start(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    let token = token_file("list");
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ]);
     let addr = server.tcp_addr();
     let admin = admin_addr(&server);
-    assert_eq!(http(admin, "GET", "/connections"), (200, "[]\n".into()));
+    assert_eq!(authed(admin, "GET", "/connections"), (200, "[]\n".into()));
 
     let mut first = client(addr);
     round_trip(&mut first, b"hello");
@@ -354,7 +388,7 @@ fn the_connection_list_shows_a_live_client_and_closing_it_by_id_closes_its_socke
     // Writes are counted when the write call returns, which can be after the client read them.
     wait_for(admin, "lariat_bytes_out_total", 7.0);
 
-    let (status, body) = http(admin, "GET", "/connections");
+    let (status, body) = authed(admin, "GET", "/connections");
     assert_eq!(status, 200);
     let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(list.len(), 2, "{body}");
@@ -374,22 +408,22 @@ fn the_connection_list_shows_a_live_client_and_closing_it_by_id_closes_its_socke
     let second_id = find(&second)["id"].as_u64().unwrap();
 
     // DELETE closes the socket: the client reads EOF.
-    let (status, body) = http(admin, "DELETE", &format!("/connections/{first_id}"));
+    let (status, body) = authed(admin, "DELETE", &format!("/connections/{first_id}"));
     assert_eq!(status, 200, "{body}");
     assert!(closed_by_server(&mut first), "the client was not closed");
     assert!(eventually(Duration::from_secs(5), || {
-        http(admin, "DELETE", &format!("/connections/{first_id}")).0 == 404
+        authed(admin, "DELETE", &format!("/connections/{first_id}")).0 == 404
     }));
     // So does POST …/close; the other client was untouched until then.
     round_trip(&mut second, b"still open");
-    let (status, _) = http(admin, "POST", &format!("/connections/{second_id}/close"));
+    let (status, _) = authed(admin, "POST", &format!("/connections/{second_id}/close"));
     assert_eq!(status, 200);
     assert!(closed_by_server(&mut second));
 
-    assert_eq!(http(admin, "DELETE", "/connections/nonsense").0, 400);
-    assert_eq!(http(admin, "GET", "/connections/1/close").0, 405);
-    assert_eq!(http(admin, "DELETE", "/connections/999999").0, 404);
-    assert!(eventually(Duration::from_secs(5), || http(
+    assert_eq!(authed(admin, "DELETE", "/connections/nonsense").0, 400);
+    assert_eq!(authed(admin, "GET", "/connections/1/close").0, 405);
+    assert_eq!(authed(admin, "DELETE", "/connections/999999").0, 404);
+    assert!(eventually(Duration::from_secs(5), || authed(
         admin,
         "GET",
         "/connections"
@@ -450,4 +484,258 @@ impl Drop for KillOnDrop {
             libc::kill(self.0 as libc::pid_t, libc::SIGKILL);
         }
     }
+}
+
+/// The permission bits of a socket file.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// `--unix-mode` opens the service's socket to other users; it must not open the admin socket (which
+/// reads the connection list) with it: that one has `--metrics-unix-mode`, 0600 unless given.
+#[test]
+fn the_admin_unix_socket_gets_its_own_mode_not_unix_mode() {
+    let dir = std::env::temp_dir().join(format!("lariat-admin-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let service = dir.join("service.sock");
+    let admin = dir.join("admin.sock");
+    let (service_arg, admin_arg) = (
+        format!("unix:{}", service.display()),
+        format!("unix:{}", admin.display()),
+    );
+    {
+        let _server = Lariat::start(&[
+            "--listen",
+            &service_arg,
+            "--unix-mode",
+            "666",
+            "--metrics",
+            &admin_arg,
+        ]);
+        assert_eq!(mode(&service), 0o666);
+        assert_eq!(mode(&admin), 0o600, "the admin socket took --unix-mode");
+    }
+    let _ = std::fs::remove_file(&service);
+    let _ = std::fs::remove_file(&admin);
+    {
+        let _server = Lariat::start(&[
+            "--listen",
+            &service_arg,
+            "--metrics",
+            &admin_arg,
+            "--metrics-unix-mode",
+            "660",
+        ]);
+        assert_eq!(mode(&admin), 0o660);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A connection to `admin` that sends nothing.
+fn idle(admin: SocketAddr) -> TcpStream {
+    TcpStream::connect_timeout(&admin, Duration::from_secs(5)).unwrap()
+}
+
+/// More idle connections than the endpoint holds at once (64): a health check queued behind them is
+/// still answered at once, because connections that have not sent a request give way to it, instead of
+/// timing out and getting a healthy process restarted.
+#[test]
+fn idle_connections_filling_the_admin_endpoint_do_not_delay_healthz() {
+    let server = Lariat::start(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    let admin = admin_addr(&server);
+    let crowd: Vec<TcpStream> = (0..80).map(|_| idle(admin)).collect();
+    let asked = Instant::now();
+    assert_eq!(http(admin, "GET", "/healthz"), (200, "ok\n".into()));
+    let healthz = asked.elapsed();
+    let asked = Instant::now();
+    assert_eq!(http(admin, "GET", "/readyz").0, 200);
+    let readyz = asked.elapsed();
+    eprintln!("behind 80 idle connections: /healthz in {healthz:?}, /readyz in {readyz:?}");
+    // Well before the 2 s request deadline would have freed the slots.
+    assert!(healthz < Duration::from_millis(1500), "{healthz:?}");
+    assert!(readyz < Duration::from_millis(1500), "{readyz:?}");
+    drop(crowd);
+}
+
+/// A client sending its request a byte at a time, too slowly, is closed at the request deadline (2 s),
+/// not held for 10 s.
+#[test]
+fn a_slow_request_is_closed_at_the_deadline() {
+    let server = Lariat::start(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    let admin = admin_addr(&server);
+    let mut slow = idle(admin);
+    slow.write_all(b"GET /met").unwrap();
+    let started = Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "held for {elapsed:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+}
+
+/// The connection routes need the token: without it nothing is closed and nothing listed; with it the
+/// client is closed. Without a configured token they are disabled.
+#[test]
+fn closing_a_connection_needs_the_token() {
+    let token = token_file("close");
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ]);
+    let addr = server.tcp_addr();
+    let admin = admin_addr(&server);
+    let mut victim = client(addr);
+    round_trip(&mut victim, b"hello");
+    let (status, body) = authed(admin, "GET", "/connections");
+    assert_eq!(status, 200, "{body}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let id = list[0]["id"].as_u64().unwrap();
+
+    let host = format!("Host: {admin}\r\n");
+    let wrong = format!("{host}Authorization: Bearer {TOKEN}x\r\n");
+    for headers in [host.as_str(), wrong.as_str()] {
+        assert_eq!(http_with(admin, "GET", "/connections", headers).0, 401);
+        assert_eq!(
+            http_with(admin, "DELETE", &format!("/connections/{id}"), headers).0,
+            401
+        );
+        assert_eq!(
+            http_with(admin, "POST", &format!("/connections/{id}/close"), headers).0,
+            401
+        );
+    }
+    round_trip(&mut victim, b"survived");
+    // Health and metrics need no token.
+    assert_eq!(http(admin, "GET", "/healthz").0, 200);
+    assert_eq!(http(admin, "GET", "/metrics").0, 200);
+
+    assert_eq!(
+        authed(admin, "POST", &format!("/connections/{id}/close")).0,
+        200
+    );
+    assert!(closed_by_server(&mut victim));
+    let _ = std::fs::remove_file(token);
+
+    // No token configured: the routes are disabled, even for a request that offers one.
+    let plain = Lariat::start(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    let admin = admin_addr(&plain);
+    let mut kept = client(plain.tcp_addr());
+    round_trip(&mut kept, b"hi");
+    assert_eq!(authed(admin, "GET", "/connections").0, 403);
+    assert_eq!(authed(admin, "DELETE", "/connections/1").0, 403);
+    assert_eq!(authed(admin, "POST", "/connections/1/close").0, 403);
+    round_trip(&mut kept, b"still open");
+}
+
+/// What a web page could send: a cross-site form (an `Origin` header) or a request through a hostile
+/// name resolved to this address (a foreign `Host`). Both are refused, token or not; health checks are
+/// answered whatever they carry; a name given with `--admin-host` is accepted.
+#[test]
+fn cross_site_requests_and_foreign_hosts_are_refused() {
+    let token = token_file("origin");
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+        "--admin-host",
+        "metrics.internal",
+    ]);
+    let addr = server.tcp_addr();
+    let admin = admin_addr(&server);
+    let mut victim = client(addr);
+    round_trip(&mut victim, b"hello");
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let cross_site = format!("Host: {admin}\r\nOrigin: https://evil.example\r\n{auth}");
+    let rebound = format!("Host: evil.example:{}\r\n{auth}", admin.port());
+    for headers in [cross_site.as_str(), rebound.as_str()] {
+        assert_eq!(
+            http_with(admin, "POST", "/connections/1/close", headers).0,
+            403
+        );
+        assert_eq!(http_with(admin, "GET", "/connections", headers).0, 403);
+        assert_eq!(http_with(admin, "GET", "/metrics", headers).0, 403);
+        assert_eq!(http_with(admin, "GET", "/healthz", headers).0, 200);
+        assert_eq!(http_with(admin, "GET", "/readyz", headers).0, 200);
+    }
+    round_trip(&mut victim, b"survived");
+    let named = format!("Host: metrics.internal:{}\r\n{auth}", admin.port());
+    assert_eq!(http_with(admin, "GET", "/connections", &named).0, 200);
+    let localhost = format!("Host: localhost:{}\r\n", admin.port());
+    assert_eq!(http_with(admin, "GET", "/metrics", &localhost).0, 200);
+    // No Host at all (an HTTP/1.0 health checker or script): not a browser.
+    assert_eq!(http_with(admin, "GET", "/metrics", "").0, 200);
+    let _ = std::fs::remove_file(token);
+}
+
+/// The endpoint's options where they would do nothing, or a token too weak to protect anything, stop
+/// the start with an error naming the option.
+#[test]
+fn admin_options_that_would_do_nothing_are_refused() {
+    let short = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-token-short-{}", std::process::id()));
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let short = short.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--admin-token-file", short], "--admin-token-file"),
+        (&["--admin-host", "metrics.internal"], "--admin-host"),
+        (&["--metrics-unix-mode", "600"], "--metrics-unix-mode"),
+        (
+            &["--metrics", "127.0.0.1:0", "--metrics-unix-mode", "600"],
+            "--metrics-unix-mode",
+        ),
+        (
+            &["--metrics", "127.0.0.1:0", "--admin-token-file", short],
+            "--admin-token-file",
+        ),
+    ];
+    for (args, flag) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lariat"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_file(short);
+}
+
+/// The same over a Unix `--metrics` socket, whose queue length the kernel does not report (whether it
+/// is empty is enough).
+#[test]
+fn idle_connections_filling_a_unix_admin_socket_do_not_delay_healthz() {
+    use std::os::unix::net::UnixStream;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-crowd-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let metrics = format!("unix:{}", path.display());
+    let _server = Lariat::start(&["--listen", "127.0.0.1:0", "--metrics", &metrics]);
+    let crowd: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    let asked = Instant::now();
+    let mut health = UnixStream::connect(&path).unwrap();
+    health
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    health
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    health.read_to_string(&mut answer).unwrap();
+    let took = asked.elapsed();
+    eprintln!("behind 80 idle Unix connections: /healthz in {took:?}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    drop(crowd);
 }

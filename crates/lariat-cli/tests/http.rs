@@ -305,7 +305,7 @@ fn slow_header_senders_are_closed_at_the_header_timeout() {
         "127.0.0.1:0",
         "--handler",
         "http-hello",
-        "--http-header-timeout",
+        "--request-timeout",
         "1s",
     ]);
     let server = Lariat::from_command(cmd, 1);

@@ -405,3 +405,121 @@ fn a_replacement_ready_as_the_drain_begins_is_drained_with_the_others() {
     );
     assert!(eventually(PATIENCE, || !is_alive(r) && !is_alive(w0)));
 }
+
+/// Ctrl-C in a terminal and systemd's default `KillMode=control-group` signal every process of the
+/// group at once. The workers must leave it to the supervisor: they keep accepting through its lame duck
+/// (clients queued meanwhile would otherwise wait on a socket nobody accepts from), then drain on its
+/// word, and the forwarded instruction is not taken for a second signal that closes everything.
+#[test]
+fn a_sigterm_to_the_whole_group_gives_a_clean_drain_through_the_lame_duck() {
+    let (mut server, addr, pids) = start_workers(&["--lame-duck", "5s", "--drain-timeout", "10s"]);
+    let mut live = TcpStream::connect(addr).unwrap();
+    live.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut back = [0u8; 3];
+    live.write_all(b"one").unwrap();
+    live.read_exact(&mut back).unwrap();
+    let load = churn(addr, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    server.signal_group(libc::SIGTERM);
+    // Clients keep coming during the lame duck: every one is served.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (served, failed, errors) = load.finish();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "too slow to stay inside the lame duck: {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(
+        failed,
+        0,
+        "clients failed in the lame duck: {errors:?}\n{}",
+        server.stderr()
+    );
+    assert!(served > 10, "only {served} served");
+    // Then the drain: the live connection is still served, and finishing it ends the drain cleanly.
+    assert!(eventually(PATIENCE, || server
+        .stderr()
+        .contains("draining: no new clients")));
+    live.write_all(b"two").unwrap();
+    live.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"two");
+    drop(live);
+    let status = server.wait_exit(PATIENCE);
+    let log = server.stderr();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("second signal"), "{log}");
+    assert!(eventually(PATIENCE, || pids.iter().all(|p| !is_alive(*p))));
+}
+
+/// The same with two group-wide signals (Ctrl-C twice): the second one forces, through the supervisor.
+#[test]
+fn a_second_group_wide_signal_forces_the_workers() {
+    let (mut server, addr, pids) = start_workers(&["--drain-timeout", "60s"]);
+    let mut live = TcpStream::connect(addr).unwrap();
+    live.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut back = [0u8; 3];
+    live.write_all(b"one").unwrap();
+    live.read_exact(&mut back).unwrap();
+    server.signal_group(libc::SIGINT);
+    assert!(eventually(PATIENCE, || server
+        .stderr()
+        .contains("draining: no new clients")));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.is_running(), "{}", server.stderr());
+    server.signal_group(libc::SIGINT);
+    let status = server.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(3), "{}", server.stderr());
+    assert!(eventually(PATIENCE, || pids.iter().all(|p| !is_alive(*p))));
+}
+
+/// SIGUSR1 (the documented certificate reload) to a supervisor: it and its workers stay up and serve.
+#[test]
+fn sigusr1_keeps_the_supervisor_and_its_workers_serving() {
+    let (mut server, addr, pids) = start_workers(&[]);
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        server.signal(sig);
+    }
+    // And once to the whole group, as `systemctl kill -s USR1` does by default.
+    server.signal_group(libc::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.is_running(), "{}", server.stderr());
+    assert!(pids.iter().all(|p| is_alive(*p)), "{}", server.stderr());
+    for _ in 0..10 {
+        churn_once(Ipv4Addr::LOCALHOST, addr).unwrap();
+    }
+    assert_eq!(
+        worker_pids(&server.stderr()).len(),
+        2,
+        "{}",
+        server.stderr()
+    );
+    signal(server.pid(), libc::SIGTERM);
+    assert!(server.wait_exit(PATIENCE).success());
+}
+
+/// A supervisor killed outright (SIGKILL: no drain of its own): its workers get the drain instruction as
+/// their parent-death signal, serve their live connection to its end, and exit, rather than serving on
+/// unsupervised.
+#[test]
+fn a_killed_supervisors_workers_drain_and_exit() {
+    let (mut server, addr, pids) = start_workers(&["--drain-timeout", "10s"]);
+    let mut live = TcpStream::connect(addr).unwrap();
+    live.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut back = [0u8; 3];
+    live.write_all(b"one").unwrap();
+    live.read_exact(&mut back).unwrap();
+    signal(server.pid(), libc::SIGKILL);
+    let _ = server.wait_exit(PATIENCE);
+    std::thread::sleep(Duration::from_millis(300));
+    // Still served while the workers drain.
+    live.write_all(b"two").unwrap();
+    live.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"two");
+    drop(live);
+    assert!(
+        eventually(PATIENCE, || pids.iter().all(|p| !is_alive(*p))),
+        "workers outlived their supervisor: {}",
+        server.stderr()
+    );
+}

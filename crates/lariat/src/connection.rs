@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::WaitForCancellationFuture;
 
+use crate::meta::ConnectionMeta;
 use crate::registry::Entry;
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -26,11 +27,24 @@ use crate::{LocalAddr, PeerAddr, Stream};
 /// It implements tokio's `AsyncRead` and `AsyncWrite` and counts bytes both ways for the registry.
 /// Dropping it closes the socket, removes it from the registry and returns its slot under the cap, in that
 /// order, so an acceptor waiting on the cap or on descriptor exhaustion finds the descriptor already free.
+/// After [`into_split`](Self::into_split) that happens when the last half is dropped.
+///
+/// A forced close ([`ServerHandle::close_connection`](crate::ServerHandle::close_connection), the idle
+/// timeout, a drain's deadline) shuts the socket down both ways, so the connection and whatever it was
+/// split into, in any task, see the end at once (reads get EOF, writes fail).
 #[derive(Debug)]
 pub struct Connection {
     // Field order matters: the socket is closed before the guard releases the slot.
     stream: Stream,
     guard: ConnectionGuard,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Before the descriptor closes (the fields drop after this): a forced close must never reach
+        // a descriptor number `accept` may hand out again.
+        self.guard.meta.0.closer.withdraw();
+    }
 }
 
 /// Keeps a connection's place in its server: its slot under the cap and its registry entry. Dropped
@@ -39,12 +53,16 @@ pub struct Connection {
 pub struct ConnectionGuard {
     // One pointer: the entry holds the id and the server's shared state. Every idle connection's task
     // carries this, and tokio sizes task cells in steps of 128 bytes.
-    entry: Arc<Entry>,
+    meta: ConnectionMeta,
+    /// The admission gate counted this connection under its reported peer, so closing it uncounts it.
+    /// Kept here, not in the registry entry: the entry is allocated per connection and sits at a size
+    /// step, while the guard's task has room.
+    gate_counted: bool,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let entry = &self.entry;
+        let entry = &self.meta.0;
         let shared = &entry.shared;
         let stats = &shared.stats;
         shared.registry.remove(entry.id);
@@ -52,7 +70,9 @@ impl Drop for ConnectionGuard {
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            gate.release(&entry.peer);
+            if self.gate_counted {
+                gate.release(entry.reported_peer());
+            }
         }
         shared.limit.release();
         if shared.drain.draining.is_cancelled() {
@@ -64,11 +84,16 @@ impl Drop for ConnectionGuard {
 impl ConnectionGuard {
     /// The connection's id.
     pub fn id(&self) -> u64 {
-        self.entry.id
+        self.meta.0.id
+    }
+
+    /// The connection's metadata.
+    pub fn meta(&self) -> &ConnectionMeta {
+        &self.meta
     }
 
     pub(crate) fn entry(&self) -> &Entry {
-        &self.entry
+        &self.meta.0
     }
 }
 
@@ -76,51 +101,81 @@ impl Connection {
     /// Wraps a freshly accepted socket. The caller holds a slot under the cap, which passes to the guard.
     pub(crate) fn new(stream: Stream, peer: PeerAddr, shared: Arc<Shared>) -> Connection {
         Stats::add(&shared.stats.accepted, 1);
-        let entry = shared.registry.insert(peer, shared.clone());
+        let entry = shared
+            .registry
+            .insert(peer, Some(stream.raw_fd()), shared.clone());
         Connection {
             stream,
-            guard: ConnectionGuard { entry },
+            guard: ConnectionGuard {
+                meta: ConnectionMeta(entry),
+                gate_counted: false,
+            },
         }
     }
 
     pub(crate) fn entry(&self) -> &Arc<Entry> {
-        &self.guard.entry
+        &self.guard.meta.0
+    }
+
+    /// Judges the connection's reported peer (the client a PROXY header named, else the socket's peer)
+    /// by the admission rules (see `admission::judge`), remembering whether it was counted so that
+    /// closing it uncounts it.
+    pub(crate) fn admit(&mut self) -> Result<(), crate::admission::Refusal> {
+        let entry = &self.guard.meta.0;
+        let counted = crate::admission::judge(entry, entry.reported_peer())?;
+        self.guard.gate_counted |= counted;
+        Ok(())
+    }
+
+    /// What is known about the connection (peer, TLS, age, bytes, the drain signal), as a value every
+    /// view of it shares: the halves after [`into_split`](Self::into_split) and
+    /// [`Messages`](crate::delivery::Messages) hand out the same one. Clone it to keep it.
+    pub fn meta(&self) -> &ConnectionMeta {
+        &self.guard.meta
+    }
+
+    /// The server's drain signal as an owned, cloneable value that outlives a split (see
+    /// [`DrainSignal`](crate::drain::DrainSignal)).
+    pub fn drain_signal(&self) -> crate::drain::DrainSignal {
+        self.guard.meta.drain_signal()
     }
 
     /// The connection's id, unique within its server; the registry lists and closes by it.
     pub fn id(&self) -> u64 {
-        self.guard.entry.id
+        self.guard.meta.0.id
     }
 
     /// The peer's address: the client a PROXY header named, when the server reads PROXY headers and this
     /// connection sent one with an address; otherwise the socket's peer.
     pub fn peer_addr(&self) -> &PeerAddr {
-        self.guard.entry.reported_peer()
+        self.guard.meta.0.reported_peer()
     }
 
     /// The socket's own peer: with a PROXY header, the load balancer (the original hop).
     pub fn hop_addr(&self) -> &PeerAddr {
-        &self.guard.entry.peer
+        &self.guard.meta.0.peer
     }
 
     /// The PROXY header this connection sent, if the server reads them and it sent one.
     pub fn proxy_header(&self) -> Option<&crate::proxy::ProxyHeader> {
-        self.guard.entry.proxy.get().map(|p| &p.header)
+        self.guard.meta.proxy_header()
     }
 
     pub(crate) fn set_proxy_header(&self, header: crate::proxy::ProxyHeader) {
         let peer = header.source.map(PeerAddr::Tcp);
         let _ = self
             .guard
-            .entry
+            .meta
+            .0
+            .extras()
             .proxy
-            .set(Box::new(crate::registry::ProxyInfo { header, peer }));
+            .set(crate::registry::ProxyInfo { header, peer });
     }
 
     /// What TLS negotiated (SNI name, ALPN protocol, version), for a connection that came through a TLS
     /// handshake ([`ServerBuilder::tls`](crate::ServerBuilder::tls) or a TLS route).
     pub fn tls(&self) -> Option<crate::tls::TlsInfo> {
-        self.stream.tls_info()
+        self.guard.meta.tls().cloned()
     }
 
     /// The local address of this connection (a `getsockname` call, made only when asked).
@@ -131,29 +186,46 @@ impl Connection {
     /// Completes when the server begins to drain ([`ServerHandle::drain`](crate::ServerHandle::drain)):
     /// a handler that can end its conversation early (an HTTP server closing an idle keep-alive, a
     /// protocol with a goodbye message) awaits this alongside its reads. Connections that ignore it still
-    /// get until the drain's deadline.
+    /// get until the drain's deadline. It borrows the connection; to keep the signal past a split, take
+    /// [`drain_signal`](Self::drain_signal).
     pub fn draining(&self) -> WaitForCancellationFuture<'_> {
-        self.guard.entry.shared.drain.draining.cancelled()
+        self.guard.meta.0.shared.drain.draining.cancelled()
     }
 
     /// True once the server has begun to drain.
     pub fn is_draining(&self) -> bool {
-        self.guard.entry.shared.drain.draining.is_cancelled()
+        self.guard.meta.0.shared.drain.draining.is_cancelled()
+    }
+
+    /// Completes when clients wait behind the full cap (an acceptor waits at it with clients in the
+    /// queue: Linux TCP, Unix sockets) and this connection has lived past the handshake grace
+    /// ([`ServerBuilder::handshake_grace`](crate::ServerBuilder::handshake_grace)). A handler in a phase
+    /// it can give up without loss, such as waiting for a request that has not begun, awaits this
+    /// alongside its read and closes, so a crowd of idle connections cannot keep queued clients out (the
+    /// front makes handshakes give way the same way). The future does not borrow the connection, so it
+    /// can race the connection's own reads.
+    pub fn crowded(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.guard.meta.0.shared.clone();
+        let accepted = tokio::time::Instant::now()
+            .checked_sub(self.age())
+            .unwrap_or_else(tokio::time::Instant::now);
+        let grace_ends = crate::deadline::after(accepted, shared.handshake_grace);
+        async move { shared.pressure.gives_way(grace_ends).await }
     }
 
     /// Time since the connection was accepted.
     pub fn age(&self) -> Duration {
-        self.guard.entry.shared.registry.age(&self.guard.entry)
+        self.guard.meta.0.shared.registry.age(&self.guard.meta.0)
     }
 
     /// Bytes read so far.
     pub fn bytes_in(&self) -> u64 {
-        self.guard.entry.bytes_in.load(Relaxed)
+        self.guard.meta.0.bytes_in.load(Relaxed)
     }
 
     /// Bytes written so far.
     pub fn bytes_out(&self) -> u64 {
-        self.guard.entry.bytes_out.load(Relaxed)
+        self.guard.meta.0.bytes_out.load(Relaxed)
     }
 
     /// The underlying socket, for socket options (keepalive, buffer sizes, …). Reading or writing through
@@ -173,7 +245,7 @@ impl Connection {
     /// Reads what is available now, or fails with [`io::ErrorKind::WouldBlock`]. Counted.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.stream.try_read(buf)?;
-        self.guard.entry.bytes_in.fetch_add(n as u64, Relaxed);
+        self.guard.meta.0.bytes_in.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
 
@@ -181,19 +253,50 @@ impl Connection {
     /// [`io::ErrorKind::WouldBlock`]. Counted.
     pub fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> io::Result<usize> {
         let n = self.stream.try_read_buf(buf)?;
-        self.guard.entry.bytes_in.fetch_add(n as u64, Relaxed);
+        self.guard.meta.0.bytes_in.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
 
     /// Splits off the raw stream, for code that needs the concrete socket type. The guard must live as long
     /// as the stream: dropping it early frees the slot under the cap while the socket is still open. Bytes
-    /// moved through the raw stream are not counted.
+    /// moved through the raw stream are not counted, and a forced close can no longer shut the socket
+    /// down (lariat no longer knows when it is closed): it only aborts the task lariat spawned.
     pub fn into_parts(self) -> (Stream, ConnectionGuard) {
-        (self.stream, self.guard)
+        self.guard.meta.0.closer.withdraw();
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, and each field is read out exactly once, so
+        // each is owned by exactly one place (`Connection`'s own `Drop` is skipped; its only job,
+        // withdrawing the descriptor, is done above).
+        unsafe { (std::ptr::read(&this.stream), std::ptr::read(&this.guard)) }
     }
 
     pub(crate) fn from_parts(stream: Stream, guard: ConnectionGuard) -> Connection {
+        guard.meta.0.closer.register(stream.raw_fd());
         Connection { stream, guard }
+    }
+
+    /// Reads through `&self`, for the halves of a split connection (which share it). Counted.
+    pub(crate) fn poll_read_shared(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(self.stream.poll_read_ref(cx, buf))?;
+        let n = buf.filled().len() - before;
+        self.guard.meta.0.bytes_in.fetch_add(n as u64, Relaxed);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes through `&self` (see [`poll_read_shared`](Self::poll_read_shared)). Counted.
+    pub(crate) fn poll_write_shared(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(self.stream.poll_write_ref(cx, bufs))?;
+        self.guard.meta.0.bytes_out.fetch_add(n as u64, Relaxed);
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -207,7 +310,7 @@ impl AsyncRead for Connection {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         let n = buf.filled().len() - before;
-        this.guard.entry.bytes_in.fetch_add(n as u64, Relaxed);
+        this.guard.meta.0.bytes_in.fetch_add(n as u64, Relaxed);
         Poll::Ready(Ok(()))
     }
 }
@@ -220,7 +323,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
-        this.guard.entry.bytes_out.fetch_add(n as u64, Relaxed);
+        this.guard.meta.0.bytes_out.fetch_add(n as u64, Relaxed);
         Poll::Ready(Ok(n))
     }
 
@@ -231,7 +334,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
-        this.guard.entry.bytes_out.fetch_add(n as u64, Relaxed);
+        this.guard.meta.0.bytes_out.fetch_add(n as u64, Relaxed);
         Poll::Ready(Ok(n))
     }
 

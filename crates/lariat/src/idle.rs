@@ -4,8 +4,9 @@
 //! A per-connection `tokio::time::timeout` would add a timer entry (about 100 bytes) to every idle
 //! connection's task and a timer reset to every read. Instead one task per server sweeps the registry
 //! once per [`sweep interval`](sweep_interval): a connection whose byte counters (in + out) have not moved
-//! since the last sweep that saw them move is idle since then; past the timeout its task is aborted,
-//! which closes the socket. The cost on the I/O path is nil; the precision is one sweep interval.
+//! since the last sweep that saw them move is idle since then; past the timeout its socket is shut down
+//! and its task aborted, which closes it wherever its halves are. The cost on the I/O path is nil; the
+//! precision is one sweep interval.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -22,7 +23,8 @@ pub(crate) fn sweep_interval(timeout: Duration) -> Duration {
 pub(crate) async fn reap(shared: Weak<Shared>, timeout: Duration) {
     let mut tick = tokio::time::interval(sweep_interval(timeout));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout_ms = timeout.as_millis() as u64;
+    // Saturating: a huge timeout must not wrap around to a short one.
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     loop {
         tick.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -34,11 +36,13 @@ pub(crate) async fn reap(shared: Weak<Shared>, timeout: Duration) {
         let now = shared.registry.now_ms();
         let mut closed = 0;
         for id in shared.registry.idle_longer_than(now, timeout_ms) {
-            if shared.registry.close(id).is_ok() {
+            // Counted once: a connection already closed (its holders have yet to drop it) is not again.
+            if let Ok(true) = shared.registry.close_once(id) {
                 closed += 1;
             }
         }
         if closed > 0 {
+            shared.forced_closes.notify_waiters();
             Stats::add(&shared.stats.idle_closed, closed);
             tracing::debug!(closed, timeout_ms, "closed idle connections");
         }

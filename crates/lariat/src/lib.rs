@@ -18,9 +18,13 @@
 //! * **Observing** ([`ServerHandle`]): live connection registry, close by id, counters; with feature
 //!   `metrics`, the counters published to the `metrics` facade at scrape time (`metrics` module).
 //! * **Push delivery** ([`delivery`]): a connection as a stream of framed messages in Erlang's active
-//!   modes, with bounded memory and back-pressure.
+//!   modes, with bounded memory and back-pressure; frames written through the same framings, or an
+//!   [`Outbox`](delivery::Outbox) (a cloneable writer with a bounded queue) for fan-out.
 //! * **Draining** ([`ServerHandle::drain`], [`drain`]): stop new clients without resetting queued ones,
 //!   tell handlers, let live connections finish up to a deadline, then close and count the rest.
+//! * **Living on signals** ([`lifecycle`], Unix): what `lariat serve` does, for any program: a lame duck
+//!   that health checks see, the drain, a second signal that forces, a hitless restart on SIGHUP that
+//!   rolls back when the successor fails, a reload hook, exit codes.
 //!
 //! ```no_run
 //! use tokio::io::AsyncWriteExt;
@@ -46,15 +50,19 @@ pub mod accept;
 pub mod activation;
 pub mod admission;
 mod bind;
+mod closer;
 mod connection;
+mod deadline;
 pub mod delivery;
 pub mod drain;
 mod endpoint;
 mod front;
 mod handler;
 mod idle;
+pub mod lifecycle;
 mod limit;
 mod listener;
+mod meta;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod peek;
@@ -75,17 +83,24 @@ pub mod axum;
 #[cfg(feature = "http")]
 pub mod http;
 
+/// The README's code blocks, compiled as doctests so that what users copy compiles. Under the `axum`
+/// feature, which one block needs (`cargo test --all-features`, as CI runs).
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use accept::backoff::BackoffPolicy;
 pub use accept::classify::{classify, ErrorClass, Shortage};
 pub use accept::{AcceptError, Acceptor, OnExhaustion};
 pub use bind::{default_backlog, BindError, BindOptions};
 pub use connection::{Connection, ConnectionGuard};
-pub use drain::{DrainOptions, DrainReport};
+pub use drain::{DrainOptions, DrainReport, DrainSignal};
 pub use endpoint::{Endpoint, ParseEndpointError};
 pub use front::{DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use handler::{BoxError, Handler, Outcome};
 pub use limit::ConnectionLimit;
 pub use listener::{AcceptSource, ListenAddr, Listener, ParkedListener};
+pub use meta::ConnectionMeta;
 pub use registry::{CloseError, ConnectionInfo, Registry};
 pub use server::{
     Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,

@@ -5,8 +5,8 @@
 //! handler are never touched.
 //!
 //! The acceptor raises the pressure while it waits at the cap and the queue is not empty (the queue
-//! length comes from `TCP_INFO`: Linux TCP only; elsewhere the pressure is never raised and the handshake
-//! timeout alone applies).
+//! length comes from `TCP_INFO` on Linux TCP, and a Unix listener polls readable while clients wait;
+//! elsewhere the pressure is never raised and the handshake timeout alone applies).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

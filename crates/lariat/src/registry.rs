@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::task::AbortHandle;
 
+use crate::closer::{Closer, Shutdown};
 use crate::shared::Shared;
 use crate::PeerAddr;
 
@@ -31,8 +32,20 @@ pub(crate) struct Entry {
     /// they have not moved (ms from the registry's epoch).
     pub(crate) swept_bytes: AtomicU64,
     pub(crate) quiet_since_ms: AtomicU64,
-    /// The PROXY header, when one was read (boxed: most connections have none).
-    pub(crate) proxy: OnceLock<Box<ProxyInfo>>,
+    /// The PROXY header and the TLS handshake's outcome, when there were any (boxed: most connections
+    /// have neither, and every idle connection carries an entry).
+    pub(crate) extras: OnceLock<Box<Extras>>,
+    /// The socket, as a forced close reaches it (see `closer.rs`).
+    pub(crate) closer: Closer,
+}
+
+/// What a connection's set-up learned, each set once.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    pub(crate) proxy: OnceLock<ProxyInfo>,
+    /// What the TLS handshake negotiated (kept here so every view of the connection, split or not,
+    /// can report it).
+    pub(crate) tls: OnceLock<crate::tls::TlsInfo>,
 }
 
 /// A connection's PROXY header and the peer it reports.
@@ -46,10 +59,35 @@ pub(crate) struct ProxyInfo {
 impl Entry {
     /// The peer to report: the client a PROXY header named, else the socket's peer.
     pub(crate) fn reported_peer(&self) -> &PeerAddr {
-        self.proxy
-            .get()
+        self.proxy()
             .and_then(|p| p.peer.as_ref())
             .unwrap_or(&self.peer)
+    }
+
+    pub(crate) fn proxy(&self) -> Option<&ProxyInfo> {
+        self.extras.get()?.proxy.get()
+    }
+
+    /// Completes once the connection was closed by force (see `Shared::forced_closes`).
+    pub(crate) async fn closed_by_force(&self) {
+        loop {
+            let notified = self.shared.forced_closes.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the two is not missed.
+            notified.as_mut().enable();
+            if self.closer.is_shut() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn tls(&self) -> Option<&crate::tls::TlsInfo> {
+        self.extras.get()?.tls.get()
+    }
+
+    pub(crate) fn extras(&self) -> &Extras {
+        self.extras.get_or_init(Box::default)
     }
 }
 
@@ -74,7 +112,8 @@ pub enum CloseError {
     /// No live connection has this id (it may have closed already).
     #[error("no live connection with id {0}")]
     NotFound(u64),
-    /// The connection is served by a task lariat did not spawn (for example under `axum::serve`).
+    /// The connection's raw stream was taken out ([`Connection::into_parts`](crate::Connection::into_parts))
+    /// in a task lariat did not spawn, so lariat can neither shut its socket down nor abort its task.
     #[error(
         "connection {0} is served by a task lariat does not own, so it cannot be closed from here"
     )]
@@ -100,8 +139,14 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// Registers a new connection of `shared`'s server and returns its entry.
-    pub(crate) fn insert(&self, peer: PeerAddr, shared: Arc<Shared>) -> Arc<Entry> {
+    /// Registers a new connection of `shared`'s server, whose socket is `fd` (held open by the
+    /// caller's `Connection`), and returns its entry.
+    pub(crate) fn insert(
+        &self,
+        peer: PeerAddr,
+        fd: Option<std::os::fd::RawFd>,
+        shared: Arc<Shared>,
+    ) -> Arc<Entry> {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let now = self.now_ms();
         let entry = Arc::new(Entry {
@@ -114,7 +159,8 @@ impl Registry {
             task: OnceLock::new(),
             swept_bytes: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(now),
-            proxy: OnceLock::new(),
+            extras: OnceLock::new(),
+            closer: Closer::new(fd),
         });
         self.map.insert(id, entry.clone());
         entry
@@ -125,6 +171,10 @@ impl Registry {
     pub(crate) fn idle_longer_than(&self, now_ms: u64, timeout_ms: u64) -> Vec<u64> {
         let mut idle = Vec::new();
         for e in self.map.iter() {
+            if e.closer.is_shut() {
+                // Closed already, and counted then; its holders have yet to drop it.
+                continue;
+            }
             let bytes = e.bytes_in.load(Relaxed) + e.bytes_out.load(Relaxed);
             if e.swept_bytes.swap(bytes, Relaxed) != bytes {
                 e.quiet_since_ms.store(now_ms, Relaxed);
@@ -186,21 +236,48 @@ impl Registry {
         list
     }
 
-    /// Closes a live connection: its task is aborted, which drops the socket (the peer sees the close) and
-    /// returns its slot under the cap.
+    /// Closes a live connection: its socket is shut down both ways, so every task holding it (the
+    /// handler, a write half moved elsewhere) sees the end at once (reads get EOF, writes fail; the peer
+    /// reads EOF), and the task lariat spawned for it is aborted. Its registry entry and slot under the
+    /// cap are given back when the last holder drops the socket, which the holders do on those errors.
     ///
-    /// Aborting reaches the task lariat spawned for the connection: a handler that moved its `Connection`
-    /// into a task of its own must watch for that itself. In the instant between accept and spawn a
-    /// connection answers `NotOwned`; ask again.
+    /// Closing a connection that is already being closed does nothing more. A connection whose raw
+    /// stream was taken out ([`Connection::into_parts`](crate::Connection::into_parts)) by a task lariat
+    /// does not own answers `NotOwned`.
     pub fn close(&self, id: u64) -> Result<(), CloseError> {
-        let entry = self
-            .map
+        let entry = self.get(id)?;
+        if Self::close_entry(&entry)? {
+            entry.shared.forced_closes.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Like [`close`](Self::close); `Ok(true)` when this call closed it, `Ok(false)` when an earlier
+    /// one had (so callers count each connection once). The caller notifies `forced_closes` (once for
+    /// a batch).
+    pub(crate) fn close_once(&self, id: u64) -> Result<bool, CloseError> {
+        Self::close_entry(&*self.get(id)?)
+    }
+
+    fn get(&self, id: u64) -> Result<Arc<Entry>, CloseError> {
+        self.map
             .get(&id)
             .map(|e| e.value().clone())
-            .ok_or(CloseError::NotFound(id))?;
-        let task = entry.task.get().ok_or(CloseError::NotOwned(id))?;
-        task.abort();
-        Ok(())
+            .ok_or(CloseError::NotFound(id))
+    }
+
+    fn close_entry(entry: &Entry) -> Result<bool, CloseError> {
+        let task = entry.task.get();
+        let first = match entry.closer.shut_down(task.is_some()) {
+            Shutdown::Done => true,
+            Shutdown::Already => false,
+            Shutdown::NoSocket if task.is_none() => return Err(CloseError::NotOwned(entry.id)),
+            Shutdown::NoSocket => true,
+        };
+        if let Some(task) = task {
+            task.abort();
+        }
+        Ok(first)
     }
 }
 
@@ -212,9 +289,10 @@ mod tests {
     fn lists_and_removes() {
         let shared = Arc::new(Shared::new(10));
         let registry = &shared.registry;
-        let a = registry.insert(PeerAddr::Unix, shared.clone());
+        let a = registry.insert(PeerAddr::Unix, None, shared.clone());
         let b = registry.insert(
             PeerAddr::Tcp("127.0.0.1:9".parse().unwrap()),
+            None,
             shared.clone(),
         );
         let (a_id, b_id) = (a.id, b.id);

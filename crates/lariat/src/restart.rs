@@ -9,7 +9,12 @@
 //!
 //! The old process keeps accepting until the successor is ready, then releases its listeners (they stay
 //! open in the successor: no filter, no unlink) and drains its own connections. If the successor exits or
-//! is not ready in time, it is killed and the old process goes on serving: a failed restart costs nothing.
+//! is not ready in time, it is stopped and the old process goes on serving: a failed restart costs nothing.
+//!
+//! Giving up on a successor is race-free: the notify socket is shut for reading first (a `READY=1` sent
+//! after that fails, and a lariat successor then exits without serving), then read once more: a `READY=1`
+//! that arrived just before counts, and the successor takes over. Otherwise it has accepted nothing, and is
+//! sent its stop signal (SIGTERM unless set), then SIGKILL after a grace.
 //!
 //! The notify socket lives in a fresh directory only this user can enter, and only a message carrying
 //! the successor's pid counts. `LISTEN_PID` is set in the child between `fork` and `exec`
@@ -32,6 +37,9 @@ use crate::activation::{escape_name, HANDOFF_ENV, LISTEN_FDS_START, UPSTREAM_NOT
 /// The default time a successor gets to say it is serving.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a successor given up on gets to exit after its stop signal before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// What to start as the successor.
 #[derive(Debug, Clone)]
 pub struct RestartOptions {
@@ -41,6 +49,10 @@ pub struct RestartOptions {
     pub args: Vec<OsString>,
     /// How long the successor gets to say it is serving. Default 30 s.
     pub ready_timeout: Duration,
+    /// The signal that stops a successor given up on before it said it is serving (SIGKILL follows
+    /// after [`STOP_GRACE`]). Default SIGTERM; a program whose successors ignore SIGTERM names the one
+    /// they obey.
+    pub stop_signal: i32,
 }
 
 impl RestartOptions {
@@ -56,6 +68,7 @@ impl RestartOptions {
             program,
             args: std::env::args_os().skip(1).collect(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            stop_signal: libc::SIGTERM,
         })
     }
 }
@@ -79,8 +92,8 @@ pub enum RestartError {
         /// How it ended.
         status: std::process::ExitStatus,
     },
-    /// The successor was not ready in time and was killed.
-    #[error("the successor (pid {pid}) was not ready within {timeout:?}; killed it")]
+    /// The successor was not ready in time and was stopped.
+    #[error("the successor (pid {pid}) was not ready within {timeout:?}; stopped it")]
     NotReady {
         /// Its pid.
         pid: u32,
@@ -117,16 +130,52 @@ pub struct Successor {
     pid: u32,
     notify: NotifySocket,
     ready_timeout: Duration,
-    /// Set once it said it is ready (or was reaped); until then dropping the successor kills it.
+    stop_signal: i32,
+    /// Set once it said it is ready (or was reaped); until then dropping the successor stops it.
     settled: bool,
 }
 
 impl Drop for Successor {
+    /// Given up on while not known to be ready (the caller stopped waiting): stopped as at the deadline,
+    /// the grace and the reaping on a thread of their own, so a drop never blocks. If its `READY=1` had
+    /// arrived unread, it may have accepted clients: it is told to stop (it drains them) and is not
+    /// killed.
     fn drop(&mut self) {
-        if let (false, Some(child)) = (self.settled, &mut self.child) {
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.settled {
+            return;
         }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let said_ready = self.notify.close_and_find(&self.expected());
+        signal(self.pid, self.stop_signal);
+        let pid = self.pid;
+        let reaper = std::thread::Builder::new()
+            .name("lariat-successor-reaper".into())
+            .spawn(move || {
+                if said_ready {
+                    tracing::warn!(pid, "restart: the successor said READY as it was given up on; told to stop, it drains what it accepted");
+                } else {
+                    let deadline = std::time::Instant::now() + STOP_GRACE;
+                    while matches!(child.try_wait(), Ok(None))
+                        && std::time::Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let _ = child.kill();
+                }
+                let _ = child.wait();
+            });
+        if let Err(e) = reaper {
+            tracing::warn!(pid, error = %e, "restart: cannot start a thread to reap the successor");
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on our own child, not reaped yet (its pid cannot have been reused).
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
     }
 }
 
@@ -160,6 +209,7 @@ pub fn spawn_successor(
         child: Some(child),
         notify,
         ready_timeout: opts.ready_timeout,
+        stop_signal: opts.stop_signal,
         settled: false,
     })
 }
@@ -182,10 +232,10 @@ impl Successor {
     /// its children (`lariat serve --workers`).
     pub async fn ready_child(mut self) -> Result<Child, RestartError> {
         let pid = self.pid;
-        let deadline = tokio::time::Instant::now() + self.ready_timeout;
+        let deadline = crate::deadline::after(tokio::time::Instant::now(), self.ready_timeout);
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut buf = [0u8; 512];
-        let expected = format!("MAINPID={pid}");
+        let expected = self.expected();
         loop {
             tokio::select! {
                 // A READY that arrives with the deadline wins: the successor is serving.
@@ -195,22 +245,8 @@ impl Successor {
                         Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
                         Err(source) => return Err(self.give_up(RestartError::Wait { pid, source })),
                     };
-                    let lines: Vec<&str> = message.lines().collect();
-                    if lines.contains(&"READY=1") && lines.contains(&expected.as_str()) {
-                        // Ready, and still alive: only then may the caller let go of the listeners.
-                        match self.try_wait() {
-                            Ok(None) => {
-                                self.settled = true;
-                                if let Some(child) = self.child.take() {
-                                    return Ok(child);
-                                }
-                            }
-                            Ok(Some(status)) => {
-                                self.settled = true;
-                                return Err(RestartError::Exited { pid, status });
-                            }
-                            Err(source) => return Err(self.give_up(RestartError::Wait { pid, source })),
-                        }
+                    if is_ready(&message, &expected) {
+                        return self.take_ready();
                     }
                     tracing::debug!(message, "restart: ignored a notification");
                 }
@@ -223,11 +259,50 @@ impl Successor {
                     Err(source) => return Err(self.give_up(RestartError::Wait { pid, source })),
                 },
                 _ = tokio::time::sleep_until(deadline) => {
+                    // A READY sent from now on fails; one that came in just now still counts.
+                    if self.notify.close_and_find(&expected) {
+                        return self.take_ready();
+                    }
+                    self.stop().await;
                     let timeout = self.ready_timeout;
-                    return Err(self.give_up(RestartError::NotReady { pid, timeout }));
+                    return Err(RestartError::NotReady { pid, timeout });
                 }
             }
         }
+    }
+
+    /// The `MAINPID=` line a notification from this successor carries.
+    fn expected(&self) -> String {
+        format!("MAINPID={}", self.pid)
+    }
+
+    /// It said it is ready: only if it is still alive may the caller let go of the listeners.
+    fn take_ready(&mut self) -> Result<Child, RestartError> {
+        let pid = self.pid;
+        match self.try_wait() {
+            Ok(None) => {
+                self.settled = true;
+                self.child.take().ok_or(RestartError::Wait {
+                    pid,
+                    source: io::Error::other("the successor's handle was taken already"),
+                })
+            }
+            Ok(Some(status)) => {
+                self.settled = true;
+                Err(RestartError::Exited { pid, status })
+            }
+            Err(source) => Err(self.give_up(RestartError::Wait { pid, source })),
+        }
+    }
+
+    /// Stops a successor that never said it is ready: its stop signal, then SIGKILL after the grace.
+    async fn stop(&mut self) {
+        signal(self.pid, self.stop_signal);
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while matches!(self.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.kill_and_reap();
     }
 
     fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
@@ -238,13 +313,24 @@ impl Successor {
     }
 
     fn give_up(&mut self, err: RestartError) -> RestartError {
+        self.kill_and_reap();
+        err
+    }
+
+    /// Kills and reaps it (a no-op on one already reaped).
+    fn kill_and_reap(&mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
         }
         self.settled = true; // reaped
-        err
     }
+}
+
+/// Whether a notification says `READY=1` for the expected `MAINPID=` line.
+fn is_ready(message: &str, expected: &str) -> bool {
+    let lines: Vec<&str> = message.lines().collect();
+    lines.contains(&"READY=1") && lines.contains(&expected)
 }
 
 /// The socket the successor sends `READY=1` to: a datagram socket in a fresh directory only this user can
@@ -278,6 +364,34 @@ impl NotifySocket {
             }
         };
         Ok(NotifySocket { socket, dir, path })
+    }
+}
+
+impl NotifySocket {
+    /// Shuts the socket for reading, so a `READY=1` sent from now on fails (`EPIPE`), then reads what
+    /// arrived before: whether one of those says `READY=1` with `expected`.
+    fn close_and_find(&self, expected: &str) -> bool {
+        if let Err(e) = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Read) {
+            tracing::warn!(error = %e, "restart: cannot shut the notify socket");
+        }
+        let mut buf = [0u8; 512];
+        let mut found = false;
+        loop {
+            // Straight from the socket: tokio's `try_recv` trusts a readiness it may never have seen.
+            // SAFETY: recv(2) into a buffer we own, of the length given.
+            let n = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                return found;
+            }
+            found |= is_ready(&String::from_utf8_lossy(&buf[..n as usize]), expected);
+        }
     }
 }
 
@@ -450,5 +564,30 @@ impl ExecPlan {
             )
         };
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::send_notification;
+
+    #[tokio::test]
+    async fn giving_up_finds_a_ready_that_came_before_and_fails_one_after() {
+        let notify = NotifySocket::new().unwrap();
+        let path = notify.path.as_os_str().to_owned();
+        send_notification(&path, b"STATUS=starting\n").unwrap();
+        send_notification(&path, b"READY=1\nMAINPID=42\n").unwrap();
+        assert!(notify.close_and_find("MAINPID=42"));
+        // The successor learns it came too late, and does not serve.
+        let late = send_notification(&path, b"READY=1\nMAINPID=42\n").unwrap_err();
+        assert_eq!(late.kind(), io::ErrorKind::BrokenPipe, "{late}");
+
+        let other = NotifySocket::new().unwrap();
+        send_notification(other.path.as_os_str(), b"READY=1\nMAINPID=7\n").unwrap();
+        assert!(
+            !other.close_and_find("MAINPID=42"),
+            "another pid's READY counted"
+        );
     }
 }

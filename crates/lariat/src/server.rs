@@ -34,7 +34,7 @@ use crate::Connection;
 /// exhaustion, and a cap lets clients wait in the backlog instead.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
-/// How long a forced close waits for aborted connection tasks to drop their sockets.
+/// How long a forced close waits for the tasks holding the closed connections to drop them.
 const FORCED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Configures a [`Server`] (or a bare [`Acceptor`]).
@@ -139,7 +139,7 @@ impl ServerBuilder {
     /// How long a connection may stay in its handshake before it gives way to clients queued behind
     /// it, when every slot under the cap is taken: past this grace, such connections are closed and
     /// counted (`handshake_evicted`), so silent clients cannot hold the cap for a whole handshake
-    /// timeout per cap's worth of them (Linux TCP, where the queue length is known). Connections that
+    /// timeout per cap's worth of them (Linux TCP and Unix sockets, where a waiting queue is seen). Connections that
     /// reached their handler are never evicted. Default
     /// [`DEFAULT_HANDSHAKE_GRACE`](crate::DEFAULT_HANDSHAKE_GRACE) (1 s), at most the handshake timeout.
     pub fn handshake_grace(mut self, grace: Duration) -> Self {
@@ -158,17 +158,20 @@ impl ServerBuilder {
     }
 
     /// Bytes written to every admitted connection before its handler runs (after TLS and the admission
-    /// hook): the client learns it was truly accepted, not just queued in the backlog (seed 003).
+    /// hook): the client learns it was truly accepted, not just queued in the backlog (seed 003). With
+    /// a [`Router`](crate::route::Router) that has TLS routes, use [`Router::greeting`](crate::route::Router::greeting)
+    /// instead: this one is written before the router sees the ClientHello, outside TLS.
     pub fn greeting(mut self, greeting: Option<Bytes>) -> Self {
         self.front.greeting = greeting.filter(|g| !g.is_empty());
         self
     }
 
     /// Admission rules (allow and deny networks, a per-address connection limit; see
-    /// [`admission`](crate::admission)), checked right after `accept`: a refused connection is closed at
+    /// [`admission`](crate::admission)), checked right after `accept` (on a listener that reads PROXY
+    /// headers: right after the header, on the client it names): a refused connection is closed at
     /// once and counted. Default: everyone admitted.
     pub fn admission(mut self, rules: Option<Admission>) -> Self {
-        self.admission = rules.filter(|r| *r != Admission::default());
+        self.admission = rules.filter(|r| !r.is_open());
         self
     }
 
@@ -388,7 +391,10 @@ impl ServerHandle {
         self.shared.registry.live_bytes()
     }
 
-    /// Closes a live connection by id.
+    /// Closes a live connection by id: its socket is shut down both ways, so the handler and any half
+    /// it moved into a task of its own see the end at once (the peer reads EOF), and its task is
+    /// aborted. It leaves the registry, and frees its slot, when the last holder drops it. See
+    /// [`Registry::close`](crate::Registry::close).
     pub fn close_connection(&self, id: u64) -> Result<(), CloseError> {
         self.shared.registry.close(id)
     }
@@ -411,10 +417,11 @@ impl ServerHandle {
         self.stop.cancel();
     }
 
-    /// Drains the server and reports what happened (see [`drain`](crate::drain)): the listeners refuse
-    /// new clients, the queued ones are accepted and served, the listeners close once their queues stay
-    /// empty, handlers are told ([`Connection::draining`]), and live connections get until
-    /// `opts.timeout`; the rest are then closed and counted. [`force`](Self::force) ends it at once.
+    /// Drains the server and reports what happened (see [`drain`](crate::drain)): handlers are told at
+    /// once ([`Connection::draining`], [`DrainSignal`](crate::DrainSignal)), the listeners refuse new
+    /// clients, the queued ones are accepted and served, the listeners close once their queues stay
+    /// empty, and live connections get until `opts.timeout`; the rest are then closed (their sockets
+    /// shut down, wherever their halves are) and counted. [`force`](Self::force) ends it at once.
     ///
     /// The accept loop must still be running (driven by [`Server`] or by the caller of
     /// [`ServerBuilder::run`]): it does the first stage. Calling `drain` again joins the same drain.
@@ -507,15 +514,17 @@ impl ServerHandle {
         }
     }
 
-    /// Closes every live connection and waits (briefly) for them to go. Returns how many were cut off:
-    /// the ones closed, plus any served by a task lariat does not own (it cannot close those; they stay
-    /// open and the drain is not complete).
+    /// Closes every live connection and waits (briefly) for their holders to drop them. Returns how
+    /// many were cut off: the ones this call closed, plus any whose raw stream a task lariat does not
+    /// own took out (it cannot close those; they stay open and the drain is not complete). A
+    /// connection closed earlier (by id, or the idle sweep) was counted then and is not again.
     async fn close_all(&self) -> u64 {
         let mut closed = 0;
         let mut not_owned = 0;
         for info in self.shared.registry.list() {
-            match self.shared.registry.close(info.id) {
-                Ok(()) => closed += 1,
+            match self.shared.registry.close_once(info.id) {
+                Ok(true) => closed += 1,
+                Ok(false) => {}
                 Err(CloseError::NotOwned(_)) => not_owned += 1,
                 Err(CloseError::NotFound(_)) => {}
             }
@@ -527,10 +536,20 @@ impl ServerHandle {
             );
         }
         if closed > 0 {
-            // Aborted tasks drop their connections when next polled; give them a moment.
+            self.shared.forced_closes.notify_waiters();
+            Stats::add(&self.shared.stats.drain_forced, closed);
+            // Their sockets are shut down: every holder's next read or write fails, and aborted tasks
+            // drop theirs when next polled. Give them a moment.
             self.until_no_connections(tokio::time::sleep(FORCED_CLOSE_GRACE))
                 .await;
-            Stats::add(&self.shared.stats.drain_forced, closed);
+            let held = self.shared.registry.len();
+            if held > 0 {
+                tracing::warn!(
+                    held,
+                    "drain deadline: closed connections still held by tasks that do not drop them \
+                     (their peers saw the close; their slots stay taken until they are dropped)"
+                );
+            }
         }
         closed + not_owned
     }
@@ -668,19 +687,17 @@ struct Spawner<H> {
 
 impl<H: Handler> Spawner<H> {
     /// `from`: the position of the listener that accepted `conn`.
-    fn spawn(&self, conn: Connection, from: usize) {
-        let entry = conn.entry();
-        if let Some(gate) = &entry.shared.gate {
-            if let Err(refusal) = gate.admit(&entry.peer) {
-                Stats::add(&entry.shared.stats.admission_refused, 1);
-                if gate.should_log(entry.shared.registry.now_ms()) {
-                    tracing::info!(peer = %entry.peer, why = %refusal, "connection refused (logged at most once a second)");
-                }
-                // Dropping it closes the socket and frees its slot.
-                return;
-            }
+    fn spawn(&self, mut conn: Connection, from: usize) {
+        let front = self.fronts.get(from).and_then(Option::as_ref);
+        // Behind a PROXY header the socket's peer is the balancer: the front judges the client the
+        // header names instead. Elsewhere the peer is judged here, before a task exists.
+        let refused = crate::admission::judge_socket(conn.entry(), conn.stream()).is_err()
+            || (front.is_none_or(|f| f.proxy.is_none()) && conn.admit().is_err());
+        if refused {
+            // Dropping it closes the socket and frees its slot.
+            return;
         }
-        match self.fronts.get(from).and_then(Option::as_ref) {
+        match front {
             None => spawn_connection(conn, &*self.handler),
             Some(front) => spawn_behind_front(conn, self.handler.clone(), front.clone()),
         }

@@ -28,6 +28,10 @@ pub(crate) struct Shared {
     pub(crate) pressure: Pressure,
     /// Rate limit for the log lines of failed handshakes.
     pub(crate) handshake_log: LogLimit,
+    /// Notified after connections were closed by force (by id, the idle sweep, a drain's deadline), so
+    /// tasks that hold a connection without reading it (an `Outbox` writer waiting for messages) learn
+    /// it at once. Server-wide, so a connection carries nothing for it.
+    pub(crate) forced_closes: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -42,6 +46,7 @@ impl Shared {
             handshake_grace: crate::front::DEFAULT_HANDSHAKE_GRACE,
             pressure: Pressure::default(),
             handshake_log: LogLimit::default(),
+            forced_closes: tokio::sync::Notify::new(),
         }
     }
 }

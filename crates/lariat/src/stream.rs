@@ -145,6 +145,87 @@ impl Stream {
         std::future::poll_fn(|cx| self.poll_write_ready(cx))
     }
 
+    /// The socket's descriptor (under TLS, the socket the session runs over).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.get_ref().raw_fd(),
+        }
+    }
+
+    /// Reads through `&self`, as tokio's owned read halves do (readiness, then a non-blocking read that
+    /// clears it on `WouldBlock`), so the halves of a split connection can share one `Stream`. One task
+    /// reads at a time.
+    pub(crate) fn poll_read_ref(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Stream::Tls(s) = self {
+            return s.poll_read(cx, buf);
+        }
+        loop {
+            std::task::ready!(self.poll_read_ready(cx))?;
+            match self.try_read_buf(buf) {
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes through `&self` (see [`poll_read_ref`](Self::poll_read_ref)); TLS writes the first
+    /// non-empty buffer.
+    pub(crate) fn poll_write_ref(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Stream::Tls(s) = self {
+            return s.poll_write_vectored(cx, bufs);
+        }
+        loop {
+            std::task::ready!(self.poll_write_ready(cx))?;
+            let written = match bufs {
+                [one] => self.try_write(one),
+                _ => self.try_write_vectored(bufs),
+            };
+            match written {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    /// Flushes through `&self`: a TLS session's queued records; nothing for a plain socket.
+    pub(crate) fn poll_flush_ref(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tls(s) => s.poll_flush(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Shuts the write side through `&self` (TLS: close_notify first).
+    pub(crate) fn poll_shutdown_ref(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tls(s) => s.poll_shutdown(cx),
+            _ => Poll::Ready(self.shutdown_write()),
+        }
+    }
+
+    /// Without waiting, as a dropped write half does: TLS sends close_notify and what records the socket
+    /// takes (the rest linger in a task); then the write direction is shut down.
+    pub(crate) fn close_write(&self) {
+        match self {
+            Stream::Tls(s) => s.close_write(),
+            _ => {
+                let _ = self.shutdown_write();
+            }
+        }
+    }
+
     /// Shuts the write direction down (the peer reads EOF), through `&self`.
     pub(crate) fn shutdown_write(&self) -> io::Result<()> {
         use std::os::fd::AsFd;

@@ -55,6 +55,7 @@ async fn collect(conn: Connection, framing: Framing, mode: Mode) -> io::Result<(
                     messages.set_mode(Mode::Once);
                 }
             }
+            Some(Event::Draining) => panic!("Draining was not asked for"),
             Some(Event::Passive) => {
                 assert!(matches!(mode, Mode::Count(_)), "Passive event in {mode:?}");
                 passives += 1;
@@ -730,6 +731,7 @@ mod property {
                     model.done = true;
                 }
                 Some(Event::Passive) => return Err(fail("unexpected Passive".into())),
+                Some(Event::Draining) => return Err(fail("Draining was not asked for".into())),
                 Some(Event::Error(e)) => return Err(fail(format!("error: {e}"))),
                 None => {
                     if !model.done {
@@ -919,4 +921,63 @@ async fn a_frame_within_the_framing_limit_is_delivered_whatever_its_size() {
     let event = tokio::time::timeout(LIMIT, messages.next()).await.unwrap();
     assert!(matches!(event, Some(Event::Closed)), "{event:?}");
     drop(peer.await.unwrap());
+}
+
+/// `next()` and `recv()` are cancel-safe: in a `select!` that a timer wins again and again (every
+/// millisecond, mid-message as often as not), no line is lost, duplicated or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_and_recv_lose_nothing_when_a_select_drops_them() {
+    const LINES: usize = 20_000;
+    for pull in [false, true] {
+        let (listener, addr) = bind_loopback();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _server = Server::builder()
+            .serve([listener], move |conn: Connection| {
+                let tx = tx.clone();
+                async move {
+                    let mode = if pull { Mode::Passive } else { Mode::Push };
+                    let (mut messages, _writer) = Messages::new(conn, Framing::lines(), mode);
+                    let mut lines = Vec::new();
+                    let mut cancelled = 0u32;
+                    loop {
+                        let event = tokio::select! {
+                            event = async {
+                                if pull { messages.recv().await } else { messages.next().await }
+                            } => event,
+                            _ = tokio::time::sleep(Duration::from_millis(1)) => {
+                                cancelled += 1;
+                                continue;
+                            }
+                        };
+                        match event {
+                            Some(Event::Data(line)) => lines.push(line),
+                            _ => break,
+                        }
+                    }
+                    let _ = tx.send((lines, cancelled));
+                }
+            })
+            .unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // Sent in small pieces with pauses, so reads end mid-line and the timer fires between them.
+        let text: Vec<u8> = (0..LINES)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        for (i, piece) in text.chunks(997).enumerate() {
+            client.write_all(piece).await.unwrap();
+            if i % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        client.shutdown().await.unwrap();
+        let (lines, cancelled) = tokio::time::timeout(LIMIT, rx.recv())
+            .await
+            .expect("the handler ends")
+            .unwrap();
+        assert_eq!(lines.len(), LINES, "pull={pull}");
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(&line[..], format!("line {i}").as_bytes(), "pull={pull}");
+        }
+        eprintln!("pull={pull}: {cancelled} polls dropped by the timer");
+    }
 }

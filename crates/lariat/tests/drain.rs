@@ -239,3 +239,75 @@ async fn unix_socket_unlinks_first_then_serves_its_queue() {
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(report.accepted_from_queue, 1);
 }
+
+/// The drain reaches a connection after it was split: `Messages` delivers `Event::Draining` in the same
+/// loop as its data, and a `DrainSignal` taken from the write half fires in a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_connection_learns_of_the_drain_in_its_message_loop_and_its_write_task() {
+    use futures_util::StreamExt;
+    use lariat::delivery::{Event, Framing, Messages, Mode};
+
+    let (listener, addr) = bind_loopback();
+    let server = Server::builder()
+        .serve([listener], |conn: Connection| async move {
+            let (messages, write) = Messages::new(conn, Framing::lines(), Mode::Push);
+            let mut messages = messages.with_drain_event();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static [u8]>(4);
+            // The write half lives in its own task, with its own copy of the signal.
+            let signal = write.meta().drain_signal();
+            let writer = tokio::spawn(async move {
+                let mut write = write;
+                let mut told = false;
+                loop {
+                    // Biased, the signal first: the loop's last line and the end of the channel
+                    // may be ready at the same time as the signal, and the writer must see it.
+                    tokio::select! {
+                        biased;
+                        _ = signal.wait(), if !told => {
+                            told = true;
+                            write.write_all(b"writer: draining\n").await?;
+                        }
+                        line = rx.recv() => match line {
+                            Some(line) => write.write_all(line).await?,
+                            None => return write.shutdown().await,
+                        },
+                    }
+                }
+            });
+            while let Some(event) = messages.next().await {
+                match event {
+                    Event::Data(_) => {
+                        let _ = tx.send(b"echo\n").await;
+                    }
+                    Event::Draining => {
+                        assert!(messages.meta().is_draining());
+                        let _ = tx.send(b"loop: draining\n").await;
+                        break;
+                    }
+                    Event::Closed | Event::Error(_) => break,
+                    Event::Passive => {}
+                }
+            }
+            drop(tx);
+            writer.await.map_err(std::io::Error::other)?
+        })
+        .unwrap();
+    let handle = server.handle().clone();
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"hello\n").await.unwrap();
+    let mut echo = [0u8; 5];
+    client.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"echo\n");
+
+    let report = tokio::spawn(async move { handle.drain(opts(10_000)).await });
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut rest))
+        .await
+        .expect("the connection ends by itself")
+        .unwrap();
+    let mut lines: Vec<&str> = rest.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["loop: draining", "writer: draining"]);
+    let report = report.await.unwrap();
+    assert_eq!((report.finished, report.forced), (1, 0), "{report:?}");
+}

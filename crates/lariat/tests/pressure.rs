@@ -53,3 +53,58 @@ async fn the_pressure_falls_when_the_queue_empties() {
     );
     assert!(matches!(r, Ok(Ok(_))), "{r:?}");
 }
+
+/// A handler waiting for a first request can give way too (`Connection::crowded`): with the cap full of
+/// idle connections, a queued client gets a slot after the grace instead of waiting for them, and a
+/// connection that is talking is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_waiting_for_its_first_bytes_makes_room_when_crowded() {
+    let (listener, addr) = bind_loopback();
+    let server = Server::builder()
+        .max_connections(4)
+        .handshake_grace(Duration::from_millis(100))
+        .serve([listener], |conn: lariat::Connection| async move {
+            let mut conn = conn;
+            let mut first = [0u8; 1];
+            let crowded = conn.crowded();
+            tokio::select! {
+                read = conn.read(&mut first) => {
+                    if !matches!(read, Ok(1)) {
+                        return;
+                    }
+                }
+                _ = crowded => return,
+            }
+            // Past its first byte it is served to the end, crowded or not.
+            let _ = conn.write_all(&first).await;
+            let mut buf = [0u8; 64];
+            while let Ok(n) = conn.read(&mut buf).await {
+                if n == 0 || conn.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .unwrap();
+    let _handle = server.handle().clone();
+    let mut talking = TcpStream::connect(addr).await.unwrap();
+    talking.write_all(b"a").await.unwrap();
+    let mut b = [0u8; 1];
+    talking.read_exact(&mut b).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let mut queued = TcpStream::connect(addr).await.unwrap();
+    queued.write_all(b"q").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), queued.read_exact(&mut b))
+        .await
+        .expect("the queued client was never served")
+        .unwrap();
+    eprintln!("queued client served after {:?}", started.elapsed());
+    // The talking connection is still served.
+    talking.write_all(b"b").await.unwrap();
+    talking.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"b");
+}

@@ -66,7 +66,7 @@ async fn lines_echo(conn: Connection) -> io::Result<()> {
             }
             lariat::delivery::Event::Closed => break,
             lariat::delivery::Event::Error(e) => return Err(io::Error::other(e)),
-            lariat::delivery::Event::Passive => {}
+            lariat::delivery::Event::Passive | lariat::delivery::Event::Draining => {}
         }
     }
     write.shutdown().await
@@ -102,6 +102,15 @@ async fn echo_over_tls_with_sni_and_alpn_byte_exact() {
             let back = exchange(&mut tls, &data, expected_line.len() + data.len()).await;
             assert_eq!(&back[..expected_line.len()], expected_line);
             assert!(back[expected_line.len()..] == data[..], "echo differs");
+            // A clean end both ways: close_notify, then the server's (read to EOF) before the socket
+            // goes. A peer that just drops the connection is a truncated stream to the handler's read,
+            // and one that goes before the server's close_notify makes that write fail; this test
+            // counts handler errors.
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            tls.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
         }));
     }
     for c in clients {
@@ -257,4 +266,60 @@ fn bad_pem_files_are_clear_errors() {
     let other = TestCert::write(&temp_dir("tls-bad-other"));
     let err = TlsConfig::from_pem_files(&cert.cert_path, &other.key_path).unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
+}
+
+/// After a split, the halves and the message view report what the connection knew: the TLS
+/// handshake's outcome, the peer, the local address, and live byte counters.
+#[tokio::test]
+async fn split_halves_and_messages_keep_the_connections_metadata() {
+    use futures_util::StreamExt;
+    use lariat::delivery::{Event, Framing, Messages, Mode};
+
+    let dir = temp_dir("tls-meta");
+    let cert = TestCert::write(&dir);
+    let tls = TlsConfig::from_pem_files(&cert.cert_path, &cert.key_path)
+        .unwrap()
+        .with_alpn(["x-lariat"]);
+    let (listener, addr) = bind_loopback();
+    let server = Server::builder()
+        .tls(Some(tls))
+        .serve([listener], |conn: Connection| async move {
+            let (messages, mut write) = Messages::new(conn, Framing::lines(), Mode::Push);
+            let mut messages = messages.with_drain_event();
+            let meta = messages.meta().clone();
+            while let Some(Event::Data(_)) = messages.next().await {
+                let tls = meta.tls().expect("TLS info after the split");
+                let line = format!(
+                    "sni={} alpn={} peer={} local={:?} in={} same={}\n",
+                    tls.server_name.as_deref().unwrap_or("-"),
+                    String::from_utf8_lossy(tls.alpn.as_deref().unwrap_or(b"-")),
+                    write.meta().peer_addr(),
+                    meta.local_addr()
+                        .map(|a| matches!(a, lariat::LocalAddr::Tcp(_))),
+                    meta.bytes_in(),
+                    write.meta().id() == meta.id(),
+                );
+                write.write_all(line.as_bytes()).await?;
+                write.flush().await?;
+            }
+            Ok::<_, io::Error>(())
+        })
+        .unwrap();
+    let mut client = connect(&cert.client(&[b"x-lariat"]), addr).await.unwrap();
+    let peer = client.get_ref().0.local_addr().unwrap();
+    client.write_all(b"hello\n").await.unwrap();
+    client.flush().await.unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte != *b"\n" {
+        client.read_exact(&mut byte).await.unwrap();
+        line.push(byte[0]);
+    }
+    assert_eq!(
+        String::from_utf8(line).unwrap(),
+        format!("sni=localhost alpn=x-lariat peer={peer} local=Ok(true) in=6 same=true\n")
+    );
+    drop(client);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
 }

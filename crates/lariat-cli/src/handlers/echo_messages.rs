@@ -32,6 +32,8 @@ pub fn echo(conn: Connection, mode: Mode) -> impl Future<Output = io::Result<()>
                     }
                 }
                 Some(Event::Passive) => messages.set_mode(mode),
+                // Not asked for (`with_drain_event`); the drain's deadline still applies.
+                Some(Event::Draining) => {}
                 Some(Event::Closed) | None => return Ok(()),
                 Some(Event::Error(e)) => return Err(io::Error::other(e)),
             }

@@ -7,7 +7,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A running `lariat serve`, killed on drop.
+/// A running `lariat serve`, in a process group of its own; on drop the whole group is killed (its
+/// workers, a restart's successor, a wrapper's children), so no test leaves a process behind, even one
+/// that fails half-way.
 pub struct Lariat {
     child: Child,
     /// The addresses from the `listening on …` lines, in order.
@@ -54,6 +56,10 @@ impl Lariat {
     /// Starts `cmd` (which runs `lariat serve`, perhaps through a wrapper) and waits for `expected`
     /// `listening on` lines.
     pub fn from_command(mut cmd: Command, expected: usize) -> Lariat {
+        use std::os::unix::process::CommandExt;
+        // Its own group: the drop guard kills the tree with one kill(2), and a test can signal the whole
+        // group as a terminal's Ctrl-C or systemd's default KillMode does.
+        cmd.process_group(0);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -125,6 +131,15 @@ impl Lariat {
         }
     }
 
+    /// Sends `sig` to its whole process group (the process and everything it started), as Ctrl-C in a
+    /// terminal or systemd's `KillMode=control-group` does.
+    pub fn signal_group(&self, sig: i32) {
+        // SAFETY: kill(2) on the process group this test created for the child (its pid is the pgid).
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), sig);
+        }
+    }
+
     /// Waits for exit, up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
@@ -160,6 +175,9 @@ impl Lariat {
 
 impl Drop for Lariat {
     fn drop(&mut self) {
+        // The whole group (while the child is unreaped its pid, the group's id, cannot be reused), then
+        // the child itself in case it left the group.
+        self.signal_group(libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -232,13 +250,18 @@ pub fn admin_addr(server: &Lariat) -> SocketAddr {
     addr.unwrap()
 }
 
-/// One HTTP/1.1 request; the status and the body.
+/// One HTTP/1.1 request (`Host` the address); the status and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, &format!("Host: {addr}\r\n"))
+}
+
+/// One HTTP/1.1 request with these header lines (each ending in CRLF); the status and the body.
+pub fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     std::io::Write::write_fmt(
         &mut s,
-        format_args!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+        format_args!("{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"),
     )
     .unwrap();
     let mut answer = String::new();

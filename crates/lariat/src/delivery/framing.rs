@@ -1,9 +1,27 @@
 //! The built-in framings: raw chunks, lines, and Erlang's `{packet, 1 | 2 | 4}` (a big-endian length
 //! header). Each is a `tokio_util` [`Decoder`] with a hard size limit, so a peer can never make a frame
 //! buffer grow without bound: an oversized frame is an error, not an allocation.
+//!
+//! Each is an [`Encoder`] too (both [`Framing`] and [`FramingDecoder`]), so writing frames is
+//! `FramedWrite::new(write_half, Framing::lines())` or an [`Outbox`](super::Outbox), never a
+//! hand-built `[len, payload]` or `line + "\n"`. The encoder refuses what the peer's decoder would:
+//! a frame over the limit, a line holding a newline.
+//!
+//! ```no_run
+//! use futures_util::SinkExt;
+//! use lariat::delivery::{FrameError, Framing};
+//! use tokio_util::codec::FramedWrite;
+//!
+//! async fn greet(conn: lariat::Connection) -> Result<(), FrameError> {
+//!     let (_read, write) = conn.into_split();
+//!     let mut out = FramedWrite::new(write, Framing::packet(2));
+//!     out.send("hello").await?; // b"\x00\x05hello"
+//!     Ok(())
+//! }
+//! ```
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio_util::codec::Decoder;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// The default largest frame (and raw chunk, and line): 64 KiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
@@ -53,6 +71,10 @@ pub enum FrameError {
         /// Bytes of the unfinished frame.
         buffered: usize,
     },
+    /// A message to send does not fit the framing (a line holding a newline; a packet longer than its
+    /// header can announce): sending it would break the stream for the peer.
+    #[error("cannot send as a frame: {0}")]
+    Unencodable(&'static str),
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -86,6 +108,48 @@ impl Framing {
             header,
             max: DEFAULT_MAX_FRAME,
         }
+    }
+
+    /// Appends `payload` to `dst` as one frame: raw as is, a line with its `\n`, a packet behind its
+    /// big-endian length. Refused, with nothing appended, when it is over the limit (`max`) or does not
+    /// fit the framing.
+    pub fn encode_frame(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+        match *self {
+            Framing::Raw { .. } => dst.extend_from_slice(payload),
+            Framing::Lines { max } => {
+                if payload.len() > max {
+                    return Err(FrameError::LineTooLong { max });
+                }
+                if payload.contains(&b'\n') {
+                    return Err(FrameError::Unencodable("a line holds a newline"));
+                }
+                dst.reserve(payload.len() + 1);
+                dst.extend_from_slice(payload);
+                dst.put_u8(b'\n');
+            }
+            Framing::Packet { header, max } => {
+                let len = payload.len();
+                if len > max {
+                    return Err(FrameError::FrameTooLarge { len, max });
+                }
+                dst.reserve(header as usize + len);
+                match header {
+                    1 => dst.put_u8(u8::try_from(len).map_err(|_| {
+                        FrameError::Unencodable("over 255 bytes for a 1-byte header")
+                    })?),
+                    2 => dst.put_u16(u16::try_from(len).map_err(|_| {
+                        FrameError::Unencodable("over 65535 bytes for a 2-byte header")
+                    })?),
+                    _ => {
+                        dst.put_u32(u32::try_from(len).map_err(|_| {
+                            FrameError::Unencodable("over 4 GiB for a 4-byte header")
+                        })?)
+                    }
+                }
+                dst.extend_from_slice(payload);
+            }
+        }
+        Ok(())
     }
 
     /// The most bytes this framing may hold for one unfinished frame.
@@ -169,8 +233,8 @@ impl Decoder for FramingDecoder {
                     return Err(FrameError::FrameTooLarge { len, max });
                 }
                 if buf.len() < header + len {
-                    // Room for exactly this frame, once, instead of growing step by step.
-                    buf.reserve(header + len - buf.len());
+                    // The buffer grows with what arrives, never with what a header only announces:
+                    // reserving the announced length would let a 4-byte header cost `max` bytes.
                     return Ok(None);
                 }
                 buf.advance(header);
@@ -190,6 +254,23 @@ impl Decoder for FramingDecoder {
     }
 }
 
+impl<T: AsRef<[u8]>> Encoder<T> for Framing {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode_frame(item.as_ref(), dst)
+    }
+}
+
+/// The same encoder as [`Framing`]'s, so one value serves `tokio_util`'s `Framed` both ways.
+impl<T: AsRef<[u8]>> Encoder<T> for FramingDecoder {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.framing.encode_frame(item.as_ref(), dst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +283,52 @@ mod tests {
             out.push(frame);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn every_framing_decodes_what_it_encodes_and_refuses_what_would_break_it() {
+        for framing in [
+            Framing::raw(),
+            Framing::lines(),
+            Framing::packet(1),
+            Framing::packet(2),
+            Framing::packet(4),
+        ] {
+            let mut wire = BytesMut::new();
+            let mut encoder = framing;
+            for msg in [&b"one"[..], b"", b"three\r"] {
+                encoder.encode(msg, &mut wire).unwrap();
+            }
+            let frames = decode_all(framing, &wire).unwrap();
+            let expect: Vec<&[u8]> = match framing {
+                // Raw has no boundaries: the bytes come back in one chunk.
+                Framing::Raw { .. } => vec![b"onethree\r"],
+                _ => vec![b"one", b"", b"three\r"],
+            };
+            assert_eq!(frames, expect, "{framing:?}");
+        }
+        let mut wire = BytesMut::new();
+        assert!(matches!(
+            Framing::lines().encode(&b"a\nb"[..], &mut wire),
+            Err(FrameError::Unencodable(_))
+        ));
+        assert!(matches!(
+            Framing::Lines { max: 2 }.encode(&b"abc"[..], &mut wire),
+            Err(FrameError::LineTooLong { max: 2 })
+        ));
+        assert!(matches!(
+            Framing::Packet {
+                header: 1,
+                max: 1000
+            }
+            .encode(vec![0u8; 256], &mut wire),
+            Err(FrameError::Unencodable(_))
+        ));
+        assert!(matches!(
+            Framing::packet(2).encode(vec![0u8; DEFAULT_MAX_FRAME + 1], &mut wire),
+            Err(FrameError::FrameTooLarge { .. })
+        ));
+        assert!(wire.is_empty(), "a refused frame appends nothing");
     }
 
     #[test]
@@ -263,6 +390,21 @@ mod tests {
         assert_eq!(
             decode_all(Framing::packet(4), b"\x00\x00\x00\x01!").unwrap(),
             vec!["!"]
+        );
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing_before_it_arrives() {
+        let max = 64 << 20;
+        let mut framing = FramingDecoder::new(Framing::Packet { header: 4, max });
+        let mut buf = BytesMut::with_capacity(16);
+        buf.extend_from_slice(&(max as u32).to_be_bytes());
+        buf.extend_from_slice(b"x");
+        assert!(framing.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() < 4096,
+            "a 64 MiB header with one byte sent grew the buffer to {} bytes",
+            buf.capacity()
         );
     }
 

@@ -15,16 +15,40 @@
 //! (pull with [`Messages::recv`]), `Once` one message then passive, `Count(n)` n messages then a
 //! [`Event::Passive`] event, `Push` everything. [`Messages::set_mode`] changes it at any time.
 //!
+//! - **`Push` is already back-pressured**: nothing is read unless the stream is polled, so a handler that
+//!   is busy reads nothing. `Count(n)` is worth its re-arm only when the handler wants a checkpoint every
+//!   n messages (to re-check a rate limit or a quota, switch framings, or hand the connection over) in
+//!   the same loop as its data.
+//! - **`Passive` returns `Pending` from `poll_next` without registering a waker** (nothing can change
+//!   until the mode does, which takes `&mut self`): in a `select!` it simply never fires. Pull with
+//!   [`Messages::recv`] instead. (With [`Messages::with_drain_event`], the drain alone can still wake it.)
+//! - **Cancel-safe**: [`Messages::recv`] and `StreamExt::next` keep every byte read and every decoded
+//!   message in the `Messages` itself, so dropping the future (a `select!` whose other branch won)
+//!   loses nothing; the next call carries on.
+//! - **Writing frames**: every [`Framing`] is also a `tokio_util` `Encoder` (`FramedWrite::new(writer,
+//!   Framing::lines())`), and an [`Outbox`] is a cloneable writer with a bounded queue for fan-out:
+//!   many tasks send to one connection, and a client that does not read cannot make the server buffer
+//!   without bound.
+//! - **The drain as an event**: [`Messages::with_drain_event`] delivers [`Event::Draining`] once when
+//!   the server begins to drain, in the same loop as the data (Erlang's one mailbox).
+//!   [`Messages::meta`] gives the connection's metadata and its [`DrainSignal`](crate::DrainSignal).
+//!
 //! ```no_run
 //! use futures_util::StreamExt;
 //! use lariat::delivery::{Event, Framing, Messages, Mode};
 //! use tokio::io::AsyncWriteExt;
 //!
 //! async fn handler(conn: lariat::Connection) -> std::io::Result<()> {
-//!     let (mut messages, mut writer) = Messages::new(conn, Framing::lines(), Mode::Push);
+//!     let (messages, mut writer) = Messages::new(conn, Framing::lines(), Mode::Push);
+//!     let mut messages = messages.with_drain_event();
 //!     while let Some(event) = messages.next().await {
 //!         match event {
 //!             Event::Data(line) => writer.write_all(&[&line[..], b"\n"].concat()).await?,
+//!             // The server is draining: say goodbye and end the conversation.
+//!             Event::Draining => {
+//!                 writer.write_all(b"bye\n").await?;
+//!                 break;
+//!             }
 //!             Event::Passive => messages.set_mode(Mode::Count(100)),
 //!             Event::Closed => break,
 //!             Event::Error(e) => return Err(std::io::Error::other(e)),
@@ -35,11 +59,14 @@
 //! ```
 
 mod framing;
+mod outbox;
 mod prefixed;
 
 pub use framing::{FrameError, Framing, FramingDecoder, DEFAULT_MAX_FRAME};
+pub use outbox::{Outbox, SendError};
 pub use prefixed::Prefixed;
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -105,6 +132,9 @@ pub enum Event<T, E = FrameError> {
     Data(T),
     /// A `Count` budget ran out; the stream is passive until [`Messages::set_mode`].
     Passive,
+    /// The server began to drain: say goodbye in the protocol and finish. Delivered once, in every
+    /// mode, and only after [`Messages::with_drain_event`]; the stream goes on delivering data after it.
+    Draining,
     /// The peer closed the connection cleanly (after every complete message was delivered).
     Closed,
     /// The peer broke the framing (an oversized frame, an endless line, a truncated frame) or the socket
@@ -156,6 +186,9 @@ pub struct Messages<D = FramingDecoder> {
     failed: Option<io::Error>,
     /// The stream has ended.
     done: bool,
+    /// Waits for the drain, when [`Messages::with_drain_event`] asked for [`Event::Draining`]; gone
+    /// once delivered. Boxed: most handlers do not ask.
+    drain: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
 }
 
 impl<D> Messages<D>
@@ -192,6 +225,7 @@ where
             eof: false,
             failed: None,
             done: false,
+            drain: None,
         };
         messages.set_mode(mode);
         messages
@@ -216,6 +250,19 @@ where
         }
     }
 
+    /// Delivers [`Event::Draining`] once when the server begins to drain (at the first poll if it has
+    /// already), so a handler sees the drain in the same loop as its messages instead of a `select!`
+    /// beside it. In every mode, including `Passive` and [`recv`](Self::recv).
+    pub fn with_drain_event(mut self) -> Self {
+        self.drain = Some(Box::pin(self.read.meta().drain_signal().wait_owned()));
+        self
+    }
+
+    /// The connection's metadata (peer, TLS, age, bytes, the drain signal), shared with the write half.
+    pub fn meta(&self) -> &crate::ConnectionMeta {
+        self.read.meta()
+    }
+
     /// The current mode.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -227,6 +274,7 @@ where
     }
 
     /// Pulls the next event whatever the mode (Erlang's `gen_tcp:recv`). `None` once the stream ended.
+    /// Cancel-safe (see the [module docs](self)).
     pub async fn recv(&mut self) -> Option<Event<D::Item, D::Error>> {
         std::future::poll_fn(|cx| self.poll_event(cx, true)).await
     }
@@ -245,6 +293,12 @@ where
         loop {
             if self.done {
                 return Poll::Ready(None);
+            }
+            if let Some(drain) = &mut self.drain {
+                if drain.as_mut().poll(cx).is_ready() {
+                    self.drain = None;
+                    return Poll::Ready(Some(Event::Draining));
+                }
             }
             if self.passive_due && !pull {
                 self.passive_due = false;

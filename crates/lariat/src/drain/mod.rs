@@ -7,9 +7,13 @@
 //! queue has stayed empty for a settle time, and only then closes the listeners. Closing first, as most
 //! servers do, resets every client the kernel had already accepted (seed 003).
 //!
-//! Stage two runs in [`ServerHandle::drain`](crate::ServerHandle::drain): handlers are told (each can
-//! await [`Connection::draining`](crate::Connection::draining) to say goodbye in its protocol), the live
-//! connections get until the deadline, and what is left is then closed and counted.
+//! Handlers are told as the drain begins, when stage one starts (not after it), so they have the whole deadline to end
+//! their conversations: each can await [`Connection::draining`](crate::Connection::draining), or a
+//! [`DrainSignal`] kept past a split, to say goodbye in its protocol.
+//!
+//! Stage two runs in [`ServerHandle::drain`](crate::ServerHandle::drain): the live connections get until
+//! the deadline, and what is left is then closed — each socket shut down both ways, so a connection
+//! whose halves live in tasks of their own is closed too — and counted once.
 //!
 //! What each platform guarantees:
 //! - Linux, TCP: no client that completed a handshake is reset. Clients whose SYN arrives after the drain
@@ -20,7 +24,10 @@
 //! - Sockets inherited from a supervisor that keeps its own descriptor (systemd socket activation): the
 //!   listener is left untouched; closing ours loses nothing because the supervisor's keeps the queue.
 
+mod signal;
 pub(crate) mod syn_filter;
+
+pub use signal::DrainSignal;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -72,7 +79,8 @@ pub struct DrainReport {
     /// closed by lariat.
     pub forced: u64,
     /// Clients still in a listener's queue when it was closed (the kernel resets them), where the OS
-    /// reports it (Linux TCP). Non-zero only after a forced end.
+    /// reports it (Linux TCP; a Unix socket reports only whether any were: 1 for "some"). Non-zero only
+    /// after a forced end.
     pub left_in_queue: u64,
     /// From the start of the drain to its end.
     pub elapsed: Duration,
@@ -117,7 +125,7 @@ impl Control {
     /// Begins a drain (once; later calls keep the first plan). Returns the deadline.
     pub(crate) fn begin(&self, opts: DrainOptions) -> Instant {
         let plan = self.plan.get_or_init(|| Plan {
-            deadline: Instant::now() + opts.timeout,
+            deadline: crate::deadline::after(Instant::now(), opts.timeout),
             settle: opts.settle,
         });
         self.draining.cancel();

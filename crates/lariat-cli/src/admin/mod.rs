@@ -5,29 +5,36 @@
 //! | `GET /metrics` | Prometheus text: the server's counters ([`lariat::metrics`]), published at scrape time, plus `lariat_ready` and `lariat_lame_duck` |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while it takes traffic; 503 from the first SIGTERM/SIGINT (lame duck, then drain) and after a restart handed over |
-//! | `GET /connections` | the live connections as JSON: id, peer, age_ms, bytes_in, bytes_out, handler |
-//! | `DELETE /connections/ID` or `POST /connections/ID/close` | closes one (404 if no live connection has that id) |
+//! | `GET /connections` | the live connections as JSON: id, peer, age_ms, bytes_in, bytes_out, handler (token) |
+//! | `DELETE /connections/ID` or `POST /connections/ID/close` | closes one (404 if no live connection has that id) (token) |
 //!
-//! `HEAD` works wherever `GET` does. Why not hyper or axum: five routes, one request per connection
-//! (`Connection: close`), no bodies. The endpoint is served by lariat itself, the way it serves clients
-//! (its own small cap, a request timeout, EMFILE handled by the same accept loop), with request heads
-//! parsed by `httparse`, which the `http-hello` handler already uses: no HTTP stack in the binary for it.
+//! Who may ask for what is `access.rs`: health for everyone, the rest not from web pages, the
+//! connection routes only with the token. `HEAD` works wherever `GET` does.
 //!
-//! It can close any client's connection: bind it to loopback or a private network, never to the world.
+//! Why not hyper or axum: five routes, one request per connection (`Connection: close`), no bodies. The
+//! endpoint is served by lariat itself, the way it serves clients (its own small cap, a short deadline
+//! for the request, EMFILE handled by the same accept loop), with request heads parsed by `httparse`,
+//! which the `http-hello` handler already uses: no HTTP stack in the binary for it. A connection still
+//! waiting for its request gives way when the cap is full and another client is queued
+//! (`Connection::crowded`), so idle connections cannot keep a health check out.
 
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::BytesMut;
 use lariat::activation::Inherited;
+use lariat::lifecycle::{self, Readiness};
 use lariat::{BindOptions, CloseError, Connection, ListenAddr, Listener, Server, ServerHandle};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::AdminAddr;
+
+mod access;
+pub use access::Access;
+use access::{Credentials, Refusal};
 
 /// The most admin connections held at once: scrapers and health checks, not clients.
 const MAX_CONNECTIONS: usize = 64;
@@ -35,37 +42,15 @@ const MAX_CONNECTIONS: usize = 64;
 const MAX_HEAD: usize = 8 * 1024;
 /// The largest request body read (and discarded: no route takes one).
 const MAX_BODY: usize = 64 * 1024;
-/// How long a client gets to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client gets to send its request (scrapers and probes send it at once).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a connection waits for its request before it gives way to a queued client, when the cap is
+/// full.
+const GIVE_WAY_AFTER: Duration = Duration::from_millis(200);
 /// After the answer, how long to wait for the client's close before closing ourselves. Reading what it
 /// sent meanwhile keeps the kernel from answering unread bytes with a reset that could destroy the answer.
 const LINGER: Duration = Duration::from_secs(1);
 const MAX_HEADERS: usize = 32;
-
-/// What the process is doing, as `/readyz` and the `lariat_ready` and `lariat_lame_duck` gauges report it.
-/// Shared by `serve.rs`, which moves it forward, and the endpoint, which reads it.
-#[derive(Debug, Clone, Default)]
-pub struct Phase(Arc<AtomicU8>);
-
-impl Phase {
-    const SERVING: u8 = 0;
-    const LAME_DUCK: u8 = 1;
-    const STOPPING: u8 = 2;
-
-    /// Lame duck: still accepting and serving, but telling load balancers to stop sending.
-    pub fn lame_duck(&self) {
-        self.0.store(Self::LAME_DUCK, Relaxed);
-    }
-
-    /// Draining, or handed over to a successor: taking no new traffic.
-    pub fn stopping(&self) {
-        self.0.store(Self::STOPPING, Relaxed);
-    }
-
-    fn get(&self) -> u8 {
-        self.0.load(Relaxed)
-    }
-}
 
 /// The name the `--metrics` socket is passed on under in a restart. The `:` keeps it apart from every
 /// `--listen` value and every systemd socket name (systemd names have none).
@@ -113,18 +98,21 @@ struct State {
     /// `None` in a `--workers` supervisor: it serves no connection itself.
     server: Option<ServerHandle>,
     prometheus: PrometheusHandle,
-    phase: Phase,
+    readiness: Readiness,
     handler: &'static str,
+    access: Access,
 }
 
 /// Installs the Prometheus recorder as the process's `metrics` recorder and serves the endpoint on
-/// `listener` for `server`, whose connections all run `handler`. Without a server (a `--workers`
-/// supervisor), it answers `/healthz`, `/readyz` and the process's own series; `/connections` is 404.
+/// `listener` for `server`, whose connections all run `handler`, under the `access` rules. Without a
+/// server (a `--workers` supervisor), it answers `/healthz`, `/readyz` and the process's own series;
+/// `/connections` is 404.
 pub fn start(
     listener: Listener,
     server: Option<ServerHandle>,
-    phase: Phase,
+    readiness: Readiness,
     handler: &'static str,
+    access: Access,
 ) -> anyhow::Result<Admin> {
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
@@ -137,24 +125,35 @@ pub fn start(
         "lariat_lame_duck",
         "1 during the lame-duck period after SIGTERM/SIGINT: still serving, /readyz answering 503."
     );
+    if server.is_some() && !access.has_token() {
+        tracing::info!("--metrics: /connections and closing a connection are disabled (no --admin-token-file or LARIAT_ADMIN_TOKEN)");
+    }
     let state = Arc::new(State {
         server,
         prometheus,
-        phase,
+        readiness,
         handler,
+        access,
     });
     let server = Server::builder()
         .max_connections(MAX_CONNECTIONS)
+        .handshake_grace(GIVE_WAY_AFTER)
         .serve([listener], move |conn| serve(conn, state.clone()))
         .context("starting the --metrics endpoint")?;
     Ok(Admin { server })
 }
 
-/// Answers one request, then closes.
+/// Answers one request, then closes. Waiting for the request or for the client's close, it gives way
+/// to a queued client when the cap is full.
 async fn serve(mut conn: Connection, state: Arc<State>) -> io::Result<()> {
-    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut conn)).await {
+    let crowded = conn.crowded();
+    let read = tokio::select! {
+        read = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut conn)) => read,
+        () = crowded => return Ok(()),
+    };
+    let answer = match read {
         Ok(Ok(Some(request))) => {
-            let mut answer = route(&state, &request.method, &request.path);
+            let mut answer = route(&state, &request);
             if request.method == "HEAD" {
                 answer.head_only = true;
             }
@@ -167,7 +166,11 @@ async fn serve(mut conn: Connection, state: Arc<State>) -> io::Result<()> {
     };
     conn.write_all(&answer.into_bytes()).await?;
     conn.shutdown().await?;
-    let _ = tokio::time::timeout(LINGER, until_eof(&mut conn)).await;
+    let crowded = conn.crowded();
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, until_eof(&mut conn)) => {}
+        () = crowded => {}
+    }
     Ok(())
 }
 
@@ -183,6 +186,7 @@ async fn until_eof(conn: &mut Connection) {
 struct Request {
     method: String,
     path: String,
+    credentials: Credentials,
 }
 
 enum Rejected {
@@ -233,8 +237,28 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Rejected> {
         Err(_) => return Err(Rejected::Http(400, "malformed request\n")),
     };
     let mut body = 0;
+    let mut credentials = Credentials::default();
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
+        let slot = if h.name.eq_ignore_ascii_case("host") {
+            Some(&mut credentials.host)
+        } else if h.name.eq_ignore_ascii_case("origin") {
+            Some(&mut credentials.origin)
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            Some(&mut credentials.authorization)
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
+            let value = std::str::from_utf8(h.value)
+                .map_err(|_| Rejected::Http(400, "a header that is not text\n"))?;
+            // Two values for one of these could be read differently by two checks.
+            if slot.replace(value.trim().to_owned()).is_some() {
+                return Err(Rejected::Http(
+                    400,
+                    "a repeated Host, Origin or Authorization\n",
+                ));
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
             body = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
@@ -254,6 +278,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Rejected> {
     let request = Request {
         method: method.to_owned(),
         path: path.to_owned(),
+        credentials,
     };
     Ok(Some((request, head_len, body)))
 }
@@ -263,7 +288,8 @@ struct Answer {
     status: u16,
     content_type: &'static str,
     body: String,
-    allow: Option<&'static str>,
+    /// One more header (`allow`, `www-authenticate`).
+    header: Option<(&'static str, &'static str)>,
     head_only: bool,
 }
 
@@ -273,7 +299,7 @@ impl Answer {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into(),
-            allow: None,
+            header: None,
             head_only: false,
         }
     }
@@ -283,15 +309,25 @@ impl Answer {
             status,
             content_type: "application/json",
             body: format!("{value}\n"),
-            allow: None,
+            header: None,
             head_only: false,
         }
     }
 
     fn method_not_allowed(allow: &'static str) -> Answer {
         Answer {
-            allow: Some(allow),
+            header: Some(("allow", allow)),
             ..Answer::text(405, "method not allowed\n")
+        }
+    }
+
+    fn refused(refusal: Refusal) -> Answer {
+        match refusal {
+            Refusal::Forbidden(why) => Answer::text(403, why),
+            Refusal::Unauthorized => Answer {
+                header: Some(("www-authenticate", "Bearer realm=\"lariat\"")),
+                ..Answer::text(401, "a valid Authorization: Bearer TOKEN is needed\n")
+            },
         }
     }
 
@@ -299,6 +335,8 @@ impl Answer {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             408 => "Request Timeout",
@@ -315,9 +353,10 @@ impl Answer {
             self.content_type,
             self.body.len()
         );
-        if let Some(allow) = self.allow {
-            head.push_str("allow: ");
-            head.push_str(allow);
+        if let Some((name, value)) = self.header {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
@@ -329,13 +368,32 @@ impl Answer {
     }
 }
 
-fn route(state: &State, method: &str, path: &str) -> Answer {
+fn route(state: &State, request: &Request) -> Answer {
+    let method = request.method.as_str();
     let get = method == "GET" || method == "HEAD";
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    // Health for everyone, before any check.
+    match segments.as_slice() {
+        ["healthz"] if get => return Answer::text(200, "ok\n"),
+        ["readyz"] if get => return readyz(state),
+        _ => {}
+    }
+    if let Err(refusal) = state.access.check_not_cross_site(&request.credentials) {
+        return Answer::refused(refusal);
+    }
+    let connection_route = matches!(
+        (segments.as_slice(), method),
+        (["connections"], "GET" | "HEAD")
+            | (["connections", _], "DELETE")
+            | (["connections", _, "close"], "POST")
+    );
+    if connection_route && state.server.is_some() {
+        if let Err(refusal) = state.access.check_token(&request.credentials) {
+            return Answer::refused(refusal);
+        }
+    }
     match segments.as_slice() {
         ["metrics"] if get => metrics(state),
-        ["healthz"] if get => Answer::text(200, "ok\n"),
-        ["readyz"] if get => readyz(state),
         ["connections"] if get => connections(state),
         ["connections", id] if method == "DELETE" => close(state, id),
         ["connections", id, "close"] if method == "POST" => close(state, id),
@@ -352,15 +410,17 @@ fn route(state: &State, method: &str, path: &str) -> Answer {
 }
 
 fn ready(state: &State) -> bool {
-    state.phase.get() == Phase::SERVING && !state.server.as_ref().is_some_and(|s| s.is_draining())
+    state.readiness.is_ready() && !state.server.as_ref().is_some_and(|s| s.is_draining())
 }
 
 fn readyz(state: &State) -> Answer {
     if ready(state) {
         return Answer::text(200, "ready\n");
     }
-    match state.phase.get() {
-        Phase::LAME_DUCK => Answer::text(503, "lame duck: shutting down, still serving\n"),
+    match state.readiness.state() {
+        lifecycle::State::LameDuck => {
+            Answer::text(503, "lame duck: shutting down, still serving\n")
+        }
         _ => Answer::text(503, "draining: taking no new traffic\n"),
     }
 }
@@ -370,7 +430,7 @@ fn metrics(state: &State) -> Answer {
         lariat::metrics::publish(server);
     }
     metrics::gauge!("lariat_ready").set(if ready(state) { 1.0 } else { 0.0 });
-    let lame_duck = state.phase.get() == Phase::LAME_DUCK;
+    let lame_duck = state.readiness.state() == lifecycle::State::LameDuck;
     metrics::gauge!("lariat_lame_duck").set(if lame_duck { 1.0 } else { 0.0 });
     Answer {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -462,6 +522,24 @@ mod tests {
             parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(Rejected::Http(501, _))
         ));
+        // Two Hosts (or Origins, or Authorizations) could be read differently by two checks.
+        assert!(matches!(
+            parse_head(b"GET /metrics HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+            Err(Rejected::Http(400, _))
+        ));
+        match parse_head(
+            b"GET / HTTP/1.1\r\nHost: a:1\r\nOrigin: http://a:1\r\nAuthorization: Bearer t\r\n\r\n",
+        ) {
+            Ok(Some((r, _, _))) => assert_eq!(
+                r.credentials,
+                Credentials {
+                    host: Some("a:1".into()),
+                    origin: Some("http://a:1".into()),
+                    authorization: Some("Bearer t".into()),
+                }
+            ),
+            _ => panic!("not parsed"),
+        }
         let huge = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD + 1));
         assert!(matches!(
             parse_head(huge.as_bytes()),
@@ -484,15 +562,5 @@ mod tests {
         head.head_only = true;
         let text = String::from_utf8(head.into_bytes()).unwrap();
         assert!(text.contains("content-length: 6\r\n") && text.ends_with("\r\n\r\n"));
-    }
-
-    #[test]
-    fn phases() {
-        let phase = Phase::default();
-        assert_eq!(phase.get(), Phase::SERVING);
-        phase.clone().lame_duck();
-        assert_eq!(phase.get(), Phase::LAME_DUCK);
-        phase.stopping();
-        assert_eq!(phase.get(), Phase::STOPPING);
     }
 }
