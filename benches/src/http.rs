@@ -94,8 +94,14 @@ pub struct HttpRun {
     pub cpu_per_request_us: f64,
     /// Socket errors, non-2xx answers, failed or timed-out requests, as the load generator counts them.
     pub failed: u64,
+    /// CPU the rest of the machine used during the run (neither the server nor the load generator),
+    /// in cores: other work on a shared machine slows both sides and makes the run less telling.
+    pub other_cores: f64,
     pub error: Option<String>,
 }
+
+/// Other work (in cores) above which a run counts as disturbed, in the notes.
+const DISTURBED: f64 = 0.25;
 
 /// The restart part's result.
 #[derive(Debug, Clone, Serialize)]
@@ -203,6 +209,17 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// User + system CPU time of the children this process has waited for (the load generators).
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage(2) writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// A port free a moment ago on 127.0.0.1 (nginx binds it right after).
@@ -403,6 +420,7 @@ async fn measure(
         server_cpu_s: f64::NAN,
         cpu_per_request_us: f64::NAN,
         failed: 0,
+        other_cores: f64::NAN,
         error: None,
     };
     let result = async {
@@ -410,11 +428,19 @@ async fn measure(
         let pid = running.pid();
         let port = running.port(protocol);
         let before = proc::cpu_time(pid)?;
+        let (machine_before, generator_before) = (proc::machine_busy_time()?, children_cpu());
+        let began = Instant::now();
         let generated = match protocol {
             Protocol::H1 => wrk(load.cpu, port, load.h1_connections, load.seconds).await?,
             Protocol::H2 => h2load(load.cpu, port, load).await?,
         };
         let cpu = proc::cpu_time(pid)?.saturating_sub(before);
+        // The generator has been waited for: its CPU is in the children's usage now.
+        let generator = children_cpu().saturating_sub(generator_before);
+        let other = proc::machine_busy_time()?
+            .saturating_sub(machine_before)
+            .saturating_sub(cpu + generator);
+        run.other_cores = other.as_secs_f64() / began.elapsed().as_secs_f64();
         drop(running);
         anyhow::Ok((generated, cpu))
     }
@@ -513,8 +539,8 @@ pub async fn run(binaries: &Binaries, load: Load, rounds: usize) -> HttpResults 
                     match &run.error {
                         Some(e) => format!("FAILED: {e}"),
                         None => format!(
-                            "{:.0} req/s, {:.2} µs server CPU per request, {} failed",
-                            run.rate_per_s, run.cpu_per_request_us, run.failed
+                            "{:.0} req/s, {:.2} µs server CPU per request, {} failed, other work {:.2} cores",
+                            run.rate_per_s, run.cpu_per_request_us, run.failed, run.other_cores
                         ),
                     }
                 );
@@ -542,7 +568,16 @@ pub async fn run(binaries: &Binaries, load: Load, rounds: usize) -> HttpResults 
                 run.protocol.name(),
                 run.round
             ));
-        } else if run.failed > 0 {
+        } else if run.other_cores > DISTURBED {
+            results.notes.push(format!(
+                "{} {} round {}: disturbed, other work used {:.2} cores during the run",
+                run.server.name(),
+                run.protocol.name(),
+                run.round,
+                run.other_cores
+            ));
+        }
+        if run.failed > 0 {
             results.notes.push(format!(
                 "{} {} round {}: {} failed requests",
                 run.server.name(),
