@@ -590,20 +590,29 @@ pub async fn run(binaries: &Binaries, load: Load, rounds: usize) -> HttpResults 
     results
 }
 
-/// The median of `key` over the rounds of `server` and `protocol`.
+/// The median of `key` over the rounds of `server` and `protocol` that other work did not disturb (over
+/// all its rounds if every one was).
 fn median(
     results: &HttpResults,
     server: HttpServer,
     protocol: Protocol,
     key: fn(&HttpRun) -> f64,
 ) -> Option<f64> {
-    let values: Vec<f64> = results
+    let runs: Vec<&HttpRun> = results
         .runs
         .iter()
         .filter(|r| r.server == server && r.protocol == protocol && r.error.is_none())
-        .map(key)
         .collect();
-    report::median(&values)
+    let quiet: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.other_cores <= DISTURBED)
+        .map(|r| key(r))
+        .collect();
+    if quiet.is_empty() {
+        report::median(&runs.iter().map(|r| key(r)).collect::<Vec<_>>())
+    } else {
+        report::median(&quiet)
+    }
 }
 
 /// A row of the table: its name, the value of a run, the digits shown, the goal of lariat / hyper.
@@ -617,7 +626,8 @@ pub fn markdown(results: &HttpResults, load: &Load, rounds: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "HTTP: {} s per run, median of {rounds} round(s); wrk -t1 -c{}; h2load -c{} -m{}\n",
+        "HTTP: {} s per run, median of {rounds} round(s) (of the undisturbed ones: other work at most \
+         {DISTURBED} cores); wrk -t1 -c{}; h2load -c{} -m{}\n",
         load.seconds, load.h1_connections, load.h2_connections, load.h2_streams
     );
     let _ = writeln!(
