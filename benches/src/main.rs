@@ -28,6 +28,7 @@
 mod churn;
 mod client;
 mod host;
+mod http;
 mod idle;
 mod metrics;
 mod plot;
@@ -100,6 +101,10 @@ enum Measurement {
     /// lariat with --metrics, scraped every 100 ms, against lariat without it: idle memory, churn
     /// rate and server CPU per connection.
     Metrics,
+    /// `lariat serve --handler http-hello` against the same hyper service on hyper-util and nginx:
+    /// HTTP/1.1 (wrk) and HTTP/2 (h2load) requests/s and server CPU per request; failed requests
+    /// per restart (not in the default run).
+    Http,
 }
 
 /// The `--delivery N` count measured.
@@ -126,6 +131,7 @@ impl Measurement {
             Measurement::Probe => "probe",
             Measurement::Scale => "scale",
             Measurement::Metrics => "metrics",
+            Measurement::Http => "http",
         }
     }
 
@@ -135,7 +141,9 @@ impl Measurement {
     fn plan(self) -> Vec<(Measurement, Kind)> {
         match self {
             Measurement::Restart => vec![(Measurement::Restart, Kind::Lariat)],
-            Measurement::Probe | Measurement::Scale | Measurement::Metrics => Vec::new(),
+            Measurement::Probe | Measurement::Scale | Measurement::Metrics | Measurement::Http => {
+                Vec::new()
+            }
             Measurement::Delivery => {
                 let throughput = [
                     Kind::Lariat,
@@ -228,6 +236,7 @@ impl Config {
                     | Measurement::Probe
                     | Measurement::Scale
                     | Measurement::Metrics
+                    | Measurement::Http
             )
         }) {
             parts.push(format!("median of {} round(s)", self.rounds));
@@ -255,6 +264,13 @@ impl Config {
                 self.rounds
             ));
         }
+        if self.measurements.contains(&Measurement::Http) {
+            parts.push(format!(
+                "http: lariat http-hello against hyper-hello and nginx, wrk and h2load on the client \
+                 CPU, median of {} round(s), then restarts under wrk",
+                self.rounds
+            ));
+        }
         if self.measurements.contains(&Measurement::Probe) {
             parts.push(
                 "probe: `lariat probe --short` against each server, which it starts itself \
@@ -270,6 +286,20 @@ impl Config {
             ));
         }
         parts.join("; ")
+    }
+
+    /// What the HTTP measurement loads each server with.
+    fn http_load(&self) -> http::Load {
+        http::Load {
+            seconds: if self.quick { 2 } else { 4 },
+            h1_connections: 32,
+            h2_connections: 8,
+            h2_streams: 10,
+            restarts: if self.quick { 3 } else { 5 },
+            restart_interval_ms: 1500,
+            restart_connections: 50,
+            cpu: self.client_cpu,
+        }
     }
 
     /// What the metrics measurement loads each server with: the same as idle and churn.
@@ -340,6 +370,7 @@ async fn bench(
 
     let mut samples = Vec::new();
     let mut probes = Vec::new();
+    let mut http_results: Option<http::HttpResults> = None;
     for &measurement in &config.measurements {
         let rounds = measurement.rounds(config);
         if measurement == Measurement::Probe {
@@ -356,6 +387,10 @@ async fn bench(
         }
         if measurement == Measurement::Metrics {
             samples.extend(run_metrics(binaries, config, rounds).await);
+            continue;
+        }
+        if measurement == Measurement::Http {
+            http_results = Some(http::run(binaries, config.http_load(), rounds).await);
             continue;
         }
         for round in 1..=rounds {
@@ -413,6 +448,19 @@ async fn bench(
             }
         }
     }
+    if let Some(results) = &http_results {
+        println!();
+        print!(
+            "{}",
+            http::markdown(results, &config.http_load(), config.rounds)
+        );
+        if !results.notes.is_empty() {
+            println!();
+            for note in &results.notes {
+                println!("- {note}");
+            }
+        }
+    }
     let probe_notes = probe::notes(&probes);
     if !probes.is_empty() {
         if !table.is_empty() || !scale_table.is_empty() || !metrics_table.is_empty() {
@@ -439,6 +487,7 @@ async fn bench(
         metrics_notes: &metrics_notes,
         probe: &probes,
         probe_notes: &probe_notes,
+        http: http_results.as_ref(),
     };
     report::write_json(&args.json, &doc)?;
     let svg = args
@@ -524,6 +573,9 @@ async fn measure(
         )),
         Measurement::Metrics => Err(anyhow::anyhow!(
             "the metrics measurement starts its own servers"
+        )),
+        Measurement::Http => Err(anyhow::anyhow!(
+            "the http measurement starts its own servers"
         )),
     };
     match outcome {

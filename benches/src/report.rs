@@ -596,6 +596,8 @@ pub struct Document<'a, C: Serialize> {
     /// The probe measurement: one `lariat probe` run per server (empty when it did not run).
     pub probe: &'a [crate::probe::ProbeRun],
     pub probe_notes: &'a [String],
+    /// The HTTP measurement (`--only http`), if it ran.
+    pub http: Option<&'a crate::http::HttpResults>,
 }
 
 /// Writes `doc` as pretty JSON to `path`, creating its directory.

@@ -154,7 +154,7 @@ pub async fn run(
 
 /// Sends SIGHUP `restarts` times, at `duration` * i / (restarts + 1) from `start`, each to the
 /// serving process, and waits for each handover.
-async fn restart_repeatedly(
+pub async fn restart_repeatedly(
     server: &Server,
     start: Instant,
     duration: Duration,
