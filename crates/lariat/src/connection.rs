@@ -188,7 +188,7 @@ impl Connection {
     /// front makes handshakes give way the same way). The future does not borrow the connection, so it
     /// can race the connection's own reads.
     pub fn crowded(&self) -> impl Future<Output = ()> + Send + 'static {
-        let shared = self.guard.entry.shared.clone();
+        let shared = self.guard.entry().shared.clone();
         let grace_ends = tokio::time::Instant::now() - self.age() + shared.handshake_grace;
         async move { shared.pressure.gives_way(grace_ends).await }
     }
