@@ -320,6 +320,26 @@ impl Target {
         }
     }
 
+    /// Waits up to `limit` for every process of its group to exit (after restarts, the one serving is a
+    /// successor, and older ones may still be draining); true if they all did.
+    pub async fn wait_group_exit(&mut self, limit: Duration) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            // Reaps the first process once it exits, so it is not seen as alive.
+            let _ = self.exit_status();
+            if group_members(pid).is_empty() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// CPU time (user + system) used so far by its live processes (it and its workers: its process
     /// group), from `/proc/PID/stat`.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {

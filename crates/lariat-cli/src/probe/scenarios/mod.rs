@@ -6,6 +6,7 @@ mod drain;
 mod fd_exhaustion;
 mod first_packet;
 mod flood;
+mod keepalive;
 mod load;
 mod open;
 mod restart;
@@ -23,7 +24,8 @@ pub async fn run(name: ScenarioName, ctx: &Context) -> anyhow::Result<Outcome> {
         ScenarioName::Cap => cap::run(ctx, outcome).await,
         ScenarioName::Drain => drain::run(ctx, outcome).await,
         ScenarioName::Restart => restart::run(ctx, outcome).await,
-        ScenarioName::Keepalive | ScenarioName::Sessions | ScenarioName::BalancerLag => {
+        ScenarioName::Keepalive => keepalive::run(ctx, outcome).await,
+        ScenarioName::Sessions | ScenarioName::BalancerLag => {
             Ok(outcome.skip("not yet"))
         }
         ScenarioName::Churn => churn::run(ctx, outcome).await,
