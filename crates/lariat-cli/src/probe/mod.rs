@@ -81,28 +81,28 @@ pub enum ScenarioName {
     /// Thousands of clients send their request the instant they connect: every one must be answered,
     /// no byte lost.
     FirstPacket,
-    /// (spawn) The server may open only 100 files and 1000 clients connect: it must stay up, not spin
+    /// (needs --spawn) The server may open only 100 files and 1000 clients connect: it must stay up, not spin
     /// on the CPU, not flood its log, and serve again once they leave.
     FdExhaustion,
-    /// (spawn) A client writes without ever reading: the server's memory must not grow with it.
+    /// (needs --spawn) A client writes without ever reading: the server's memory must not grow with it.
     Flood,
     /// Thousands of connections that say nothing: new clients must still be served.
     Slowloris,
     /// More clients than the server takes at once: each must be served or cleanly closed, none left
     /// hanging.
     Cap,
-    /// (spawn) The stop signal under load: every client already connected is answered before the
+    /// (needs --spawn) The stop signal under load: every client already connected is answered before the
     /// server exits.
     Drain,
-    /// (spawn, --restart-signal) Repeated restarts under load: nobody refused, nobody reset.
+    /// (needs --spawn and --restart-signal) Repeated restarts under load: nobody refused, nobody reset.
     Restart,
-    /// (spawn, --protocol http) HTTP/1.1 keep-alive clients, busy through restarts and a graceful
+    /// (needs --spawn and --protocol http) HTTP/1.1 keep-alive clients, busy through restarts and a graceful
     /// stop: no request may fail, no connection may close in the middle of a request.
     Keepalive,
-    /// (spawn, --restart-signal) Long-lived connections exchanging messages through restarts: no
+    /// (needs --spawn and --restart-signal) Long-lived connections exchanging messages through restarts: no
     /// message may be lost; how many sessions were closed is reported.
     Sessions,
-    /// (spawn) After the stop signal, new clients keep arriving for --balancer-lag, as from a load
+    /// (needs --spawn) After the stop signal, new clients keep arriving for --balancer-lag, as from a load
     /// balancer that has not yet taken the server out: none may be refused or reset.
     BalancerLag,
     /// Connections per second and latency under steady churn, as information.

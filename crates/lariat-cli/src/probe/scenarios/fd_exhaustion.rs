@@ -143,7 +143,10 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
     Ok(if problems.is_empty() {
         outcome
             .figure("decided by", evidence.join(", "))
-            .pass(format!("alive while out of descriptors: {}", evidence.join(", ")))
+            .pass(format!(
+                "alive while out of descriptors: {}",
+                evidence.join(", ")
+            ))
     } else {
         outcome
             .figure("decided by", problems.join("; "))

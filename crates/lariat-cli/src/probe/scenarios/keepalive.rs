@@ -124,7 +124,10 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
             tally.answered_after_stop.load(Relaxed),
         )
         .figure("requests failed", failed)
-        .figure("answers with Connection: close", tally.told_to_close.load(Relaxed))
+        .figure(
+            "answers with Connection: close",
+            tally.told_to_close.load(Relaxed),
+        )
         .figure(
             "connections closed between requests",
             tally.closed_between.load(Relaxed),

@@ -1,5 +1,6 @@
 //! One file per scenario; each returns an [`Outcome`] with its figures.
 
+mod balancer_lag;
 mod cap;
 mod churn;
 mod drain;
@@ -10,6 +11,7 @@ mod keepalive;
 mod load;
 mod open;
 mod restart;
+mod sessions;
 mod slowloris;
 
 use super::{Context, Outcome, ScenarioName};
@@ -25,9 +27,8 @@ pub async fn run(name: ScenarioName, ctx: &Context) -> anyhow::Result<Outcome> {
         ScenarioName::Drain => drain::run(ctx, outcome).await,
         ScenarioName::Restart => restart::run(ctx, outcome).await,
         ScenarioName::Keepalive => keepalive::run(ctx, outcome).await,
-        ScenarioName::Sessions | ScenarioName::BalancerLag => {
-            Ok(outcome.skip("not yet"))
-        }
+        ScenarioName::Sessions => sessions::run(ctx, outcome).await,
+        ScenarioName::BalancerLag => balancer_lag::run(ctx, outcome).await,
         ScenarioName::Churn => churn::run(ctx, outcome).await,
     }
 }
