@@ -113,11 +113,22 @@ async fn probe(
     binaries: &Binaries,
     spawn: &str,
 ) -> anyhow::Result<(Option<i32>, Vec<ProbeOutcome>)> {
-    let lariat = binaries.path(Kind::Lariat);
+    let args: Vec<String> = ["--spawn", spawn, "--restart-signal", "HUP"]
+        .map(String::from)
+        .to_vec();
+    probe_with(binaries.path(Kind::Lariat), &args, TIMEOUT).await
+}
+
+/// `lariat probe --short --json ARGS` run by the `lariat` at `lariat`: its exit code and rows.
+pub async fn probe_with(
+    lariat: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<(Option<i32>, Vec<ProbeOutcome>)> {
     let mut command = tokio::process::Command::new(lariat);
     command
-        .args(["probe", "--spawn", spawn, "--short", "--json"])
-        .args(["--restart-signal", "HUP"])
+        .args(["probe", "--short", "--json"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -127,9 +138,9 @@ async fn probe(
     unsafe {
         command.pre_exec(crate::host::unpin_self);
     }
-    let output = tokio::time::timeout(TIMEOUT, command.output())
+    let output = tokio::time::timeout(timeout, command.output())
         .await
-        .map_err(|_| anyhow::anyhow!("`lariat probe` took over {TIMEOUT:?}; killed"))?
+        .map_err(|_| anyhow::anyhow!("`lariat probe` took over {timeout:?}; killed"))?
         .with_context(|| format!("running {} probe", lariat.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     let tail = || {
@@ -159,7 +170,7 @@ async fn probe(
 }
 
 /// `s` in single quotes, for `/bin/sh`.
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@".contains(c))
@@ -270,7 +281,7 @@ pub fn notes(runs: &[ProbeRun]) -> Vec<String> {
     notes
 }
 
-fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
