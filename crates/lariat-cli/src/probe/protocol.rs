@@ -242,3 +242,74 @@ async fn read_http_response(stream: &mut TcpStream) -> io::Result<Answered> {
         Answered::KeepOpen
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves `answer` to whoever connects, after reading a request head.
+    async fn answering(answer: &'static [u8]) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(answer).await.unwrap();
+            // Keep the connection open a while so only the body's end ends the read.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn keep_alive_answers_are_read_whole() {
+        let cases: [(&[u8], Answered); 3] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                Answered::KeepOpen,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 0\r\n\r\n",
+                Answered::Closing,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                Answered::KeepOpen,
+            ),
+        ];
+        for (answer, expected) in cases {
+            let addr = answering(answer).await;
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let request = Protocol::Http.request(1);
+            let got = Protocol::Http
+                .exchange_kept(&mut stream, &request, None)
+                .await;
+            assert_eq!(
+                got.ok(),
+                Some(expected),
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_answer_is_a_request_lost() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nhel")
+                .await
+                .unwrap();
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let got = Protocol::Http
+            .exchange_kept(&mut stream, &Protocol::Http.request(1), None)
+            .await;
+        assert!(matches!(got, Err(KeepAliveError::MidRequest(_))), "{got:?}");
+    }
+}

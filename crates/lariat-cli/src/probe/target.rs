@@ -450,3 +450,41 @@ pub fn group_members(pgrp: u32) -> Vec<u32> {
     })
     .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_back() {
+        for name in ["TERM", "SIGQUIT", "usr1", "USR2", "HUP", "INT"] {
+            let number = parse_signal(name).unwrap();
+            let bare = name.to_ascii_uppercase();
+            let bare = bare.strip_prefix("SIG").unwrap_or(&bare).to_owned();
+            assert_eq!(signal_name(number), format!("SIG{bare}"));
+        }
+        assert_eq!(parse_signal("40").unwrap(), 40);
+        assert_eq!(signal_name(40), "signal 40");
+        assert!(parse_signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn a_server_log_is_read_from_where_it_stood_at_start() {
+        let path = std::env::temp_dir().join(format!("lariat-probe-log-{}", std::process::id()));
+        std::fs::write(&path, "an earlier run\n").unwrap();
+        let log = ServerLog::at(path.clone());
+        std::fs::write(&path, "an earlier run\nthis run\n").unwrap();
+        assert_eq!(log.read_from(0), "this run\n");
+        let mark = log.len();
+        std::fs::write(&path, "an earlier run\nthis run\nlater\n").unwrap();
+        assert_eq!(log.read_from(mark), "later\n");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(log.read_from(0), "");
+    }
+
+    #[test]
+    fn the_last_lines_say_why() {
+        assert_eq!(last_lines("a\n\nb\nc\nd\n", 2), ": c; d");
+        assert_eq!(last_lines("\n \n", 3), "");
+    }
+}
