@@ -6,11 +6,14 @@
 //! the client then opens a new one (to the successor, or finds the door closed, which is clean once the
 //! stop signal was sent). One that closes connections at a deadline, or dies, cuts requests in the
 //! middle: the request went out and no answer came.
+//!
+//! Where the server speaks HTTP/2 in cleartext, HTTP/2 clients run alongside (`keepalive_h2.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::keepalive_h2;
 use crate::probe::protocol::{self, Answered, KeepAliveError, Protocol};
 use crate::probe::target::signal_name;
 use crate::probe::{Context, Outcome};
@@ -62,6 +65,18 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
             tokio::spawn(client(ctx.protocol, addr, i, phase, stop, tally))
         })
         .collect();
+    let h2 = keepalive_h2::speaks_h2(addr).await;
+    let h2_tally = Arc::new(keepalive_h2::Tally::default());
+    let h2_clients: Vec<_> = if h2 {
+        (0..keepalive_h2::CONNECTIONS)
+            .map(|i| {
+                let (phase, stop, tally) = (phase.clone(), stop.clone(), h2_tally.clone());
+                tokio::spawn(keepalive_h2::client(addr, i, phase, RUNNING, stop, tally))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     // Restarts, evenly spaced, while the clients are busy.
     let duration = ctx.time(Duration::from_secs(8), Duration::from_secs(3));
@@ -96,17 +111,26 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
         tokio::time::sleep(AFTER_EXIT).await;
     }
     stop.store(true, Relaxed);
-    for c in clients {
+    for c in clients.into_iter().chain(h2_clients) {
         let _ = c.await;
     }
 
-    let failed = tally.failed.load(Relaxed);
-    let refused = tally.refused_while_running.load(Relaxed);
+    let h2_failed = h2_tally.failed.load(Relaxed);
+    let failed = tally.failed.load(Relaxed) + h2_failed;
+    let refused =
+        tally.refused_while_running.load(Relaxed) + h2_tally.refused_while_running.load(Relaxed);
     let first_failure = tally
         .first_failure
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .clone();
+        .clone()
+        .or_else(|| {
+            h2_tally
+                .first_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
     let signal = signal_name(ctx.stop_signal);
     let outcome = outcome
         .figure("clients", CLIENTS)
@@ -134,6 +158,22 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
         )
         .figure("connections opened", tally.connections.load(Relaxed))
         .figure("refused before the stop", refused)
+        .figure(
+            "HTTP/2",
+            if h2 {
+                format!(
+                    "{} connections: {} answered, {h2_failed} failed, {} streams ended unprocessed \
+                     by GOAWAY, {} refused, {} connections over between requests",
+                    keepalive_h2::CONNECTIONS,
+                    h2_tally.answered.load(Relaxed),
+                    h2_tally.goaways.load(Relaxed),
+                    h2_tally.refused_streams.load(Relaxed),
+                    h2_tally.closed_between.load(Relaxed),
+                )
+            } else {
+                "not spoken in cleartext (prior knowledge): HTTP/1.1 only".to_owned()
+            },
+        )
         .figure("first failure", first_failure.as_deref().unwrap_or("none"))
         .figure(
             "time to exit",
@@ -146,7 +186,8 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
     let mut problems = Vec::new();
     if failed > 0 {
         problems.push(format!(
-            "{failed} requests failed: their connection closed or reset mid-request (first: {})",
+            "{failed} requests failed ({h2_failed} over HTTP/2): their connection closed or reset \
+             mid-request (first: {})",
             first_failure.as_deref().unwrap_or("?")
         ));
     }

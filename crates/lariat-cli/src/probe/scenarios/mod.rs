@@ -8,6 +8,7 @@ mod fd_exhaustion;
 mod first_packet;
 mod flood;
 mod keepalive;
+mod keepalive_h2;
 mod load;
 mod open;
 mod restart;
