@@ -96,8 +96,9 @@ pub enum ScenarioName {
     Drain,
     /// (needs --spawn and --restart-signal) Repeated restarts under load: nobody refused, nobody reset.
     Restart,
-    /// (needs --spawn and --protocol http) HTTP/1.1 keep-alive clients, busy through restarts and a graceful
-    /// stop: no request may fail, no connection may close in the middle of a request.
+    /// (needs --spawn and --protocol http) HTTP/1.1 keep-alive clients (and HTTP/2 ones where the server
+    /// speaks it in cleartext), busy through restarts and a graceful stop: no request may fail, no
+    /// connection may close in the middle of a request.
     Keepalive,
     /// (needs --spawn and --restart-signal) Long-lived connections exchanging messages through restarts: no
     /// message may be lost; how many sessions were closed is reported.
