@@ -168,7 +168,7 @@ fn peers(dir: &Path, scratch: &Path) -> (Vec<Peer>, Vec<String>) {
         },
         Peer {
             name: "hyper-util",
-            spawn: format!("{} 127.0.0.1:{{port}}", bin("hyper-hello")),
+            spawn: format!("{} 127.0.0.1:{{port}}", bin("hyper-graceful")),
             protocol: "http",
             stop: "TERM",
             restart: None,

@@ -2,7 +2,7 @@
 //! documentation shows it: on SIGTERM or SIGINT, stop accepting, then wait (up to 30 s) for every
 //! connection to end after its answer in flight. Answers every HTTP/1.1 request with `hello`.
 //!
-//! Usage: `hyper-hello ADDR`. Prints `listening on tcp://ADDR` once bound.
+//! Usage: `hyper-graceful ADDR`. Prints `listening on tcp://ADDR` once bound.
 
 use std::convert::Infallible;
 use std::io::Write;
