@@ -390,3 +390,67 @@ fn reasons(runs: &[Run]) -> Vec<String> {
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &'static str) -> Peer {
+        Peer {
+            name,
+            spawn: String::new(),
+            protocol: "http",
+            stop: "TERM",
+            restart: None,
+            server_log: None,
+            documented: "",
+        }
+    }
+
+    #[test]
+    fn cells_carry_the_deciding_figure() {
+        let outcomes: Vec<ProbeOutcome> = serde_json::from_str(
+            r#"[{"scenario":"keepalive","verdict":"fail","reason":"cut",
+                 "figures":[["clients","32"],["requests failed","9"]]},
+                {"scenario":"fd-exhaustion","verdict":"could-not-run","reason":"no start","figures":[]}]"#,
+        )
+        .unwrap();
+        let runs = [
+            Run {
+                peer: peer("a"),
+                outcomes,
+                error: None,
+                elapsed_s: 1.0,
+            },
+            Run {
+                peer: peer("b"),
+                outcomes: Vec::new(),
+                error: Some("broke".into()),
+                elapsed_s: 1.0,
+            },
+        ];
+        let table = markdown(&runs);
+        assert!(
+            table.starts_with("| scenario | a | b |\n|---|---|---|\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| keepalive | **FAIL** (requests failed: 9) | error |\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| fd-exhaustion | could not run | error |\n"),
+            "{table}"
+        );
+        assert!(table.contains("| churn | – | error |\n"), "{table}");
+        let notes = reasons(&runs);
+        assert_eq!(
+            notes,
+            [
+                "a keepalive: FAIL: cut",
+                "a fd-exhaustion: could not run: no start",
+                "b: the probe did not finish: broke",
+            ]
+        );
+    }
+}
