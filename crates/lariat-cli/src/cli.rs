@@ -38,8 +38,8 @@ pub struct ServeArgs {
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<ListenSpec>,
 
-    /// What to do with each connection.
-    #[arg(long, value_enum, default_value_t = HandlerKind::Echo)]
+    /// What to do with each connection (with --route, each route names its own).
+    #[arg(long, value_enum, default_value_t = HandlerKind::Echo, conflicts_with = "route")]
     pub handler: HandlerKind,
 
     /// Run the echo handler on the message API, in this delivery mode: pull, once, push, or a count N
@@ -73,8 +73,9 @@ pub struct ServeArgs {
     pub proxy_protocol: ProxyArg,
 
     /// A network allowed to send PROXY headers (repeatable) [default: loopback]. Others are refused.
-    #[arg(long, value_name = "CIDR")]
-    pub trusted_proxy: Vec<ipnet::IpNet>,
+    /// `unix` trusts the peers of the Unix listeners (any local process that may open the socket).
+    #[arg(long, value_name = "CIDR|unix")]
+    pub trusted_proxy: Vec<TrustedProxy>,
 
     /// Read PROXY headers only on this listener (as written in --listen; repeatable) [default: on every
     /// listener].
@@ -116,6 +117,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub handshake_grace: Duration,
 
+    /// http-hello: a request's head must arrive whole within this long (from the connection's start or
+    /// the end of the previous answer; slow header senders are closed, counted), and its body at
+    /// 1 KiB/s on average after this long, or the client gets 408 and a close (a client sending a byte
+    /// now and then would otherwise hold its slot, as every byte resets --idle-timeout). [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
     /// Written to each admitted client before its handler runs (after TLS), so it knows it was accepted
     /// and not just queued. `\n` and `\r` are unescaped.
     #[arg(long, value_name = "TEXT")]
@@ -129,14 +137,31 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CIDR")]
     pub deny: Vec<ipnet::IpNet>,
 
-    /// The most connections one peer address may hold at once [default: no limit].
+    /// The most connections one peer address may hold at once [default: no limit]. Behind
+    /// --proxy-protocol, the client the header names; an IPv6 client, by its network (see
+    /// --per-ip-v6-prefix).
     #[arg(long, value_name = "N")]
     pub max_per_ip: Option<u32>,
+
+    /// Admit only processes running as this user to the Unix listeners (a uid, or `self` for the user
+    /// lariat runs as; repeatable), checked with SO_PEERCRED [default: anyone the socket file's mode
+    /// admits]. An abstract socket (unix:@name) has no file mode: this is how to keep other users out.
+    #[arg(long, value_name = "UID|self", value_parser = parse_uid)]
+    pub unix_peer_uid: Vec<u32>,
+
+    /// For --max-per-ip, IPv6 clients in one network of this prefix length count as one address (one
+    /// host usually holds a whole /64). [default: 64]
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub per_ip_v6_prefix: Option<u8>,
 
     /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
     /// disables it.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// http-hello: close a connection idle this long between requests (HTTP/2: GOAWAY); 0 disables it.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub http_keep_alive: Duration,
 
     /// On SIGTERM/SIGINT, how long live connections get to finish before they are closed (e.g. 30s,
     /// 500ms). A second signal closes them at once.
@@ -231,6 +256,12 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
         "h2" => RouteProtocol::H2,
         "default" => RouteProtocol::Default,
         other => match other.strip_prefix("prefix:") {
+            Some(p) if p.len() > lariat::route::MAX_SNIFF => {
+                return Err(format!(
+                    "`{other}`: a prefix is at most {} bytes, the most the router looks at",
+                    lariat::route::MAX_SNIFF
+                ))
+            }
             Some(p) if !p.is_empty() => RouteProtocol::Prefix(p.to_owned()),
             _ => {
                 return Err(format!(
@@ -267,7 +298,15 @@ pub fn unescape(text: &str) -> String {
     out
 }
 
+/// The `--request-timeout` default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ServeArgs {
+    /// `--request-timeout`, or its default.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+    }
+
     /// How the `--listen` sockets are bound.
     pub fn bind_options(&self) -> lariat::BindOptions {
         lariat::BindOptions {
@@ -357,6 +396,28 @@ impl std::str::FromStr for AdminAddr {
     }
 }
 
+/// One `--trusted-proxy` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustedProxy {
+    /// Peers in this network.
+    Net(ipnet::IpNet),
+    /// The peers of Unix listeners.
+    Unix,
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "unix" {
+            return Ok(TrustedProxy::Unix);
+        }
+        text.parse()
+            .map(TrustedProxy::Net)
+            .map_err(|e| format!("`{text}`: a network (10.0.0.0/8) or unix: {e}"))
+    }
+}
+
 /// `--proxy-protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProxyArg {
@@ -372,7 +433,8 @@ pub enum HandlerKind {
     Echo,
     /// Read and drop every byte.
     Discard,
-    /// Answer every HTTP/1.x request with a short 200, keep-alive (for wrk, h2load).
+    /// Answer every HTTP/1.1 or HTTP/2 (h2c, or h2 by ALPN) request with `200 Hello, world!`, keep-alive
+    /// (for wrk, h2load, curl); drains end each connection after an answer.
     HttpHello,
     /// Write `peer=ADDR hop=ADDR` (the client as a PROXY header named it, and the socket's peer), then echo.
     Whoami,
@@ -429,9 +491,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
 
+/// A user id, or `self` for the effective user of this process.
+fn parse_uid(text: &str) -> Result<u32, String> {
+    if text == "self" {
+        // SAFETY: geteuid has no preconditions.
+        return Ok(unsafe { libc::geteuid() });
+    }
+    text.parse()
+        .map_err(|_| format!("`{text}`: a numeric user id, or self"))
+}
+
 fn parse_mode(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .map_err(|e| format!("`{text}` is not an octal mode: {e}"))
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("`{text}` is not an octal mode: {e}"))?;
+    if mode > 0o7777 {
+        return Err(format!("`{text}`: permission bits go up to 7777 (octal)"));
+    }
+    Ok(mode)
 }
 
 #[cfg(test)]
@@ -482,6 +558,8 @@ mod tests {
         assert_eq!(parse_mode("660").unwrap(), 0o660);
         assert_eq!(parse_mode("0o600").unwrap(), 0o600);
         assert!(parse_mode("9").is_err());
+        assert_eq!(parse_mode("7777").unwrap(), 0o7777);
+        assert!(parse_mode("17777").is_err(), "beyond the permission bits");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `lariat` command.
 
 mod admin;
+mod checks;
 mod cli;
 mod handlers;
 mod listeners;
@@ -8,7 +9,6 @@ mod logging;
 mod probe;
 mod rlimit;
 mod serve;
-mod signals;
 mod workers;
 
 use std::process::ExitCode;
@@ -34,13 +34,15 @@ fn main() -> ExitCode {
             if let Some(threads) = args.threads {
                 runtime.worker_threads(threads.max(1));
             }
-            let result = runtime.build().map_err(anyhow::Error::from).and_then(|rt| {
-                if args.workers > 0 && args.as_worker.is_none() {
-                    rt.block_on(workers::supervise(*args))
-                } else {
-                    rt.block_on(serve::run(*args))
-                }
-            });
+            let result = checks::serve_args(&args)
+                .and_then(|()| runtime.build().map_err(anyhow::Error::from))
+                .and_then(|rt| {
+                    if args.workers > 0 && args.as_worker.is_none() {
+                        rt.block_on(workers::supervise(*args))
+                    } else {
+                        rt.block_on(serve::run(*args))
+                    }
+                });
             match result {
                 Ok(code) => code,
                 Err(err) => {

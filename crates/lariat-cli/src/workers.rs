@@ -22,7 +22,7 @@
 //!   if one had to force. A second signal tells them to close what is left;
 //! - SIGUSR1: tells every worker to reload the TLS certificate.
 //!
-//! Workers act on the supervisor's instructions only, carried by real-time signals (`signals.rs`): a
+//! Workers act on the supervisor's instructions only, carried by real-time signals ([`Instruction`]): a
 //! signal to the whole process group (Ctrl-C, systemd's default `KillMode=control-group`) reaches the
 //! workers too, and they ignore it, so the group drains once, cleanly, at the supervisor's pace.
 
@@ -35,11 +35,11 @@ use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions, Suc
 use lariat::ParkedListener;
 use tokio::task::JoinSet;
 
-use crate::admin::{self, Phase};
+use crate::admin;
 use crate::cli::ServeArgs;
 use crate::listeners;
-use crate::serve::{announce, EXIT_FORCED};
-use crate::signals::{Instruction, Order, Signals};
+use crate::serve::announce;
+use lariat::lifecycle::{Exit, Instruction, Order, Readiness, Signals, State};
 
 /// The hidden flag a worker is started with.
 pub const AS_WORKER: &str = "--as-worker";
@@ -82,7 +82,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let opts = args.bind_options();
     let mut inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
     // `--metrics` is the supervisor's: /healthz, /readyz (with the lame duck) for the group.
-    let phase = Phase::default();
+    let readiness = Readiness::new();
     let admin = match &args.metrics {
         Some(addr) => {
             let listener = admin::listener(addr, &mut inherited, &args.metrics_bind_options()?)?;
@@ -90,7 +90,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(admin::start(
                 listener,
                 None,
-                phase.clone(),
+                readiness.clone(),
                 "workers",
                 access,
             )?)
@@ -265,7 +265,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     while starting.join_next().await.is_some() {}
     if !args.lame_duck.is_zero() {
         // /readyz turns 503 while the workers keep accepting: a balancer stops sending first.
-        phase.lame_duck();
+        readiness.set(State::LameDuck);
         tracing::info!(
             lame_duck_ms = args.lame_duck.as_millis() as u64,
             "lame duck: /readyz answers 503; the workers keep serving until the period ends"
@@ -291,7 +291,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    phase.stopping();
+    readiness.set(State::Stopping);
     // Stop new clients at the socket itself, which all workers share; the workers then drain the queue.
     tracing::info!(
         signal = signal_name,
@@ -330,7 +330,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     Some(status) => {
                         match status.code() {
                             Some(0) => {}
-                            Some(code) if code == i32::from(EXIT_FORCED) => forced = true,
+                            Some(code) if code == i32::from(Exit::FORCED_CODE) => forced = true,
                             _ => failed = true,
                         }
                         tracing::info!(slot = w.slot, pid = w.child.id(), %status, "worker stopped");
@@ -343,31 +343,10 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed {
         ExitCode::FAILURE
     } else if forced {
-        ExitCode::from(EXIT_FORCED)
+        Exit::Forced.into()
     } else {
-        ExitCode::SUCCESS
+        Exit::Clean.into()
     })
-}
-
-/// In a worker: when the supervisor dies (even by SIGKILL), this process gets the drain instruction and
-/// drains, rather than serving on unsupervised (Linux; elsewhere a worker outlives a killed supervisor).
-pub fn tie_to_supervisor(supervisor: u32) {
-    #[cfg(target_os = "linux")]
-    {
-        let drain = Instruction::Drain.signal();
-        // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-        let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, drain) };
-        if set != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot ask for a signal when the supervisor dies");
-        }
-        // The supervisor may have died before the call: then we were re-parented already. (Compared with
-        // its pid, not with 1: a supervisor in a container is pid 1 itself.)
-        // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } as u32 != supervisor {
-            // SAFETY: raise on ourselves.
-            unsafe { libc::raise(drain) };
-        }
-    }
 }
 
 /// Starts workers: this executable, the same arguments with `--workers` replaced by `--as-worker`.

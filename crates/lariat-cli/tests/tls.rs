@@ -333,3 +333,108 @@ fn sigusr1_to_a_workers_supervisor_reloads_the_certificate_in_every_worker() {
     assert!(server.wait_exit(PATIENCE).success(), "{}", server.stderr());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tls_with_only_plain_routes_runs_tls_first_then_routes_the_plaintext() {
+    let dir = dir("tls-then-route");
+    let cert = write_cert(&dir);
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+        "--route",
+        "http=http-hello",
+        "--route",
+        "default=echo",
+    ]);
+    let addr = server.tcp_addr();
+    // TLS, then the default route's echo on the plaintext.
+    let mut tls = tls_connect(addr, &cert, &[]).expect("the listener must speak TLS");
+    assert_eq!(echo_through(&mut tls, b"\x00secret"), b"\x00secret");
+    // TLS, then the http route on the plaintext request.
+    let mut tls = tls_connect(addr, &cert, &[]).unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A plaintext client is refused, not served in the clear.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    plain.write_all(b"in the clear\n").unwrap();
+    let mut back = [0u8; 13];
+    assert!(
+        plain.read_exact(&mut back).is_err() || back != *b"in the clear\n",
+        "a plaintext client was echoed"
+    );
+}
+
+#[test]
+fn tls_on_one_listener_holds_with_routes() {
+    let dir = dir("tls-on-route");
+    let cert = write_cert(&dir);
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "[::1]:0",
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+        "--tls-on",
+        "127.0.0.1:0",
+        "--route",
+        "default=echo",
+    ]);
+    let v4 = server.tcp_addr();
+    let v6: SocketAddr = server.listening[1]
+        .strip_prefix("tcp://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut tls = tls_connect(v4, &cert, &[]).expect("--tls-on names this listener");
+    assert_eq!(echo_through(&mut tls, b"over tls"), b"over tls");
+    let mut plain = TcpStream::connect(v6).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert_eq!(echo_through(&mut plain, b"plain"), b"plain");
+}
+
+#[test]
+fn a_greeting_with_a_tls_route_is_written_inside_tls() {
+    let dir = dir("tls-route-greeting");
+    let cert = write_cert(&dir);
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+        "--route",
+        "tls=echo",
+        "--route",
+        "default=echo",
+        "--greeting",
+        "+OK\\r\\n",
+    ]);
+    let addr = server.tcp_addr();
+    let mut tls = tls_connect(addr, &cert, &[]).expect("the handshake must not meet the greeting");
+    let mut hello = [0u8; 5];
+    tls.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"+OK\r\n");
+    assert_eq!(echo_through(&mut tls, b"after"), b"after");
+    // A plain client is greeted once its route is chosen, then echoed.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    plain.write_all(b"x").unwrap();
+    let mut got = [0u8; 6];
+    plain.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"+OK\r\nx");
+}

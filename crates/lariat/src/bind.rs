@@ -85,6 +85,13 @@ pub enum BindError {
         /// The abstract name.
         name: String,
     },
+    /// A file mode was asked for an abstract socket, which has no file and so no permission bits:
+    /// every local user (in the network namespace) may connect to it.
+    #[error("unix:@{name} is an abstract socket: it has no file mode, and any local user may connect to it")]
+    ModeOnAbstract {
+        /// The abstract name.
+        name: String,
+    },
     /// Binding needs a tokio runtime to register the socket with.
     #[error("binding must happen inside a tokio runtime: {0}")]
     NoRuntime(#[source] io::Error),
@@ -151,15 +158,18 @@ pub(crate) fn bind_tcp(
     Ok(socket.into())
 }
 
-/// Identity of the socket file we created, so that dropping the listener removes our file and never one a
-/// successor has put in its place.
+/// Identity of the socket file we created (or adopted), so that dropping or draining the listener removes
+/// our file and never one another process has put in its place.
 #[derive(Debug)]
 pub(crate) struct UnixFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
-    /// False once the path was removed or given up: drop leaves it alone.
+    /// False once the path was removed or given up: drop and drain leave it alone.
     armed: bool,
+    /// Whether dropping removes the file. Not for an adopted socket: if this process fails before it
+    /// serves (a restart that does not happen), its predecessor still serves on the path.
+    remove_on_drop: bool,
 }
 
 impl UnixFile {
@@ -175,15 +185,23 @@ impl UnixFile {
         result
     }
 
-    /// The file at `path` now, taken as ours (a socket handed over by a predecessor, which disarmed its
-    /// own record of it).
-    pub(crate) fn current(path: &Path) -> io::Result<UnixFile> {
+    /// The socket file at `path` as it is when a passed socket is adopted (from a predecessor, which
+    /// disarmed its own record of it): a drain later removes the path only if it still names this
+    /// file, never a socket another process bound there since. Dropping leaves it alone.
+    pub(crate) fn adopted(path: &Path) -> io::Result<UnixFile> {
         let meta = std::fs::symlink_metadata(path)?;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a socket file", path.display()),
+            ));
+        }
         Ok(UnixFile {
             path: path.to_owned(),
             dev: meta.dev(),
             ino: meta.ino(),
             armed: true,
+            remove_on_drop: false,
         })
     }
 
@@ -203,7 +221,7 @@ impl UnixFile {
 
 impl Drop for UnixFile {
     fn drop(&mut self) {
-        if self.is_ours() {
+        if self.remove_on_drop && self.is_ours() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -232,10 +250,10 @@ pub(crate) fn bind_unix_path(
         dev: meta.dev(),
         ino: meta.ino(),
         armed: true,
+        remove_on_drop: true,
     };
     if let Some(mode) = opts.unix_mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(io_err("set the mode of", endpoint))?;
+        set_mode(&file, mode).map_err(io_err("set the mode of", endpoint))?;
     }
     listen(&socket, opts, endpoint)?;
     if !file.is_ours() {
@@ -246,12 +264,68 @@ pub(crate) fn bind_unix_path(
     Ok((socket.into(), file))
 }
 
+/// Sets the mode of our socket file without following a link: a path swapped for a symlink after `bind`
+/// must not lend our permissions to the file it points at. On Linux the path is opened with
+/// `O_PATH | O_NOFOLLOW`, checked to be the socket file recorded at bind, and changed through that
+/// descriptor (`/proc/self/fd`), so what is checked is what is changed.
+fn set_mode(file: &UnixFile, mode: u32) -> io::Result<()> {
+    let replaced = || {
+        io::Error::other(format!(
+            "{} is no longer the socket this process bound",
+            file.path.display()
+        ))
+    };
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(file.path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: a valid NUL-terminated path; the descriptor is owned below.
+        let fd = unsafe {
+            libc::open(
+                c_path.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let meta = std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))?;
+        if !meta.file_type().is_socket() || meta.dev() != file.dev || meta.ino() != file.ino {
+            return Err(replaced());
+        }
+        std::fs::set_permissions(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+            std::fs::Permissions::from_mode(mode),
+        )
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // Without O_PATH: check, then change; a swap in between remains possible.
+        if !file.is_ours() {
+            return Err(replaced());
+        }
+        std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(mode))
+    }
+}
+
 /// Binds a Linux abstract Unix socket (no file).
 pub(crate) fn bind_unix_abstract(
     name: &str,
     opts: &BindOptions,
     endpoint: &Endpoint,
 ) -> Result<std::os::unix::net::UnixListener, BindError> {
+    if opts.unix_mode.is_some() {
+        return Err(BindError::ModeOnAbstract {
+            name: name.to_owned(),
+        });
+    }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         let mut raw = Vec::with_capacity(name.len() + 1);
@@ -354,6 +428,42 @@ mod tests {
             assert_eq!(backlog, sys);
         }
         assert!(backlog >= 1);
+    }
+
+    #[test]
+    fn the_mode_is_never_set_through_a_swapped_in_symlink() {
+        let dir = std::env::temp_dir().join(format!("lariat-bind-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sock");
+        let endpoint = Endpoint::Unix(path.clone());
+        let (_listener, file) = bind_unix_path(&path, &BindOptions::default(), &endpoint).unwrap();
+        // Someone swaps the socket file for a link to a file of theirs before the mode is set.
+        let target = dir.join("victim");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(set_mode(&file, 0o666).is_err());
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the link's target was changed");
+        // And a different socket bound at the path is not ours either.
+        std::fs::remove_file(&path).unwrap();
+        let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(set_mode(&file, 0o666).is_err());
+        drop(file);
+        assert!(path.exists(), "another process's socket was removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_mode_for_an_abstract_socket_is_refused() {
+        let opts = BindOptions {
+            unix_mode: Some(0o600),
+            ..BindOptions::default()
+        };
+        let endpoint = Endpoint::UnixAbstract("lariat-mode-test".into());
+        let err = bind_unix_abstract("lariat-mode-test", &opts, &endpoint).unwrap_err();
+        assert!(matches!(err, BindError::ModeOnAbstract { .. }), "{err}");
     }
 
     #[test]

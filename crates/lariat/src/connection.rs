@@ -54,6 +54,10 @@ pub struct ConnectionGuard {
     // One pointer: the entry holds the id and the server's shared state. Every idle connection's task
     // carries this, and tokio sizes task cells in steps of 128 bytes.
     meta: ConnectionMeta,
+    /// The admission gate counted this connection under its reported peer, so closing it uncounts it.
+    /// Kept here, not in the registry entry: the entry is allocated per connection and sits at a size
+    /// step, while the guard's task has room.
+    gate_counted: bool,
 }
 
 impl Drop for ConnectionGuard {
@@ -66,7 +70,9 @@ impl Drop for ConnectionGuard {
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            gate.release(&entry.peer);
+            if self.gate_counted {
+                gate.release(entry.reported_peer());
+            }
         }
         shared.limit.release();
         if shared.drain.draining.is_cancelled() {
@@ -102,12 +108,23 @@ impl Connection {
             stream,
             guard: ConnectionGuard {
                 meta: ConnectionMeta(entry),
+                gate_counted: false,
             },
         }
     }
 
     pub(crate) fn entry(&self) -> &Arc<Entry> {
         &self.guard.meta.0
+    }
+
+    /// Judges the connection's reported peer (the client a PROXY header named, else the socket's peer)
+    /// by the admission rules (see `admission::judge`), remembering whether it was counted so that
+    /// closing it uncounts it.
+    pub(crate) fn admit(&mut self) -> Result<(), crate::admission::Refusal> {
+        let entry = &self.guard.meta.0;
+        let counted = crate::admission::judge(entry, entry.reported_peer())?;
+        self.guard.gate_counted |= counted;
+        Ok(())
     }
 
     /// What is known about the connection (peer, TLS, age, bytes, the drain signal), as a value every
@@ -188,8 +205,11 @@ impl Connection {
     /// front makes handshakes give way the same way). The future does not borrow the connection, so it
     /// can race the connection's own reads.
     pub fn crowded(&self) -> impl Future<Output = ()> + Send + 'static {
-        let shared = self.guard.entry().shared.clone();
-        let grace_ends = tokio::time::Instant::now() - self.age() + shared.handshake_grace;
+        let shared = self.guard.meta.0.shared.clone();
+        let accepted = tokio::time::Instant::now()
+            .checked_sub(self.age())
+            .unwrap_or_else(tokio::time::Instant::now);
+        let grace_ends = crate::deadline::after(accepted, shared.handshake_grace);
         async move { shared.pressure.gives_way(grace_ends).await }
     }
 

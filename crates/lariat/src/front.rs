@@ -1,5 +1,5 @@
-//! The front door: what runs in a connection's own task before its handler: the PROXY header, the TLS
-//! handshake, the admission hook and the greeting, in that order, all within one handshake timeout
+//! The front door: what runs in a connection's own task before its handler: the PROXY header (and the
+//! admission rules on the client it names), the TLS handshake, the admission hook and the greeting, in that order, all within one handshake timeout
 //! counted from `accept`. A slow or hostile client holds up only its own task, never the accept loop,
 //! and every way the set-up can fail is counted by cause.
 //!
@@ -55,6 +55,8 @@ pub(crate) enum FrontError {
     Proxy(#[from] ProxyError),
     #[error("TLS handshake failed: {0}")]
     Tls(#[from] TlsError),
+    #[error("refused by the admission rules: {0}")]
+    Admission(crate::admission::Refusal),
     #[error("refused by the admission hook: {}", .0.reason)]
     Refused(Reject),
     #[error("greeting not written: {0}")]
@@ -91,6 +93,8 @@ impl Front {
                 proxy::Admitted::Header(header) => conn.set_proxy_header(header),
                 proxy::Admitted::Plain => {}
             }
+            // The client is known now: the admission rules judge it, not the balancer.
+            conn.admit().map_err(FrontError::Admission)?;
         }
         if let Some(tls) = &self.tls {
             conn = start_tls(conn, tls).await?;
@@ -123,8 +127,11 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T, FrontError> {
     let shared = &entry.shared;
     let accepted = tokio::time::Instant::now() - shared.registry.age(entry);
-    let deadline = accepted + shared.handshake_timeout;
-    let grace_ends = accepted + shared.handshake_grace.min(shared.handshake_timeout);
+    let deadline = crate::deadline::after(accepted, shared.handshake_timeout);
+    let grace_ends = crate::deadline::after(
+        accepted,
+        shared.handshake_grace.min(shared.handshake_timeout),
+    );
     tokio::select! {
         biased;
         done = step => Ok(done),
@@ -153,6 +160,8 @@ pub(crate) fn failed(entry: &crate::registry::Entry, e: &FrontError) {
         FrontError::Refused(_) => &stats.hook_refused,
         FrontError::Timeout(_) => &stats.handshake_timeouts,
         FrontError::Evicted(_) => &stats.handshake_evicted,
+        // Counted and logged by the admission rules.
+        FrontError::Admission(_) => return,
         // The client left before its greeting: a close like any other.
         FrontError::Greeting(_) => {
             tracing::debug!(conn = entry.id, peer = %entry.peer, error = %e, "connection closed during set-up");

@@ -23,7 +23,8 @@ pub(crate) fn sweep_interval(timeout: Duration) -> Duration {
 pub(crate) async fn reap(shared: Weak<Shared>, timeout: Duration) {
     let mut tick = tokio::time::interval(sweep_interval(timeout));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout_ms = timeout.as_millis() as u64;
+    // Saturating: a huge timeout must not wrap around to a short one.
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     loop {
         tick.tick().await;
         let Some(shared) = shared.upgrade() else {

@@ -22,6 +22,9 @@
 //!   [`Outbox`](delivery::Outbox) (a cloneable writer with a bounded queue) for fan-out.
 //! * **Draining** ([`ServerHandle::drain`], [`drain`]): stop new clients without resetting queued ones,
 //!   tell handlers, let live connections finish up to a deadline, then close and count the rest.
+//! * **Living on signals** ([`lifecycle`], Unix): what `lariat serve` does, for any program: a lame duck
+//!   that health checks see, the drain, a second signal that forces, a hitless restart on SIGHUP that
+//!   rolls back when the successor fails, a reload hook, exit codes.
 //!
 //! ```no_run
 //! use tokio::io::AsyncWriteExt;
@@ -49,12 +52,14 @@ pub mod admission;
 mod bind;
 mod closer;
 mod connection;
+mod deadline;
 pub mod delivery;
 pub mod drain;
 mod endpoint;
 mod front;
 mod handler;
 mod idle;
+pub mod lifecycle;
 mod limit;
 mod listener;
 mod meta;
@@ -75,6 +80,8 @@ pub mod tls;
 
 #[cfg(feature = "axum")]
 pub mod axum;
+#[cfg(feature = "http")]
+pub mod http;
 
 /// The README's code blocks, compiled as doctests so that what users copy compiles. Under the `axum`
 /// feature, which one block needs (`cargo test --all-features`, as CI runs).

@@ -226,15 +226,26 @@ impl Listener {
                 io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")
             })?)
         };
-        let tokio = UnixListener::from_std(socket.into())?;
+        // The path's file as it is now, so a drain removes that file and not one bound there later.
         // No claim on the path yet: if this process fails before it serves (a restart that does not
-        // happen), the predecessor still serves on that path, so dropping must not remove it. A drain
-        // removes it (`refuse_new`); a file left by a crash is stale and the next bind replaces it.
+        // happen), the predecessor still serves on that path, so dropping must not remove it. A file
+        // left by a crash is stale and the next bind replaces it.
+        let unix_file = match &addr {
+            ListenAddr::Unix(path) if !supervised => match UnixFile::adopted(path) {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    tracing::warn!(listener = %addr, error = %e, "adopted a socket whose path names no socket file; a drain will leave the path alone");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let tokio = UnixListener::from_std(socket.into())?;
         Ok(Listener {
             socket: Socket::Unix(tokio),
             addr,
             nodelay_per_accept: false,
-            unix_file: None,
+            unix_file,
             supervised,
         })
     }
@@ -342,11 +353,11 @@ fn refuse_new(
     let refused = match (tcp, unix_file, addr) {
         (true, _, _) => crate::drain::syn_filter::drop_new_syns(&fd),
         // Unlinked, the path refuses new clients (ENOENT); the socket and its queue stay.
+        // Only if the path still names the file bound (or adopted): never another process's socket.
         (false, Some(file), _) => file.remove_now(),
-        // An owned socket adopted from a predecessor: the path is ours now.
-        (false, None, ListenAddr::Unix(path)) => {
-            UnixFile::current(path).and_then(|mut file| file.remove_now())
-        }
+        (false, None, ListenAddr::Unix(_)) => Err(io::Error::other(
+            "the path named no socket file when this process took the socket; left alone",
+        )),
         (false, None, _) => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "an abstract socket has no path to remove",
@@ -442,6 +453,35 @@ impl AsFd for ParkedListener {
 mod tests {
     use super::*;
     use std::future::poll_fn;
+
+    #[tokio::test]
+    async fn a_drain_leaves_another_process_socket_at_an_adopted_path() {
+        let dir = std::env::temp_dir().join(format!("lariat-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sock");
+        // A predecessor's socket, passed on and adopted as owned (not supervised).
+        let passed = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        passed.set_nonblocking(true).unwrap();
+        let mut adopted = Listener::adopt(OwnedFd::from(passed), false).unwrap();
+        // Since then, another process has bound its own socket at the path.
+        std::fs::remove_file(&path).unwrap();
+        let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        AcceptSource::refuse_new(&mut adopted);
+        assert!(
+            path.exists(),
+            "the drain unlinked a socket this process never had"
+        );
+        drop(adopted);
+        assert!(path.exists());
+        // The adopted socket's own file is removed by a drain, as before.
+        std::fs::remove_file(&path).unwrap();
+        let passed = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        passed.set_nonblocking(true).unwrap();
+        let mut adopted = Listener::adopt(OwnedFd::from(passed), false).unwrap();
+        AcceptSource::refuse_new(&mut adopted);
+        assert!(!path.exists(), "the drain left the adopted socket's path");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[tokio::test]
     async fn port_zero_reports_the_real_port() {

@@ -56,8 +56,13 @@ pub enum Untrusted {
 pub struct ProxyConfig {
     /// The versions accepted.
     pub mode: ProxyMode,
-    /// The peers allowed to send a header (the load balancers). Default: loopback only.
+    /// The peers allowed to send a header (the load balancers). Default: loopback only. IPv4-mapped
+    /// networks (`::ffff:10.0.0.1/128`) match the IPv4 peers they map.
     pub trusted: Vec<IpNet>,
+    /// Whether the peers of a Unix socket may send a header. Default: false, since any local process
+    /// that may open the socket can connect and claim any address; turn it on when the socket's
+    /// permissions admit only the balancer.
+    pub trusted_unix: bool,
     /// What to do with other peers. Default: reject.
     pub untrusted: Untrusted,
     /// How long the whole header may take to arrive. Default 5 s.
@@ -65,7 +70,7 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// `mode`, trusting loopback only, rejecting others, 5 s to send the header.
+    /// `mode`, trusting loopback only (not Unix peers), rejecting others, 5 s to send the header.
     pub fn new(mode: ProxyMode) -> ProxyConfig {
         ProxyConfig {
             mode,
@@ -73,6 +78,7 @@ impl ProxyConfig {
                 "127.0.0.0/8".parse().expect("a valid network"),
                 "::1/128".parse().expect("a valid network"),
             ],
+            trusted_unix: false,
             untrusted: Untrusted::Reject,
             timeout: Duration::from_secs(5),
         }
@@ -83,10 +89,12 @@ impl ProxyConfig {
             PeerAddr::Tcp(addr) => {
                 // An IPv4 client on a dual-stack socket arrives as `::ffff:a.b.c.d`.
                 let ip = addr.ip().to_canonical();
-                self.trusted.iter().any(|net| net.contains(&ip))
+                self.trusted
+                    .iter()
+                    .any(|net| crate::admission::canonical_net(*net).contains(&ip))
             }
-            // A Unix socket's peers are local processes, guarded by the file's permissions.
-            PeerAddr::Unix => true,
+            // A Unix socket's peers are local processes: trusted only when told so.
+            PeerAddr::Unix => self.trusted_unix,
         }
     }
 }
@@ -403,5 +411,22 @@ mod tests {
         config.trusted = vec!["10.0.0.0/8".parse().unwrap()];
         assert!(config.trusts(&PeerAddr::Tcp("10.9.9.9:1".parse().unwrap())));
         assert!(!config.trusts(&PeerAddr::Tcp("127.0.0.1:1".parse().unwrap())));
+    }
+
+    #[test]
+    fn ipv4_mapped_trusted_networks_match_ipv4_peers() {
+        let mut config = ProxyConfig::new(ProxyMode::Any);
+        config.trusted = vec!["::ffff:10.0.0.1/128".parse().unwrap()];
+        assert!(config.trusts(&PeerAddr::Tcp("10.0.0.1:1".parse().unwrap())));
+        assert!(config.trusts(&PeerAddr::Tcp("[::ffff:10.0.0.1]:1".parse().unwrap())));
+        assert!(!config.trusts(&PeerAddr::Tcp("10.0.0.2:1".parse().unwrap())));
+    }
+
+    #[test]
+    fn unix_peers_are_trusted_only_when_configured() {
+        let mut config = ProxyConfig::new(ProxyMode::Any);
+        assert!(!config.trusts(&PeerAddr::Unix));
+        config.trusted_unix = true;
+        assert!(config.trusts(&PeerAddr::Unix));
     }
 }

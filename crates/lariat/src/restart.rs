@@ -232,7 +232,7 @@ impl Successor {
     /// its children (`lariat serve --workers`).
     pub async fn ready_child(mut self) -> Result<Child, RestartError> {
         let pid = self.pid;
-        let deadline = tokio::time::Instant::now() + self.ready_timeout;
+        let deadline = crate::deadline::after(tokio::time::Instant::now(), self.ready_timeout);
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut buf = [0u8; 512];
         let expected = self.expected();

@@ -18,6 +18,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
 use crate::front::{self, FrontError};
 use crate::handler::{BoxError, Handler, Outcome};
 use crate::peek::{peek_at_least, Peeked};
@@ -162,6 +165,7 @@ pub struct Router {
     routes: Arc<Vec<Route>>,
     fallback: Option<BoxHandler>,
     sniff_timeout: Option<Duration>,
+    greeting: Option<Bytes>,
 }
 
 impl std::fmt::Debug for Router {
@@ -217,6 +221,16 @@ impl Router {
         self
     }
 
+    /// Bytes written to each connection once its route is chosen (after a TLS route's handshake, so
+    /// inside TLS), before its handler runs: the client learns it was accepted, not just queued. Use
+    /// this rather than [`ServerBuilder::greeting`](crate::ServerBuilder::greeting) with a router that
+    /// has TLS routes: that greeting is written before the router looks at the first bytes, in the
+    /// clear, where a TLS client expects the server's handshake.
+    pub fn greeting(mut self, greeting: Option<Bytes>) -> Router {
+        self.greeting = greeting.filter(|g| !g.is_empty());
+        self
+    }
+
     fn push(mut self, route: Route) -> Router {
         // Routers are built before serving, so the `Arc` is not shared yet and nothing is copied.
         Arc::make_mut(&mut self.routes).push(route);
@@ -232,10 +246,12 @@ impl Router {
             let peek = peek_at_least(conn.stream(), &mut buf, want);
             let seen = match (self.sniff_timeout, &self.fallback) {
                 (Some(limit), Some(fallback)) if want == 1 => {
-                    match tokio::time::timeout_at(started + limit, peek).await {
+                    match tokio::time::timeout_at(crate::deadline::after(started, limit), peek)
+                        .await
+                    {
                         Ok(seen) => seen,
                         // Silent: a client waiting for the server to speak.
-                        Err(_) => return Ok((fallback.clone(), conn)),
+                        Err(_) => return self.greet(fallback.clone(), conn).await,
                     }
                 }
                 _ => peek.await,
@@ -272,7 +288,7 @@ impl Router {
             }
             let Some(route) = chosen else {
                 return match &self.fallback {
-                    Some(fallback) => Ok((fallback.clone(), conn)),
+                    Some(fallback) => self.greet(fallback.clone(), conn).await,
                     None => Err(Unrouted::NoRoute(bytes.len())),
                 };
             };
@@ -281,8 +297,21 @@ impl Router {
                 Some(tls) => front::start_tls(conn, tls).await.map_err(Unrouted::Tls)?,
                 None => conn,
             };
-            return Ok((route.handler.clone(), conn));
+            return self.greet(route.handler.clone(), conn).await;
         }
+    }
+
+    /// Writes the greeting, if there is one, to a routed connection.
+    async fn greet(
+        &self,
+        handler: BoxHandler,
+        mut conn: Connection,
+    ) -> Result<(BoxHandler, Connection), Unrouted> {
+        if let Some(greeting) = &self.greeting {
+            conn.write_all(greeting).await.map_err(Unrouted::Greeting)?;
+            conn.flush().await.map_err(Unrouted::Greeting)?;
+        }
+        Ok((handler, conn))
     }
 }
 
@@ -297,6 +326,8 @@ enum Unrouted {
     Tls(crate::tls::TlsError),
     #[error(transparent)]
     Io(std::io::Error),
+    #[error("greeting not written: {0}")]
+    Greeting(std::io::Error),
 }
 
 // Not offered as a hint when a closure fails to be a handler (its future not `Send`, say): the
@@ -314,6 +345,10 @@ impl Handler for Router {
                 Ok(Ok(picked)) => picked,
                 Ok(Err(Unrouted::Tls(e))) => {
                     front::failed(&entry, &FrontError::Tls(e));
+                    return Ok(());
+                }
+                Ok(Err(Unrouted::Greeting(e))) => {
+                    front::failed(&entry, &FrontError::Greeting(e));
                     return Ok(());
                 }
                 Ok(Err(Unrouted::Closed)) => {

@@ -158,17 +158,20 @@ impl ServerBuilder {
     }
 
     /// Bytes written to every admitted connection before its handler runs (after TLS and the admission
-    /// hook): the client learns it was truly accepted, not just queued in the backlog (seed 003).
+    /// hook): the client learns it was truly accepted, not just queued in the backlog (seed 003). With
+    /// a [`Router`](crate::route::Router) that has TLS routes, use [`Router::greeting`](crate::route::Router::greeting)
+    /// instead: this one is written before the router sees the ClientHello, outside TLS.
     pub fn greeting(mut self, greeting: Option<Bytes>) -> Self {
         self.front.greeting = greeting.filter(|g| !g.is_empty());
         self
     }
 
     /// Admission rules (allow and deny networks, a per-address connection limit; see
-    /// [`admission`](crate::admission)), checked right after `accept`: a refused connection is closed at
+    /// [`admission`](crate::admission)), checked right after `accept` (on a listener that reads PROXY
+    /// headers: right after the header, on the client it names): a refused connection is closed at
     /// once and counted. Default: everyone admitted.
     pub fn admission(mut self, rules: Option<Admission>) -> Self {
-        self.admission = rules.filter(|r| *r != Admission::default());
+        self.admission = rules.filter(|r| !r.is_open());
         self
     }
 
@@ -684,19 +687,17 @@ struct Spawner<H> {
 
 impl<H: Handler> Spawner<H> {
     /// `from`: the position of the listener that accepted `conn`.
-    fn spawn(&self, conn: Connection, from: usize) {
-        let entry = conn.entry();
-        if let Some(gate) = &entry.shared.gate {
-            if let Err(refusal) = gate.admit(&entry.peer) {
-                Stats::add(&entry.shared.stats.admission_refused, 1);
-                if gate.should_log(entry.shared.registry.now_ms()) {
-                    tracing::info!(peer = %entry.peer, why = %refusal, "connection refused (logged at most once a second)");
-                }
-                // Dropping it closes the socket and frees its slot.
-                return;
-            }
+    fn spawn(&self, mut conn: Connection, from: usize) {
+        let front = self.fronts.get(from).and_then(Option::as_ref);
+        // Behind a PROXY header the socket's peer is the balancer: the front judges the client the
+        // header names instead. Elsewhere the peer is judged here, before a task exists.
+        let refused = crate::admission::judge_socket(conn.entry(), conn.stream()).is_err()
+            || (front.is_none_or(|f| f.proxy.is_none()) && conn.admit().is_err());
+        if refused {
+            // Dropping it closes the socket and frees its slot.
+            return;
         }
-        match self.fronts.get(from).and_then(Option::as_ref) {
+        match front {
             None => spawn_connection(conn, &*self.handler),
             Some(front) => spawn_behind_front(conn, self.handler.clone(), front.clone()),
         }

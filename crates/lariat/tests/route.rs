@@ -236,3 +236,25 @@ async fn the_router_behind_a_proxy_header_sees_the_bytes_after_it() {
         "192.0.2.9:4242\nGET / HTTP/1.1\r\n\r\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_greets_inside_a_tls_route_and_after_routing_a_plain_one() {
+    let dir = temp_dir("route-greeting");
+    let cert = TestCert::write(&dir);
+    let tls = TlsConfig::from_pem_files(&cert.cert_path, &cert.key_path).unwrap();
+    let (listener, addr) = bind_loopback();
+    let router = Router::new()
+        .tls("tls", tls, echo_flush)
+        .fallback(echo_flush)
+        .greeting(Some(bytes::Bytes::from_static(b"+OK\r\n")));
+    let server = Server::builder().serve([listener], router).unwrap();
+    let mut s = connect(&cert.client(&[]), addr)
+        .await
+        .expect("the handshake must come before the greeting");
+    let back = exchange(&mut s, b"hello", 5 + 5).await;
+    assert_eq!(&back, b"+OK\r\nhello");
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    let back = exchange(&mut plain, b"x", 5 + 1).await;
+    assert_eq!(&back, b"+OK\r\nx");
+    assert_eq!(server.handle().stats().tls_failed, 0);
+}

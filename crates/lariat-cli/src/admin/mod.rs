@@ -19,13 +19,13 @@
 //! (`Connection::crowded`), so idle connections cannot keep a health check out.
 
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::BytesMut;
 use lariat::activation::Inherited;
+use lariat::lifecycle::{self, Readiness};
 use lariat::{BindOptions, CloseError, Connection, ListenAddr, Listener, Server, ServerHandle};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,31 +51,6 @@ const GIVE_WAY_AFTER: Duration = Duration::from_millis(200);
 /// sent meanwhile keeps the kernel from answering unread bytes with a reset that could destroy the answer.
 const LINGER: Duration = Duration::from_secs(1);
 const MAX_HEADERS: usize = 32;
-
-/// What the process is doing, as `/readyz` and the `lariat_ready` and `lariat_lame_duck` gauges report it.
-/// Shared by `serve.rs`, which moves it forward, and the endpoint, which reads it.
-#[derive(Debug, Clone, Default)]
-pub struct Phase(Arc<AtomicU8>);
-
-impl Phase {
-    const SERVING: u8 = 0;
-    const LAME_DUCK: u8 = 1;
-    const STOPPING: u8 = 2;
-
-    /// Lame duck: still accepting and serving, but telling load balancers to stop sending.
-    pub fn lame_duck(&self) {
-        self.0.store(Self::LAME_DUCK, Relaxed);
-    }
-
-    /// Draining, or handed over to a successor: taking no new traffic.
-    pub fn stopping(&self) {
-        self.0.store(Self::STOPPING, Relaxed);
-    }
-
-    fn get(&self) -> u8 {
-        self.0.load(Relaxed)
-    }
-}
 
 /// The name the `--metrics` socket is passed on under in a restart. The `:` keeps it apart from every
 /// `--listen` value and every systemd socket name (systemd names have none).
@@ -123,7 +98,7 @@ struct State {
     /// `None` in a `--workers` supervisor: it serves no connection itself.
     server: Option<ServerHandle>,
     prometheus: PrometheusHandle,
-    phase: Phase,
+    readiness: Readiness,
     handler: &'static str,
     access: Access,
 }
@@ -135,7 +110,7 @@ struct State {
 pub fn start(
     listener: Listener,
     server: Option<ServerHandle>,
-    phase: Phase,
+    readiness: Readiness,
     handler: &'static str,
     access: Access,
 ) -> anyhow::Result<Admin> {
@@ -156,7 +131,7 @@ pub fn start(
     let state = Arc::new(State {
         server,
         prometheus,
-        phase,
+        readiness,
         handler,
         access,
     });
@@ -435,15 +410,17 @@ fn route(state: &State, request: &Request) -> Answer {
 }
 
 fn ready(state: &State) -> bool {
-    state.phase.get() == Phase::SERVING && !state.server.as_ref().is_some_and(|s| s.is_draining())
+    state.readiness.is_ready() && !state.server.as_ref().is_some_and(|s| s.is_draining())
 }
 
 fn readyz(state: &State) -> Answer {
     if ready(state) {
         return Answer::text(200, "ready\n");
     }
-    match state.phase.get() {
-        Phase::LAME_DUCK => Answer::text(503, "lame duck: shutting down, still serving\n"),
+    match state.readiness.state() {
+        lifecycle::State::LameDuck => {
+            Answer::text(503, "lame duck: shutting down, still serving\n")
+        }
         _ => Answer::text(503, "draining: taking no new traffic\n"),
     }
 }
@@ -453,7 +430,7 @@ fn metrics(state: &State) -> Answer {
         lariat::metrics::publish(server);
     }
     metrics::gauge!("lariat_ready").set(if ready(state) { 1.0 } else { 0.0 });
-    let lame_duck = state.phase.get() == Phase::LAME_DUCK;
+    let lame_duck = state.readiness.state() == lifecycle::State::LameDuck;
     metrics::gauge!("lariat_lame_duck").set(if lame_duck { 1.0 } else { 0.0 });
     Answer {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -585,15 +562,5 @@ mod tests {
         head.head_only = true;
         let text = String::from_utf8(head.into_bytes()).unwrap();
         assert!(text.contains("content-length: 6\r\n") && text.ends_with("\r\n\r\n"));
-    }
-
-    #[test]
-    fn phases() {
-        let phase = Phase::default();
-        assert_eq!(phase.get(), Phase::SERVING);
-        phase.clone().lame_duck();
-        assert_eq!(phase.get(), Phase::LAME_DUCK);
-        phase.stopping();
-        assert_eq!(phase.get(), Phase::STOPPING);
     }
 }

@@ -3,7 +3,7 @@
 pub mod discard;
 pub mod echo;
 pub mod echo_messages;
-pub mod http_hello;
+pub mod http;
 pub mod whoami;
 
 /// The read buffer size while data flows. It is allocated when a connection becomes readable and freed

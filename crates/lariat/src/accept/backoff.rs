@@ -2,7 +2,9 @@
 //!
 //! An *episode* starts with the first shortage error and ends when the acceptor has caught up (an accept
 //! would block: the backlog is empty). One warning per episode, with a hint; one info line when it ends,
-//! with how long it lasted and how many accepts failed. Between retries the acceptor sleeps with an
+//! with how long it lasted and how many accepts failed. Episodes are counted, and logged at most once a
+//! second: a peer that keeps the server at its descriptor limit ends and starts one each time the queue
+//! empties, and must not flood the log (the next logged episode says how many went unlogged). Between retries the acceptor sleeps with an
 //! exponential delay (5 ms doubling to 1 s, as Go's net/http does), but wakes the moment one of this
 //! server's connections closes, because that closed a descriptor and the next accept can succeed.
 
@@ -10,6 +12,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::accept::classify::Shortage;
+use crate::admission::LogLimit;
 use crate::stats::Stats;
 use crate::ListenAddr;
 
@@ -39,6 +42,8 @@ struct Episode {
     started: Instant,
     failed: u64,
     cause: Option<Shortage>,
+    /// Whether its start was logged (then its end is too).
+    logged: bool,
 }
 
 /// Tracks the current shortage episode and the next delay for one acceptor.
@@ -47,6 +52,11 @@ pub(crate) struct Backoff {
     policy: BackoffPolicy,
     next: Duration,
     episode: Option<Episode>,
+    /// At most one logged episode a second.
+    log: LogLimit,
+    epoch: Instant,
+    /// Episodes since the last logged one that were not logged.
+    unlogged: u64,
 }
 
 impl Backoff {
@@ -61,6 +71,9 @@ impl Backoff {
             policy,
             next: policy.initial,
             episode: None,
+            log: LogLimit::default(),
+            epoch: Instant::now(),
+            unlogged: 0,
         }
     }
 
@@ -74,10 +87,22 @@ impl Backoff {
     ) -> Duration {
         Stats::add(&stats.shortage_errors, 1);
         let new_cause = self.episode.as_ref().is_none_or(|e| e.cause != cause);
-        if self.episode.is_none() {
+        let starts = self.episode.is_none();
+        let logged = starts && {
             Stats::add(&stats.shortage_episodes, 1);
-        }
-        if new_cause {
+            let allowed = self.log.allow(self.epoch.elapsed().as_millis() as u64);
+            if !allowed {
+                self.unlogged += 1;
+            }
+            allowed
+        };
+        let episode = self.episode.get_or_insert_with(|| Episode {
+            started: Instant::now(),
+            failed: 0,
+            cause,
+            logged,
+        });
+        if new_cause && episode.logged {
             let hint = cause.map_or_else(
                 || "accept(2) returned an undocumented error; retrying with backoff".to_owned(),
                 Shortage::hint,
@@ -86,15 +111,14 @@ impl Backoff {
                 listener = %addr,
                 error = %err,
                 hint = %hint,
-                "accept paused: {}; queued clients wait in the backlog and are served when it clears",
+                unlogged_episodes = std::mem::take(&mut self.unlogged),
+                "accept paused: {}; queued clients wait in the backlog and are served when it clears \
+                 (logged at most once a second; all are counted)",
                 cause.map_or("unexpected error", describe),
             );
+        } else if new_cause {
+            tracing::debug!(listener = %addr, error = %err, "accept paused");
         }
-        let episode = self.episode.get_or_insert_with(|| Episode {
-            started: Instant::now(),
-            failed: 0,
-            cause,
-        });
         episode.failed += 1;
         episode.cause = cause;
         let delay = self.next;
@@ -114,12 +138,17 @@ impl Backoff {
     /// The backlog is empty: the episode, if any, is over.
     pub(crate) fn caught_up(&mut self, addr: &ListenAddr) {
         if let Some(episode) = self.episode.take() {
-            tracing::info!(
-                listener = %addr,
-                lasted_ms = episode.started.elapsed().as_millis() as u64,
-                failed_accepts = episode.failed,
-                "accept resumed: shortage over, backlog drained",
-            );
+            let lasted_ms = episode.started.elapsed().as_millis() as u64;
+            if episode.logged {
+                tracing::info!(
+                    listener = %addr,
+                    lasted_ms,
+                    failed_accepts = episode.failed,
+                    "accept resumed: shortage over, backlog drained",
+                );
+            } else {
+                tracing::debug!(listener = %addr, lasted_ms, failed_accepts = episode.failed, "accept resumed");
+            }
         }
         self.next = self.policy.initial;
     }
@@ -195,5 +224,25 @@ mod tests {
         assert!(!b.in_episode());
         b.failed(Some(Shortage::ProcessFds), &emfile(), &addr, &stats);
         assert_eq!(stats.snapshot().shortage_episodes, 2);
+    }
+
+    #[test]
+    fn back_to_back_episodes_are_counted_but_logged_once_a_second() {
+        let stats = Stats::default();
+        let addr = ListenAddr::Unix("/x".into());
+        let mut b = Backoff::new(BackoffPolicy::default());
+        let mut logged = 0;
+        // A peer that keeps the server at its limit: an episode each time the queue empties.
+        for _ in 0..1000 {
+            b.failed(Some(Shortage::ProcessFds), &emfile(), &addr, &stats);
+            logged += u64::from(b.episode.as_ref().is_some_and(|e| e.logged));
+            b.caught_up(&addr);
+        }
+        assert_eq!(stats.snapshot().shortage_episodes, 1000);
+        assert_eq!(
+            logged, 1,
+            "a thousand episodes within a second logged {logged} times"
+        );
+        assert_eq!(b.unlogged, 999, "the next logged episode reports the rest");
     }
 }

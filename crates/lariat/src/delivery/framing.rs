@@ -233,8 +233,8 @@ impl Decoder for FramingDecoder {
                     return Err(FrameError::FrameTooLarge { len, max });
                 }
                 if buf.len() < header + len {
-                    // Room for exactly this frame, once, instead of growing step by step.
-                    buf.reserve(header + len - buf.len());
+                    // The buffer grows with what arrives, never with what a header only announces:
+                    // reserving the announced length would let a 4-byte header cost `max` bytes.
                     return Ok(None);
                 }
                 buf.advance(header);
@@ -390,6 +390,21 @@ mod tests {
         assert_eq!(
             decode_all(Framing::packet(4), b"\x00\x00\x00\x01!").unwrap(),
             vec!["!"]
+        );
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing_before_it_arrives() {
+        let max = 64 << 20;
+        let mut framing = FramingDecoder::new(Framing::Packet { header: 4, max });
+        let mut buf = BytesMut::with_capacity(16);
+        buf.extend_from_slice(&(max as u32).to_be_bytes());
+        buf.extend_from_slice(b"x");
+        assert!(framing.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() < 4096,
+            "a 64 MiB header with one byte sent grew the buffer to {} bytes",
+            buf.capacity()
         );
     }
 

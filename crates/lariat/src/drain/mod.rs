@@ -125,7 +125,7 @@ impl Control {
     /// Begins a drain (once; later calls keep the first plan). Returns the deadline.
     pub(crate) fn begin(&self, opts: DrainOptions) -> Instant {
         let plan = self.plan.get_or_init(|| Plan {
-            deadline: Instant::now() + opts.timeout,
+            deadline: crate::deadline::after(Instant::now(), opts.timeout),
             settle: opts.settle,
         });
         self.draining.cancel();
