@@ -54,10 +54,6 @@ pub struct ConnectionGuard {
     // One pointer: the entry holds the id and the server's shared state. Every idle connection's task
     // carries this, and tokio sizes task cells in steps of 128 bytes.
     meta: ConnectionMeta,
-    /// The admission gate counted this connection under its reported peer, so closing it uncounts it.
-    /// Kept here, not in the registry entry: the entry is allocated per connection and sits at a size
-    /// step, while the guard's task has room.
-    gate_counted: bool,
 }
 
 impl Drop for ConnectionGuard {
@@ -70,7 +66,7 @@ impl Drop for ConnectionGuard {
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            if self.gate_counted {
+            if entry.closer.counted() {
                 gate.release(entry.reported_peer());
             }
         }
@@ -108,7 +104,6 @@ impl Connection {
             stream,
             guard: ConnectionGuard {
                 meta: ConnectionMeta(entry),
-                gate_counted: false,
             },
         }
     }
@@ -120,10 +115,11 @@ impl Connection {
     /// Judges the connection's reported peer (the client a PROXY header named, else the socket's peer)
     /// by the admission rules (see `admission::judge`), remembering whether it was counted so that
     /// closing it uncounts it.
-    pub(crate) fn admit(&mut self) -> Result<(), crate::admission::Refusal> {
+    pub(crate) fn admit(&self) -> Result<(), crate::admission::Refusal> {
         let entry = &self.guard.meta.0;
-        let counted = crate::admission::judge(entry, entry.reported_peer())?;
-        self.guard.gate_counted |= counted;
+        if crate::admission::judge(entry, entry.reported_peer())? {
+            entry.closer.mark_counted();
+        }
         Ok(())
     }
 

@@ -687,7 +687,7 @@ struct Spawner<H> {
 
 impl<H: Handler> Spawner<H> {
     /// `from`: the position of the listener that accepted `conn`.
-    fn spawn(&self, mut conn: Connection, from: usize) {
+    fn spawn(&self, conn: Connection, from: usize) {
         let front = self.fronts.get(from).and_then(Option::as_ref);
         // Behind a PROXY header the socket's peer is the balancer: the front judges the client the
         // header names instead. Elsewhere the peer is judged here, before a task exists.
