@@ -39,6 +39,7 @@ mod restart;
 mod scale;
 mod server;
 mod throughput;
+mod zoo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,6 +106,10 @@ enum Measurement {
     /// HTTP/1.1 (wrk) and HTTP/2 (h2load) requests/s and server CPU per request; failed requests
     /// per restart (not in the default run).
     Http,
+    /// `lariat probe --short` against peers (lariat, the naive tokio loop, actix-server, axum,
+    /// hyper-util, Go net/http, nginx, HAProxy), each with its own graceful stop and reload signals; a
+    /// Markdown table on stdout (not in the default run).
+    Zoo,
 }
 
 /// The `--delivery N` count measured.
@@ -132,6 +137,7 @@ impl Measurement {
             Measurement::Scale => "scale",
             Measurement::Metrics => "metrics",
             Measurement::Http => "http",
+            Measurement::Zoo => "zoo",
         }
     }
 
@@ -141,9 +147,11 @@ impl Measurement {
     fn plan(self) -> Vec<(Measurement, Kind)> {
         match self {
             Measurement::Restart => vec![(Measurement::Restart, Kind::Lariat)],
-            Measurement::Probe | Measurement::Scale | Measurement::Metrics | Measurement::Http => {
-                Vec::new()
-            }
+            Measurement::Probe
+            | Measurement::Scale
+            | Measurement::Metrics
+            | Measurement::Http
+            | Measurement::Zoo => Vec::new(),
             Measurement::Delivery => {
                 let throughput = [
                     Kind::Lariat,
@@ -172,7 +180,10 @@ impl Measurement {
     /// rounds of each part against each server.
     fn rounds(self, config: &Config) -> usize {
         match self {
-            Measurement::Restart | Measurement::Delivery | Measurement::Probe => 1,
+            Measurement::Restart
+            | Measurement::Delivery
+            | Measurement::Probe
+            | Measurement::Zoo => 1,
             _ => config.rounds,
         }
     }
@@ -326,6 +337,16 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let binaries = Binaries::locate()?;
+    if args.only == Some(Measurement::Zoo) {
+        // The probe starts and signals every peer itself; nothing is pinned or timed here.
+        let dir = binaries.dir();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the runtime")?;
+        runtime.block_on(zoo::run(&dir))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let nofile = host::raise_nofile()?;
     let machine = Machine::probe(nofile);
     host::pin_self_to_cpu(CLIENT_CPU)
@@ -567,7 +588,9 @@ async fn measure(
         Measurement::Delivery => Err(anyhow::anyhow!(
             "the delivery measurement runs as throughput and idle parts"
         )),
-        Measurement::Probe => Err(anyhow::anyhow!("the probe starts its servers itself")),
+        Measurement::Probe | Measurement::Zoo => {
+            Err(anyhow::anyhow!("the probe starts its servers itself"))
+        }
         Measurement::Scale => Err(anyhow::anyhow!(
             "the scale measurement starts its own servers"
         )),

@@ -19,7 +19,7 @@ use crate::server::{Binaries, Kind};
 /// The order the probe runs the servers in, and of the table's columns.
 pub const SERVERS: [Kind; 3] = [Kind::Naive, Kind::Lariat, Kind::Actix];
 /// Longest one probe run (every scenario against one server) may take.
-const TIMEOUT: Duration = Duration::from_secs(150);
+const TIMEOUT: Duration = Duration::from_secs(240);
 /// How much of the probe's stderr is kept when it fails.
 const STDERR_TAIL_LINES: usize = 20;
 
@@ -42,7 +42,7 @@ pub struct ProbeRun {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeOutcome {
     pub scenario: String,
-    /// `pass`, `fail`, `skipped` or `info`.
+    /// `pass`, `fail`, `skipped`, `info` or `could-not-run`.
     pub verdict: String,
     #[serde(default)]
     pub reason: String,
@@ -79,7 +79,8 @@ pub fn spawn_command(binaries: &Binaries, kind: Kind) -> String {
     let binary = shell_quote(&binaries.path(kind).to_string_lossy());
     match kind {
         Kind::Lariat | Kind::LariatDelivery(_) | Kind::LariatScale(_) | Kind::LariatMetrics => {
-            format!("{binary} serve --listen 127.0.0.1:{{port}}")
+            // The lame duck the docs recommend behind a balancer (at least the probe's 5 s lag).
+            format!("{binary} serve --lame-duck 6s --listen 127.0.0.1:{{port}}")
         }
         Kind::Naive | Kind::Actix => format!("{binary} 127.0.0.1:{{port}}"),
     }
@@ -112,11 +113,22 @@ async fn probe(
     binaries: &Binaries,
     spawn: &str,
 ) -> anyhow::Result<(Option<i32>, Vec<ProbeOutcome>)> {
-    let lariat = binaries.path(Kind::Lariat);
+    let args: Vec<String> = ["--spawn", spawn, "--restart-signal", "HUP"]
+        .map(String::from)
+        .to_vec();
+    probe_with(binaries.path(Kind::Lariat), &args, TIMEOUT).await
+}
+
+/// `lariat probe --short --json ARGS` run by the `lariat` at `lariat`: its exit code and rows.
+pub async fn probe_with(
+    lariat: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<(Option<i32>, Vec<ProbeOutcome>)> {
     let mut command = tokio::process::Command::new(lariat);
     command
-        .args(["probe", "--spawn", spawn, "--short", "--json"])
-        .args(["--restart-signal", "HUP"])
+        .args(["probe", "--short", "--json"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,9 +138,9 @@ async fn probe(
     unsafe {
         command.pre_exec(crate::host::unpin_self);
     }
-    let output = tokio::time::timeout(TIMEOUT, command.output())
+    let output = tokio::time::timeout(timeout, command.output())
         .await
-        .map_err(|_| anyhow::anyhow!("`lariat probe` took over {TIMEOUT:?}; killed"))?
+        .map_err(|_| anyhow::anyhow!("`lariat probe` took over {timeout:?}; killed"))?
         .with_context(|| format!("running {} probe", lariat.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     let tail = || {
@@ -158,7 +170,7 @@ async fn probe(
 }
 
 /// `s` in single quotes, for `/bin/sh`.
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@".contains(c))
@@ -210,6 +222,7 @@ pub fn markdown(runs: &[ProbeRun]) -> String {
 fn verdict_cell(verdict: &str) -> String {
     match verdict {
         "fail" => "**FAIL**".to_string(),
+        "could-not-run" => "could not run".to_string(),
         other => other.to_string(),
     }
 }
@@ -228,6 +241,12 @@ pub fn notes(runs: &[ProbeRun]) -> Vec<String> {
             match o.verdict.as_str() {
                 "fail" => notes.push(format!(
                     "probe {} ({}): FAIL: {}",
+                    o.scenario,
+                    run.server,
+                    one_line(&o.reason)
+                )),
+                "could-not-run" => notes.push(format!(
+                    "probe {} ({}): could not run: {}",
                     o.scenario,
                     run.server,
                     one_line(&o.reason)
@@ -262,7 +281,7 @@ pub fn notes(runs: &[ProbeRun]) -> Vec<String> {
     notes
 }
 
-fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

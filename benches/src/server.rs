@@ -245,6 +245,13 @@ impl Binaries {
         })
     }
 
+    /// The directory the binaries are in (the bench's own).
+    pub fn dir(&self) -> PathBuf {
+        self.lariat
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+
     pub fn path(&self, kind: Kind) -> &Path {
         match kind {
             Kind::Naive => &self.naive,

@@ -17,8 +17,16 @@ pub struct Cli {
 pub enum Command {
     /// Run a server with a built-in handler.
     Serve(Box<ServeArgs>),
-    /// Test any TCP server for the accept-loop failure modes (first packet, fd exhaustion, flood,
-    /// slowloris, cap, drain, restart) and measure its churn.
+    /// Test any TCP server for the ways servers lose clients (first packet, descriptor exhaustion,
+    /// flood, silent clients, the connection cap, stop, restarts, keep-alive and long-lived clients, a
+    /// balancer's lag) and measure its churn.
+    #[command(
+        after_help = "Each scenario ends pass, FAIL, skipped (it needs --spawn, --restart-signal or \
+        --protocol http), info (figures only) or could not run (the server did not start under the \
+        scenario's conditions, e.g. a descriptor limit of 100; the reason is given).\n\
+        Exit status: 1 when a scenario failed; skipped, info and could-not-run are not failures (0); \
+        2 on a usage error."
+    )]
     Probe(crate::probe::ProbeArgs),
 }
 

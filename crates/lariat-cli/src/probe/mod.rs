@@ -1,6 +1,8 @@
-//! `lariat probe`: tests any TCP server for the failure modes of the seed documents and prints a verdict
-//! per scenario. The scenarios marked *spawn* start the server themselves (`--spawn`), to set limits,
-//! read its CPU and memory from `/proc`, and send it signals; against `--target` they are skipped.
+//! `lariat probe`: tests any TCP server for the ways servers lose connections (the first packet, running
+//! out of descriptors, floods, silent clients, the connection cap, stopping, restarting, keep-alive and
+//! long-lived clients, a balancer's lag) and prints a verdict per scenario. The scenarios marked *spawn*
+//! start the server themselves (`--spawn`), to set limits, read its CPU and memory from `/proc`, and send
+//! it signals; against `--target` they are skipped.
 
 mod protocol;
 mod report;
@@ -14,7 +16,7 @@ use clap::ValueEnum;
 
 pub use protocol::Protocol;
 pub use report::{Outcome, Verdict};
-pub use target::{Spawner, Target};
+pub use target::{NotStarted, Spawner, Target};
 
 /// `lariat probe` arguments.
 #[derive(Debug, clap::Args)]
@@ -37,10 +39,27 @@ pub struct ProbeArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Echo)]
     pub protocol: Protocol,
 
-    /// The signal that restarts the server in the `restart` scenario (e.g. HUP). Without it, `restart`
-    /// is skipped.
+    /// The signal that restarts the server without dropping clients (e.g. HUP for lariat, USR2 for
+    /// some servers), used by `restart`, `keepalive` and `sessions`. Without it, `restart` and `sessions`
+    /// are skipped and `keepalive` only stops the server.
     #[arg(long, value_name = "SIGNAL")]
     pub restart_signal: Option<String>,
+
+    /// The signal that stops the server gracefully, used by `drain`, `keepalive` and `balancer-lag`:
+    /// TERM for most servers, QUIT for nginx, USR1 for HAProxy (their TERM is a fast stop).
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
+    pub stop_signal: String,
+
+    /// The server writes its log to this file rather than (or as well as) stderr; `{port}` is replaced
+    /// as in --spawn. The probe reads it besides stdout and stderr when it looks for what the server
+    /// said (e.g. nginx's error_log).
+    #[arg(long, value_name = "PATH", requires = "spawn")]
+    pub server_log: Option<String>,
+
+    /// In `balancer-lag`: how long new clients keep arriving after the stop signal, as from a load
+    /// balancer that has not yet taken the server out (e.g. 5s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::cli::parse_duration)]
+    pub balancer_lag: Duration,
 
     /// Smaller counts and shorter runs (for CI).
     #[arg(long)]
@@ -59,26 +78,40 @@ pub struct ProbeArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScenarioName {
-    /// Seed 000: bytes sent at connect are answered, none lost.
+    /// Thousands of clients send their request the instant they connect: every one must be answered,
+    /// no byte lost.
     FirstPacket,
-    /// Seed 004 (spawn): RLIMIT_NOFILE 100 and 1000 clients.
+    /// (needs --spawn) The server may open only 100 files and 1000 clients connect: it must stay up, not spin
+    /// on the CPU, not flood its log, and serve again once they leave.
     FdExhaustion,
-    /// Spawn: a peer that writes without reading.
+    /// (needs --spawn) A client writes without ever reading: the server's memory must not grow with it.
     Flood,
-    /// Many silent connections; fresh clients must still be served.
+    /// Thousands of connections that say nothing: new clients must still be served.
     Slowloris,
-    /// Connections beyond the server's limit wait or get a clean close, never a hang.
+    /// More clients than the server takes at once: each must be served or cleanly closed, none left
+    /// hanging.
     Cap,
-    /// Spawn: SIGTERM under load; no reset after a successful connect.
+    /// (needs --spawn) The stop signal under load: every client already connected is answered before the
+    /// server exits.
     Drain,
-    /// Spawn: repeated restarts under load; no failed connection.
+    /// (needs --spawn and --restart-signal) Repeated restarts under load: nobody refused, nobody reset.
     Restart,
-    /// Connections per second and p99 latency, as information.
+    /// (needs --spawn and --protocol http) HTTP/1.1 keep-alive clients (and HTTP/2 ones where the server
+    /// speaks it in cleartext), busy through restarts and a graceful stop: no request may fail, no
+    /// connection may close in the middle of a request.
+    Keepalive,
+    /// (needs --spawn and --restart-signal) Long-lived connections exchanging messages through restarts: no
+    /// message may be lost; how many sessions were closed is reported.
+    Sessions,
+    /// (needs --spawn) After the stop signal, new clients keep arriving for --balancer-lag, as from a load
+    /// balancer that has not yet taken the server out: none may be refused or reset.
+    BalancerLag,
+    /// Connections per second and latency under steady churn, as information.
     Churn,
 }
 
 impl ScenarioName {
-    const ALL: [ScenarioName; 8] = [
+    const ALL: [ScenarioName; 11] = [
         ScenarioName::FirstPacket,
         ScenarioName::FdExhaustion,
         ScenarioName::Flood,
@@ -86,6 +119,9 @@ impl ScenarioName {
         ScenarioName::Cap,
         ScenarioName::Drain,
         ScenarioName::Restart,
+        ScenarioName::Keepalive,
+        ScenarioName::Sessions,
+        ScenarioName::BalancerLag,
         ScenarioName::Churn,
     ];
 
@@ -99,6 +135,9 @@ impl ScenarioName {
             ScenarioName::Cap => "cap",
             ScenarioName::Drain => "drain",
             ScenarioName::Restart => "restart",
+            ScenarioName::Keepalive => "keepalive",
+            ScenarioName::Sessions => "sessions",
+            ScenarioName::BalancerLag => "balancer-lag",
             ScenarioName::Churn => "churn",
         }
     }
@@ -113,6 +152,10 @@ pub struct Context {
     /// How to start the server, when it may.
     pub spawner: Option<Spawner>,
     pub restart_signal: Option<i32>,
+    /// The graceful stop signal (`--stop-signal`).
+    pub stop_signal: i32,
+    /// How long new clients keep arriving after the stop signal in `balancer-lag`.
+    pub balancer_lag: Duration,
     pub short: bool,
 }
 
@@ -145,7 +188,8 @@ impl Context {
     }
 }
 
-/// Runs the probe; the exit code is 1 when a scenario failed, 2 on a usage error.
+/// Runs the probe; the exit code is 1 when a scenario failed (not when it was skipped or could not be
+/// run), 2 on a usage error.
 pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let restart_signal = match &args.restart_signal {
         Some(name) => Some(target::parse_signal(name)?),
@@ -154,8 +198,14 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let ctx = Context {
         protocol: args.protocol,
         target: args.target,
-        spawner: args.spawn.as_deref().map(Spawner::parse).transpose()?,
+        spawner: args
+            .spawn
+            .as_deref()
+            .map(|cmd| Spawner::parse(cmd, args.server_log.as_deref()))
+            .transpose()?,
         restart_signal,
+        stop_signal: target::parse_signal(&args.stop_signal)?,
+        balancer_lag: args.balancer_lag,
         short: args.short,
     };
     let selected: Vec<ScenarioName> = ScenarioName::ALL
@@ -168,7 +218,10 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         let started = std::time::Instant::now();
         let outcome = match scenarios::run(name, &ctx).await {
             Ok(outcome) => outcome,
-            Err(e) => Outcome::new(name).fail(format!("the probe could not run it: {e:#}")),
+            Err(e) => match e.downcast_ref::<NotStarted>() {
+                Some(not_started) => Outcome::new(name).could_not_run(not_started.to_string()),
+                None => Outcome::new(name).fail(format!("the probe could not run it: {e:#}")),
+            },
         };
         report::progress_end(&outcome, started.elapsed());
         outcomes.push(outcome);

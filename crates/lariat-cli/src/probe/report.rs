@@ -17,6 +17,23 @@ pub enum Verdict {
     Skipped,
     /// Figures only, no judgement (`churn`).
     Info,
+    /// The scenario could not be run against this server (it did not start under the scenario's
+    /// conditions, e.g. a low descriptor limit): neither a pass nor a failure, with the reason.
+    #[serde(rename = "could-not-run")]
+    CouldNotRun,
+}
+
+impl Verdict {
+    /// As printed in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Skipped => "skipped",
+            Verdict::Info => "info",
+            Verdict::CouldNotRun => "could not run",
+        }
+    }
 }
 
 /// One scenario's result: the verdict, why, and the figures behind it.
@@ -70,6 +87,12 @@ impl Outcome {
         self
     }
 
+    pub fn could_not_run(mut self, reason: impl Into<String>) -> Outcome {
+        self.verdict = Verdict::CouldNotRun;
+        self.reason = reason.into();
+        self
+    }
+
     /// `pass` when `ok`, else `fail`, with the same reason.
     pub fn judge(self, ok: bool, reason: impl Into<String>) -> Outcome {
         if ok {
@@ -93,9 +116,9 @@ pub fn progress_start(name: ScenarioName) {
 pub fn progress_end(outcome: &Outcome, took: Duration) {
     let mut err = std::io::stderr().lock();
     let line = format!(
-        "{:<14} {:?} in {:.1} s",
+        "{:<14} {} in {:.1} s",
         outcome.scenario.as_str(),
-        outcome.verdict,
+        outcome.verdict.as_str(),
         took.as_secs_f64()
     );
     if err.is_terminal() {
@@ -111,10 +134,8 @@ pub fn print_table(outcomes: &[Outcome]) {
     for o in outcomes {
         let figures: Vec<String> = o.figures.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let verdict = match o.verdict {
-            Verdict::Pass => "pass",
             Verdict::Fail => "**FAIL**",
-            Verdict::Skipped => "skipped",
-            Verdict::Info => "info",
+            other => other.as_str(),
         };
         println!(
             "| {} | {} | {} | {} |",

@@ -1,4 +1,4 @@
-//! Spawn: SIGTERM under load. A server that stops well closes its door (new clients are refused or left
+//! Spawn: the graceful stop signal (`--stop-signal`, TERM unless told) under load. A server that stops well closes its door (new clients are refused or left
 //! unanswered, which is clean) and serves every client it already accepted before it exits. One that is
 //! simply killed resets them: every exchange in flight, every client still in its accept queue.
 //!
@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::load::Load;
 use crate::probe::protocol::{self, Protocol, EXCHANGE_TIMEOUT};
+use crate::probe::target::signal_name;
 use crate::probe::{Context, Outcome};
 
 /// Churn clients.
@@ -25,7 +26,7 @@ const CONCURRENCY: usize = 32;
 const LIVE: u64 = 50;
 /// How long after the signal the live clients finish their requests.
 const LIVE_DELAY: Duration = Duration::from_millis(200);
-/// How long the server gets to exit after SIGTERM.
+/// How long the server gets to exit after the stop signal.
 const EXIT_BOUND: Duration = Duration::from_secs(30);
 /// How long the load keeps running after the server exited (clients then see refusals, which are clean).
 const AFTER_EXIT: Duration = Duration::from_millis(300);
@@ -40,7 +41,7 @@ struct Live {
 
 pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
     if ctx.spawner.is_none() {
-        return Ok(outcome.skip("needs --spawn: the probe sends the server SIGTERM"));
+        return Ok(outcome.skip("needs --spawn: the probe sends the server its stop signal"));
     }
     let mut server = ctx.server().await?;
     let addr = server.addr;
@@ -68,7 +69,7 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
     tokio::time::sleep(ctx.time(Duration::from_secs(2), Duration::from_secs(1))).await;
 
     let served_before = load.tally().ok.load(Relaxed);
-    server.signal(libc::SIGTERM)?;
+    server.signal(ctx.stop_signal)?;
     let signalled = Instant::now();
     let _ = signalled_tx.send(true);
     let status = server.wait_exit(EXIT_BOUND).await;
@@ -103,7 +104,9 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
         Some(s) => s.to_string(),
         None => format!("still running after {} s", EXIT_BOUND.as_secs()),
     };
+    let signal = signal_name(ctx.stop_signal);
     let outcome = outcome
+        .figure("stop signal", &signal)
         .figure("served before signal", served_before)
         .figure("served after signal", served - served_before)
         .figure("live answered", format!("{} of {LIVE}", seen.ok))
@@ -120,7 +123,7 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
         );
     Ok(if status.is_none() {
         outcome.fail(format!(
-            "did not exit within {} s of SIGTERM",
+            "did not exit within {} s of {signal}",
             EXIT_BOUND.as_secs()
         ))
     } else if failed > 0 {
@@ -133,7 +136,7 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
     } else {
         outcome.pass(format!(
             "every accepted client was answered (including {LIVE} mid-request); exited ({exit}) \
-             {:.1} s after SIGTERM",
+             {:.1} s after {signal}",
             time_to_exit.as_secs_f64()
         ))
     })

@@ -1,14 +1,18 @@
 //! One file per scenario; each returns an [`Outcome`] with its figures.
 
+mod balancer_lag;
 mod cap;
 mod churn;
 mod drain;
 mod fd_exhaustion;
 mod first_packet;
 mod flood;
+mod keepalive;
+mod keepalive_h2;
 mod load;
 mod open;
 mod restart;
+mod sessions;
 mod slowloris;
 
 use super::{Context, Outcome, ScenarioName};
@@ -23,6 +27,9 @@ pub async fn run(name: ScenarioName, ctx: &Context) -> anyhow::Result<Outcome> {
         ScenarioName::Cap => cap::run(ctx, outcome).await,
         ScenarioName::Drain => drain::run(ctx, outcome).await,
         ScenarioName::Restart => restart::run(ctx, outcome).await,
+        ScenarioName::Keepalive => keepalive::run(ctx, outcome).await,
+        ScenarioName::Sessions => sessions::run(ctx, outcome).await,
+        ScenarioName::BalancerLag => balancer_lag::run(ctx, outcome).await,
         ScenarioName::Churn => churn::run(ctx, outcome).await,
     }
 }

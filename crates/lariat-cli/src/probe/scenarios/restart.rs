@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::load::Load;
 use crate::probe::protocol;
+use crate::probe::target::group_members;
 use crate::probe::{Context, Outcome};
 
 /// Churn clients.
@@ -114,22 +115,4 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
     } else {
         outcome.fail(problems.join("; "))
     })
-}
-
-/// The live processes whose process group is `pgrp`, from `/proc/PID/stat`.
-fn group_members(pgrp: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| {
-        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // After "pid (comm) ": state, ppid, pgrp.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let mut fields = rest.split_whitespace();
-        let state = fields.next()?;
-        let group: u32 = fields.nth(1)?.parse().ok()?;
-        (group == pgrp && state != "Z").then_some(pid)
-    })
-    .collect()
 }
