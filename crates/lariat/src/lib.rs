@@ -58,6 +58,7 @@ pub mod drain;
 mod endpoint;
 mod front;
 mod handler;
+pub mod handover;
 mod idle;
 pub mod lifecycle;
 mod limit;

@@ -1,0 +1,321 @@
+//! Connection hand-over: at a hitless restart, live connections move to the successor instead of
+//! draining.
+//!
+//! When a restart's successor is ready, the old process offers it the live connections. A handler
+//! that supports it learns of the offer ([`Connection::hand_over_offer`]), reaches a safe point
+//! (between two messages: nothing half-read, nothing half-written), and calls
+//! [`Connection::hand_over`] with a small state of its choosing. lariat passes the socket itself to the
+//! successor (`SCM_RIGHTS` over a Unix socket the two processes share), with that state and any bytes
+//! the handler read but did not consume ([`Connection::hand_over_with`]). The successor serves it in its
+//! own handler, which finds the state in [`Connection::resumed_state`] and the bytes in
+//! [`Connection::take_read_ahead`]. The peer sees a pause: the socket never closes, and bytes it sends
+//! meanwhile wait in the kernel's buffer for whichever process reads next.
+//!
+//! A connection is owned by exactly one process at every instant: the successor serves it only once
+//! the old process has let go, and the old process lets go only once the successor took it. If the
+//! successor dies or stops answering, `hand_over` fails and gives the connection back: the handler goes
+//! on serving it and it drains as it would without a hand-over. So does a handler that ignores the
+//! offer, one that reaches no safe point before the window ends
+//! ([`Lifecycle::hand_over_window`](crate::lifecycle::Lifecycle::hand_over_window)), and a connection
+//! that cannot move soundly: TLS (its session keys live in this process; moving them would mean
+//! exporting secrets) and connections whose peer a PROXY header named (the successor would not know
+//! the client).
+//!
+//! ```no_run
+//! use lariat::Connection;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! async fn echo(mut conn: Connection) -> std::io::Result<()> {
+//!     let mut buf = vec![0u8; 4096];
+//!     loop {
+//!         tokio::select! {
+//!             n = conn.read(&mut buf) => {
+//!                 let n = n?;
+//!                 if n == 0 { return Ok(()) }
+//!                 conn.write_all(&buf[..n]).await?;
+//!             }
+//!             // Between messages: nothing to carry but the socket.
+//!             _ = conn.hand_over_offer() => match conn.hand_over(b"").await {
+//!                 Ok(()) => return Ok(()),             // the successor serves it now
+//!                 Err(refused) => conn = refused.connection, // serve on; it drains as before
+//!             },
+//!         }
+//!     }
+//! }
+//! ```
+
+mod incoming;
+mod outgoing;
+mod wire;
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use std::future::Future as _;
+
+use bytes::Bytes;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::{Connection, Stream};
+pub(crate) use incoming::connect_from_env;
+pub(crate) use outgoing::Outgoing;
+pub use wire::{MAX_READ_AHEAD, MAX_STATE};
+
+/// The environment variable that tells a restart's successor where its predecessor offers connections.
+pub const HANDOVER_ENV: &str = "LARIAT_HANDOVER_SOCKET";
+
+/// Why a connection was not handed over. It is still the handler's: serve it on (it drains as usual).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// No successor takes connections now (no restart under way, the successor does not take them,
+    /// or the hand-over window is over).
+    #[error("no successor takes connections now")]
+    NoSuccessor,
+    /// The successor died, or stopped answering, during the hand-over.
+    #[error("the successor stopped taking connections")]
+    SuccessorGone,
+    /// A TLS connection: its session state cannot move without exporting its keys.
+    #[error("a TLS connection cannot be handed over")]
+    Tls,
+    /// The connection's peer came from a PROXY header, which the successor would not know.
+    #[error("a connection whose client a PROXY header named cannot be handed over")]
+    Proxied,
+    /// A connection a `Router` routed: the successor's router would wait to sniff it again.
+    #[error("a routed connection cannot be handed over")]
+    Routed,
+    /// The state or the read-ahead bytes are over [`MAX_STATE`] or [`MAX_READ_AHEAD`].
+    #[error("the state ({state} bytes) or read-ahead ({read_ahead} bytes) is too large to carry")]
+    TooLarge {
+        /// The state's length.
+        state: usize,
+        /// The read-ahead's length.
+        read_ahead: usize,
+    },
+}
+
+/// A hand-over that did not happen: the connection, back to its handler, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("connection not handed over: {reason}")]
+pub struct HandOverError {
+    /// The connection, still open and still this process's.
+    pub connection: Connection,
+    /// Why.
+    pub reason: Refusal,
+}
+
+/// What a resumed connection brought from its previous process.
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    state: Bytes,
+    read_ahead: Mutex<Bytes>,
+}
+
+impl Resumed {
+    pub(crate) fn new(state: Bytes, read_ahead: Bytes) -> Resumed {
+        Resumed {
+            state,
+            read_ahead: Mutex::new(read_ahead),
+        }
+    }
+}
+
+/// A server's hand-over state (in its `Shared`).
+#[derive(Default)]
+pub(crate) struct HandOverState {
+    /// The channel to a successor, while one takes connections.
+    outgoing: Mutex<Option<Arc<Outgoing>>>,
+    /// Fires when a successor takes connections.
+    offer: CancellationToken,
+    /// Starts a resumed connection in the server's handler (set by the server when it starts).
+    pub(crate) resume: OnceLock<Box<dyn Fn(Connection) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for HandOverState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandOverState")
+            .field("offered", &self.offer.is_cancelled())
+            .field("resumes", &self.resume.get().is_some())
+            .finish()
+    }
+}
+
+impl HandOverState {
+    /// Offers the live connections to the successor at the other end of `channel`.
+    pub(crate) fn offer(&self, channel: Arc<Outgoing>) {
+        *self.outgoing.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel);
+        self.offer.cancel();
+    }
+
+    fn channel(&self) -> Option<Arc<Outgoing>> {
+        self.outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|c| c.is_open())
+    }
+}
+
+/// The hand-over offer as an owned value a handler keeps beside its connection (one small heap
+/// allocation), for [`Connection::readable_or_offer`]: the cheap way for a handler that parks between
+/// messages to hear of a restart.
+#[derive(Debug)]
+pub struct Offer(std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>);
+
+/// What woke a handler parked in [`Connection::readable_or_offer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// There is something to read (or the peer closed).
+    Readable,
+    /// A successor takes connections: reach a safe point and [`hand_over`](Connection::hand_over).
+    HandOver,
+}
+
+impl Connection {
+    /// The hand-over offer, owned (see [`Offer`]).
+    pub fn hand_over_signal(&self) -> Offer {
+        Offer(Box::pin(
+            self.entry().shared.handover.offer.clone().cancelled_owned(),
+        ))
+    }
+
+    /// Waits until the connection is readable or, while `offer` is `Some`, until a successor takes
+    /// connections; it then takes the offer out (ask once; a hand-over that fails leaves the connection
+    /// to drain). Holds no read buffer and adds a pointer to the handler's future.
+    pub fn readable_or_offer<'a>(
+        &'a self,
+        offer: &'a mut Option<Offer>,
+    ) -> impl std::future::Future<Output = std::io::Result<Wake>> + 'a {
+        std::future::poll_fn(move |cx| {
+            if let Some(o) = offer.as_mut() {
+                if o.0.as_mut().poll(cx).is_ready() {
+                    *offer = None;
+                    return std::task::Poll::Ready(Ok(Wake::HandOver));
+                }
+            }
+            self.stream().poll_read_ready(cx).map_ok(|()| Wake::Readable)
+        })
+    }
+
+    /// Completes when a successor takes connections (at once if one does): the moment to reach a safe
+    /// point and call [`hand_over`](Self::hand_over). Never completes in a process that is not being
+    /// replaced. Cancel-safe: use it in `select!` beside reads.
+    pub fn hand_over_offer(&self) -> WaitForCancellationFuture<'_> {
+        self.entry().shared.handover.offer.cancelled()
+    }
+
+    /// True once a successor takes connections (see [`hand_over_offer`](Self::hand_over_offer)).
+    pub fn hand_over_offered(&self) -> bool {
+        self.entry().shared.handover.offer.is_cancelled()
+    }
+
+    /// Hands the connection to the successor with `state` (at most [`MAX_STATE`] bytes), which its
+    /// handler reads back with [`resumed_state`](Self::resumed_state). Call it at a safe point: every
+    /// byte read from the connection consumed, every reply written. On success the successor serves
+    /// the connection and this process has let go of it; on failure the connection comes back in the
+    /// error, still open: serve it on.
+    pub async fn hand_over(self, state: &[u8]) -> Result<(), HandOverError> {
+        self.hand_over_with(state, &[]).await
+    }
+
+    /// Like [`hand_over`](Self::hand_over), carrying also `read_ahead` (at most [`MAX_READ_AHEAD`]
+    /// bytes): bytes read from the socket that the handler has not consumed. The successor's handler
+    /// gets them from [`take_read_ahead`](Self::take_read_ahead) before anything still in the socket.
+    pub async fn hand_over_with(
+        self,
+        state: &[u8],
+        read_ahead: &[u8],
+    ) -> Result<(), HandOverError> {
+        let refuse = |connection, reason| Err(HandOverError { connection, reason });
+        if state.len() > MAX_STATE || read_ahead.len() > MAX_READ_AHEAD {
+            let reason = Refusal::TooLarge {
+                state: state.len(),
+                read_ahead: read_ahead.len(),
+            };
+            return refuse(self, reason);
+        }
+        if matches!(self.stream(), Stream::Tls(_)) {
+            return refuse(self, Refusal::Tls);
+        }
+        if self.entry().proxy().is_some() {
+            return refuse(self, Refusal::Proxied);
+        }
+        if self.entry().extras.get().is_some_and(|e| e.routed.get().is_some()) {
+            return refuse(self, Refusal::Routed);
+        }
+        let Some(channel) = self.entry().shared.handover.channel() else {
+            return refuse(self, Refusal::NoSuccessor);
+        };
+        let fd = self.stream().raw_fd();
+        match channel.pass(self.id(), fd, state, read_ahead).await {
+            Ok(()) => {
+                tracing::debug!(conn = self.id(), "handed over to the successor");
+                // Closing our descriptor leaves the socket open in the successor.
+                drop(self);
+                Ok(())
+            }
+            Err(reason) => refuse(self, reason),
+        }
+    }
+
+    /// The state the previous process handed this connection over with, if it was resumed here.
+    pub fn resumed_state(&self) -> Option<Bytes> {
+        Some(self.resumed()?.state.clone())
+    }
+
+    /// The bytes the previous process read from this connection and its handler had not consumed
+    /// (empty if none, or if taken already): they come before anything still in the socket.
+    pub fn take_read_ahead(&mut self) -> Bytes {
+        match self.resumed() {
+            Some(r) => std::mem::take(&mut *r.read_ahead.lock().unwrap_or_else(|e| e.into_inner())),
+            None => Bytes::new(),
+        }
+    }
+
+    fn resumed(&self) -> Option<&Resumed> {
+        self.entry().extras.get()?.resumed.get()
+    }
+}
+
+/// A `SOCK_SEQPACKET` Unix socket for the predecessor's end of the channel (bound and listened on by
+/// the restart; see [`Successor::take_handover_listener`](crate::restart::Successor::take_handover_listener)).
+pub(crate) fn listening_socket() -> std::io::Result<socket2::Socket> {
+    wire::seqpacket()
+}
+
+/// Takes the successor's connection on `listener` (pending since before its `READY=1`), checks it
+/// comes from `successor_pid`, and opens the hand-over for `window`. `None` if the successor does
+/// not take connections.
+pub(crate) fn accept_successor(
+    listener: &socket2::Socket,
+    successor_pid: u32,
+    window: std::time::Duration,
+) -> Option<Arc<Outgoing>> {
+    let (sock, _) = match listener.accept() {
+        Ok(accepted) => accepted,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            tracing::info!("the successor takes no connections; the live ones drain");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "hand-over: cannot accept the successor's channel");
+            return None;
+        }
+    };
+    match wire::peer_pid(&sock) {
+        Ok(pid) if pid == successor_pid => {}
+        Ok(pid) => {
+            tracing::warn!(pid, successor_pid, "hand-over: a channel from another process; refused");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "hand-over: cannot identify the channel's peer");
+            return None;
+        }
+    }
+    match Outgoing::start(sock, window) {
+        Ok(channel) => Some(channel),
+        Err(e) => {
+            tracing::warn!(error = %e, "hand-over: cannot start the channel");
+            None
+        }
+    }
+}
