@@ -193,8 +193,8 @@ pub fn spawn_successor(
     };
     let notify = NotifySocket::new().map_err(spawn_err)?;
     let handover = notify.handover_listener().map_err(spawn_err)?;
-    let plan = ExecPlan::new(listeners, opts, &notify.path, &notify.handover_path())
-        .map_err(spawn_err)?;
+    let plan =
+        ExecPlan::new(listeners, opts, &notify.path, &notify.handover_path()).map_err(spawn_err)?;
     // Descriptors 3, 4, … are the targets of the child's dup2s: none of them may be a descriptor std
     // uses across the fork (its exec-error pipe), so any free one is filled until `spawn` returns.
     let _placeholders =

@@ -1,6 +1,6 @@
 //! The successor's end of the hand-over channel: takes each connection, and serves it once told to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -42,54 +42,77 @@ pub(crate) fn connect_from_env(shared: &Arc<Shared>) -> io::Result<bool> {
 async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<Shared>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut held: HashMap<u64, Held> = HashMap::new();
+    // `Taken`s not written yet. Reading never waits for writing: the predecessor may be blocked
+    // writing `Conn`s to us while we answer, so each side always reads.
+    let mut answers: VecDeque<u64> = VecDeque::new();
     let mut resumed = 0u64;
-    let why = loop {
-        let received = match sock.readable().await {
-            Ok(mut guard) => match guard.try_io(|s| wire::recv(s.as_raw_fd(), &mut buf)) {
-                Ok(result) => result,
-                Err(_would_block) => continue,
-            },
-            Err(e) => Err(e),
-        };
-        match received {
-            Ok((0, _)) => break "the predecessor closed the channel",
-            Ok((n, fd)) => match (Message::decode(&buf[..n]), fd) {
-                (
-                    Some(Message::Conn {
-                        id,
-                        state,
-                        read_ahead,
-                    }),
-                    Some(fd),
-                ) => {
-                    held.insert(
-                        id,
-                        Held {
-                            fd,
-                            state: Bytes::copy_from_slice(state),
-                            read_ahead: Bytes::copy_from_slice(read_ahead),
-                        },
-                    );
-                    if let Err(e) = send(&sock, &Message::Taken(id).encode()).await {
-                        tracing::warn!(error = %e, "hand-over: cannot answer the predecessor");
-                        break "the channel failed";
+    let why = 'channel: loop {
+        tokio::select! {
+            ready = sock.readable() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hand-over: reading the channel");
+                        break 'channel "the channel failed";
                     }
-                }
-                (Some(Message::Commit(id)), None) => {
-                    if let Some(h) = held.remove(&id) {
-                        match resume(&shared, h) {
-                            Ok(()) => resumed += 1,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "hand-over: cannot resume a connection")
+                };
+                loop {
+                    let received = match guard.try_io(|s| wire::recv(s.as_raw_fd(), &mut buf)) {
+                        Ok(result) => result,
+                        Err(_would_block) => break,
+                    };
+                    match received {
+                        Ok((0, _)) => break 'channel "the predecessor closed the channel",
+                        Ok((n, fd)) => match (Message::decode(&buf[..n]), fd) {
+                            (Some(Message::Conn { id, state, read_ahead }), Some(fd)) => {
+                                held.insert(
+                                    id,
+                                    Held {
+                                        fd,
+                                        state: Bytes::copy_from_slice(state),
+                                        read_ahead: Bytes::copy_from_slice(read_ahead),
+                                    },
+                                );
+                                answers.push_back(id);
                             }
+                            (Some(Message::Commit(id)), None) => {
+                                if let Some(h) = held.remove(&id) {
+                                    match resume(&shared, h) {
+                                        Ok(()) => resumed += 1,
+                                        Err(e) => tracing::warn!(error = %e, "hand-over: cannot resume a connection"),
+                                    }
+                                }
+                            }
+                            _ => break 'channel "the predecessor sent a malformed message",
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "hand-over: reading the channel");
+                            break 'channel "the channel failed";
                         }
                     }
                 }
-                _ => break "the predecessor sent a malformed message",
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "hand-over: reading the channel");
-                break "the channel failed";
+            }
+            ready = sock.writable(), if !answers.is_empty() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hand-over: answering the predecessor");
+                        break 'channel "the channel failed";
+                    }
+                };
+                while let Some(&id) = answers.front() {
+                    let taken = Message::Taken(id).encode();
+                    match guard.try_io(|s| wire::send(s.as_raw_fd(), &taken, None)) {
+                        Ok(Ok(())) => {
+                            answers.pop_front();
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "hand-over: answering the predecessor");
+                            break 'channel "the channel failed";
+                        }
+                        Err(_would_block) => break,
+                    }
+                }
             }
         }
     };
@@ -100,15 +123,6 @@ async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<Shared>) {
         why,
         "hand-over channel closed"
     );
-}
-
-async fn send(sock: &AsyncFd<OwnedFd>, message: &[u8]) -> io::Result<()> {
-    loop {
-        let mut guard = sock.writable().await?;
-        if let Ok(result) = guard.try_io(|s| wire::send(s.as_raw_fd(), message, None)) {
-            return result;
-        }
-    }
 }
 
 /// Serves a committed connection here: registered like an accepted one (over the cap if need be: it
@@ -139,7 +153,11 @@ fn resume(shared: &Arc<Shared>, held: Held) -> io::Result<()> {
     };
     shared.limit.acquire_over_cap();
     let conn = Connection::new(stream, peer, shared.clone());
-    let _ = conn.entry().extras().resumed.set(Resumed::new(held.state, held.read_ahead));
+    let _ = conn
+        .entry()
+        .extras()
+        .resumed
+        .set(Resumed::new(held.state, held.read_ahead));
     spawn(conn);
     Ok(())
 }

@@ -191,7 +191,9 @@ impl Connection {
                     return std::task::Poll::Ready(Ok(Wake::HandOver));
                 }
             }
-            self.stream().poll_read_ready(cx).map_ok(|()| Wake::Readable)
+            self.stream()
+                .poll_read_ready(cx)
+                .map_ok(|()| Wake::Readable)
         })
     }
 
@@ -238,7 +240,12 @@ impl Connection {
         if self.entry().proxy().is_some() {
             return refuse(self, Refusal::Proxied);
         }
-        if self.entry().extras.get().is_some_and(|e| e.routed.get().is_some()) {
+        if self
+            .entry()
+            .extras
+            .get()
+            .is_some_and(|e| e.routed.get().is_some())
+        {
             return refuse(self, Refusal::Routed);
         }
         let Some(channel) = self.entry().shared.handover.channel() else {
@@ -303,7 +310,11 @@ pub(crate) fn accept_successor(
     match wire::peer_pid(&sock) {
         Ok(pid) if pid == successor_pid => {}
         Ok(pid) => {
-            tracing::warn!(pid, successor_pid, "hand-over: a channel from another process; refused");
+            tracing::warn!(
+                pid,
+                successor_pid,
+                "hand-over: a channel from another process; refused"
+            );
             return None;
         }
         Err(e) => {

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::wire::{self, Message};
 use super::Refusal;
 
-/// How long one connection's hand-over may wait for the successor's `Taken`; past it the successor
-/// is taken to have stopped, and every connection not yet passed stays here.
+/// How long the successor may go without answering while connections wait for it; past it the
+/// successor is taken to have stopped, and every connection not yet taken stays here.
 pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The channel to a successor that takes connections, while the hand-over window is open.
@@ -76,37 +76,20 @@ impl Outgoing {
             read_ahead,
         }
         .encode();
-        let sent = tokio::time::timeout(ACK_TIMEOUT, self.send(&message, Some(fd))).await;
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+        // No deadline of our own: the reader's watchdog fails the channel (answering every waiter)
+        // when the successor stops answering.
+        tokio::select! {
+            sent = self.send(&message, Some(fd)) => if let Err(e) = sent {
                 self.fail(&format!("sending a connection: {e}"));
                 return Err(Refusal::SuccessorGone);
-            }
-            Err(_) => {
-                self.fail("the successor stopped reading");
-                return Err(Refusal::SuccessorGone);
-            }
+            },
+            _ = self.failed.cancelled() => return Err(Refusal::SuccessorGone),
         }
-        let mut rx = rx;
-        let answer = tokio::time::timeout(ACK_TIMEOUT, &mut rx).await;
+        let answer = rx.await;
         forget.armed = false;
         match answer {
-            Ok(Ok(true)) => Ok(()),
-            Ok(_) => Err(Refusal::SuccessorGone),
-            Err(_) => {
-                // Whoever removes the entry decides: if the reader did, `Commit` is on its way and the
-                // answer follows at once; if we do, the successor is never told to serve it.
-                if self.lock().remove(&id).is_some() {
-                    self.fail("the successor did not take a connection in time");
-                    return Err(Refusal::SuccessorGone);
-                }
-                // The reader owns the decision now; it answers within its own bounded send.
-                match rx.await {
-                    Ok(true) => Ok(()),
-                    _ => Err(Refusal::SuccessorGone),
-                }
-            }
+            Ok(true) => Ok(()),
+            _ => Err(Refusal::SuccessorGone),
         }
     }
 
@@ -165,9 +148,21 @@ impl Drop for Forget<'_> {
 /// Reads the successor's `Taken`s and answers each with `Commit`, until the channel ends.
 async fn read_answers(out: Arc<Outgoing>) {
     let mut buf = [0u8; 64];
+    // The watchdog: the last time the successor answered, or nothing was waiting for it.
+    let mut answered = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(ACK_TIMEOUT / 8);
     loop {
         let received = tokio::select! {
             _ = out.failed.cancelled() => return,
+            _ = tick.tick() => {
+                if out.lock().is_empty() {
+                    answered = tokio::time::Instant::now();
+                } else if answered.elapsed() > ACK_TIMEOUT {
+                    out.fail("the successor stopped answering");
+                    return;
+                }
+                continue;
+            }
             ready = out.sock.readable() => match ready {
                 Ok(mut guard) => match guard.try_io(|s| wire::recv(s.as_raw_fd(), &mut buf)) {
                     Ok(result) => result,
@@ -198,6 +193,7 @@ async fn read_answers(out: Arc<Outgoing>) {
                 return;
             }
         };
+        answered = tokio::time::Instant::now();
         let Some(tx) = out.lock().remove(&id) else {
             // Timed out or cancelled: never committed, so the successor never serves it.
             continue;

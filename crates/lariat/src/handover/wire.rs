@@ -134,7 +134,10 @@ pub(crate) fn send(sock: RawFd, message: &[u8], fd: Option<RawFd>) -> io::Result
         return Err(io::Error::last_os_error());
     }
     if n as usize != message.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short hand-over message"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short hand-over message",
+        ));
     }
     Ok(())
 }
@@ -176,10 +179,16 @@ pub(crate) fn recv(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Own
     }
     if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
         // Dropping `fds` closes whatever arrived.
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "hand-over message truncated"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "hand-over message truncated",
+        ));
     }
     if fds.len() > 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "several sockets on one message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "several sockets on one message",
+        ));
     }
     Ok((n as usize, fds.pop()))
 }
@@ -237,7 +246,8 @@ mod tests {
     #[test]
     fn a_socket_travels_with_its_message() {
         let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        let pair = socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+        let pair =
+            socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
         send(pair.0.as_raw_fd(), b"one", Some(a.as_raw_fd())).unwrap();
         let mut buf = [0u8; 16];
         let (n, fd) = recv(pair.1.as_raw_fd(), &mut buf).unwrap();

@@ -252,7 +252,9 @@ impl Lifecycle {
         match crate::handover::connect_from_env(&self.handle.shared) {
             Ok(true) => tracing::debug!("taking live connections from the predecessor"),
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot take live connections from the predecessor; they drain there"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take live connections from the predecessor; they drain there")
+            }
         }
         match activation::notify_ready() {
             Ok(true) => tracing::debug!("told NOTIFY_SOCKET we are ready"),
