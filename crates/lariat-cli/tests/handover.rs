@@ -182,7 +182,20 @@ fn fifty_echo_sessions_ride_through_five_restarts_without_a_close() {
 
 #[test]
 fn bytes_sent_during_the_hand_over_are_echoed_once_and_in_order() {
-    let server = Lariat::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "10s"]);
+    echoed_once_and_in_order(&[]);
+}
+
+#[test]
+fn push_delivery_carries_its_undelivered_bytes_across_the_hand_over() {
+    for mode in ["push", "3", "once", "pull"] {
+        echoed_once_and_in_order(&["--delivery", mode]);
+    }
+}
+
+fn echoed_once_and_in_order(extra: &[&str]) {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--drain-timeout", "10s"];
+    args.extend_from_slice(extra);
+    let server = Lariat::start(&args);
     let addr = server.tcp_addr();
     let c = TcpStream::connect(addr).unwrap();
     let mut reader = c.try_clone().unwrap();
@@ -250,7 +263,12 @@ fn bytes_sent_during_the_hand_over_are_echoed_once_and_in_order() {
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), sent.len(), "bytes echoed twice");
     assert!(got == sent, "the echo differs from what was sent");
-    eprintln!("{} bytes echoed across the hand-over", got.len());
+    eprintln!("{extra:?}: {} bytes echoed across the hand-over", got.len());
+    let log = server.stderr();
+    assert!(
+        log.contains("resumed=1 "),
+        "the connection did not move:\n{log}"
+    );
     signal(successor, libc::SIGKILL);
     let why = reading.join().unwrap();
     assert!(!why.is_empty());

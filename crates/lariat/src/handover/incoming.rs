@@ -39,7 +39,7 @@ pub(crate) fn connect_from_env(shared: &Arc<Shared>) -> io::Result<bool> {
     Ok(true)
 }
 
-async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<Shared>) {
+pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<Shared>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut held: HashMap<u64, Held> = HashMap::new();
     // `Taken`s not written yet. Reading never waits for writing: the predecessor may be blocked

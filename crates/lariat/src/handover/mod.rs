@@ -79,6 +79,9 @@ pub enum Refusal {
     /// The connection's peer came from a PROXY header, which the successor would not know.
     #[error("a connection whose client a PROXY header named cannot be handed over")]
     Proxied,
+    /// The halves given are not the two halves of one connection.
+    #[error("the write half given is not this connection's")]
+    NotWhole,
     /// A connection a `Router` routed: the successor's router would wait to sniff it again.
     #[error("a routed connection cannot be handed over")]
     Routed,
@@ -169,6 +172,35 @@ pub enum Wake {
     HandOver,
 }
 
+impl std::future::Future for Offer {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl crate::ConnectionMeta {
+    /// The hand-over offer, owned (see [`Offer`]): for a handler that split its connection or reads it
+    /// as [`Messages`](crate::delivery::Messages); await it beside the reads.
+    pub fn hand_over_signal(&self) -> Offer {
+        Offer(Box::pin(
+            self.0.shared.handover.offer.clone().cancelled_owned(),
+        ))
+    }
+}
+
+impl crate::ReadHalf {
+    /// The state the connection was handed over with, if it was resumed here (see
+    /// [`Connection::resumed_state`]).
+    pub fn resumed_state(&self) -> Option<Bytes> {
+        Some(self.meta().0.extras.get()?.resumed.get()?.state.clone())
+    }
+}
+
 impl Connection {
     /// The hand-over offer, owned (see [`Offer`]).
     pub fn hand_over_signal(&self) -> Offer {
@@ -254,7 +286,11 @@ impl Connection {
         let fd = self.stream().raw_fd();
         match channel.pass(self.id(), fd, state, read_ahead).await {
             Ok(()) => {
-                tracing::debug!(conn = self.id(), "handed over to the successor");
+                tracing::debug!(
+                    conn = self.id(),
+                    read_ahead = read_ahead.len(),
+                    "handed over to the successor"
+                );
                 // Closing our descriptor leaves the socket open in the successor.
                 drop(self);
                 Ok(())
@@ -330,3 +366,6 @@ pub(crate) fn accept_successor(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
