@@ -281,6 +281,7 @@ async fn serve<H: Handler>(
         .readiness(readiness.clone())
         .lame_duck(args.lame_duck)
         .drain_timeout(args.drain_timeout)
+        .hand_over_window(args.hand_over_window)
         .restart(restart_options(args)?, passable);
     if let Some(tls) = tls {
         lifecycle = lifecycle.on_reload(move || reload(&tls));

@@ -357,9 +357,11 @@ fn a_successor_killed_half_way_leaves_every_connection_with_one_process() {
         }
     }
     eprintln!("successor killed half-way: {served} still served by the old process, {closed} died with it");
+    // Killed holding 200 passed sockets: how many of those were committed (and so died with it)
+    // depends on the instant; the rest, and every one not yet passed, stay with the old process.
     assert!(
-        served > 0 && closed > 0,
-        "not half-way: {served} served, {closed} closed"
+        served > 0 && served + closed == N,
+        "{served} served, {closed} closed"
     );
     assert!(is_alive(old));
 }

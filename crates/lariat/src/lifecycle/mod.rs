@@ -220,7 +220,7 @@ impl Lifecycle {
 
     /// How long, after a restart's successor is ready, handlers may hand their live connections over to
     /// it (see [`handover`](crate::handover)); a connection not handed over by then drains as usual.
-    /// Never longer than the drain timeout. Default 10 s.
+    /// Never longer than the drain timeout. Default 10 s; zero offers no connection (all drain).
     pub fn hand_over_window(mut self, window: Duration) -> Lifecycle {
         self.hand_over_window = window;
         self
@@ -464,13 +464,13 @@ impl Lifecycle {
                     "restart: successor ready; handing over the listeners and draining"
                 );
                 self.hand_over();
-                if let Some(listener) = channel {
+                if let Some(listener) = channel.filter(|_| !self.hand_over_window.is_zero()) {
                     let window = self.hand_over_window.min(self.drain.timeout);
                     if let Some(out) =
                         crate::handover::accept_successor(&listener, successor, window)
                     {
+                        // No `successor_pid` field here: the line above names it once per restart.
                         tracing::info!(
-                            successor_pid = successor,
                             window_ms = window.as_millis() as u64,
                             "offering the live connections to the successor"
                         );
