@@ -15,9 +15,9 @@ pub fn discard(mut conn: Connection) -> impl Future<Output = io::Result<()>> {
     async move {
         // Read-ahead a predecessor carried is discarded like the rest.
         drop(conn.take_read_ahead());
-        let mut offer = Some(conn.hand_over_signal());
+        let mut listening = true;
         loop {
-            if conn.readable_or_offer(&mut offer).await? == Wake::HandOver {
+            if conn.readable_or_offer(&mut listening).await? == Wake::HandOver {
                 match Box::pin(super::move_on(conn, false)).await? {
                     None => return Ok(()),
                     Some(stays) => conn = stays,

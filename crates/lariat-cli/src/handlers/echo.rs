@@ -24,9 +24,9 @@ pub fn echo(mut conn: Connection) -> impl Future<Output = io::Result<()>> {
             conn = Box::pin(super::echo_carried(conn)).await?;
         }
         // Taken out once a hand-over was tried: one that failed leaves the connection to drain here.
-        let mut offer = Some(conn.hand_over_signal());
+        let mut listening = true;
         loop {
-            if conn.readable_or_offer(&mut offer).await? == Wake::HandOver {
+            if conn.readable_or_offer(&mut listening).await? == Wake::HandOver {
                 match Box::pin(super::move_on(conn, true)).await? {
                     None => return Ok(()),
                     Some(stays) => conn = stays,

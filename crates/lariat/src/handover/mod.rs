@@ -28,6 +28,7 @@
 //! async fn echo(mut conn: Connection) -> std::io::Result<()> {
 //!     let mut buf = vec![0u8; 4096];
 //!     loop {
+//!         // (`readable_or_offer` does the same without a buffer while idle.)
 //!         tokio::select! {
 //!             n = conn.read(&mut buf) => {
 //!                 let n = n?;
@@ -46,11 +47,9 @@
 
 mod incoming;
 mod outgoing;
-mod wire;
+pub(crate) mod wire;
 
 use std::sync::{Arc, Mutex, OnceLock};
-
-use std::future::Future as _;
 
 use bytes::Bytes;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -142,10 +141,11 @@ impl std::fmt::Debug for HandOverState {
 }
 
 impl HandOverState {
-    /// Offers the live connections to the successor at the other end of `channel`.
-    pub(crate) fn offer(&self, channel: Arc<Outgoing>) {
+    /// Offers the live connections of `registry` to the successor at the other end of `channel`.
+    pub(crate) fn offer(&self, channel: Arc<Outgoing>, registry: &crate::Registry) {
         *self.outgoing.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel);
         self.offer.cancel();
+        registry.wake_offer_waiters();
     }
 
     fn channel(&self) -> Option<Arc<Outgoing>> {
@@ -157,9 +157,10 @@ impl HandOverState {
     }
 }
 
-/// The hand-over offer as an owned value a handler keeps beside its connection (one small heap
-/// allocation), for [`Connection::readable_or_offer`]: the cheap way for a handler that parks between
-/// messages to hear of a restart.
+/// The hand-over offer as an owned value (one small heap allocation), for a handler that split its
+/// connection or reads it as [`Messages`](crate::delivery::Messages): await it beside the reads. A
+/// handler that parks between messages on the whole connection uses
+/// [`Connection::readable_or_offer`] instead, which allocates nothing.
 #[derive(Debug)]
 pub struct Offer(std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>);
 
@@ -204,22 +205,24 @@ impl crate::ReadHalf {
 impl Connection {
     /// The hand-over offer, owned (see [`Offer`]).
     pub fn hand_over_signal(&self) -> Offer {
-        Offer(Box::pin(
-            self.entry().shared.handover.offer.clone().cancelled_owned(),
-        ))
+        self.meta().hand_over_signal()
     }
 
-    /// Waits until the connection is readable or, while `offer` is `Some`, until a successor takes
-    /// connections; it then takes the offer out (ask once; a hand-over that fails leaves the connection
-    /// to drain). Holds no read buffer and adds a pointer to the handler's future.
+    /// Waits until the connection is readable or, while `listening` is true, until a successor takes
+    /// connections; it then sets `listening` to false (ask once: a hand-over that fails leaves the
+    /// connection to drain). Holds no read buffer and allocates nothing: the waker is kept in the
+    /// connection's registry entry, and the offer wakes every parked connection.
     pub fn readable_or_offer<'a>(
         &'a self,
-        offer: &'a mut Option<Offer>,
+        listening: &'a mut bool,
     ) -> impl std::future::Future<Output = std::io::Result<Wake>> + 'a {
         std::future::poll_fn(move |cx| {
-            if let Some(o) = offer.as_mut() {
-                if o.0.as_mut().poll(cx).is_ready() {
-                    *offer = None;
+            if *listening {
+                let entry = self.entry();
+                // Registered before the check, so an offer in between is not missed.
+                entry.offer_waker.register(cx.waker());
+                if entry.shared.handover.offer.is_cancelled() {
+                    *listening = false;
                     return std::task::Poll::Ready(Ok(Wake::HandOver));
                 }
             }

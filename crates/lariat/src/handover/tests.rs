@@ -51,7 +51,10 @@ fn join(old: &Server, new: &Server) {
         new.handle().shared.clone(),
     ));
     let out = Outgoing::start(a, Duration::from_secs(5)).unwrap();
-    old.handle().shared.handover.offer(out);
+    old.handle()
+        .shared
+        .handover
+        .offer(out, &old.handle().shared.registry);
 }
 
 #[tokio::test]
@@ -142,9 +145,9 @@ async fn a_count_stream_moves_mid_way_with_its_budget_and_its_unfinished_line() 
 async fn a_channel_that_closes_leaves_the_connection_where_it_was() {
     let (old, addr) = server(|mut conn| {
         tokio::spawn(async move {
-            let mut offer = Some(conn.hand_over_signal());
+            let mut listening = true;
             loop {
-                if conn.readable_or_offer(&mut offer).await.unwrap() == super::Wake::HandOver {
+                if conn.readable_or_offer(&mut listening).await.unwrap() == super::Wake::HandOver {
                     match conn.hand_over(b"").await {
                         Ok(()) => panic!("handed over to a successor that is gone"),
                         Err(refused) => {
@@ -177,7 +180,10 @@ async fn a_channel_that_closes_leaves_the_connection_where_it_was() {
         socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
     drop(b);
     let out = Outgoing::start(a, Duration::from_secs(5)).unwrap();
-    old.handle().shared.handover.offer(out);
+    old.handle()
+        .shared
+        .handover
+        .offer(out, &old.handle().shared.registry);
     tokio::time::sleep(Duration::from_millis(100)).await;
     client.write_all(b"after!").await.unwrap();
     client.read_exact(&mut back).await.unwrap();

@@ -264,6 +264,9 @@ impl Lifecycle {
             }
             Err(e) => tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready"),
         }
+        if let Some(plan) = &self.restart {
+            plan.store();
+        }
         let Some((ending, force_at_once)) = self.serve(&mut signals).await? else {
             return Ok(Exit::Clean);
         };
@@ -474,7 +477,7 @@ impl Lifecycle {
                             window_ms = window.as_millis() as u64,
                             "offering the live connections to the successor"
                         );
-                        handle.shared.handover.offer(out);
+                        handle.shared.handover.offer(out, &handle.shared.registry);
                     }
                 }
             }
