@@ -198,6 +198,7 @@ pub(crate) fn peer_pid(sock: &impl AsRawFd) -> io::Result<u32> {
     // SAFETY: a zeroed ucred is valid; getsockopt writes at most `len` bytes into it.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into a ucred we own, with its length.
     let rc = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
