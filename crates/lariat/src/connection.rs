@@ -62,6 +62,9 @@ impl Drop for ConnectionGuard {
         let shared = &entry.shared;
         let stats = &shared.stats;
         shared.registry.remove(entry.id);
+        if entry.offer_parked.load(Relaxed) {
+            shared.handover.unpark(entry.id);
+        }
         Stats::add(&stats.bytes_in, entry.bytes_in.load(Relaxed));
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);

@@ -40,9 +40,9 @@ pub(crate) struct Entry {
     /// The admission gate counted this connection under its peer (the reported one: see
     /// `admission::judge`), so closing it must uncount it.
     pub(crate) gate_counted: AtomicBool,
-    /// The task parked in `Connection::readable_or_offer`, woken when a restart's successor takes
-    /// connections: inline, so a parked connection allocates nothing to hear of it.
-    pub(crate) offer_waker: futures_util::task::AtomicWaker,
+    /// The connection's task waits in `Connection::readable_or_offer`, its waker in the server's
+    /// `HandOverState::parked` (a flag in what would be padding: the entry does not grow).
+    pub(crate) offer_parked: AtomicBool,
 }
 
 /// What a connection's set-up learned, each set once.
@@ -172,17 +172,10 @@ impl Registry {
             extras: OnceLock::new(),
             closer: Closer::new(fd),
             gate_counted: AtomicBool::new(false),
-            offer_waker: futures_util::task::AtomicWaker::new(),
+            offer_parked: AtomicBool::new(false),
         });
         self.map.insert(id, entry.clone());
         entry
-    }
-
-    /// Wakes every task parked in `Connection::readable_or_offer`.
-    pub(crate) fn wake_offer_waiters(&self) {
-        for entry in self.map.iter() {
-            entry.offer_waker.wake();
-        }
     }
 
     /// The connections whose byte counters have not moved for more than `timeout_ms` (by the sweeps'

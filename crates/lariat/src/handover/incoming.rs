@@ -85,6 +85,11 @@ pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<Shared>
                             }
                             _ => break 'channel "the predecessor sent a malformed message",
                         },
+                        // A predecessor that closed without accepting us (one that hands no
+                        // connections over, a supervisor starting a worker) resets the connection.
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                            break 'channel "the predecessor closed the channel"
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "hand-over: reading the channel");
                             break 'channel "the channel failed";
@@ -117,12 +122,16 @@ pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<Shared>
         }
     };
     // Sockets never committed stay with the predecessor: closing our copies is invisible to their peers.
-    tracing::info!(
-        resumed,
-        left_with_predecessor = held.len(),
-        why,
-        "hand-over channel closed"
-    );
+    if resumed == 0 && held.is_empty() {
+        tracing::debug!(why, "hand-over channel closed; no connection came");
+    } else {
+        tracing::info!(
+            resumed,
+            left_with_predecessor = held.len(),
+            why,
+            "hand-over channel closed"
+        );
+    }
 }
 
 /// Serves a committed connection here: registered like an accepted one (over the cap if need be: it

@@ -22,24 +22,27 @@
 //! the client).
 //!
 //! ```no_run
+//! use lariat::handover::Wake;
 //! use lariat::Connection;
-//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use tokio::io::AsyncWriteExt;
 //!
 //! async fn echo(mut conn: Connection) -> std::io::Result<()> {
-//!     let mut buf = vec![0u8; 4096];
+//!     let mut listening = true; // false once a hand-over was tried
 //!     loop {
-//!         // (`readable_or_offer` does the same without a buffer while idle.)
-//!         tokio::select! {
-//!             n = conn.read(&mut buf) => {
-//!                 let n = n?;
-//!                 if n == 0 { return Ok(()) }
-//!                 conn.write_all(&buf[..n]).await?;
-//!             }
-//!             // Between messages: nothing to carry but the socket.
-//!             _ = conn.hand_over_offer() => match conn.hand_over(b"").await {
-//!                 Ok(()) => return Ok(()),             // the successor serves it now
+//!         // Between messages: nothing half-read, nothing half-written, no buffer held.
+//!         if conn.readable_or_offer(&mut listening).await? == Wake::HandOver {
+//!             match conn.hand_over(b"").await {
+//!                 Ok(()) => return Ok(()),                   // the successor serves it now
 //!                 Err(refused) => conn = refused.connection, // serve on; it drains as before
-//!             },
+//!             }
+//!             continue;
+//!         }
+//!         let mut buf = Vec::with_capacity(4096);
+//!         match conn.try_read_buf(&mut buf) {
+//!             Ok(0) => return Ok(()),
+//!             Ok(_) => conn.write_all(&buf).await?,
+//!             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+//!             Err(e) => return Err(e),
 //!         }
 //!     }
 //! }
@@ -129,6 +132,10 @@ pub(crate) struct HandOverState {
     offer: CancellationToken,
     /// Starts a resumed connection in the server's handler (set by the server when it starts).
     pub(crate) resume: OnceLock<Box<dyn Fn(Connection) + Send + Sync>>,
+    /// The tasks waiting in `Connection::readable_or_offer`, by connection id: the offer wakes them.
+    /// Kept here rather than in each registry entry, so connections whose handlers never ask cost
+    /// nothing; an entry leaves with its connection.
+    parked: dashmap::DashMap<u64, std::task::Waker>,
 }
 
 impl std::fmt::Debug for HandOverState {
@@ -141,11 +148,19 @@ impl std::fmt::Debug for HandOverState {
 }
 
 impl HandOverState {
-    /// Offers the live connections of `registry` to the successor at the other end of `channel`.
-    pub(crate) fn offer(&self, channel: Arc<Outgoing>, registry: &crate::Registry) {
+    /// Offers the live connections to the successor at the other end of `channel`.
+    pub(crate) fn offer(&self, channel: Arc<Outgoing>) {
         *self.outgoing.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel);
         self.offer.cancel();
-        registry.wake_offer_waiters();
+        // After the cancel: a task parking from now on sees it before it waits.
+        for parked in self.parked.iter() {
+            parked.value().wake_by_ref();
+        }
+    }
+
+    /// Forgets a closed connection's waker.
+    pub(crate) fn unpark(&self, id: u64) {
+        self.parked.remove(&id);
     }
 
     fn channel(&self) -> Option<Arc<Outgoing>> {
@@ -210,8 +225,8 @@ impl Connection {
 
     /// Waits until the connection is readable or, while `listening` is true, until a successor takes
     /// connections; it then sets `listening` to false (ask once: a hand-over that fails leaves the
-    /// connection to drain). Holds no read buffer and allocates nothing: the waker is kept in the
-    /// connection's registry entry, and the offer wakes every parked connection.
+    /// connection to drain). Holds no read buffer and adds nothing to the handler's future: the waker
+    /// waits in a server-wide table (an entry per parked connection), and the offer wakes them all.
     pub fn readable_or_offer<'a>(
         &'a self,
         listening: &'a mut bool,
@@ -219,9 +234,23 @@ impl Connection {
         std::future::poll_fn(move |cx| {
             if *listening {
                 let entry = self.entry();
-                // Registered before the check, so an offer in between is not missed.
-                entry.offer_waker.register(cx.waker());
-                if entry.shared.handover.offer.is_cancelled() {
+                let state = &entry.shared.handover;
+                // Registered before the check, so an offer in between is not missed. A task's waker
+                // rarely changes: it is stored again only when it does.
+                let known = entry
+                    .offer_parked
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    && state
+                        .parked
+                        .get(&entry.id)
+                        .is_some_and(|w| w.will_wake(cx.waker()));
+                if !known {
+                    state.parked.insert(entry.id, cx.waker().clone());
+                    entry
+                        .offer_parked
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                if state.offer.is_cancelled() {
                     *listening = false;
                     return std::task::Poll::Ready(Ok(Wake::HandOver));
                 }

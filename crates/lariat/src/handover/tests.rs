@@ -51,10 +51,7 @@ fn join(old: &Server, new: &Server) {
         new.handle().shared.clone(),
     ));
     let out = Outgoing::start(a, Duration::from_secs(5)).unwrap();
-    old.handle()
-        .shared
-        .handover
-        .offer(out, &old.handle().shared.registry);
+    old.handle().shared.handover.offer(out);
 }
 
 #[tokio::test]
@@ -180,10 +177,7 @@ async fn a_channel_that_closes_leaves_the_connection_where_it_was() {
         socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
     drop(b);
     let out = Outgoing::start(a, Duration::from_secs(5)).unwrap();
-    old.handle()
-        .shared
-        .handover
-        .offer(out, &old.handle().shared.registry);
+    old.handle().shared.handover.offer(out);
     tokio::time::sleep(Duration::from_millis(100)).await;
     client.write_all(b"after!").await.unwrap();
     client.read_exact(&mut back).await.unwrap();

@@ -477,7 +477,7 @@ impl Lifecycle {
                             window_ms = window.as_millis() as u64,
                             "offering the live connections to the successor"
                         );
-                        handle.shared.handover.offer(out, &handle.shared.registry);
+                        handle.shared.handover.offer(out);
                     }
                 }
             }
