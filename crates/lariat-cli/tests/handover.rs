@@ -416,3 +416,69 @@ fn time_of(log: &str, what: &str) -> f64 {
     let s: f64 = parts.next().unwrap().parse().unwrap();
     h * 3600.0 + m * 60.0 + s
 }
+
+#[test]
+fn a_handler_that_reaches_no_safe_point_in_the_window_drains_as_before() {
+    let mut server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--hand-over-window",
+        "1s",
+        "--drain-timeout",
+        "4s",
+    ]);
+    let addr = server.tcp_addr();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    exchange(&mut idle, b"idle\n", Duration::from_secs(5)).unwrap();
+    // A client that writes and never reads: the echo blocks in its write (the peer's window is
+    // full), between no two messages, through the whole window.
+    let mut stuck = TcpStream::connect(addr).unwrap();
+    stuck.set_nonblocking(true).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut written = 0usize;
+    // Until nothing more goes in for half a second: every buffer on the way is full.
+    let mut blocked_since = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match stuck.write(&chunk) {
+            Ok(n) => {
+                written += n;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let old = server.pid();
+    let started = Instant::now();
+    let successor = restart(&server, old, 1);
+    // The idle connection moved at once; the stuck one stays with the old process until its drain
+    // deadline closes it.
+    exchange(&mut idle, b"moved\n", Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        is_alive(old),
+        "the old process let go of a connection it could not move:\n{}",
+        server.stderr()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || !server.is_running()),
+        "the old process did not drain"
+    );
+    let elapsed = started.elapsed();
+    let log = server.stderr();
+    assert!(log.contains("drain ended by force"), "{log}");
+    assert!(log.contains("resumed=1 "), "{log}");
+    assert!(
+        elapsed >= Duration::from_secs(3),
+        "drained after {elapsed:?}"
+    );
+    eprintln!("{written} bytes stuck; the old process drained after {elapsed:.1?}");
+    signal(successor, libc::SIGKILL);
+}
