@@ -286,6 +286,15 @@ async fn serve<H: Handler>(
     if let Some(tls) = tls {
         lifecycle = lifecycle.on_reload(move || reload(&tls));
     }
+    // A worker's replacement takes its connections through this socket.
+    if let Some(supervisor) = args.as_worker {
+        match crate::workers::worker_hand_over_socket(supervisor) {
+            Ok(socket) => lifecycle = lifecycle.hand_over_socket(socket),
+            Err(e) => {
+                tracing::warn!(error = %e, "no hand-over socket: this worker drains when replaced")
+            }
+        }
+    }
     let admin = admin_listener
         .map(|l| {
             admin::start(

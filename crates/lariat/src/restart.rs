@@ -53,6 +53,11 @@ pub struct RestartOptions {
     /// after [`STOP_GRACE`]). Default SIGTERM; a program whose successors ignore SIGTERM names the one
     /// they obey.
     pub stop_signal: i32,
+    /// Where the successor connects to take live connections over (see
+    /// [`handover`](crate::handover)). `None` (the default): from this process, through a socket
+    /// [`spawn_successor`] makes. A supervisor replacing a worker names the worker's
+    /// [`HandOverSocket`](crate::handover::HandOverSocket) instead.
+    pub hand_over_from: Option<PathBuf>,
 }
 
 impl RestartOptions {
@@ -69,6 +74,7 @@ impl RestartOptions {
             args: std::env::args_os().skip(1).collect(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             stop_signal: libc::SIGTERM,
+            hand_over_from: None,
         })
     }
 }
@@ -192,9 +198,14 @@ pub fn spawn_successor(
         source,
     };
     let notify = NotifySocket::new().map_err(spawn_err)?;
-    let handover = notify.handover_listener().map_err(spawn_err)?;
-    let plan =
-        ExecPlan::new(listeners, opts, &notify.path, &notify.handover_path()).map_err(spawn_err)?;
+    let (handover, handover_path) = match &opts.hand_over_from {
+        Some(path) => (None, path.clone()),
+        None => (
+            Some(notify.handover_listener().map_err(spawn_err)?),
+            notify.handover_path(),
+        ),
+    };
+    let plan = ExecPlan::new(listeners, opts, &notify.path, &handover_path).map_err(spawn_err)?;
     // Descriptors 3, 4, … are the targets of the child's dup2s: none of them may be a descriptor std
     // uses across the fork (its exec-error pipe), so any free one is filled until `spawn` returns.
     let _placeholders =
@@ -212,7 +223,7 @@ pub fn spawn_successor(
         pid: child.id(),
         child: Some(child),
         notify,
-        handover: Some(handover),
+        handover,
         ready_timeout: opts.ready_timeout,
         stop_signal: opts.stop_signal,
         settled: false,

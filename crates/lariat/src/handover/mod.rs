@@ -356,12 +356,44 @@ pub(crate) fn listening_socket() -> std::io::Result<socket2::Socket> {
     wire::seqpacket()
 }
 
+/// A socket a replacement process connects to, to take this process's connections when it retires:
+/// what a supervisor's worker binds (at a path in a directory only its user can enter), so that the
+/// worker replacing it ([`RestartOptions::hand_over_from`](crate::restart::RestartOptions::hand_over_from))
+/// finds it. Give it to [`Lifecycle::hand_over_socket`](crate::lifecycle::Lifecycle::hand_over_socket).
+/// The path is removed when it is dropped.
+#[derive(Debug)]
+pub struct HandOverSocket {
+    socket: socket2::Socket,
+    path: std::path::PathBuf,
+}
+
+impl HandOverSocket {
+    /// Binds and listens at `path`.
+    pub fn bind(path: impl Into<std::path::PathBuf>) -> std::io::Result<HandOverSocket> {
+        let path = path.into();
+        let socket = wire::seqpacket()?;
+        socket.bind(&socket2::SockAddr::unix(&path)?)?;
+        socket.listen(8)?;
+        Ok(HandOverSocket { socket, path })
+    }
+
+    pub(crate) fn socket(&self) -> &socket2::Socket {
+        &self.socket
+    }
+}
+
+impl Drop for HandOverSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Takes the successor's connection on `listener` (pending since before its `READY=1`), checks it
-/// comes from `successor_pid`, and opens the hand-over for `window`. `None` if the successor does
-/// not take connections.
+/// comes from `successor_pid` (or, when it is not known, from a process of this user), and opens the
+/// hand-over for `window`. `None` if the successor does not take connections.
 pub(crate) fn accept_successor(
     listener: &socket2::Socket,
-    successor_pid: u32,
+    successor_pid: Option<u32>,
     window: std::time::Duration,
 ) -> Option<Arc<Outgoing>> {
     let (sock, _) = match listener.accept() {
@@ -375,9 +407,8 @@ pub(crate) fn accept_successor(
             return None;
         }
     };
-    match wire::peer_pid(&sock) {
-        Ok(pid) if pid == successor_pid => {}
-        Ok(pid) => {
+    match (wire::peer_pid(&sock), successor_pid) {
+        (Ok(pid), Some(successor_pid)) if pid != successor_pid => {
             tracing::warn!(
                 pid,
                 successor_pid,
@@ -385,7 +416,20 @@ pub(crate) fn accept_successor(
             );
             return None;
         }
-        Err(e) => {
+        (Ok(_), Some(_)) => {}
+        (Ok(_), None) => match wire::peer_uid(&sock) {
+            // SAFETY: getuid has no preconditions.
+            Ok(uid) if uid == unsafe { libc::getuid() } => {}
+            Ok(uid) => {
+                tracing::warn!(uid, "hand-over: a channel from another user; refused");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "hand-over: cannot identify the channel's peer");
+                return None;
+            }
+        },
+        (Err(e), _) => {
             tracing::warn!(error = %e, "hand-over: cannot identify the channel's peer");
             return None;
         }

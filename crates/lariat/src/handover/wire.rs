@@ -195,6 +195,15 @@ pub(crate) fn recv(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Own
 
 /// The pid of the process at the other end of a Unix socket (`SO_PEERCRED`).
 pub(crate) fn peer_pid(sock: &impl AsRawFd) -> io::Result<u32> {
+    Ok(peer_cred(sock)?.pid as u32)
+}
+
+/// The user of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub(crate) fn peer_uid(sock: &impl AsRawFd) -> io::Result<u32> {
+    Ok(peer_cred(sock)?.uid)
+}
+
+fn peer_cred(sock: &impl AsRawFd) -> io::Result<libc::ucred> {
     // SAFETY: a zeroed ucred is valid; getsockopt writes at most `len` bytes into it.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -211,7 +220,7 @@ pub(crate) fn peer_pid(sock: &impl AsRawFd) -> io::Result<u32> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cred.pid as u32)
+    Ok(cred)
 }
 
 #[cfg(test)]

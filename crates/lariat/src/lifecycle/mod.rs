@@ -110,6 +110,7 @@ pub struct Lifecycle {
     on_reload: Option<Box<dyn FnMut() + Send>>,
     on_hand_over: Option<Box<dyn FnOnce() + Send>>,
     hand_over_window: Duration,
+    hand_over_socket: Option<crate::handover::HandOverSocket>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -160,6 +161,7 @@ impl Lifecycle {
             on_reload: None,
             on_hand_over: None,
             hand_over_window: DEFAULT_HAND_OVER_WINDOW,
+            hand_over_socket: None,
         }
     }
 
@@ -223,6 +225,14 @@ impl Lifecycle {
     /// Never longer than the drain timeout. Default 10 s; zero offers no connection (all drain).
     pub fn hand_over_window(mut self, window: Duration) -> Lifecycle {
         self.hand_over_window = window;
+        self
+    }
+
+    /// Where a replacement connects to take the live connections when this process retires (a
+    /// supervisor's worker told to [`Retire`](Instruction::Retire)); see
+    /// [`HandOverSocket`](crate::handover::HandOverSocket).
+    pub fn hand_over_socket(mut self, socket: crate::handover::HandOverSocket) -> Lifecycle {
+        self.hand_over_socket = Some(socket);
         self
     }
 
@@ -470,7 +480,7 @@ impl Lifecycle {
                 if let Some(listener) = channel.filter(|_| !self.hand_over_window.is_zero()) {
                     let window = self.hand_over_window.min(self.drain.timeout);
                     if let Some(out) =
-                        crate::handover::accept_successor(&listener, successor, window)
+                        crate::handover::accept_successor(&listener, Some(successor), window)
                     {
                         // No `successor_pid` field here: the line above names it once per restart.
                         tracing::info!(
@@ -488,6 +498,22 @@ impl Lifecycle {
                     "worker retiring: leaving the sockets to the other workers and draining"
                 );
                 self.hand_over();
+                if let Some(socket) = self
+                    .hand_over_socket
+                    .take()
+                    .filter(|_| !self.hand_over_window.is_zero())
+                {
+                    let window = self.hand_over_window.min(self.drain.timeout);
+                    if let Some(out) =
+                        crate::handover::accept_successor(socket.socket(), None, window)
+                    {
+                        tracing::info!(
+                            window_ms = window.as_millis() as u64,
+                            "offering the live connections to the replacement"
+                        );
+                        handle.shared.handover.offer(out);
+                    }
+                }
             }
         }
         // The drain needs the accept loop driven (it empties the queues), so both run here.
