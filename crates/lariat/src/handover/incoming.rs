@@ -33,6 +33,14 @@ pub(crate) fn connect_from_env(shared: &Arc<Shared>) -> io::Result<bool> {
     let sock = wire::seqpacket()?;
     sock.set_nonblocking(false)?;
     sock.connect(&socket2::SockAddr::unix(&path)?)?;
+    // Sockets are only taken from a process of this user (the path's directory is private anyway).
+    // SAFETY: getuid has no preconditions.
+    if wire::peer_uid(&sock)? != unsafe { libc::getuid() } {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the hand-over socket belongs to another user",
+        ));
+    }
     sock.set_nonblocking(true)?;
     let fd = wire::register(sock)?;
     tokio::spawn(take_connections(fd, shared.clone()));
