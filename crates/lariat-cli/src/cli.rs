@@ -109,10 +109,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub handshake_grace: Duration,
 
-    /// http-hello: a request's head must arrive whole within this long of its first byte, and its body
-    /// at 1 KiB/s on average after this long, or the client gets 408 and a close (a client sending a
-    /// byte now and then would otherwise hold its slot, as every byte resets --idle-timeout).
-    /// [default: 10s]
+    /// http-hello: a request's head must arrive whole within this long (from the connection's start or
+    /// the end of the previous answer; slow header senders are closed, counted), and its body at
+    /// 1 KiB/s on average after this long, or the client gets 408 and a close (a client sending a byte
+    /// now and then would otherwise hold its slot, as every byte resets --idle-timeout). [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
 
@@ -150,6 +150,10 @@ pub struct ServeArgs {
     /// disables it.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// http-hello: close a connection idle this long between requests (HTTP/2: GOAWAY); 0 disables it.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub http_keep_alive: Duration,
 
     /// On SIGTERM/SIGINT, how long live connections get to finish before they are closed (e.g. 30s,
     /// 500ms). A second signal closes them at once.
@@ -428,7 +432,8 @@ pub enum HandlerKind {
     Echo,
     /// Read and drop every byte.
     Discard,
-    /// Answer every HTTP/1.x request with a short 200, keep-alive (for wrk, h2load).
+    /// Answer every HTTP/1.1 or HTTP/2 (h2c, or h2 by ALPN) request with `200 Hello, world!`, keep-alive
+    /// (for wrk, h2load, curl); drains end each connection after an answer.
     HttpHello,
     /// Write `peer=ADDR hop=ADDR` (the client as a PROXY header named it, and the socket's peer), then echo.
     Whoami,

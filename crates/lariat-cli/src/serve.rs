@@ -98,8 +98,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             serve(builder, named, admin, handlers::whoami::whoami, &args, tls).await
         }
         HandlerKind::HttpHello => {
-            let timeout = args.request_timeout();
-            let handler = move |conn| handlers::http_hello::http_hello(conn, timeout);
+            let handler = http_hello(&args);
             serve(builder, named, admin, handler, &args, tls).await
         }
     }
@@ -168,6 +167,11 @@ fn front_per_listener(
     Ok(builder)
 }
 
+/// `http-hello` with the HTTP timeouts from the command line.
+fn http_hello(args: &ServeArgs) -> impl Handler + Clone {
+    handlers::http::http_hello(args.request_timeout(), args.http_keep_alive)
+}
+
 fn add_route(
     router: Router,
     spec: &RouteSpec,
@@ -178,12 +182,7 @@ fn add_route(
         HandlerKind::Echo => with_route(router, spec, tls, handlers::echo::echo),
         HandlerKind::Discard => with_route(router, spec, tls, handlers::discard::discard),
         HandlerKind::Whoami => with_route(router, spec, tls, handlers::whoami::whoami),
-        HandlerKind::HttpHello => {
-            let timeout = args.request_timeout();
-            with_route(router, spec, tls, move |conn| {
-                handlers::http_hello::http_hello(conn, timeout)
-            })
-        }
+        HandlerKind::HttpHello => with_route(router, spec, tls, http_hello(args)),
     }
 }
 

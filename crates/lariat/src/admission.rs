@@ -248,20 +248,14 @@ impl Gate {
 }
 
 /// Judges `peer` for the connection `entry` by the server's admission rules, if it has any: counts a
-/// refusal (logged at most once a second) and remembers on the entry that it was counted.
-pub(crate) fn judge(entry: &crate::registry::Entry, peer: &PeerAddr) -> Result<(), Refusal> {
+/// refusal (logged at most once a second). `Ok(true)`: the connection was counted under `peer`, so
+/// closing it must uncount it (the caller marks its guard: see `Connection::mark_gate_counted`).
+pub(crate) fn judge(entry: &crate::registry::Entry, peer: &PeerAddr) -> Result<bool, Refusal> {
     let Some(gate) = &entry.shared.gate else {
-        return Ok(());
+        return Ok(false);
     };
-    match gate.admit(peer) {
-        Ok(counted) => {
-            if counted {
-                entry.gate_counted.store(true, Relaxed);
-            }
-            Ok(())
-        }
-        Err(refusal) => Err(refused(gate, entry, peer, refusal)),
-    }
+    gate.admit(peer)
+        .map_err(|refusal| refused(gate, entry, peer, refusal))
 }
 
 /// Judges the process at the other end of a Unix socket by its user, if the rules name users: the

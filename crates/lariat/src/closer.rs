@@ -27,12 +27,28 @@ const BUSY: u64 = 2;
 /// Shut down by [`Closer::shut_down`]; stays so (a connection is closed once).
 const SHUT: u64 = 3;
 
+/// Flags beside the state, kept by every transition. They live here because the registry entry sits
+/// at an allocation step and the connection's task at a task-cell step: one more field in either
+/// costs every idle connection 16 or 128 bytes.
+///
+/// The admission rules counted this connection under its peer's address, so closing it uncounts it
+/// (see `Connection::admit`).
+pub(crate) const COUNTED: u64 = 1 << 63;
+/// The connection's task waits in `Connection::readable_or_offer`, its waker in the server's
+/// hand-over table, so closing it removes that.
+pub(crate) const PARKED: u64 = 1 << 62;
+
 fn word(state: u64, fd: RawFd) -> u64 {
     (state << 32) | u64::from(fd as u32)
 }
 
+/// The state and the descriptor, without the flags.
 fn split(word: u64) -> (u64, RawFd) {
-    (word >> 32, word as u32 as RawFd)
+    ((word >> 32) & 0b11, word as u32 as RawFd)
+}
+
+fn flags(word: u64) -> u64 {
+    word & (COUNTED | PARKED)
 }
 
 /// What [`Closer::shut_down`] did.
@@ -59,11 +75,12 @@ impl Closer {
             match split(current) {
                 (OPEN, fd) => {
                     // Only `BUSY` keeps the number: a withdrawn one is forgotten.
-                    let next = if to == BUSY {
-                        word(BUSY, fd)
-                    } else {
-                        word(to, 0)
-                    };
+                    let next = flags(current)
+                        | if to == BUSY {
+                            word(BUSY, fd)
+                        } else {
+                            word(to, 0)
+                        };
                     if self
                         .0
                         .compare_exchange(current, next, AcqRel, Acquire)
@@ -86,9 +103,26 @@ impl Closer {
 
     /// The owner holds `fd` open again (a stream rebuilt around the same socket, say after TLS).
     pub(crate) fn register(&self, fd: RawFd) {
-        let _ = self
-            .0
-            .compare_exchange(WITHDRAWN, word(OPEN, fd), AcqRel, Acquire);
+        let _ = self.0.fetch_update(AcqRel, Acquire, |current| {
+            (split(current).0 == WITHDRAWN).then(|| flags(current) | word(OPEN, fd))
+        });
+    }
+
+    /// Sets `flag` ([`COUNTED`] or [`PARKED`]); it stays set.
+    pub(crate) fn set_flag(&self, flag: u64) {
+        self.0.fetch_or(flag, AcqRel);
+    }
+
+    /// Whether `flag` was set.
+    pub(crate) fn has_flag(&self, flag: u64) -> bool {
+        self.0.load(Acquire) & flag == flag
+    }
+
+    /// Sets the state and descriptor, keeping the flags (another thread may set one meanwhile).
+    fn set(&self, state: u64, fd: RawFd) {
+        let _ = self.0.fetch_update(AcqRel, Acquire, |current| {
+            Some(flags(current) | word(state, fd))
+        });
     }
 
     /// Shuts the socket down both ways, once. With no descriptor registered, `other_way` says the
@@ -101,8 +135,7 @@ impl Closer {
                 // already gone: ENOTCONN) leaves nothing to shut either way.
                 // SAFETY: shutdown(2) on a descriptor the owner holds open; no memory is touched.
                 let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                self.0
-                    .store(word(SHUT, 0), std::sync::atomic::Ordering::Release);
+                self.set(SHUT, 0);
                 Shutdown::Done
             }
             Err(SHUT) => Shutdown::Already,
@@ -110,7 +143,9 @@ impl Closer {
                 if other_way
                     && self
                         .0
-                        .compare_exchange(WITHDRAWN, word(SHUT, 0), AcqRel, Acquire)
+                        .fetch_update(AcqRel, Acquire, |current| {
+                            (split(current).0 == WITHDRAWN).then(|| flags(current) | word(SHUT, 0))
+                        })
                         .is_err()
                 {
                     // Shut (or registered) in between: ask again.
@@ -131,14 +166,13 @@ impl Closer {
     pub(crate) fn with_fd<R>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> R) -> Option<R> {
         let fd = self.take_open(BUSY).ok()?;
         /// Puts the descriptor back however `f` ends, so the owner never waits on a `BUSY` left behind.
-        struct Reopen<'a>(&'a AtomicU64, RawFd);
+        struct Reopen<'a>(&'a Closer, RawFd);
         impl Drop for Reopen<'_> {
             fn drop(&mut self) {
-                self.0
-                    .store(word(OPEN, self.1), std::sync::atomic::Ordering::Release);
+                self.0.set(OPEN, self.1);
             }
         }
-        let _reopen = Reopen(&self.0, fd);
+        let _reopen = Reopen(self, fd);
         // SAFETY: the owner holds `fd` open, and cannot close it while the state is `BUSY`.
         Some(f(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }))
     }
@@ -171,5 +205,25 @@ mod tests {
         closer.withdraw();
         assert_eq!(closer.shut_down(true), Shutdown::NoSocket);
         assert_eq!(closer.shut_down(true), Shutdown::Already, "counted once");
+    }
+
+    #[test]
+    fn the_counted_flag_survives_every_transition() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let closer = Closer::new(Some(a.as_raw_fd()));
+        assert!(!closer.has_flag(COUNTED));
+        closer.set_flag(COUNTED);
+        assert!(
+            closer.with_fd(|_| ()).is_some(),
+            "still open with the flag set"
+        );
+        closer.withdraw();
+        closer.register(a.as_raw_fd());
+        assert!(closer.has_flag(COUNTED));
+        assert_eq!(closer.shut_down(false), Shutdown::Done);
+        let mut buf = [0u8; 1];
+        assert_eq!(b.read(&mut buf).unwrap(), 0, "the peer reads EOF");
+        assert!(closer.is_shut() && closer.has_flag(COUNTED));
+        assert_eq!(closer.shut_down(false), Shutdown::Already);
     }
 }

@@ -62,14 +62,14 @@ impl Drop for ConnectionGuard {
         let shared = &entry.shared;
         let stats = &shared.stats;
         shared.registry.remove(entry.id);
-        if entry.offer_parked.load(Relaxed) {
+        if entry.closer.has_flag(crate::closer::PARKED) {
             shared.handover.unpark(entry.id);
         }
         Stats::add(&stats.bytes_in, entry.bytes_in.load(Relaxed));
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            if entry.gate_counted.load(Relaxed) {
+            if entry.closer.has_flag(crate::closer::COUNTED) {
                 gate.release(entry.reported_peer());
             }
         }
@@ -113,6 +113,17 @@ impl Connection {
 
     pub(crate) fn entry(&self) -> &Arc<Entry> {
         &self.guard.meta.0
+    }
+
+    /// Judges the connection's reported peer (the client a PROXY header named, else the socket's peer)
+    /// by the admission rules (see `admission::judge`), remembering whether it was counted so that
+    /// closing it uncounts it.
+    pub(crate) fn admit(&self) -> Result<(), crate::admission::Refusal> {
+        let entry = &self.guard.meta.0;
+        if crate::admission::judge(entry, entry.reported_peer())? {
+            entry.closer.set_flag(crate::closer::COUNTED);
+        }
+        Ok(())
     }
 
     /// What is known about the connection (peer, TLS, age, bytes, the drain signal), as a value every

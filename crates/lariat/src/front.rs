@@ -94,8 +94,7 @@ impl Front {
                 proxy::Admitted::Plain => {}
             }
             // The client is known now: the admission rules judge it, not the balancer.
-            crate::admission::judge(conn.entry(), conn.peer_addr())
-                .map_err(FrontError::Admission)?;
+            conn.admit().map_err(FrontError::Admission)?;
         }
         if let Some(tls) = &self.tls {
             conn = start_tls(conn, tls).await?;

@@ -84,6 +84,8 @@ pub mod tls;
 
 #[cfg(feature = "axum")]
 pub mod axum;
+#[cfg(feature = "http")]
+pub mod http;
 
 /// The README's code blocks, compiled as doctests so that what users copy compiles. Under the `axum`
 /// feature, which one block needs (`cargo test --all-features`, as CI runs).

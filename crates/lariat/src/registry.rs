@@ -1,7 +1,7 @@
 //! The live connection registry (seed 002's "children list"): who is connected, since when, how much they
 //! sent, and a way to close one by id.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,6 @@ pub(crate) struct Entry {
     pub(crate) extras: OnceLock<Box<Extras>>,
     /// The socket, as a forced close reaches it (see `closer.rs`).
     pub(crate) closer: Closer,
-    /// The admission gate counted this connection under its peer (the reported one: see
-    /// `admission::judge`), so closing it must uncount it.
-    pub(crate) gate_counted: AtomicBool,
-    /// The connection's task waits in `Connection::readable_or_offer`, its waker in the server's
-    /// `HandOverState::parked` (a flag in what would be padding: the entry does not grow).
-    pub(crate) offer_parked: AtomicBool,
 }
 
 /// What a connection's set-up learned, each set once.
@@ -171,8 +165,6 @@ impl Registry {
             quiet_since_ms: AtomicU64::new(now),
             extras: OnceLock::new(),
             closer: Closer::new(fd),
-            gate_counted: AtomicBool::new(false),
-            offer_parked: AtomicBool::new(false),
         });
         self.map.insert(id, entry.clone());
         entry

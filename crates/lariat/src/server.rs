@@ -700,10 +700,8 @@ impl<H: Handler> Spawner<H> {
         let front = self.fronts.get(from).and_then(Option::as_ref);
         // Behind a PROXY header the socket's peer is the balancer: the front judges the client the
         // header names instead. Elsewhere the peer is judged here, before a task exists.
-        let entry = conn.entry();
-        let refused = crate::admission::judge_socket(entry, conn.stream()).is_err()
-            || (front.is_none_or(|f| f.proxy.is_none())
-                && crate::admission::judge(entry, &entry.peer).is_err());
+        let refused = crate::admission::judge_socket(conn.entry(), conn.stream()).is_err()
+            || (front.is_none_or(|f| f.proxy.is_none()) && conn.admit().is_err());
         if refused {
             // Dropping it closes the socket and frees its slot.
             return;

@@ -259,15 +259,18 @@ async fn a_split_connection_learns_of_the_drain_in_its_message_loop_and_its_writ
                 let mut write = write;
                 let mut told = false;
                 loop {
+                    // Biased, the signal first: the loop's last line and the end of the channel
+                    // may be ready at the same time as the signal, and the writer must see it.
                     tokio::select! {
-                        line = rx.recv() => match line {
-                            Some(line) => write.write_all(line).await?,
-                            None => return write.shutdown().await,
-                        },
+                        biased;
                         _ = signal.wait(), if !told => {
                             told = true;
                             write.write_all(b"writer: draining\n").await?;
                         }
+                        line = rx.recv() => match line {
+                            Some(line) => write.write_all(line).await?,
+                            None => return write.shutdown().await,
+                        },
                     }
                 }
             });

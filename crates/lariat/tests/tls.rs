@@ -102,6 +102,15 @@ async fn echo_over_tls_with_sni_and_alpn_byte_exact() {
             let back = exchange(&mut tls, &data, expected_line.len() + data.len()).await;
             assert_eq!(&back[..expected_line.len()], expected_line);
             assert!(back[expected_line.len()..] == data[..], "echo differs");
+            // A clean end both ways: close_notify, then the server's (read to EOF) before the socket
+            // goes. A peer that just drops the connection is a truncated stream to the handler's read,
+            // and one that goes before the server's close_notify makes that write fail; this test
+            // counts handler errors.
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            tls.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
         }));
     }
     for c in clients {

@@ -3,7 +3,7 @@
 pub mod discard;
 pub mod echo;
 pub mod echo_messages;
-pub mod http_hello;
+pub mod http;
 pub mod whoami;
 
 /// At a restart, moves the connection to the successor at a safe point (the handlers call this between

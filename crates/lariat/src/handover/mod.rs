@@ -237,18 +237,14 @@ impl Connection {
                 let state = &entry.shared.handover;
                 // Registered before the check, so an offer in between is not missed. A task's waker
                 // rarely changes: it is stored again only when it does.
-                let known = entry
-                    .offer_parked
-                    .load(std::sync::atomic::Ordering::Relaxed)
+                let known = entry.closer.has_flag(crate::closer::PARKED)
                     && state
                         .parked
                         .get(&entry.id)
                         .is_some_and(|w| w.will_wake(cx.waker()));
                 if !known {
                     state.parked.insert(entry.id, cx.waker().clone());
-                    entry
-                        .offer_parked
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    entry.closer.set_flag(crate::closer::PARKED);
                 }
                 if state.offer.is_cancelled() {
                     *listening = false;

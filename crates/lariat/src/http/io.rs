@@ -1,0 +1,160 @@
+//! The connection as hyper's transport, handed back when hyper is done so it can be closed without a
+//! reset (the lingering close), and a non-blocking look at what waits in the socket.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::oneshot;
+
+use crate::{Connection, Stream};
+
+/// Owns the [`Connection`] while hyper serves it; when hyper drops its transport, the connection goes
+/// back through `back` instead of being closed.
+pub(crate) struct Returned {
+    conn: Option<Connection>,
+    back: Option<oneshot::Sender<Connection>>,
+}
+
+impl Returned {
+    pub(crate) fn new(conn: Connection) -> (Returned, oneshot::Receiver<Connection>) {
+        let (tx, rx) = oneshot::channel();
+        let io = Returned {
+            conn: Some(conn),
+            back: Some(tx),
+        };
+        (io, rx)
+    }
+
+    fn conn(&mut self) -> io::Result<Pin<&mut Connection>> {
+        match self.conn.as_mut() {
+            Some(c) => Ok(Pin::new(c)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Drop for Returned {
+    fn drop(&mut self) {
+        if let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) {
+            // If the receiver is gone (the serving task was aborted), the connection is dropped here.
+            let _ = back.send(conn);
+        }
+    }
+}
+
+impl AsyncRead for Returned {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().conn() {
+            Ok(c) => c.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Returned {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().conn() {
+            Ok(c) => c.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().conn() {
+            Ok(c) => c.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().conn() {
+            Ok(c) => c.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().conn() {
+            Ok(c) => c.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// The socket under a connection, for [`pending`]. Under TLS this is the raw socket: waiting records
+/// count as waiting bytes.
+pub(crate) fn raw_fd(stream: &Stream) -> Option<RawFd> {
+    match stream {
+        Stream::Tcp(s) => Some(s.as_raw_fd()),
+        Stream::Unix(s) => Some(s.as_raw_fd()),
+        Stream::Tls(s) => raw_fd(s.get_ref()),
+    }
+}
+
+/// Whether bytes (or an end of stream) wait unread in the socket: a `MSG_PEEK` of one byte that does not
+/// block. Errors count as "something is there", so the caller does not close on a guess.
+///
+/// `fd` must be the socket of a connection the caller keeps open for the duration of the call.
+pub(crate) fn pending(fd: RawFd) -> bool {
+    // SAFETY: the caller keeps the connection (and so the descriptor) open during this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&fd);
+    let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match sock.peek(&mut one) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// How a lingering close ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Linger {
+    /// The peer closed (or the socket failed): nothing was left unread.
+    Clean,
+    /// The peer kept the connection open or kept sending past the linger time.
+    TimedOut,
+}
+
+/// Closes the way that loses no answer: sends our end of stream (FIN, or TLS `close_notify` then FIN),
+/// then reads and discards until the peer closes too, at most `within`. Closing a socket with unread
+/// bytes makes the kernel send a reset, which can destroy the answer the peer has not read yet.
+pub(crate) async fn linger(mut conn: Connection, within: Duration) -> Linger {
+    let _ = conn.shutdown().await;
+    if within.is_zero() {
+        return Linger::TimedOut;
+    }
+    let mut buf = vec![0u8; 4096];
+    let drained = tokio::time::timeout(within, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    match drained {
+        Ok(()) => Linger::Clean,
+        Err(_) => Linger::TimedOut,
+    }
+}

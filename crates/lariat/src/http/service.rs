@@ -1,0 +1,145 @@
+//! The service wrapper each connection runs: it counts requests in progress (how the connection's loop
+//! knows it is idle), notes the protocol, and asks for `Connection: close` on HTTP/1 answers once the
+//! server drains.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::stats::HttpStats;
+
+/// What the connection's loop and its service share.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// The handler's counters (reached through here so a request clones one `Arc`, not two).
+    pub(crate) stats: Arc<HttpStats>,
+    /// Requests handed to the service whose answer's body is not finished yet.
+    pub(crate) in_flight: AtomicU32,
+    /// Set when the drain begins: HTTP/1 answers from now on carry `Connection: close`.
+    pub(crate) closing: AtomicBool,
+    /// Set on the first HTTP/2 request.
+    pub(crate) h2: AtomicBool,
+}
+
+impl ConnState {
+    pub(crate) fn new(stats: Arc<HttpStats>) -> ConnState {
+        ConnState {
+            stats,
+            in_flight: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The user's service, wrapped.
+#[derive(Debug, Clone)]
+pub(crate) struct Tracked<S> {
+    pub(crate) inner: S,
+    pub(crate) state: Arc<ConnState>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        HttpStats::add(&self.state.stats.requests);
+        let h1 = req.version() < Version::HTTP_2;
+        if !h1 {
+            self.state.h2.store(true, Relaxed);
+        }
+        self.state.in_flight.fetch_add(1, Relaxed);
+        TrackedFuture {
+            inner: self.inner.call(req),
+            done: Some(Done {
+                state: self.state.clone(),
+                h1,
+            }),
+        }
+    }
+}
+
+/// Decrements the in-flight count when dropped: with the answer's body, or with the future if the
+/// service failed or the connection went away first.
+#[derive(Debug)]
+pub(crate) struct Done {
+    state: Arc<ConnState>,
+    h1: bool,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's future; its answer leaves with `Connection: close` when the server drains.
+    pub(crate) struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        done: Option<Done>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx))?;
+        let done = this.done.take();
+        if let Some(done) = &done {
+            if done.h1 && done.state.closing.load(Relaxed) {
+                res.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                HttpStats::add(&done.state.stats.drain_closed_after_answer);
+            }
+        }
+        Poll::Ready(Ok(res.map(|inner| TrackedBody { inner, done })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer's body; the request counts as finished when hyper drops it.
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        done: Option<Done>,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

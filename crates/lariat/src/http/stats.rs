@@ -1,0 +1,64 @@
+//! What the HTTP layer counts: requests, and why connections ended early.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters shared by every connection one [`Http`](super::Http) handler serves.
+#[derive(Debug, Default)]
+pub(crate) struct HttpStats {
+    pub(crate) connections: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) header_timeouts: AtomicU64,
+    pub(crate) idle_closed: AtomicU64,
+    pub(crate) drain_closed_idle: AtomicU64,
+    pub(crate) drain_closed_after_answer: AtomicU64,
+    pub(crate) goaway_sent: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) linger_timeouts: AtomicU64,
+}
+
+impl HttpStats {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> HttpStatsSnapshot {
+        HttpStatsSnapshot {
+            connections: self.connections.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            header_timeouts: self.header_timeouts.load(Relaxed),
+            idle_closed: self.idle_closed.load(Relaxed),
+            drain_closed_idle: self.drain_closed_idle.load(Relaxed),
+            drain_closed_after_answer: self.drain_closed_after_answer.load(Relaxed),
+            goaway_sent: self.goaway_sent.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            linger_timeouts: self.linger_timeouts.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of an [`Http`](super::Http) handler's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HttpStatsSnapshot {
+    /// Connections served.
+    pub connections: u64,
+    /// Requests handed to the service (HTTP/1 requests and HTTP/2 streams).
+    pub requests: u64,
+    /// HTTP/1 connections closed because a request head was not complete within the header timeout
+    /// (slow or stalled header senders).
+    pub header_timeouts: u64,
+    /// Connections closed after the keep-alive timeout with no request in progress.
+    pub idle_closed: u64,
+    /// HTTP/1 connections closed by a drain while idle between requests (after the drain's quiet
+    /// period, with nothing waiting in the socket).
+    pub drain_closed_idle: u64,
+    /// HTTP/1 answers sent with `Connection: close` because the server was draining.
+    pub drain_closed_after_answer: u64,
+    /// HTTP/2 connections sent a graceful GOAWAY (drain or keep-alive timeout).
+    pub goaway_sent: u64,
+    /// Connections that ended with a protocol error (malformed request, oversized head, bad frames).
+    pub protocol_errors: u64,
+    /// Closed connections whose peer kept sending past the linger time (the socket was then closed with
+    /// bytes unread).
+    pub linger_timeouts: u64,
+}
