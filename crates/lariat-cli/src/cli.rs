@@ -168,6 +168,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// After a restart's successor is ready, how long live plain connections may move to it (the socket
+    /// itself, with the bytes read and not yet echoed: the client sees a pause, not a close); the ones
+    /// that have not moved by then drain. 0 turns moving off: every connection drains. Never longer
+    /// than --drain-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub hand_over_window: Duration,
+
     /// Serve metrics and health over HTTP on this address (IP:PORT or unix:/path): GET /metrics
     /// (Prometheus text), /healthz, /readyz; with the --admin-token-file token, GET /connections (JSON)
     /// and DELETE /connections/ID, which closes one.

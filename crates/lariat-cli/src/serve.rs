@@ -280,9 +280,19 @@ async fn serve<H: Handler>(
         .readiness(readiness.clone())
         .lame_duck(args.lame_duck)
         .drain_timeout(args.drain_timeout)
+        .hand_over_window(args.hand_over_window)
         .restart(restart_options(args)?, passable);
     if let Some(tls) = tls {
         lifecycle = lifecycle.on_reload(move || reload(&tls));
+    }
+    // A worker's replacement takes its connections through this socket.
+    if let Some(supervisor) = args.as_worker {
+        match crate::workers::worker_hand_over_socket(supervisor) {
+            Ok(socket) => lifecycle = lifecycle.hand_over_socket(socket),
+            Err(e) => {
+                tracing::warn!(error = %e, "no hand-over socket: this worker drains when replaced")
+            }
+        }
     }
     let admin = admin_listener
         .map(|l| {

@@ -30,7 +30,7 @@ use std::os::fd::AsFd;
 use std::process::{Child, ExitCode, ExitStatus};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions, Successor};
 use lariat::ParkedListener;
 use tokio::task::JoinSet;
@@ -114,7 +114,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let spawner = Spawner::new(&args)?;
     let mut workers: Vec<Worker> = Vec::with_capacity(args.workers);
     for slot in 0..args.workers {
-        let started = match spawner.spawn(&named) {
+        let started = match spawner.spawn(&named, None) {
             Ok(successor) => successor.ready_child().await.map_err(anyhow::Error::from),
             Err(e) => Err(e.into()),
         };
@@ -173,7 +173,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     tracing::info!("SIGHUP: replacing the workers; each old one hands over once its replacement serves");
                     for worker in &workers {
                         starting_slots.push(worker.slot);
-                        spawner.start_in(&mut starting, worker.slot, &named);
+                        spawner.start_in(&mut starting, worker.slot, &named, Some(worker.child.id()));
                     }
                 }
             },
@@ -210,7 +210,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                     starting_slots.push(slot);
-                    spawner.start_in(&mut starting, slot, &named);
+                    spawner.start_in(&mut starting, slot, &named, None);
                 }
             }
             _ = reap.tick() => {
@@ -352,6 +352,52 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Starts workers: this executable, the same arguments with `--workers` replaced by `--as-worker`.
 struct Spawner {
     opts: RestartOptions,
+    /// Where each worker's hand-over socket is (`None` if the directory could not be made: the
+    /// workers then drain when replaced).
+    hand_over_dir: Option<HandOverDir>,
+}
+
+/// The directory of the workers' hand-over sockets, one per worker named by its pid: made by the
+/// supervisor, readable by its user only; removed when dropped.
+struct HandOverDir(std::path::PathBuf);
+
+impl HandOverDir {
+    fn create() -> std::io::Result<HandOverDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = hand_over_dir(std::process::id());
+        // Fails if it exists: a directory someone else prepared is never used.
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(HandOverDir(path))
+    }
+}
+
+impl Drop for HandOverDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The directory of the hand-over sockets of the supervisor `supervisor`'s workers.
+pub fn hand_over_dir(supervisor: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("lariat-workers-{supervisor}"))
+}
+
+/// The socket a worker binds in `dir` (made by its supervisor), after checking the directory is this
+/// user's and closed to others: the worker replacing it connects there to take its connections.
+pub fn worker_hand_over_socket(
+    supervisor: u32,
+) -> anyhow::Result<lariat::handover::HandOverSocket> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = hand_over_dir(supervisor);
+    let meta = std::fs::symlink_metadata(&dir).context("the supervisor's hand-over directory")?;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+        bail!("{} is not a private directory of this user", dir.display());
+    }
+    let path = dir.join(std::process::id().to_string());
+    lariat::handover::HandOverSocket::bind(&path)
+        .with_context(|| format!("binding {}", path.display()))
 }
 
 impl Spawner {
@@ -361,11 +407,22 @@ impl Spawner {
         opts.ready_timeout = args.restart_timeout;
         // Workers ignore SIGTERM (it may be the whole group's): one given up on is told to drain.
         opts.stop_signal = Instruction::Drain.signal();
-        Ok(Spawner { opts })
+        let hand_over_dir = match HandOverDir::create() {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the workers' hand-over directory; replaced workers drain");
+                None
+            }
+        };
+        Ok(Spawner {
+            opts,
+            hand_over_dir,
+        })
     }
 
-    /// Starts a worker process with the sockets; it is not serving yet.
-    fn spawn(&self, named: &[Parked]) -> Result<Successor, RestartError> {
+    /// Starts a worker process with the sockets; it is not serving yet. `replacing`: the pid of the
+    /// worker it replaces, whose live connections it takes.
+    fn spawn(&self, named: &[Parked], replacing: Option<u32>) -> Result<Successor, RestartError> {
         let passed: Vec<Passed<'_>> = named
             .iter()
             .map(|n| Passed {
@@ -375,7 +432,14 @@ impl Spawner {
                 supervised: true,
             })
             .collect();
-        spawn_successor(&passed, &self.opts)
+        match (&self.hand_over_dir, replacing) {
+            (Some(dir), Some(old)) => {
+                let mut opts = self.opts.clone();
+                opts.hand_over_from = Some(dir.0.join(old.to_string()));
+                spawn_successor(&passed, &opts)
+            }
+            _ => spawn_successor(&passed, &self.opts),
+        }
     }
 
     /// Starts a worker for `slot` and waits for it to serve in `set`, in the background.
@@ -384,8 +448,9 @@ impl Spawner {
         set: &mut JoinSet<(usize, anyhow::Result<Child>)>,
         slot: usize,
         named: &[Parked],
+        replacing: Option<u32>,
     ) {
-        match self.spawn(named) {
+        match self.spawn(named, replacing) {
             Ok(successor) => {
                 set.spawn(async move {
                     let ready = successor.ready_child().await.map_err(anyhow::Error::from);

@@ -285,7 +285,15 @@ fn a_successor_that_fails_after_adopting_leaves_the_unix_path_alone() {
 /// draining. That first signal must not force the old process: its clients are served to their end.
 #[test]
 fn the_first_sigterm_after_a_hand_over_keeps_the_old_process_draining() {
-    let mut server = Lariat::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "20s"]);
+    // A connection that stays in the old process (moving turned off), as a TLS one would.
+    let mut server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "20s",
+        "--hand-over-window",
+        "0",
+    ]);
     let addr = server.tcp_addr();
     let mut live = TcpStream::connect(addr).unwrap();
     live.set_read_timeout(Some(Duration::from_secs(10)))
@@ -318,7 +326,15 @@ fn the_first_sigterm_after_a_hand_over_keeps_the_old_process_draining() {
 /// A second signal still forces the old process.
 #[test]
 fn a_second_sigterm_after_a_hand_over_forces_the_old_process() {
-    let mut server = Lariat::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "20s"]);
+    // A connection that stays in the old process (moving turned off), as a TLS one would.
+    let mut server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "20s",
+        "--hand-over-window",
+        "0",
+    ]);
     let mut live = TcpStream::connect(server.tcp_addr()).unwrap();
     live.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -523,3 +523,52 @@ fn a_killed_supervisors_workers_drain_and_exit() {
         server.stderr()
     );
 }
+
+#[test]
+fn sighup_moves_a_replaced_workers_connections_to_its_replacement() {
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--drain-timeout",
+        "20s",
+    ]);
+    let addr = server.tcp_addr();
+    assert!(eventually(PATIENCE, || worker_pids(&server.stderr()).len() == 1));
+    let old = worker_pids(&server.stderr())[0];
+    let mut conns: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(PATIENCE)).unwrap();
+            let line = format!("before {i:02}\n");
+            c.write_all(line.as_bytes()).unwrap();
+            let mut back = vec![0u8; line.len()];
+            c.read_exact(&mut back).unwrap();
+            c
+        })
+        .collect();
+    signal(server.pid(), libc::SIGHUP);
+    assert!(eventually(PATIENCE, || worker_pids(&server.stderr()).len() == 2));
+    let new = worker_pids(&server.stderr())[1];
+    // The old worker had 20 s to drain its connections; it is gone at once: they moved.
+    assert!(
+        eventually(Duration::from_secs(5), || !is_alive(old)),
+        "the old worker is still draining:\n{}",
+        server.stderr()
+    );
+    for (i, c) in conns.iter_mut().enumerate() {
+        let line = format!("after {i:02}\n");
+        c.write_all(line.as_bytes()).unwrap();
+        let mut back = vec![0u8; line.len()];
+        c.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", server.stderr()));
+        assert_eq!(back, line.as_bytes());
+    }
+    assert!(is_alive(new));
+    assert!(
+        server.stderr().contains("resumed=20 "),
+        "{}",
+        server.stderr()
+    );
+}

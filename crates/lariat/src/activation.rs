@@ -240,6 +240,51 @@ pub fn notify_main_pid(pid: u32) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Keeps `sockets` (each with its name) in the service manager's descriptor store (`FDSTORE=1`,
+/// `FDNAME=`), when it offers one: systemd sets `$FDSTORE` to `FileDescriptorStoreMax=` when that is
+/// above zero. After a crash, systemd restarts the service with them as `LISTEN_FDS`/`LISTEN_FDNAMES`,
+/// so clients that connect meanwhile wait in the accept queue instead of being refused. systemd keeps
+/// one copy of a socket stored twice, so every generation of a restart may store the same ones.
+/// Returns how many were stored (0 without a store).
+pub fn store_descriptors(
+    sockets: &[(&str, std::os::fd::BorrowedFd<'_>)],
+) -> std::io::Result<usize> {
+    let offered = std::env::var("FDSTORE")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|max| max > 0);
+    let Some(address) = upstream_notify_socket().filter(|_| offered) else {
+        return Ok(0);
+    };
+    let socket = connect_notify(&address)?;
+    for (name, fd) in sockets {
+        let message = format!("FDSTORE=1\nFDNAME={}\n", escape_name(name));
+        crate::handover::wire::send(socket.as_raw_fd(), message.as_bytes(), Some(fd.as_raw_fd()))?;
+    }
+    Ok(sockets.len())
+}
+
+/// A datagram socket connected to a `NOTIFY_SOCKET` address (a path, or `@name`).
+fn connect_notify(address: &std::ffi::OsStr) -> std::io::Result<std::os::unix::net::UnixDatagram> {
+    use std::os::unix::ffi::OsStrExt;
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    if let Some(name) = address.as_bytes().strip_prefix(b"@") {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            socket.connect_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name)?)?;
+            return Ok(socket);
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = name;
+            return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
+        }
+    }
+    socket.connect(std::path::Path::new(address))?;
+    Ok(socket)
+}
+
 /// Set by a lariat predecessor to its own supervisor's `NOTIFY_SOCKET` (the successor's `NOTIFY_SOCKET`
 /// is the predecessor's, for `READY=1`), so every generation can tell the supervisor its new main pid.
 pub const UPSTREAM_NOTIFY_ENV: &str = "LARIAT_UPSTREAM_NOTIFY_SOCKET";

@@ -27,11 +27,16 @@ const BUSY: u64 = 2;
 /// Shut down by [`Closer::shut_down`]; stays so (a connection is closed once).
 const SHUT: u64 = 3;
 
-/// A flag beside the state, kept by every transition: the admission rules counted this connection
-/// under its peer's address, so closing it uncounts it (see `Connection::admit`). It lives here
-/// because the registry entry sits at an allocation step and the connection's task at a task-cell
-/// step: one more field in either costs every idle connection 16 or 128 bytes.
-const COUNTED: u64 = 1 << 63;
+/// Flags beside the state, kept by every transition. They live here because the registry entry sits
+/// at an allocation step and the connection's task at a task-cell step: one more field in either
+/// costs every idle connection 16 or 128 bytes.
+///
+/// The admission rules counted this connection under its peer's address, so closing it uncounts it
+/// (see `Connection::admit`).
+pub(crate) const COUNTED: u64 = 1 << 63;
+/// The connection's task waits in `Connection::readable_or_offer`, its waker in the server's
+/// hand-over table, so closing it removes that.
+pub(crate) const PARKED: u64 = 1 << 62;
 
 fn word(state: u64, fd: RawFd) -> u64 {
     (state << 32) | u64::from(fd as u32)
@@ -43,7 +48,7 @@ fn split(word: u64) -> (u64, RawFd) {
 }
 
 fn flags(word: u64) -> u64 {
-    word & COUNTED
+    word & (COUNTED | PARKED)
 }
 
 /// What [`Closer::shut_down`] did.
@@ -103,14 +108,14 @@ impl Closer {
         });
     }
 
-    /// Marks the connection as counted by the admission rules (see [`COUNTED`]).
-    pub(crate) fn mark_counted(&self) {
-        self.0.fetch_or(COUNTED, AcqRel);
+    /// Sets `flag` ([`COUNTED`] or [`PARKED`]); it stays set.
+    pub(crate) fn set_flag(&self, flag: u64) {
+        self.0.fetch_or(flag, AcqRel);
     }
 
-    /// Whether [`mark_counted`](Self::mark_counted) was called.
-    pub(crate) fn counted(&self) -> bool {
-        flags(self.0.load(Acquire)) == COUNTED
+    /// Whether `flag` was set.
+    pub(crate) fn has_flag(&self, flag: u64) -> bool {
+        self.0.load(Acquire) & flag == flag
     }
 
     /// Sets the state and descriptor, keeping the flags (another thread may set one meanwhile).
@@ -206,19 +211,19 @@ mod tests {
     fn the_counted_flag_survives_every_transition() {
         let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
         let closer = Closer::new(Some(a.as_raw_fd()));
-        assert!(!closer.counted());
-        closer.mark_counted();
+        assert!(!closer.has_flag(COUNTED));
+        closer.set_flag(COUNTED);
         assert!(
             closer.with_fd(|_| ()).is_some(),
             "still open with the flag set"
         );
         closer.withdraw();
         closer.register(a.as_raw_fd());
-        assert!(closer.counted());
+        assert!(closer.has_flag(COUNTED));
         assert_eq!(closer.shut_down(false), Shutdown::Done);
         let mut buf = [0u8; 1];
         assert_eq!(b.read(&mut buf).unwrap(), 0, "the peer reads EOF");
-        assert!(closer.is_shut() && closer.counted());
+        assert!(closer.is_shut() && closer.has_flag(COUNTED));
         assert_eq!(closer.shut_down(false), Shutdown::Already);
     }
 }

@@ -62,11 +62,14 @@ impl Drop for ConnectionGuard {
         let shared = &entry.shared;
         let stats = &shared.stats;
         shared.registry.remove(entry.id);
+        if entry.closer.has_flag(crate::closer::PARKED) {
+            shared.handover.unpark(entry.id);
+        }
         Stats::add(&stats.bytes_in, entry.bytes_in.load(Relaxed));
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            if entry.closer.counted() {
+            if entry.closer.has_flag(crate::closer::COUNTED) {
                 gate.release(entry.reported_peer());
             }
         }
@@ -118,7 +121,7 @@ impl Connection {
     pub(crate) fn admit(&self) -> Result<(), crate::admission::Refusal> {
         let entry = &self.guard.meta.0;
         if crate::admission::judge(entry, entry.reported_peer())? {
-            entry.closer.mark_counted();
+            entry.closer.set_flag(crate::closer::COUNTED);
         }
         Ok(())
     }

@@ -25,6 +25,9 @@
 //! * **Living on signals** ([`lifecycle`], Unix): what `lariat serve` does, for any program: a lame duck
 //!   that health checks see, the drain, a second signal that forces, a hitless restart on SIGHUP that
 //!   rolls back when the successor fails, a reload hook, exit codes.
+//! * **Moving connections** ([`handover`], Linux): at that restart, live connections move to the
+//!   successor (the socket, the bytes read ahead, a state the handler chooses) instead of draining; a
+//!   handler that ignores it drains as before.
 //!
 //! ```no_run
 //! use tokio::io::AsyncWriteExt;
@@ -58,6 +61,7 @@ pub mod drain;
 mod endpoint;
 mod front;
 mod handler;
+pub mod handover;
 mod idle;
 pub mod lifecycle;
 mod limit;

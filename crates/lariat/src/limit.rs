@@ -81,6 +81,12 @@ impl ConnectionLimit {
         }
     }
 
+    /// Takes a slot even past the cap: for a connection handed over by a restart's predecessor, which
+    /// was being served already and must not be refused. Released like any other.
+    pub(crate) fn acquire_over_cap(&self) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Waits for a slot and takes it. The caller must [`release`](Self::release) it exactly once.
     /// Cancel-safe: if the future is dropped, no slot was taken.
     pub(crate) async fn acquire(&self) {

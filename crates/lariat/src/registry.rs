@@ -46,6 +46,10 @@ pub(crate) struct Extras {
     /// What the TLS handshake negotiated (kept here so every view of the connection, split or not,
     /// can report it).
     pub(crate) tls: OnceLock<crate::tls::TlsInfo>,
+    /// What a connection handed over by a restart's predecessor brought with it.
+    pub(crate) resumed: OnceLock<crate::handover::Resumed>,
+    /// Served by a route of a `Router`: not handed over at a restart.
+    pub(crate) routed: OnceLock<()>,
 }
 
 /// A connection's PROXY header and the peer it reports.

@@ -53,6 +53,11 @@ pub struct RestartOptions {
     /// after [`STOP_GRACE`]). Default SIGTERM; a program whose successors ignore SIGTERM names the one
     /// they obey.
     pub stop_signal: i32,
+    /// Where the successor connects to take live connections over (see
+    /// [`handover`](crate::handover)). `None` (the default): from this process, through a socket
+    /// [`spawn_successor`] makes. A supervisor replacing a worker names the worker's
+    /// [`HandOverSocket`](crate::handover::HandOverSocket) instead.
+    pub hand_over_from: Option<PathBuf>,
 }
 
 impl RestartOptions {
@@ -69,6 +74,7 @@ impl RestartOptions {
             args: std::env::args_os().skip(1).collect(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             stop_signal: libc::SIGTERM,
+            hand_over_from: None,
         })
     }
 }
@@ -129,6 +135,8 @@ pub struct Successor {
     child: Option<Child>,
     pid: u32,
     notify: NotifySocket,
+    /// Where a successor that takes live connections connects, before it says it is ready.
+    handover: Option<socket2::Socket>,
     ready_timeout: Duration,
     stop_signal: i32,
     /// Set once it said it is ready (or was reaped); until then dropping the successor stops it.
@@ -190,7 +198,14 @@ pub fn spawn_successor(
         source,
     };
     let notify = NotifySocket::new().map_err(spawn_err)?;
-    let plan = ExecPlan::new(listeners, opts, &notify.path).map_err(spawn_err)?;
+    let (handover, handover_path) = match &opts.hand_over_from {
+        Some(path) => (None, path.clone()),
+        None => (
+            Some(notify.handover_listener().map_err(spawn_err)?),
+            notify.handover_path(),
+        ),
+    };
+    let plan = ExecPlan::new(listeners, opts, &notify.path, &handover_path).map_err(spawn_err)?;
     // Descriptors 3, 4, … are the targets of the child's dup2s: none of them may be a descriptor std
     // uses across the fork (its exec-error pipe), so any free one is filled until `spawn` returns.
     let _placeholders =
@@ -208,6 +223,7 @@ pub fn spawn_successor(
         pid: child.id(),
         child: Some(child),
         notify,
+        handover,
         ready_timeout: opts.ready_timeout,
         stop_signal: opts.stop_signal,
         settled: false,
@@ -218,6 +234,13 @@ impl Successor {
     /// The successor's pid.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The socket a successor that takes live connections connects to before it says `READY=1` (see
+    /// [`handover`](crate::handover)); taken once. Accept from it after the successor is ready: no
+    /// pending connection means the successor does not take connections.
+    pub fn take_handover_listener(&mut self) -> Option<socket2::Socket> {
+        self.handover.take()
     }
 
     /// Waits until the successor says it is serving. On failure (it exited, or the time ran out: then it
@@ -368,6 +391,19 @@ impl NotifySocket {
 }
 
 impl NotifySocket {
+    /// The path of the hand-over socket, beside the notify socket (so only this user can reach it).
+    fn handover_path(&self) -> PathBuf {
+        self.dir.join("handover")
+    }
+
+    /// A listening `SOCK_SEQPACKET` socket at [`handover_path`](Self::handover_path), non-blocking.
+    fn handover_listener(&self) -> io::Result<socket2::Socket> {
+        let socket = crate::handover::listening_socket()?;
+        socket.bind(&socket2::SockAddr::unix(self.handover_path())?)?;
+        socket.listen(64)?;
+        Ok(socket)
+    }
+
     /// Shuts the socket for reading, so a `READY=1` sent from now on fails (`EPIPE`), then reads what
     /// arrived before: whether one of those says `READY=1` with `expected`.
     fn close_and_find(&self, expected: &str) -> bool {
@@ -398,6 +434,7 @@ impl NotifySocket {
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.handover_path());
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
@@ -444,6 +481,7 @@ impl ExecPlan {
         listeners: &[Passed<'_>],
         opts: &RestartOptions,
         notify_path: &std::path::Path,
+        handover_path: &std::path::Path,
     ) -> io::Result<ExecPlan> {
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
@@ -473,7 +511,8 @@ impl ExecPlan {
             .collect::<io::Result<Vec<_>>>()?;
 
         let upstream = crate::activation::upstream_notify_socket();
-        const REPLACED: [&str; 6] = [
+        const REPLACED: [&str; 7] = [
+            crate::handover::HANDOVER_ENV,
             UPSTREAM_NOTIFY_ENV,
             "LISTEN_PID",
             "LISTEN_FDS",
@@ -498,6 +537,10 @@ impl ExecPlan {
         notify.push(0);
         env.push(notify);
         env.push(format!("{HANDOFF_ENV}={}\0", ownership.join(",")).into_bytes());
+        let mut handover = format!("{}=", crate::handover::HANDOVER_ENV).into_bytes();
+        handover.extend_from_slice(handover_path.as_os_str().as_bytes());
+        handover.push(0);
+        env.push(handover);
         if let Some(upstream) = upstream {
             let mut entry = format!("{UPSTREAM_NOTIFY_ENV}=").into_bytes();
             entry.extend_from_slice(upstream.as_bytes());

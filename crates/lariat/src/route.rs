@@ -144,7 +144,10 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 type BoxHandler = Arc<dyn Fn(Connection) -> BoxFuture + Send + Sync>;
 
 fn boxed<H: Handler>(handler: H) -> BoxHandler {
-    Arc::new(move |conn| {
+    Arc::new(move |conn: Connection| {
+        // A route's connection stays here at a restart: the successor's router would wait for a
+        // first message to sniff again.
+        let _ = conn.entry().extras().routed.set(());
         let serve = handler.call(conn);
         Box::pin(async move { serve.await.failure().map_or(Ok(()), Err) })
     })

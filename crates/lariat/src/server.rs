@@ -257,6 +257,15 @@ impl ServerBuilder {
             tokio::spawn(crate::idle::reap(Arc::downgrade(&handle.shared), timeout));
         }
         let handler = Arc::new(handler);
+        {
+            // Connections a restart's predecessor hands over start in the same handler.
+            let handler = handler.clone();
+            let _ = handle
+                .shared
+                .handover
+                .resume
+                .set(Box::new(move |conn| spawn_connection(conn, &*handler)));
+        }
         let mut loops = fan_ins
             .into_iter()
             .map(|fan_in| {
@@ -369,7 +378,7 @@ fn proxy_setting(config: Option<ProxyConfig>) -> Option<Arc<ProxyConfig>> {
 /// Observes and steers a running server. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     stop: CancellationToken,
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     /// tasks that hold a connection without reading it (an `Outbox` writer waiting for messages) learn
     /// it at once. Server-wide, so a connection carries nothing for it.
     pub(crate) forced_closes: tokio::sync::Notify,
+    /// Connection hand-over at a restart: the channel to the successor, and how to resume here.
+    pub(crate) handover: crate::handover::HandOverState,
 }
 
 impl Shared {
@@ -47,6 +49,7 @@ impl Shared {
             pressure: Pressure::default(),
             handshake_log: LogLimit::default(),
             forced_closes: tokio::sync::Notify::new(),
+            handover: Default::default(),
         }
     }
 }

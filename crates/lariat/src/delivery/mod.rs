@@ -59,10 +59,12 @@
 //! ```
 
 mod framing;
+mod handover;
 mod outbox;
 mod prefixed;
 
 pub use framing::{FrameError, Framing, FramingDecoder, DEFAULT_MAX_FRAME};
+pub use handover::MessagesHandOverError;
 pub use outbox::{Outbox, SendError};
 pub use prefixed::Prefixed;
 
@@ -198,13 +200,23 @@ where
 {
     /// Splits `conn` into a message stream (decoded by `decoder`, delivering per `mode`) and its write
     /// half. Nothing is read yet.
+    ///
+    /// On a connection a restart's predecessor handed over ([`Messages::hand_over`]), the stream
+    /// starts with the bytes it carried, in the mode it carried (`mode` is for a fresh connection).
     pub fn new(
-        conn: Connection,
+        mut conn: Connection,
         decoder: impl IntoDecoder<Decoder = D>,
         mode: Mode,
     ) -> (Messages<D>, WriteHalf) {
+        let (carried, carried_mode) = handover::resumed(&mut conn);
         let (read, write) = conn.into_split();
-        (Messages::from_read_half(read, decoder, mode), write)
+        let mut messages = Messages::from_read_half(read, decoder, mode);
+        messages.buf = carried;
+        if let Some((mode, passive_due)) = carried_mode {
+            messages.mode = mode;
+            messages.passive_due = passive_due;
+        }
+        (messages, write)
     }
 
     /// A message stream over an already split read half.

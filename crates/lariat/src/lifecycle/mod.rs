@@ -90,8 +90,13 @@ pub enum LifecycleError {
 /// The accept loop, as [`ServerBuilder::run`](crate::ServerBuilder::run) hands it back.
 type AcceptLoop = Pin<Box<dyn Future<Output = Result<(), ServerError>> + Send>>;
 
-/// A started successor being waited for; resolves to its pid once it serves.
-type PendingRestart = Pin<Box<dyn Future<Output = Result<u32, RestartError>> + Send>>;
+/// A started successor being waited for; resolves to its pid once it serves, with the socket it
+/// connects to if it takes live connections.
+type PendingRestart =
+    Pin<Box<dyn Future<Output = Result<(u32, Option<socket2::Socket>), RestartError>> + Send>>;
+
+/// The default time handlers get to hand their connections over to a successor.
+pub const DEFAULT_HAND_OVER_WINDOW: Duration = Duration::from_secs(10);
 
 /// Runs a server until it is signalled to stop, and drains it: see the [module docs](self).
 pub struct Lifecycle {
@@ -104,6 +109,8 @@ pub struct Lifecycle {
     restart: Option<RestartPlan>,
     on_reload: Option<Box<dyn FnMut() + Send>>,
     on_hand_over: Option<Box<dyn FnOnce() + Send>>,
+    hand_over_window: Duration,
+    hand_over_socket: Option<crate::handover::HandOverSocket>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -126,7 +133,11 @@ enum Ending {
         by_operator: bool,
     },
     /// A successor took the listeners over: drain our own connections.
-    HandedOver { successor: u32 },
+    HandedOver {
+        successor: u32,
+        /// The socket the successor connected to if it takes live connections.
+        channel: Option<socket2::Socket>,
+    },
     /// A worker told by its supervisor to leave the shared sockets to the others and finish.
     Retired,
 }
@@ -149,6 +160,8 @@ impl Lifecycle {
             restart: None,
             on_reload: None,
             on_hand_over: None,
+            hand_over_window: DEFAULT_HAND_OVER_WINDOW,
+            hand_over_socket: None,
         }
     }
 
@@ -207,6 +220,22 @@ impl Lifecycle {
         self
     }
 
+    /// How long, after a restart's successor is ready, handlers may hand their live connections over to
+    /// it (see [`handover`](crate::handover)); a connection not handed over by then drains as usual.
+    /// Never longer than the drain timeout. Default 10 s; zero offers no connection (all drain).
+    pub fn hand_over_window(mut self, window: Duration) -> Lifecycle {
+        self.hand_over_window = window;
+        self
+    }
+
+    /// Where a replacement connects to take the live connections when this process retires (a
+    /// supervisor's worker told to [`Retire`](Instruction::Retire)); see
+    /// [`HandOverSocket`](crate::handover::HandOverSocket).
+    pub fn hand_over_socket(mut self, socket: crate::handover::HandOverSocket) -> Lifecycle {
+        self.hand_over_socket = Some(socket);
+        self
+    }
+
     /// The readiness to move (a clone of one your health endpoint reads, created before the server so
     /// that its handlers can hold it too). Default: a fresh one nobody else reads.
     pub fn readiness(mut self, readiness: Readiness) -> Lifecycle {
@@ -228,6 +257,15 @@ impl Lifecycle {
             Some(signals) => signals,
             None => Signals::operator()?,
         };
+        // A successor started by a predecessor that hands connections over: be ready to take them
+        // before saying READY (the predecessor looks for us right after).
+        match crate::handover::connect_from_env(&self.handle.shared) {
+            Ok(true) => tracing::debug!("taking live connections from the predecessor"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take live connections from the predecessor; they drain there")
+            }
+        }
         match activation::notify_ready() {
             Ok(true) => tracing::debug!("told NOTIFY_SOCKET we are ready"),
             Ok(false) => {}
@@ -235,6 +273,9 @@ impl Lifecycle {
                 return Err(LifecycleError::Abandoned(e))
             }
             Err(e) => tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready"),
+        }
+        if let Some(plan) = &self.restart {
+            plan.store();
         }
         let Some((ending, force_at_once)) = self.serve(&mut signals).await? else {
             return Ok(Exit::Clean);
@@ -281,9 +322,12 @@ impl Lifecycle {
                             continue;
                         };
                         match plan.start() {
-                            Ok(successor) => {
+                            Ok(mut successor) => {
                                 record_restart(RestartEvent::Started);
-                                restart = Some(Box::pin(successor.ready()));
+                                let channel = successor.take_handover_listener();
+                                restart = Some(Box::pin(async move {
+                                    successor.ready().await.map(|pid| (pid, channel))
+                                }));
                             }
                             Err(e) => {
                                 record_restart(RestartEvent::Failed);
@@ -295,7 +339,7 @@ impl Lifecycle {
                 result = async { restart.as_mut().expect("guarded").await }, if restart.is_some() => {
                     restart = None;
                     match result {
-                        Ok(successor) => break Ending::HandedOver { successor },
+                        Ok((successor, channel)) => break Ending::HandedOver { successor, channel },
                         Err(e) => {
                             record_restart(RestartEvent::Failed);
                             tracing::error!(error = %e, "restart failed; still serving");
@@ -316,14 +360,17 @@ impl Lifecycle {
                 },
                 Some(pending),
             ) => match tokio::time::timeout(Duration::ZERO, pending).await {
-                Ok(Ok(successor)) => {
+                Ok(Ok((successor, _))) => {
                     tracing::info!(
                         successor_pid = successor,
                         signal,
                         "a signal arrived as the successor became ready; passing it on"
                     );
                     Instruction::Drain.send(successor);
-                    Ending::HandedOver { successor }
+                    Ending::HandedOver {
+                        successor,
+                        channel: None,
+                    }
                 }
                 _ => Ending::Stop {
                     why: signal,
@@ -411,7 +458,7 @@ impl Lifecycle {
                     "draining: serving the queued clients and the live connections, admitting no new ones"
                 );
             }
-            Ending::HandedOver { successor } => {
+            Ending::HandedOver { successor, channel } => {
                 record_restart(RestartEvent::HandedOver);
                 self.readiness.set(State::Stopping);
                 match activation::notify_main_pid(successor) {
@@ -430,6 +477,19 @@ impl Lifecycle {
                     "restart: successor ready; handing over the listeners and draining"
                 );
                 self.hand_over();
+                if let Some(listener) = channel.filter(|_| !self.hand_over_window.is_zero()) {
+                    let window = self.hand_over_window.min(self.drain.timeout);
+                    if let Some(out) =
+                        crate::handover::accept_successor(&listener, Some(successor), window)
+                    {
+                        // No `successor_pid` field here: the line above names it once per restart.
+                        tracing::info!(
+                            window_ms = window.as_millis() as u64,
+                            "offering the live connections to the successor"
+                        );
+                        handle.shared.handover.offer(out);
+                    }
+                }
             }
             Ending::Retired => {
                 self.readiness.set(State::Stopping);
@@ -438,6 +498,22 @@ impl Lifecycle {
                     "worker retiring: leaving the sockets to the other workers and draining"
                 );
                 self.hand_over();
+                if let Some(socket) = self
+                    .hand_over_socket
+                    .take()
+                    .filter(|_| !self.hand_over_window.is_zero())
+                {
+                    let window = self.hand_over_window.min(self.drain.timeout);
+                    if let Some(out) =
+                        crate::handover::accept_successor(socket.socket(), None, window)
+                    {
+                        tracing::info!(
+                            window_ms = window.as_millis() as u64,
+                            "offering the live connections to the replacement"
+                        );
+                        handle.shared.handover.offer(out);
+                    }
+                }
             }
         }
         // The drain needs the accept loop driven (it empties the queues), so both run here.
