@@ -10,7 +10,7 @@
 //! ([`Admission::ipv6_prefix`], /64 by default): one host usually holds a whole /64, so counting /128s
 //! would let it open 2^64 times the limit.
 //!
-//! An [`AdmissionHook`] is the application's own check (seed 003's "application-level acceptance"): it
+//! An [`AdmissionHook`] is the application's own check (application-level acceptance): it
 //! runs later, in the connection's task after the PROXY header and the TLS handshake, so it sees the real
 //! client and the SNI name, and it may answer a refused client before closing.
 

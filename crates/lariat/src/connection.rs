@@ -22,7 +22,7 @@ use crate::{LocalAddr, PeerAddr, Stream};
 /// **Ownership is the hand-off guarantee.** The accept loop moves the socket into the `Connection` and the
 /// `Connection` into the handler's task; nothing else holds the socket, and lariat reads nothing from it
 /// before the handler does. So every byte a client sends, even the ones it sends the instant it connects
-/// (seed 000's "fast packet loss"), is read by the handler and by no one else.
+/// (a fast client's first packet), is read by the handler and by no one else.
 ///
 /// It implements tokio's `AsyncRead` and `AsyncWrite` and counts bytes both ways for the registry.
 /// Dropping it closes the socket, removes it from the registry and returns its slot under the cap, in that

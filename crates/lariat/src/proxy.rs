@@ -4,7 +4,7 @@
 //! The header is read in the connection's own task, under a timeout, so a slow or silent client never
 //! holds up the accept loop. It is read with `MSG_PEEK` first and then consumed to its exact length, so
 //! not one byte after it is taken from the socket: the handler reads the client's bytes from the socket
-//! itself, intact (seed 000's lesson for every byte a library reads ahead). Parsing is the `ppp` crate's;
+//! itself, intact (what a library reads ahead belongs to the handler). Parsing is the `ppp` crate's;
 //! this module is the glue: trust, timeouts, and what the handler sees.
 //!
 //! Only peers in the trusted networks may send a header (anyone else could claim any address). A header

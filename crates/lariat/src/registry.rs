@@ -1,4 +1,4 @@
-//! The live connection registry (seed 002's "children list"): who is connected, since when, how much they
+//! The live connection registry (the acceptor's list of its children): who is connected, since when, how much they
 //! sent, and a way to close one by id.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -158,7 +158,7 @@ impl ServerBuilder {
     }
 
     /// Bytes written to every admitted connection before its handler runs (after TLS and the admission
-    /// hook): the client learns it was truly accepted, not just queued in the backlog (seed 003). With
+    /// hook): the client learns it was truly accepted, not just queued in the backlog. With
     /// a [`Router`](crate::route::Router) that has TLS routes, use [`Router::greeting`](crate::route::Router::greeting)
     /// instead: this one is written before the router sees the ClientHello, outside TLS.
     pub fn greeting(mut self, greeting: Option<Bytes>) -> Self {

@@ -3,12 +3,12 @@
 //!
 //! - **No early bytes, no stranger's bytes.** Nothing is read from the socket until the handler polls the
 //!   stream (or calls [`Messages::recv`]), and only the handler holds it, so every byte reaches its owner
-//!   (seed 000). [`Messages::into_inner`] gives back every byte read but not yet delivered, so switching
-//!   back to plain reads loses and reorders nothing.
+//!   (no fast first packet lost to a hand-off that reads ahead). [`Messages::into_inner`] gives back
+//!   every byte read but not yet delivered, so switching back to plain reads loses and reorders nothing.
 //! - **Bounded memory, real back-pressure.** Undelivered bytes are kept raw and decoded one message at a
 //!   time as it is delivered, so the "mailbox" is a byte buffer bounded by [`FlowControl`]: reading ahead
 //!   stops at the high watermark and resumes at the low one; a handler that falls behind stops the reads
-//!   altogether, the kernel's receive buffer fills, the TCP window closes and the sender blocks (seed 001).
+//!   altogether, the kernel's receive buffer fills, the TCP window closes and the sender blocks.
 //!   An idle connection holds no buffer.
 //!
 //! Modes ([`Mode`]) decide what [`Stream::poll_next`](futures_util::Stream) delivers: `Passive` nothing

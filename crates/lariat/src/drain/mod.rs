@@ -5,7 +5,7 @@
 //! queue ([`AcceptSource::refuse_new`]: a SYN-dropping filter on Linux TCP, unlinking the path for Unix
 //! sockets), the loop keeps accepting — under the cap, waiting for slots as connections end — until the
 //! queue has stayed empty for a settle time, and only then closes the listeners. Closing first, as most
-//! servers do, resets every client the kernel had already accepted (seed 003).
+//! servers do, resets every client the kernel had already accepted.
 //!
 //! Handlers are told as the drain begins, when stage one starts (not after it), so they have the whole deadline to end
 //! their conversations: each can await [`Connection::draining`](crate::Connection::draining), or a

@@ -1,7 +1,7 @@
 //! Stops a TCP listener from completing new handshakes while it keeps the ones it already has (Linux).
 //!
 //! Closing a listening socket resets every connection the kernel already completed and queued for
-//! `accept` (seed 003), and `shutdown(SHUT_RD)` does the same. So a drain first makes the kernel stop adding
+//! `accept`, and `shutdown(SHUT_RD)` does the same. So a drain first makes the kernel stop adding
 //! to the queue, then accepts until the queue is empty, and only then closes. A classic BPF socket filter
 //! on the listener that drops bare SYNs does the first part: new clients' SYNs are dropped (their kernels
 //! retransmit, and after the close they see a refusal, never a reset after a successful connect), while

@@ -1,4 +1,4 @@
-//! Seed 000 at scale: every client sends its request the instant it connects; every one must be answered
+//! The fast first packet at scale: every client sends its request the instant it connects; every one must be answered
 //! exactly. A server that reads before its handler is ready, or hands the socket over late, loses some.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
