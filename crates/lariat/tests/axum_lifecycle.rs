@@ -6,11 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+
+use common::process::Spawned;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -63,42 +65,17 @@ fn axum_child_process() {
 /// The serving processes: the first one, in a process group of its own that is killed on drop (with
 /// every successor, which stays in the group), so no test leaves a process behind.
 struct Group {
-    first: std::process::Child,
-    stdout: BufReader<std::process::ChildStdout>,
-    stderr: Arc<Mutex<String>>,
+    proc: Spawned,
 }
 
 impl Group {
     fn start(config: &str) -> Group {
-        use std::os::unix::process::CommandExt;
-        let mut first = Command::new(std::env::current_exe().unwrap())
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
             .args([CHILD_TEST, "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, config)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = first.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let stdout = BufReader::new(first.stdout.take().unwrap());
+            .env(CHILD_ENV, config);
         Group {
-            first,
-            stdout,
-            stderr,
+            proc: Spawned::start(command),
         }
     }
 
@@ -107,7 +84,7 @@ impl Group {
         let mut addr = None;
         loop {
             let mut line = String::new();
-            let read = self.stdout.read_line(&mut line).unwrap_or(0);
+            let read = self.proc.stdout.read_line(&mut line).unwrap_or(0);
             assert!(read > 0, "no process serves: {}", self.stderr());
             let line = line.trim_end();
             if let Some(a) = line.strip_prefix("listening on tcp://") {
@@ -119,15 +96,7 @@ impl Group {
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group this test created.
-        unsafe { libc::kill(-(self.first.id() as libc::pid_t), libc::SIGKILL) };
-        let _ = self.first.wait();
+        self.proc.stderr()
     }
 }
 

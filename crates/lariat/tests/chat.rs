@@ -5,13 +5,16 @@
 //! The example is built with the `cargo` that runs the tests (`CARGO`), once per test binary; each test
 //! starts its own server, killed when the test ends, pass or fail.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::process::Spawned;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -53,36 +56,28 @@ fn chat_binary() -> &'static PathBuf {
 
 /// The chat server's process; killed when dropped.
 struct Chat {
-    child: Child,
+    proc: Spawned,
     addr: SocketAddr,
 }
 
 impl Chat {
     fn start() -> Chat {
-        let mut child = Command::new(chat_binary())
-            .arg("127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the chat example starts");
+        let mut command = Command::new(chat_binary());
+        command.arg("127.0.0.1:0");
+        let mut proc = Spawned::start(command);
         let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let mut chat = Chat {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        chat.addr = line
+        proc.stdout.read_line(&mut line).unwrap();
+        let addr = line
             .trim()
             .strip_prefix("listening on tcp://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}: {}", proc.stderr()))
             .parse()
             .unwrap();
-        chat
+        Chat { proc, addr }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 
     /// The server's resident set, in bytes (VmRSS of /proc/PID/status).
@@ -102,21 +97,7 @@ impl Chat {
 
     /// Waits for the process to exit; `None` if it is still running after `limit`.
     fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.exit_within(limit)
     }
 }
 

@@ -4,12 +4,14 @@
 //! the lame duck while new clients are still served; SIGHUP hands the socket to a successor, or rolls
 //! back when the successor fails; SIGUSR1 runs the reload hook.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use common::process::Spawned;
 use lariat::lifecycle::Instruction;
 
 #[allow(dead_code)] // its `main` is the example's; the child runs `serve`
@@ -66,80 +68,37 @@ fn lifecycle_child_process() {
 /// The child process, in a process group of its own that is killed on drop (a successor too), so no
 /// test leaves a process behind.
 struct Child {
-    child: std::process::Child,
+    proc: Spawned,
     addr: SocketAddr,
-    stdout: BufReader<std::process::ChildStdout>,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Child {
     fn start(config: &str) -> Child {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
             .args([CHILD_TEST, "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, config)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let Some(addr) = next_listening_line(&mut stdout) else {
-            let status = child.wait().unwrap();
+            .env(CHILD_ENV, config);
+        let mut proc = Spawned::start(command);
+        let Some(addr) = next_listening_line(&mut proc.stdout) else {
+            let status = proc.child.wait().unwrap();
             panic!(
                 "the child exited before listening ({status}): {}",
-                stderr.lock().unwrap()
+                proc.stderr()
             );
         };
-        Child {
-            child,
-            addr,
-            stdout,
-            stderr,
-        }
+        Child { proc, addr }
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        self.proc.signal(sig);
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.proc.stderr()
     }
 
     fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group this test created.
-        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.proc.exit_within(limit)
     }
 }
 
@@ -264,7 +223,7 @@ fn sighup_hands_the_socket_to_a_successor_and_the_old_process_drains() {
     let mut old_client = Client::connect(server.addr);
     assert_eq!(old_client.ask(), "serving");
     server.signal(libc::SIGHUP);
-    let successor_addr = next_listening_line(&mut server.stdout).expect("no successor");
+    let successor_addr = next_listening_line(&mut server.proc.stdout).expect("no successor");
     assert_eq!(
         successor_addr, server.addr,
         "the successor bound a new socket"
@@ -323,7 +282,7 @@ fn after_a_hand_over_the_first_sigterm_lets_the_drain_go_on_and_a_second_forces(
     let mut old_client = Client::connect(server.addr);
     old_client.ask();
     server.signal(libc::SIGHUP);
-    next_listening_line(&mut server.stdout).expect("no successor");
+    next_listening_line(&mut server.proc.stdout).expect("no successor");
     old_client.wait_for("stopping");
     // `systemctl stop` reaches every process of the unit: the old one is draining already, and goes on.
     server.signal(libc::SIGTERM);
@@ -351,14 +310,14 @@ fn a_worker_ignores_the_operators_signals_and_obeys_its_supervisors_instructions
     }
     assert!(server.exit_within(Duration::from_millis(300)).is_none());
     assert_eq!(client.ask(), "serving");
-    Instruction::Drain.send(server.child.id());
+    Instruction::Drain.send(server.proc.pid());
     client.wait_for("stopping");
     server.signal(libc::SIGTERM);
     assert!(
         server.exit_within(Duration::from_millis(300)).is_none(),
         "a group SIGTERM forced a worker's drain"
     );
-    Instruction::Force.send(server.child.id());
+    Instruction::Force.send(server.proc.pid());
     let status = server
         .exit_within(PATIENCE)
         .expect("the force instruction did not end the drain");

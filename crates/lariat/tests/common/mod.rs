@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+pub mod process;
 pub mod tls;
 
 use lariat::{AcceptSource, Connection, ListenAddr, Listener, PeerAddr, Stream};
