@@ -27,6 +27,7 @@
 
 mod churn;
 mod client;
+mod handover;
 mod host;
 mod http;
 mod idle;
@@ -110,6 +111,10 @@ enum Measurement {
     /// hyper-util, Go net/http, nginx, HAProxy), each with its own graceful stop and reload signals; a
     /// Markdown table on stdout (not in the default run).
     Zoo,
+    /// Connection hand-over at restart: the time to move 1,000 and 10,000 idle echo connections to
+    /// the successor (and none lost), and restarts under churn with 5,000 live sessions, against
+    /// `--hand-over-window 0` (drain) in the same run (not in the default run).
+    Handover,
 }
 
 /// The `--delivery N` count measured.
@@ -138,6 +143,7 @@ impl Measurement {
             Measurement::Metrics => "metrics",
             Measurement::Http => "http",
             Measurement::Zoo => "zoo",
+            Measurement::Handover => "handover",
         }
     }
 
@@ -151,7 +157,8 @@ impl Measurement {
             | Measurement::Scale
             | Measurement::Metrics
             | Measurement::Http
-            | Measurement::Zoo => Vec::new(),
+            | Measurement::Zoo
+            | Measurement::Handover => Vec::new(),
             Measurement::Delivery => {
                 let throughput = [
                     Kind::Lariat,
@@ -183,7 +190,8 @@ impl Measurement {
             Measurement::Restart
             | Measurement::Delivery
             | Measurement::Probe
-            | Measurement::Zoo => 1,
+            | Measurement::Zoo
+            | Measurement::Handover => 1,
             _ => config.rounds,
         }
     }
@@ -248,6 +256,7 @@ impl Config {
                     | Measurement::Scale
                     | Measurement::Metrics
                     | Measurement::Http
+                    | Measurement::Handover
             )
         }) {
             parts.push(format!("median of {} round(s)", self.rounds));
@@ -280,6 +289,17 @@ impl Config {
                 "http: lariat http-hello against hyper-hello and nginx, wrk and h2load on the client \
                  CPU, median of {} round(s), then restarts under wrk",
                 self.rounds
+            ));
+        }
+        if self.measurements.contains(&Measurement::Handover) {
+            parts.push(format!(
+                "handover: lariat only, one SIGHUP with {} idle echo connections; {} sessions and \
+                 churn through {} SIGHUPs, with hand-over and with --hand-over-window 0; one round",
+                handover::IDLE_CONNECTIONS
+                    .map(|n| n.to_string())
+                    .join(" and "),
+                handover::SESSIONS,
+                handover::SESSION_RESTARTS
             ));
         }
         if self.measurements.contains(&Measurement::Probe) {
@@ -392,6 +412,7 @@ async fn bench(
     let mut samples = Vec::new();
     let mut probes = Vec::new();
     let mut http_results: Option<http::HttpResults> = None;
+    let mut handover_results: Option<handover::HandoverResults> = None;
     for &measurement in &config.measurements {
         let rounds = measurement.rounds(config);
         if measurement == Measurement::Probe {
@@ -408,6 +429,10 @@ async fn bench(
         }
         if measurement == Measurement::Metrics {
             samples.extend(run_metrics(binaries, config, rounds).await);
+            continue;
+        }
+        if measurement == Measurement::Handover {
+            handover_results = Some(handover::run(binaries).await);
             continue;
         }
         if measurement == Measurement::Http {
@@ -482,6 +507,10 @@ async fn bench(
             }
         }
     }
+    if let Some(results) = &handover_results {
+        println!();
+        print!("{}", results.markdown());
+    }
     let probe_notes = probe::notes(&probes);
     if !probes.is_empty() {
         if !table.is_empty() || !scale_table.is_empty() || !metrics_table.is_empty() {
@@ -509,6 +538,7 @@ async fn bench(
         probe: &probes,
         probe_notes: &probe_notes,
         http: http_results.as_ref(),
+        handover: handover_results.as_ref(),
     };
     report::write_json(&args.json, &doc)?;
     let svg = args
@@ -537,8 +567,9 @@ async fn bench(
         started.elapsed().as_secs_f64()
     );
 
-    let failed =
-        samples.iter().any(|s| s.error.is_some()) || probes.iter().any(|p| p.error.is_some());
+    let failed = samples.iter().any(|s| s.error.is_some())
+        || probes.iter().any(|p| p.error.is_some())
+        || handover_results.as_ref().is_some_and(|h| h.failed());
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -599,6 +630,9 @@ async fn measure(
         )),
         Measurement::Http => Err(anyhow::anyhow!(
             "the http measurement starts its own servers"
+        )),
+        Measurement::Handover => Err(anyhow::anyhow!(
+            "the handover measurement starts its own servers"
         )),
     };
     match outcome {

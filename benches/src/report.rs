@@ -598,6 +598,8 @@ pub struct Document<'a, C: Serialize> {
     pub probe_notes: &'a [String],
     /// The HTTP measurement (`--only http`), if it ran.
     pub http: Option<&'a crate::http::HttpResults>,
+    /// The connection hand-over measurement (`--only handover`), if it ran.
+    pub handover: Option<&'a crate::handover::HandoverResults>,
 }
 
 /// Writes `doc` as pretty JSON to `path`, creating its directory.

@@ -195,7 +195,7 @@ pub async fn restart_repeatedly(
 }
 
 /// Sends `signal` to `pid`, one of the server processes.
-fn kill(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
+pub fn kill(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
     let target = libc::pid_t::try_from(pid).context("pid out of range")?;
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is the bench's server or one of
     // the successors it started, which have not been seen to exit.

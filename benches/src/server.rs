@@ -282,6 +282,50 @@ struct Stderr {
     /// The text, up to [`STDERR_LIMIT`] bytes.
     text: String,
     handovers: Vec<Handover>,
+    /// The connection hand-over lines (`drained`, `hand-over channel closed`), when read.
+    marks: Vec<(Instant, Mark)>,
+}
+
+/// A log line the hand-over measurement times: what lariat says when a restart's connections
+/// have moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// `drained finished=…`: an old process's drain is over (with hand-over, its last connection
+    /// has moved or finished); it exits next.
+    Drained,
+    /// `hand-over channel closed resumed=N left_with_predecessor=M`: the successor resumed N
+    /// connections; M it was sent but never told to serve stayed with the old process.
+    ChannelClosed { resumed: u64, left: u64 },
+}
+
+impl Mark {
+    /// The mark a log line of lariat's text format carries, if any.
+    pub fn parse(line: &str) -> Option<Mark> {
+        if line.contains(" drained finished=") {
+            return Some(Mark::Drained);
+        }
+        if line.contains("hand-over channel closed") {
+            return Some(Mark::ChannelClosed {
+                resumed: field(line, "resumed")?,
+                left: field(line, "left_with_predecessor")?,
+            });
+        }
+        None
+    }
+}
+
+/// The number of a `KEY=DIGITS` field of a log line (a whole key: ` KEY=` or at the start).
+fn field(line: &str, key: &str) -> Option<u64> {
+    let pattern = format!("{key}=");
+    line.match_indices(&pattern)
+        .find(|&(at, _)| at == 0 || line[..at].ends_with(' '))
+        .and_then(|(at, _)| {
+            line[at + pattern.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
 }
 
 /// A `successor_pid=PID` line: a process handed its listeners over to PID, which now serves.
@@ -344,6 +388,11 @@ impl Server {
     /// Every handover seen on stderr so far, in order: the last one names the serving process.
     pub fn handovers(&self) -> Vec<Handover> {
         self.lock_stderr().handovers.clone()
+    }
+
+    /// Every [`Mark`] line seen on stderr so far, in order, with when the bench read it.
+    pub fn marks(&self) -> Vec<(Instant, Mark)> {
+        self.lock_stderr().marks.clone()
     }
 
     /// The last `lines` lines the server (and its successors) wrote on stderr.
@@ -443,6 +492,9 @@ fn read_stderr(stderr: impl Read + Send + 'static) -> Arc<Mutex<Stderr>> {
                     successor_pid,
                     seen,
                 });
+            }
+            if let Some(mark) = Mark::parse(&line) {
+                log.marks.push((seen, mark));
             }
             if log.text.len() + line.len() < STDERR_LIMIT {
                 log.text.push_str(&line);
@@ -591,6 +643,38 @@ mod tests {
             "2 × lariat serve --reuseport"
         );
         assert_eq!(Kind::LariatScale(Scale::Single).baseline_label(), "1 loop");
+    }
+
+    #[test]
+    fn hand_over_marks() {
+        assert_eq!(
+            Mark::parse(
+                "2026-01-01T00:00:00.000000Z  INFO drained finished=1000 accepted_from_queue=0 elapsed_ms=42"
+            ),
+            Some(Mark::Drained)
+        );
+        assert_eq!(
+            Mark::parse(
+                r#"2026-01-01T00:00:00.000000Z  INFO hand-over channel closed resumed=9998 left_with_predecessor=2 why="the predecessor closed it""#
+            ),
+            Some(Mark::ChannelClosed {
+                resumed: 9998,
+                left: 2
+            })
+        );
+        // A longer key ending in the one asked for is another field.
+        assert_eq!(field("not_resumed=5 resumed=7", "resumed"), Some(7));
+        assert_eq!(field("resumed=x", "resumed"), None);
+        // Without its counts the line names nothing to count.
+        assert_eq!(Mark::parse("INFO hand-over channel closed why=x"), None);
+        assert_eq!(
+            Mark::parse("INFO listeners closed after draining their queues accepted=0"),
+            None
+        );
+        assert_eq!(
+            Mark::parse("INFO restart: successor ready; handing over the listeners and draining successor_pid=7 active=3"),
+            None
+        );
     }
 
     #[test]
