@@ -157,6 +157,19 @@ impl HttpOptions {
         self
     }
 
+    /// hyper's own HTTP/1 builder, set as [`builder`](Self::builder)'s HTTP/1 half: the connections
+    /// it serves give their socket back between requests, so they can move at a restart.
+    fn http1(&self) -> hyper::server::conn::http1::Builder {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .max_buf_size(self.max_head_bytes)
+            .max_headers(self.max_headers)
+            .auto_date_header(self.date_header)
+            .keep_alive(true);
+        b
+    }
+
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
@@ -177,6 +190,8 @@ impl HttpOptions {
 
 /// What every connection of one [`Http`] handler shares.
 struct Shared {
+    /// HTTP/1 told by the first bytes (not HTTP/2's preface), on a connection that may move.
+    http1: hyper::server::conn::http1::Builder,
     /// HTTP/1 or HTTP/2 by the first bytes.
     auto: auto::Builder<TokioExecutor>,
     /// ALPN said `http/1.1`.
@@ -224,6 +239,7 @@ impl<S> Http<S> {
         Http {
             service,
             shared: Arc::new(Shared {
+                http1: options.http1(),
                 h1: auto.clone().http1_only(),
                 h2: auto.clone().http2_only(),
                 auto,
