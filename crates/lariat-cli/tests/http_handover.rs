@@ -194,3 +194,58 @@ fn fifty_keep_alive_clients_ride_through_five_restarts_on_one_connection_each() 
     assert!(is_alive(serving));
     signal(serving, libc::SIGKILL);
 }
+
+#[test]
+fn half_a_request_read_before_the_restart_is_answered_once_by_the_successor() {
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--handler",
+        "http-hello",
+        "--drain-timeout",
+        "5s",
+    ]);
+    let first = server.pid();
+    let mut client = Client::new(server.tcp_addr());
+    client.get().unwrap();
+    // The first half of a request head: the old process reads it into hyper's buffer.
+    let half = b"GET / HTTP/1.1\r\nHo";
+    let conn = client.conn.as_mut().unwrap().get_mut();
+    conn.write_all(half).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(first, libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(20), || successor_pids(&server.stderr())
+            .len()
+            == 1),
+        "the restart did not complete: {}",
+        server.stderr()
+    );
+    let successor = successor_pids(&server.stderr())[0];
+    // The connection moved with the half it carried: the old process is gone well before its 5 s
+    // drain deadline, which a connection left with it would have held it to.
+    assert!(
+        eventually(Duration::from_secs(3), || !is_alive(first)),
+        "the old process still runs:\n{}",
+        server.stderr()
+    );
+    // The second half: the successor answers the whole request, once, and keeps the connection.
+    let conn = client.conn.as_mut().unwrap().get_mut();
+    conn.write_all(b"st: lariat\r\n\r\n").unwrap();
+    let mut answer = [0u8; 512];
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !got.ends_with(b"Hello, world!") && Instant::now() < deadline {
+        let n = conn.read(&mut answer).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&answer[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    assert_eq!(text.matches("http/1.1").count(), 1, "{text}");
+    // And the next request on the same connection too.
+    client.get().unwrap();
+    assert_eq!(client.opened, 1);
+    signal(successor, libc::SIGKILL);
+}
