@@ -351,11 +351,11 @@ impl Connection {
     pub(crate) fn movable(&self) -> bool {
         !matches!(self.stream(), Stream::Tls(_))
             && self.entry().proxy().is_none()
-            && !self
+            && self
                 .entry()
                 .extras
                 .get()
-                .is_some_and(|e| e.routed.get().is_some())
+                .is_none_or(|e| e.routed.get().is_none())
     }
 
     fn resumed(&self) -> Option<&Resumed> {
