@@ -179,8 +179,14 @@ fn fifty_keep_alive_clients_ride_through_five_restarts_on_one_connection_each() 
     let log = server.stderr();
     let failures = failures.lock().unwrap().clone();
     let reconnects: u64 = opened.iter().map(|o| o - 1).sum();
+    // How many connections each old process passed on (its channel's last line).
+    let moved: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("hand-over channel closed"))
+        .filter_map(|l| l.split("resumed=").nth(1)?.split_whitespace().next())
+        .collect();
     eprintln!(
-        "{} answers, {} errors, {reconnects} reconnects, pids {first} -> {:?}",
+        "{} answers, {} errors, {reconnects} reconnects, moved per restart {moved:?}, pids {first} -> {:?}",
         answers.load(Relaxed),
         failures.len(),
         successor_pids(&log)
@@ -191,6 +197,9 @@ fn fifty_keep_alive_clients_ride_through_five_restarts_on_one_connection_each() 
         "connections opened per client: {opened:?}"
     );
     assert!(gone, "an old process is still running: {old:?}\n{log}");
+    // Each restart moved all 50 connections.
+    let fifty = CLIENTS.to_string();
+    assert_eq!(moved, vec![fifty.as_str(); RESTARTS], "{log}");
     assert!(is_alive(serving));
     signal(serving, libc::SIGKILL);
 }
