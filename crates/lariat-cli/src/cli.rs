@@ -441,7 +441,8 @@ pub enum HandlerKind {
     /// Read and drop every byte.
     Discard,
     /// Answer every HTTP/1.1 or HTTP/2 (h2c, or h2 by ALPN) request with `200 Hello, world!`, keep-alive
-    /// (for wrk, h2load, curl); drains end each connection after an answer.
+    /// (for wrk, h2load, curl); a restart moves idle HTTP/1.1 connections to the successor, drains end
+    /// the others after an answer.
     HttpHello,
     /// Write `peer=ADDR hop=ADDR` (the client as a PROXY header named it, and the socket's peer), then echo.
     Whoami,

@@ -163,6 +163,11 @@ impl HandOverState {
         self.parked.remove(&id);
     }
 
+    /// True while a successor takes connections (the offer was made and its window is open).
+    pub(crate) fn taking(&self) -> bool {
+        self.channel().is_some()
+    }
+
     fn channel(&self) -> Option<Arc<Outgoing>> {
         self.outgoing
             .lock()
@@ -339,6 +344,18 @@ impl Connection {
             Some(r) => std::mem::take(&mut *r.read_ahead.lock().unwrap_or_else(|e| e.into_inner())),
             None => Bytes::new(),
         }
+    }
+
+    /// Whether this connection could move at all: not TLS, not named by a PROXY header, not routed
+    /// (what [`hand_over_with`](Self::hand_over_with) would refuse whatever the successor says).
+    pub(crate) fn movable(&self) -> bool {
+        !matches!(self.stream(), Stream::Tls(_))
+            && self.entry().proxy().is_none()
+            && self
+                .entry()
+                .extras
+                .get()
+                .is_none_or(|e| e.routed.get().is_none())
     }
 
     fn resumed(&self) -> Option<&Resumed> {

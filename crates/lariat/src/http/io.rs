@@ -4,9 +4,12 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
@@ -14,19 +17,37 @@ use crate::{Connection, Stream};
 
 /// Owns the [`Connection`] while hyper serves it; when hyper drops its transport, the connection goes
 /// back through `back` instead of being closed.
+///
+/// Reads give `prefix` first (bytes a previous process or a previous hyper connection read and did
+/// not consume). Once `keep_open` is set (the connection is about to move to a successor), hyper's
+/// shutdown at the end only flushes: the socket stays open for [`Returned::into_parts`].
 pub(crate) struct Returned {
     conn: Option<Connection>,
     back: Option<oneshot::Sender<Connection>>,
+    prefix: Bytes,
+    keep_open: Arc<AtomicBool>,
 }
 
 impl Returned {
-    pub(crate) fn new(conn: Connection) -> (Returned, oneshot::Receiver<Connection>) {
+    pub(crate) fn new(
+        conn: Connection,
+        prefix: Bytes,
+        keep_open: Arc<AtomicBool>,
+    ) -> (Returned, oneshot::Receiver<Connection>) {
         let (tx, rx) = oneshot::channel();
         let io = Returned {
             conn: Some(conn),
             back: Some(tx),
+            prefix,
+            keep_open,
         };
         (io, rx)
+    }
+
+    /// Takes the connection out (it does not go back through `back`), with the prefix hyper did not
+    /// read yet.
+    pub(crate) fn into_parts(mut self) -> (Option<Connection>, Bytes) {
+        (self.conn.take(), std::mem::take(&mut self.prefix))
     }
 
     fn conn(&mut self) -> io::Result<Pin<&mut Connection>> {
@@ -52,7 +73,13 @@ impl AsyncRead for Returned {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut().conn() {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        match this.conn() {
             Ok(c) => c.poll_read(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
         }
@@ -94,7 +121,9 @@ impl AsyncWrite for Returned {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let keep_open = self.keep_open.load(Relaxed);
         match self.get_mut().conn() {
+            Ok(c) if keep_open => c.poll_flush(cx),
             Ok(c) => c.poll_shutdown(cx),
             Err(e) => Poll::Ready(Err(e)),
         }
@@ -156,5 +185,54 @@ pub(crate) async fn linger(mut conn: Connection, within: Duration) -> Linger {
     match drained {
         Ok(()) => Linger::Clean,
         Err(_) => Linger::TimedOut,
+    }
+}
+
+/// HTTP/2's connection preface, which a client with prior knowledge (h2c) sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes of a plain connection say.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FirstBytes {
+    /// They cannot begin HTTP/2's preface: HTTP/1.
+    Http1,
+    /// HTTP/2's preface, the beginning of it, an end of stream or a TLS stream: let hyper-util tell.
+    Undecided,
+}
+
+/// Waits until the connection is readable, then looks at what waits without reading it (`MSG_PEEK`).
+pub(crate) async fn first_bytes(stream: &Stream) -> io::Result<FirstBytes> {
+    loop {
+        let mut head = [std::mem::MaybeUninit::<u8>::uninit(); H2_PREFACE.len()];
+        let peeked = match stream {
+            Stream::Tcp(s) => {
+                s.readable().await?;
+                s.try_io(tokio::io::Interest::READABLE, || {
+                    socket2::SockRef::from(s).peek(&mut head)
+                })
+            }
+            Stream::Unix(s) => {
+                s.readable().await?;
+                s.try_io(tokio::io::Interest::READABLE, || {
+                    socket2::SockRef::from(s).peek(&mut head)
+                })
+            }
+            Stream::Tls(_) => return Ok(FirstBytes::Undecided),
+        };
+        let n = match peeked {
+            Ok(n) => n.min(head.len()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        // SAFETY: `peek` initialised the first `n` bytes.
+        let differs = head[..n]
+            .iter()
+            .zip(H2_PREFACE)
+            .any(|(b, p)| unsafe { b.assume_init() } != *p);
+        return Ok(if differs {
+            FirstBytes::Http1
+        } else {
+            FirstBytes::Undecided
+        });
     }
 }

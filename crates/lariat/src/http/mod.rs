@@ -3,9 +3,10 @@
 //! [`Http`] is a [`Handler`] that runs [hyper](https://hyper.rs) on each
 //! [`Connection`]: give it any hyper service ([`Http::new`]) or tower service
 //! ([`Http::tower`]: an axum `Router`, a tonic server), and serve it with
-//! [`ServerBuilder::serve`](crate::ServerBuilder::serve). hyper-util's auto builder tells HTTP/1.1 from
-//! HTTP/2 by the first bytes (h2c with prior knowledge on the same port); under lariat's TLS the ALPN
-//! result (`h2`, `http/1.1`) decides.
+//! [`ServerBuilder::serve`](crate::ServerBuilder::serve). On a plain connection, first bytes that cannot
+//! begin HTTP/2's preface are served by hyper's HTTP/1 connection, anything else by hyper-util's auto
+//! builder (h2c with prior knowledge on the same port); under lariat's TLS the ALPN result (`h2`,
+//! `http/1.1`) decides.
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -22,8 +23,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # What a restart does: idle HTTP/1.1 connections move
+//! At a hitless restart, once the successor takes connections, a plain HTTP/1.1 connection moves to it
+//! between requests ([`Connection::hand_over_with`](crate::Connection::hand_over_with)): the socket,
+//! and the bytes hyper read of a next request as read-ahead. The client sees a pause, not a close. A
+//! connection busy with an answer moves after it if it is idle within the hand-over window. HTTP/2
+//! (many streams, no single safe point), TLS (its keys stay in this process), proxied and routed
+//! connections do not move: they drain as below.
+//!
 //! # What a drain does to an HTTP connection
-//! When the server drains (or hands over to a successor at a restart), each connection is told
+//! When the server drains (or, for the connections that do not move, at a restart), each connection is told
 //! ([`Connection::draining`](crate::Connection::draining)) and ends after an answer, never in the middle
 //! of one:
 //! * **HTTP/1**: every answer from then on carries `Connection: close` and the connection closes after
@@ -157,6 +166,19 @@ impl HttpOptions {
         self
     }
 
+    /// hyper's own HTTP/1 builder, set as [`builder`](Self::builder)'s HTTP/1 half: the connections
+    /// it serves give their socket back between requests, so they can move at a restart.
+    fn http1(&self) -> hyper::server::conn::http1::Builder {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .max_buf_size(self.max_head_bytes)
+            .max_headers(self.max_headers)
+            .auto_date_header(self.date_header)
+            .keep_alive(true);
+        b
+    }
+
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
@@ -177,6 +199,8 @@ impl HttpOptions {
 
 /// What every connection of one [`Http`] handler shares.
 struct Shared {
+    /// HTTP/1 told by the first bytes (not HTTP/2's preface), on a connection that may move.
+    http1: hyper::server::conn::http1::Builder,
     /// HTTP/1 or HTTP/2 by the first bytes.
     auto: auto::Builder<TokioExecutor>,
     /// ALPN said `http/1.1`.
@@ -224,6 +248,7 @@ impl<S> Http<S> {
         Http {
             service,
             shared: Arc::new(Shared {
+                http1: options.http1(),
                 h1: auto.clone().http1_only(),
                 h2: auto.clone().http2_only(),
                 auto,

@@ -14,6 +14,7 @@ pub(crate) struct HttpStats {
     pub(crate) goaway_sent: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) linger_timeouts: AtomicU64,
+    pub(crate) handed_over: AtomicU64,
 }
 
 impl HttpStats {
@@ -32,6 +33,7 @@ impl HttpStats {
             goaway_sent: self.goaway_sent.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             linger_timeouts: self.linger_timeouts.load(Relaxed),
+            handed_over: self.handed_over.load(Relaxed),
         }
     }
 }
@@ -61,4 +63,7 @@ pub struct HttpStatsSnapshot {
     /// Closed connections whose peer kept sending past the linger time (the socket was then closed with
     /// bytes unread).
     pub linger_timeouts: u64,
+    /// HTTP/1 connections moved to a restart's successor while idle between requests (they are not
+    /// closed: the successor answers their next request).
+    pub handed_over: u64,
 }
