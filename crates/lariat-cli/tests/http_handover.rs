@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Lariat};
+use common::{eventually, is_alive, signal, Lariat};
 
 /// The pids of the successors that took over, from the old processes' logs, in order.
 fn successor_pids(log: &str) -> Vec<u32> {
@@ -18,20 +18,6 @@ fn successor_pids(log: &str) -> Vec<u32> {
         .filter_map(|l| l.split("successor_pid=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
-}
-
-fn is_alive(pid: u32) -> bool {
-    // A zombie has exited; only its parent has not reaped it yet.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
-        .unwrap_or(false)
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process this test started (directly or through restarts).
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
 }
 
 /// One keep-alive client: its connection, and how many it had to open.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{churn_once, eventually, Lariat};
+use common::{churn_once, eventually, is_alive, Lariat};
 
 const CLIENTS: usize = 32;
 const RESTARTS: usize = 10;
@@ -21,13 +21,6 @@ fn successor_pids(log: &str) -> Vec<u32> {
         .filter_map(|l| l.split("successor_pid=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
-}
-
-fn is_alive(pid: u32) -> bool {
-    // A zombie has exited; only its parent has not reaped it yet.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
-        .unwrap_or(false)
 }
 
 fn kill(pid: u32) {

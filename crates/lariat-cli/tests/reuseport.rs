@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, Lariat};
+use common::{eventually, signal, Lariat};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -66,13 +66,6 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .status();
-    }
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process this test started.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
     }
 }
 

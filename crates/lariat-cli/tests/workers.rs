@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{churn_once, eventually, Lariat};
+use common::{churn_once, eventually, is_alive, signal, Lariat};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -24,19 +24,6 @@ fn worker_pids(log: &str) -> Vec<u32> {
         .filter_map(|l| l.split("worker_pid=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process this test started (through the supervisor).
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
-}
-
-fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
-        .unwrap_or(false)
 }
 
 fn start_workers(extra: &[&str]) -> (Lariat, SocketAddr, Vec<u32>) {

@@ -284,3 +284,23 @@ pub fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (
     }
     (status, body.to_owned())
 }
+
+/// Whether `pid` still runs (a zombie has exited; only its parent has not reaped it yet).
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rfind(')')
+                .is_some_and(|end| !stat[end + 2..].starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Sends `sig` to `pid`, a process the test started (directly, through restarts or through a
+/// supervisor); the test's process-group guard reaps nothing before the test ends, so the pid is not
+/// reused meanwhile.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started; no memory is touched.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
