@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::http::refused_unprocessed;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -241,21 +243,6 @@ async fn h2_client(
 /// over and drains says it takes no new traffic, while it still answers what it has).
 fn answered(path: &str, status: StatusCode) -> bool {
     status == StatusCode::OK || (path == "/readyz" && status == StatusCode::SERVICE_UNAVAILABLE)
-}
-
-/// A request that failed before the server took it: never sent, or above a GOAWAY's last stream.
-fn refused_unprocessed(e: &hyper::Error) -> bool {
-    if e.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// The acceptance test for axum: an axum app over TLS (ALPN `h2` and `http/1.1`) on the

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::http::refused_unprocessed;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -577,21 +579,6 @@ async fn h2_tls_client(
             s.await.unwrap();
         }
     }
-}
-
-/// A request that failed before the server took it: never sent, or above a GOAWAY's last stream.
-fn refused_unprocessed(e: &hyper::Error) -> bool {
-    if e.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// An axum app over TLS (ALPN `h2` and `http/1.1`) handed from one server to the next 5 times under

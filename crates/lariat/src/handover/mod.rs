@@ -164,6 +164,7 @@ impl HandOverState {
     }
 
     /// True while a successor takes connections (the offer was made and its window is open).
+    #[cfg(feature = "http")]
     pub(crate) fn taking(&self) -> bool {
         self.channel().is_some()
     }
@@ -348,6 +349,7 @@ impl Connection {
 
     /// Whether this connection could move at all: not TLS, not named by a PROXY header, not routed
     /// (what [`hand_over_with`](Self::hand_over_with) would refuse whatever the successor says).
+    #[cfg(feature = "http")]
     pub(crate) fn movable(&self) -> bool {
         !matches!(self.stream(), Stream::Tls(_))
             && self.entry().proxy().is_none()
