@@ -110,9 +110,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let nofile = host::raise_nofile()?;
     let machine = Machine::probe(nofile);
+    let config = Config::new(&args);
     host::pin_self_to_cpu(CLIENT_CPU)
         .context("the bench needs two CPUs: the servers run on CPU 0 and the client on CPU 1")?;
-    let config = Config::new(&args);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -207,7 +207,7 @@ async fn bench(
             println!("- {note}");
         }
     }
-    let scale_table = scale::markdown(&samples, config.rounds);
+    let scale_table = scale::tables(&samples, config.rounds, &config.scale_layout);
     let scale_notes = scale::notes(&samples);
     if !scale_table.is_empty() {
         if !table.is_empty() || !notes.is_empty() {

@@ -7,9 +7,9 @@ use anyhow::Context;
 
 use crate::plan::{Config, Measurement};
 use crate::report::{self, Measured, Sample};
-use crate::scale::{self, Pinning};
+use crate::scale::{self, Pinning, Placement};
 use crate::server::{Binaries, Kind, Scale};
-use crate::{churn, idle, metrics, restart, throughput, CLIENT_CPU};
+use crate::{churn, host, idle, metrics, restart, throughput, CLIENT_CPU};
 
 /// Runs `run` (`measurement` itself, or a part of it) against a fresh server of `kind`, which is
 /// stopped before returning.
@@ -95,8 +95,8 @@ pub async fn measure(
 }
 
 /// The scale measurement: `rounds` pinned rounds of every configuration (each round starting one
-/// configuration later, so none always runs first), then one unpinned round with the client
-/// free to use every CPU.
+/// configuration later, so none always runs first), then `rounds` rounds across cores (see
+/// [`scale::cores`]), then one unpinned round with the client free to use every CPU.
 pub async fn run_scale(binaries: &Binaries, config: &Config, rounds: usize) -> Vec<Sample> {
     let duration = Duration::from_secs_f64(config.churn_seconds);
     let concurrency = config.churn_concurrency;
@@ -106,7 +106,7 @@ pub async fn run_scale(binaries: &Binaries, config: &Config, rounds: usize) -> V
             let scale = Scale::ALL[(i + round - 1) % Scale::ALL.len()];
             let sample = scale::measure(
                 binaries,
-                Pinning::Pinned,
+                &Placement::of(Pinning::Pinned),
                 round,
                 scale,
                 duration,
@@ -117,12 +117,14 @@ pub async fn run_scale(binaries: &Binaries, config: &Config, rounds: usize) -> V
             samples.push(sample);
         }
     }
+    samples.extend(run_scale_cores(binaries, config, rounds).await);
     // Re-pinned to the client CPU when dropped.
     let unpinned = scale::Unpinned::begin(CLIENT_CPU);
     for scale in Scale::ALL {
         let sample = match &unpinned {
             Ok(_) => {
-                scale::measure(binaries, Pinning::Unpinned, 1, scale, duration, concurrency).await
+                let placement = Placement::of(Pinning::Unpinned);
+                scale::measure(binaries, &placement, 1, scale, duration, concurrency).await
             }
             Err(err) => {
                 let mut sample =
@@ -135,6 +137,43 @@ pub async fn run_scale(binaries: &Binaries, config: &Config, rounds: usize) -> V
         samples.push(sample);
     }
     drop(unpinned);
+    samples
+}
+
+/// The scale measurement across cores: `rounds` rounds of every configuration on every step of
+/// server cores (each round starting one configuration later). The bench's own thread waits on the
+/// client CPUs meanwhile, away from the servers' cores.
+async fn run_scale_cores(binaries: &Binaries, config: &Config, rounds: usize) -> Vec<Sample> {
+    let duration = Duration::from_secs_f64(config.churn_seconds);
+    let layout = &config.scale_layout;
+    let all: Vec<(Scale, Placement)> = layout
+        .steps()
+        .into_iter()
+        .flat_map(|cores| layout.configurations(cores))
+        .collect();
+    let mut samples = Vec::new();
+    if let Err(err) = host::pin_self_to_cpus(&layout.client) {
+        eprintln!("lariat-bench: cannot move the bench to the client CPUs: {err:#}");
+    }
+    for round in 1..=rounds {
+        for i in 0..all.len() {
+            let (scale, placement) = &all[(i + round - 1) % all.len()];
+            let sample = scale::measure(
+                binaries,
+                placement,
+                round,
+                *scale,
+                duration,
+                config.churn_concurrency,
+            )
+            .await;
+            eprintln!("{}", progress_line(&sample, rounds));
+            samples.push(sample);
+        }
+    }
+    if let Err(err) = host::pin_self_to_cpu(CLIENT_CPU) {
+        eprintln!("lariat-bench: cannot pin the client to CPU {CLIENT_CPU} again: {err:#}");
+    }
     samples
 }
 

@@ -29,6 +29,7 @@ pub fn notes(samples: &[Sample]) -> Vec<String> {
             // The unpinned scale round is unpinned on purpose.
             if cpus != server::SERVER_CPU.to_string()
                 && s.measurement != Pinning::Unpinned.measurement()
+                && s.measurement != Pinning::Cores.measurement()
             {
                 notes.push(format!("{at}: server allowed on CPUs {cpus}, not pinned"));
             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::Serialize;
 
+use crate::scale::cores as scale;
 use crate::server::{self, Delivery, Kind};
 use crate::{client, handover, host, http, metrics, Args, CLIENT_CPU};
 
@@ -140,6 +141,8 @@ pub struct Config {
     pub client_cpu: usize,
     /// Where the scale measurement's unpinned round lets servers and client run.
     pub unpinned_cpus: String,
+    /// Which CPUs the scale measurement across cores gives the servers and the client threads.
+    pub scale_layout: scale::Layout,
     pub source_addresses: String,
 }
 
@@ -163,6 +166,8 @@ impl Config {
             server_cpu: server::SERVER_CPU,
             client_cpu: CLIENT_CPU,
             unpinned_cpus: host::online_cpus(),
+            // Read before the bench pins itself to the client CPU.
+            scale_layout: scale::Layout::new(&host::allowed_cpus()),
             source_addresses: format!(
                 "{}..={}",
                 client::source_ip(0),
@@ -239,8 +244,14 @@ impl Config {
         if self.measurements.contains(&Measurement::Scale) {
             parts.push(format!(
                 "scale: lariat only, {:.0} s of churn per configuration, pinned median of {} \
-                 round(s), then one unpinned round",
-                self.churn_seconds, self.rounds
+                 round(s), then across {} server core(s) (steps {}) with {} client thread(s), \
+                 median of {} round(s), then one unpinned round",
+                self.churn_seconds,
+                self.rounds,
+                self.scale_layout.server.len(),
+                host::cpu_list(&self.scale_layout.steps()),
+                self.scale_layout.client.len(),
+                self.rounds
             ));
         }
         parts.join("; ")

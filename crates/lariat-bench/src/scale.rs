@@ -12,6 +12,11 @@
 //! CPU and the client on the client CPU, so a ratio is the cost of the extra loops or processes on
 //! one core; the unpinned round lets servers and client use every CPU, to show whether more loops
 //! or processes buy throughput when the cores are shared with the client.
+//!
+//! Across cores (see [`cores`]): the CPUs this process may use are split in two, the first half for
+//! the servers and the rest for client threads (one per CPU); each configuration runs with N
+//! accept loops, runtime threads or processes on N server cores, N from 1 up to every server core,
+//! against one accept loop on one core measured the same way. On 2 CPUs that is N = 1 only.
 
 use std::time::{Duration, Instant};
 
@@ -24,11 +29,25 @@ use crate::proc;
 use crate::report::{Measured, Metric, Sample};
 use crate::server::{Binaries, Kind, Scale, SERVER_CPU};
 
+pub mod cores;
 mod deployment;
 mod table;
 
 use deployment::{Deployment, Process};
 pub use table::{markdown, notes};
+
+/// The pinned table, the table across cores and the unpinned table, each when it ran.
+pub fn tables(samples: &[Sample], rounds: usize, layout: &cores::Layout) -> String {
+    let mut out = markdown(samples, rounds);
+    let across = cores::markdown(samples, layout, rounds);
+    if !across.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&across);
+    }
+    out
+}
 
 /// Where the processes may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +57,9 @@ pub enum Pinning {
     Pinned,
     /// Servers and client on every CPU.
     Unpinned,
+    /// N server cores for a configuration of N loops, threads or processes; client threads on the
+    /// other cores (see [`cores`]).
+    Cores,
 }
 
 impl Pinning {
@@ -46,6 +68,7 @@ impl Pinning {
         match self {
             Pinning::Pinned => "scale",
             Pinning::Unpinned => "scale-unpinned",
+            Pinning::Cores => "scale-cores",
         }
     }
 
@@ -53,17 +76,60 @@ impl Pinning {
     fn server_cpus(self) -> String {
         match self {
             Pinning::Pinned => SERVER_CPU.to_string(),
-            Pinning::Unpinned => host::online_cpus(),
+            Pinning::Unpinned | Pinning::Cores => host::online_cpus(),
         }
     }
 
     fn metrics(self) -> (Metric, Metric) {
         match self {
             Pinning::Pinned => (Metric::ScaleChurnRate, Metric::ScaleCpuPerConnection),
-            Pinning::Unpinned => (
+            Pinning::Unpinned | Pinning::Cores => (
                 Metric::ScaleUnpinnedChurnRate,
                 Metric::ScaleUnpinnedCpuPerConnection,
             ),
+        }
+    }
+}
+
+/// Where one configuration's server processes and the client run.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub pinning: Pinning,
+    /// The `taskset -c` list of each server process started, in order (the last one for any
+    /// further process).
+    pub server_cpus: Vec<String>,
+    /// Runtime worker threads of each server process (`--threads`).
+    pub threads: usize,
+    /// One client thread pinned to each of these CPUs; none: the client runs on the calling thread.
+    pub client_cpus: Vec<usize>,
+    /// How many cores the server processes may use between them.
+    pub server_cores: usize,
+}
+
+impl Placement {
+    /// Every server process on `pinning`'s CPU list with one runtime thread; the client on the
+    /// calling thread.
+    pub fn of(pinning: Pinning) -> Placement {
+        Placement {
+            pinning,
+            server_cpus: vec![pinning.server_cpus()],
+            threads: 1,
+            client_cpus: Vec::new(),
+            server_cores: match pinning {
+                Pinning::Pinned => 1,
+                Pinning::Unpinned | Pinning::Cores => host::online_count(),
+            },
+        }
+    }
+
+    /// The configuration's command, e.g. `lariat serve --workers 2`, with `--threads N` when its
+    /// processes run more than one runtime thread.
+    pub fn configuration(&self, scale: Scale) -> String {
+        let name = Kind::LariatScale(scale).name().into_owned();
+        if self.threads > 1 {
+            format!("{name} --threads {}", self.threads)
+        } else {
+            name
         }
     }
 }
@@ -97,8 +163,15 @@ pub struct ScaleResult {
     /// The configuration, e.g. `lariat serve --workers 2`.
     pub configuration: String,
     pub pinning: Pinning,
-    /// The CPU list the server processes were started on.
+    /// The CPU list the server processes were started on (one per process, space-separated, when
+    /// they differ).
     pub server_cpus: String,
+    /// The server cores this configuration was given (for the unpinned round: every CPU).
+    pub server_cores: usize,
+    /// Runtime worker threads of each server process.
+    pub threads: usize,
+    /// Client threads, each on a CPU of its own (1: the bench's own thread).
+    pub client_threads: usize,
     #[serde(flatten)]
     pub churn: ChurnResult,
     /// Each server process's part of the server CPU time, in the order started (a supervisor
@@ -139,6 +212,10 @@ impl ScaleResult {
 
 impl Measured for ScaleResult {
     fn metrics(&self) -> Vec<(Metric, f64)> {
+        if self.pinning == Pinning::Cores {
+            // Its own table, keyed by server cores (see `cores`), not rows of the report.
+            return Vec::new();
+        }
         let (rate, cpu) = self.pinning.metrics();
         vec![
             (rate, self.churn.rate_per_s),
@@ -149,7 +226,15 @@ impl Measured for ScaleResult {
     fn summary(&self) -> String {
         let roles: Vec<&str> = self.processes.iter().map(|p| p.role.as_str()).collect();
         format!(
-            "{}, other CPU {:.0}%{}{}",
+            "{}{}, other CPU {:.0}%{}{}",
+            if self.pinning == Pinning::Cores {
+                format!(
+                    "{} server core(s), {} client thread(s): ",
+                    self.server_cores, self.client_threads
+                )
+            } else {
+                String::new()
+            },
             self.churn.summary(),
             self.other_cpu_utilisation * 100.0,
             self.split()
@@ -168,18 +253,19 @@ impl Measured for ScaleResult {
     }
 }
 
-/// Starts `scale` placed as `pinning` says, churns `concurrency` clients against it for
-/// `duration`, and stops it.
+/// Starts `scale` placed as `placement` says, churns `concurrency` clients (on each client thread)
+/// against it for `duration`, and stops it.
 pub async fn measure(
     binaries: &Binaries,
-    pinning: Pinning,
+    placement: &Placement,
     round: usize,
     scale: Scale,
     duration: Duration,
     concurrency: usize,
 ) -> Sample {
+    let pinning = placement.pinning;
     let mut sample = Sample::new(pinning.measurement(), round, Kind::LariatScale(scale));
-    let mut deployment = match Deployment::start(binaries, scale, pinning) {
+    let mut deployment = match Deployment::start(binaries, scale, placement) {
         Ok(deployment) => deployment,
         Err(err) => {
             sample.error = Some(format!("{err:#}"));
@@ -189,7 +275,7 @@ pub async fn measure(
     let pid = deployment.servers[0].pid();
     sample.pid = Some(pid);
     sample.server_cpus_allowed = proc::cpus_allowed_list(pid).ok();
-    match run(&mut deployment, pinning, duration, concurrency).await {
+    match run(&mut deployment, placement, duration, concurrency).await {
         Ok(result) => {
             match serde_json::to_value(&result) {
                 Ok(value) => sample.result = Some(value),
@@ -215,10 +301,11 @@ pub async fn measure(
 
 async fn run(
     deployment: &mut Deployment,
-    pinning: Pinning,
+    placement: &Placement,
     duration: Duration,
     concurrency: usize,
 ) -> anyhow::Result<ScaleResult> {
+    let pinning = placement.pinning;
     let addr = deployment.addr();
     churn::preflight(addr).await?;
 
@@ -234,7 +321,8 @@ async fn run(
     let client_cpu_before = proc::cpu_time(me)?;
     let busy_before = proc::machine_busy_time()?;
     let start = Instant::now();
-    let (completed, errors) = churn::load(addr, start + duration, concurrency).await?;
+    let (completed, errors) =
+        cores::load(addr, start + duration, concurrency, &placement.client_cpus).await?;
     let elapsed = start.elapsed();
     let busy = proc::machine_busy_time()?.saturating_sub(busy_before);
     let client_cpu = proc::cpu_time(me)?.saturating_sub(client_cpu_before);
@@ -276,12 +364,16 @@ async fn run(
     let other = busy
         .saturating_sub(Duration::from_micros(server_cpu_us))
         .saturating_sub(client_cpu);
+    let client_threads = placement.client_cpus.len().max(1);
     Ok(ScaleResult {
-        configuration: Kind::LariatScale(deployment.scale).name().into_owned(),
+        configuration: placement.configuration(deployment.scale),
         pinning,
-        server_cpus: pinning.server_cpus(),
+        server_cpus: placement.server_cpus.join(" "),
+        server_cores: placement.server_cores,
+        threads: placement.threads,
+        client_threads,
         churn: ChurnResult::from_parts(
-            concurrency,
+            concurrency * client_threads,
             completed,
             elapsed,
             Duration::from_micros(server_cpu_us),

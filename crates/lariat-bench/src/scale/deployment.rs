@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::Pinning;
+use super::Placement;
 use crate::proc;
 use crate::server::{Binaries, Kind, Scale, Server};
 
@@ -32,21 +32,35 @@ impl Deployment {
     pub(super) fn start(
         binaries: &Binaries,
         scale: Scale,
-        pinning: Pinning,
+        placement: &Placement,
     ) -> anyhow::Result<Deployment> {
         let kind = Kind::LariatScale(scale);
         let binary = binaries.path(kind);
-        let cpus = pinning.server_cpus();
+        // Process n runs on the n-th CPU list, or the last one.
+        let cpus = |n: usize| {
+            placement
+                .server_cpus
+                .get(n)
+                .or(placement.server_cpus.last())
+                .cloned()
+                .unwrap_or_default()
+        };
         // From here on the guard owns every process started, so each error path stops them.
         let mut deployment = Deployment {
             scale,
             servers: Vec::new(),
             seen: Vec::new(),
         };
-        let args = kind.args();
+        let mut args = kind.args();
+        // `--threads 1` unless the placement gives each process more runtime threads.
+        if let Some(at) = args.iter().position(|a| a == "--threads") {
+            if let Some(value) = args.get_mut(at + 1) {
+                *value = placement.threads.max(1).to_string();
+            }
+        }
         deployment
             .servers
-            .push(Server::spawn(binary, &args, &cpus).context("starting the first server")?);
+            .push(Server::spawn(binary, &args, &cpus(0)).context("starting the first server")?);
         let addr = deployment.servers[0].addr;
         // The others bind the first one's port (with SO_REUSEPORT, as it did).
         let args: Vec<String> = args
@@ -60,7 +74,7 @@ impl Deployment {
             })
             .collect();
         for n in 1..scale.processes() {
-            let server = Server::spawn(binary, &args, &cpus)
+            let server = Server::spawn(binary, &args, &cpus(n))
                 .with_context(|| format!("starting server {} on {addr}", n + 1))?;
             if server.addr != addr {
                 bail!("server {} listens on {}, not on {addr}", n + 1, server.addr);

@@ -87,7 +87,7 @@ pub fn markdown(samples: &[Sample], rounds: usize) -> String {
                 "Scale, pinned: every server process on CPU {SERVER_CPU}, the client on another CPU; \
                  median of {rounds} round(s)\n\n"
             )),
-            Pinning::Unpinned => out.push_str(&format!(
+            Pinning::Unpinned | Pinning::Cores => out.push_str(&format!(
                 "Scale, unpinned: server processes and client free to run on CPUs {}; one round\n\n",
                 host::online_cpus()
             )),
