@@ -177,7 +177,8 @@ pub fn notes(samples: &[Sample]) -> Vec<String> {
     }
     if samples.iter().any(|s| s.measurement.starts_with("scale")) {
         notes.push(
-            "scale: every process runs one runtime worker (--threads 1); server CPU is summed over \
+            "scale: every process runs one runtime worker (--threads 1; across cores, a single \
+             process of N loops or one loop on N cores runs N); server CPU is summed over \
              every process (supervisor and workers for --workers); the split is each process's part \
              of it, in the order started (supervisor first)"
                 .to_string(),
