@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::scale::cores as scale;
+use crate::scale::cores::Layout;
 use crate::server::{self, Delivery, Kind};
 use crate::{client, handover, host, http, metrics, Args, CLIENT_CPU};
 
@@ -142,7 +142,7 @@ pub struct Config {
     /// Where the scale measurement's unpinned round lets servers and client run.
     pub unpinned_cpus: String,
     /// Which CPUs the scale measurement across cores gives the servers and the client threads.
-    pub scale_layout: scale::Layout,
+    pub scale_layout: Layout,
     pub source_addresses: String,
 }
 
@@ -167,7 +167,7 @@ impl Config {
             client_cpu: CLIENT_CPU,
             unpinned_cpus: host::online_cpus(),
             // Read before the bench pins itself to the client CPU.
-            scale_layout: scale::Layout::new(&host::allowed_cpus()),
+            scale_layout: Layout::new(&host::allowed_cpus()),
             source_addresses: format!(
                 "{}..={}",
                 client::source_ip(0),
