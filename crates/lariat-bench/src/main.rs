@@ -12,9 +12,10 @@
 //! `lariat probe` against each of the three servers (started by the probe, not pinned) and
 //! reports the verdicts in a second table. The scale measurement (`--only scale`) is lariat's
 //! alone: connection churn with one accept loop against two accept loops, two worker processes
-//! and two SO_REUSEPORT processes, pinned (median of the rounds) and unpinned (one round), in a
-//! table of its own (see [`scale`]). The metrics measurement (in the default run, or alone with
-//! `--only metrics`) is lariat's alone too: `lariat serve --metrics`, scraped every 100 ms, against
+//! and two SO_REUSEPORT processes, pinned (median of the rounds) and unpinned (one round), then
+//! across cores (the CPUs split between servers and client threads, N loops, threads or processes
+//! on N server cores), in tables of its own (see [`scale`]). The metrics measurement (in the
+//! default run, or alone with `--only metrics`) is lariat's alone too: `lariat serve --metrics`, scraped every 100 ms, against
 //! `lariat serve` without it, idle memory and churn, pinned, median of the rounds, in a table of
 //! its own (see [`metrics`]).
 //!

@@ -26,7 +26,8 @@ pub enum Measurement {
     /// `lariat probe --short` verdicts for each server (started by the probe, not pinned).
     Probe,
     /// lariat under churn with 1 accept loop, --acceptors 2, --workers 2 and 2 × --reuseport,
-    /// pinned and unpinned (not in the default run).
+    /// pinned and unpinned, then across cores: N accept loops, runtime threads or processes on N
+    /// of the server's half of the CPUs, client threads on the other half (not in the default run).
     Scale,
     /// lariat with --metrics, scraped every 100 ms, against lariat without it: idle memory, churn
     /// rate and server CPU per connection.
