@@ -15,9 +15,9 @@
 //! and two SO_REUSEPORT processes, pinned (median of the rounds) and unpinned (one round), then
 //! across cores (the CPUs split between servers and client threads, N loops, threads or processes
 //! on N server cores), in tables of its own (see [`scale`]). The metrics measurement (in the
-//! default run, or alone with `--only metrics`) is lariat's alone too: `lariat serve --metrics`, scraped every 100 ms, against
-//! `lariat serve` without it, idle memory and churn, pinned, median of the rounds, in a table of
-//! its own (see [`metrics`]).
+//! default run, or alone with `--only metrics`) is lariat's alone too: `lariat serve --metrics`,
+//! scraped every 100 ms, against `lariat serve` without it, idle memory and churn, pinned, median
+//! of the rounds, in a table of its own (see [`metrics`]).
 //!
 //! Besides the tables it writes every raw number as JSON (`--json`) and the headline metrics as a
 //! bar chart normalised to lariat (`--svg`, by default `side-by-side.svg` next to the JSON).
