@@ -20,14 +20,8 @@ pub enum Command {
     /// Test any TCP server for the ways servers lose clients (first packet, descriptor exhaustion,
     /// flood, silent clients, the connection cap, stop, restarts, keep-alive and long-lived clients, a
     /// balancer's lag) and measure its churn.
-    #[command(
-        after_help = "Each scenario ends pass, FAIL, skipped (it needs --spawn, --restart-signal or \
-        --protocol http), info (figures only) or could not run (the server did not start under the \
-        scenario's conditions, e.g. a descriptor limit of 100; the reason is given).\n\
-        Exit status: 1 when a scenario failed; skipped, info and could-not-run are not failures (0); \
-        2 on a usage error."
-    )]
-    Probe(crate::probe::ProbeArgs),
+    #[command(after_help = lariat_probe::AFTER_HELP)]
+    Probe(lariat_probe::ProbeArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,6 @@ mod cli;
 mod handlers;
 mod listeners;
 mod logging;
-mod probe;
 mod rlimit;
 mod serve;
 mod workers;
@@ -51,20 +50,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Probe(args) => {
-            rlimit::raise_nofile();
-            let result = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(probe::run(args)));
-            match result {
-                Ok(code) => code,
-                Err(err) => {
-                    eprintln!("lariat probe: {err:#}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Probe(args) => lariat_probe::main(args, "lariat probe"),
     }
 }
