@@ -79,14 +79,17 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 /// Runs the supervisor until its workers have all stopped.
 pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let opts = args.bind_options();
+    let opts = args.listeners.bind_options();
     let mut inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
     // `--metrics` is the supervisor's: /healthz, /readyz (with the lame duck) for the group.
     let readiness = Readiness::new();
-    let admin = match &args.metrics {
+    let admin = match &args.admin.metrics {
         Some(addr) => {
-            let listener = admin::listener(addr, &mut inherited, &args.metrics_bind_options()?)?;
-            let access = admin::Access::new(args.admin_token_file.as_deref(), &args.admin_host)?;
+            let listener = admin::listener(addr, &mut inherited, &args.admin.bind_options()?)?;
+            let access = admin::Access::new(
+                args.admin.admin_token_file.as_deref(),
+                &args.admin.admin_host,
+            )?;
             Some(admin::start(
                 listener,
                 None,
@@ -99,7 +102,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // Parked: this process never accepts, and a socket registered with its runtime would wake it for
     // every connection the workers take.
-    let mut named = listeners::resolve(&args.listen, inherited, &opts)?
+    let mut named = listeners::resolve(&args.listeners.listen, inherited, &opts)?
         .into_iter()
         .map(|n| {
             Ok(Parked {
@@ -112,8 +115,8 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::operator()?;
 
     let spawner = Spawner::new(&args)?;
-    let mut workers: Vec<Worker> = Vec::with_capacity(args.workers);
-    for slot in 0..args.workers {
+    let mut workers: Vec<Worker> = Vec::with_capacity(args.drain.workers);
+    for slot in 0..args.drain.workers {
         let started = match spawner.spawn(&named, None) {
             Ok(successor) => successor.ready_child().await.map_err(anyhow::Error::from),
             Err(e) => Err(e.into()),
@@ -141,7 +144,10 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = lariat::activation::notify_ready() {
         tracing::warn!(error = %e, "cannot notify NOTIFY_SOCKET that we are ready");
     }
-    tracing::info!(workers = args.workers, "serving with worker processes");
+    tracing::info!(
+        workers = args.drain.workers,
+        "serving with worker processes"
+    );
 
     // Workers being started, waited for in the background so that signals are answered meanwhile: each
     // resolves to its slot and the outcome (a replacement takes over whatever holds its slot then).
@@ -263,14 +269,14 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     starting.abort_all();
     while starting.join_next().await.is_some() {}
-    if !args.lame_duck.is_zero() {
+    if !args.drain.lame_duck.is_zero() {
         // /readyz turns 503 while the workers keep accepting: a balancer stops sending first.
         readiness.set(State::LameDuck);
         tracing::info!(
-            lame_duck_ms = args.lame_duck.as_millis() as u64,
+            lame_duck_ms = args.drain.lame_duck.as_millis() as u64,
             "lame duck: /readyz answers 503; the workers keep serving until the period ends"
         );
-        let lame_duck = tokio::time::sleep(args.lame_duck);
+        let lame_duck = tokio::time::sleep(args.drain.lame_duck);
         tokio::pin!(lame_duck);
         loop {
             tokio::select! {
@@ -404,7 +410,7 @@ impl Spawner {
     fn new(args: &ServeArgs) -> anyhow::Result<Spawner> {
         let mut opts = RestartOptions::same_process().context("finding this executable")?;
         opts.args = worker_args(&opts.args);
-        opts.ready_timeout = args.restart_timeout;
+        opts.ready_timeout = args.drain.restart_timeout;
         // Workers ignore SIGTERM (it may be the whole group's): one given up on is told to drain.
         opts.stop_signal = Instruction::Drain.signal();
         let hand_over_dir = match HandOverDir::create() {
