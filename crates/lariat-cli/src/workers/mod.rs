@@ -26,12 +26,14 @@
 //! signal to the whole process group (Ctrl-C, systemd's default `KillMode=control-group`) reaches the
 //! workers too, and they ignore it, so the group drains once, cleanly, at the supervisor's pace.
 
-use std::os::fd::AsFd;
+mod args;
+mod slots;
+mod spawner;
+
 use std::process::{Child, ExitCode, ExitStatus};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions, Successor};
+use anyhow::Context;
 use lariat::ParkedListener;
 use tokio::task::JoinSet;
 
@@ -40,15 +42,13 @@ use crate::cli::ServeArgs;
 use crate::listeners;
 use crate::serve::announce;
 use lariat::lifecycle::{Exit, Instruction, Order, Readiness, Signals, State};
+use slots::{Failed, Slots};
+use spawner::Spawner;
 
-/// The hidden flag a worker is started with.
-pub const AS_WORKER: &str = "--as-worker";
+pub use spawner::worker_hand_over_socket;
 
 /// How often the supervisor looks for workers that exited.
 const REAP_EVERY: Duration = Duration::from_millis(50);
-/// Backoff between restarts of workers that keep dying.
-const RESTART_MIN: Duration = Duration::from_millis(100);
-const RESTART_MAX: Duration = Duration::from_secs(5);
 
 /// A socket the supervisor holds for its workers, with the name it is passed under.
 struct Parked {
@@ -73,9 +73,9 @@ impl Worker {
     }
 }
 
-/// A worker that lives this long counts as started well: its next death restarts it after the shortest
-/// delay.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Workers being started, waited for in the background so that signals are answered meanwhile: each
+/// resolves to its slot and the outcome.
+type Starts = JoinSet<(usize, anyhow::Result<Child>)>;
 
 /// Runs the supervisor until its workers have all stopped.
 pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -149,73 +149,51 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "serving with worker processes"
     );
 
-    // Workers being started, waited for in the background so that signals are answered meanwhile: each
-    // resolves to its slot and the outcome (a replacement takes over whatever holds its slot then).
-    // `starting_slots` says which
-    // slots have one, so a slot never gets two.
-    let mut starting: JoinSet<(usize, anyhow::Result<Child>)> = JoinSet::new();
-    let mut starting_slots: Vec<usize> = Vec::new();
-    // Old workers handing over (SIGHUP): waited for at shutdown, never restarted.
+    let mut slots = Slots::serving(workers);
+    let mut starting = Starts::new();
+    // Old workers handing over (SIGHUP): out of their slots, waited for at shutdown, never restarted.
     let mut retiring: Vec<Worker> = Vec::new();
-    // Slots whose worker died, and when to start it again.
-    let mut due: Vec<(usize, tokio::time::Instant)> = Vec::new();
-    let mut backoff = RESTART_MIN;
     let mut reap = tokio::time::interval(REAP_EVERY);
     let (signal_name, mut stop_seen) = loop {
-        let next_due = due.iter().map(|(_, at)| *at).min();
+        let next_due = slots.next_due();
         tokio::select! {
             order = signals.recv() => match order {
                 Order::Stop(signal) => break (signal, true),
                 // Not the operator's: a stop signal after it is the first, not a second one.
                 Order::Drain => break ("drain instruction", false),
-                Order::Reload => tell_all(&workers, &retiring, Instruction::Reload),
+                Order::Reload => tell_all(slots.workers(), &retiring, Instruction::Reload),
                 Order::Ignored(signal) => tracing::info!(signal, "nothing to do on this signal; ignored"),
                 Order::Force | Order::Retire => {}
                 Order::Restart => {
-                    if !starting.is_empty() || !due.is_empty() {
+                    let Some(replace) = slots.replace_all() else {
                         tracing::warn!("SIGHUP: workers are being started already; ignored");
                         continue;
-                    }
+                    };
                     tracing::info!("SIGHUP: replacing the workers; each old one hands over once its replacement serves");
-                    for worker in &workers {
-                        starting_slots.push(worker.slot);
-                        spawner.start_in(&mut starting, worker.slot, &named, Some(worker.child.id()));
+                    for slot in replace {
+                        let old = slots.worker(slot).map(|w| w.child.id());
+                        spawner.start_in(&mut starting, slot, &named, old);
                     }
                 }
             },
             Some(started) = starting.join_next() => {
                 let Ok((slot, outcome)) = started else { continue };
-                starting_slots.retain(|s| *s != slot);
                 match outcome {
                     Ok(child) => {
                         tracing::info!(slot, worker_pid = child.id(), "worker ready");
-                        let fresh = Worker::new(slot, child);
-                        // Whatever holds the slot now (the worker it replaces) hands over to it.
-                        match workers.iter().position(|w| w.slot == slot) {
-                            Some(i) => retiring.push(retire(std::mem::replace(&mut workers[i], fresh))),
-                            None => workers.push(fresh),
+                        // Whatever held the slot (the worker it replaces) hands over to it.
+                        if let Some(old) = slots.ready(slot, Worker::new(slot, child)) {
+                            retiring.push(retire(old));
                         }
-                        due.retain(|(s, _)| *s != slot);
                     }
-                    Err(e) if workers.iter().any(|w| w.slot == slot) => {
-                        tracing::error!(error = %e, slot, "a replacement worker did not start; the old one goes on");
-                    }
-                    Err(e) => {
-                        backoff = (backoff * 2).min(RESTART_MAX);
-                        tracing::error!(error = %e, slot, retry_in_ms = backoff.as_millis() as u64, "worker restart failed");
-                        due.push((slot, tokio::time::Instant::now() + backoff));
-                    }
+                    Err(e) => match slots.failed(slot, tokio::time::Instant::now()) {
+                        Failed::OldGoesOn => tracing::error!(error = %e, slot, "a replacement worker did not start; the old one goes on"),
+                        Failed::RetryIn(delay) => tracing::error!(error = %e, slot, retry_in_ms = delay.as_millis() as u64, "worker restart failed"),
+                    },
                 }
             }
             _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)).await }, if next_due.is_some() => {
-                let now = tokio::time::Instant::now();
-                let (ready, later): (Vec<_>, Vec<_>) = due.drain(..).partition(|(_, at)| *at <= now);
-                due = later;
-                for (slot, _) in ready {
-                    if starting_slots.contains(&slot) || workers.iter().any(|w| w.slot == slot) {
-                        continue;
-                    }
-                    starting_slots.push(slot);
+                for slot in slots.take_due(tokio::time::Instant::now()) {
                     spawner.start_in(&mut starting, slot, &named, None);
                 }
             }
@@ -227,23 +205,14 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                         false
                     }
                 });
-                workers.retain_mut(|worker| match exited(&mut worker.child) {
-                    None => true,
-                    Some(status) => {
-                        // A worker that dies within a minute of starting counts as a failed start: the
-                        // backoff grows, so a crash loop does not become a fork loop.
-                        if worker.started.elapsed() < STABLE_AFTER {
-                            backoff = (backoff * 2).min(RESTART_MAX);
-                        } else {
-                            backoff = RESTART_MIN;
-                        }
-                        tracing::warn!(slot = worker.slot, pid = worker.child.id(), %status, retry_in_ms = backoff.as_millis() as u64, "worker exited unasked; its queued clients stay in the shared queue; restarting it");
-                        if !starting_slots.contains(&worker.slot) {
-                            due.push((worker.slot, tokio::time::Instant::now() + backoff));
-                        }
-                        false
+                let now = tokio::time::Instant::now();
+                for dead in slots.reap(now, |w| exited(&mut w.child), |w| w.started.elapsed()) {
+                    let (w, status) = (dead.worker, dead.status);
+                    match dead.retry_in {
+                        Some(delay) => tracing::warn!(slot = w.slot, pid = w.child.id(), %status, retry_in_ms = delay.as_millis() as u64, "worker exited unasked; its queued clients stay in the shared queue; restarting it"),
+                        None => tracing::warn!(slot = w.slot, pid = w.child.id(), %status, "worker exited unasked while its replacement starts; its queued clients stay in the shared queue"),
                     }
-                });
+                }
             }
         }
     };
@@ -258,17 +227,14 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 worker_pid = child.id(),
                 "worker ready as the drain begins"
             );
-            match workers.iter().position(|w| w.slot == slot) {
-                Some(i) => retiring.push(retire(std::mem::replace(
-                    &mut workers[i],
-                    Worker::new(slot, child),
-                ))),
-                None => workers.push(Worker::new(slot, child)),
+            if let Some(old) = slots.ready(slot, Worker::new(slot, child)) {
+                retiring.push(retire(old));
             }
         }
     }
     starting.abort_all();
     while starting.join_next().await.is_some() {}
+    let mut workers = slots.into_workers();
     if !args.drain.lame_duck.is_zero() {
         // /readyz turns 503 while the workers keep accepting: a balancer stops sending first.
         readiness.set(State::LameDuck);
@@ -290,7 +256,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                         tracing::info!("a second signal skips the lame duck");
                         break;
                     }
-                    Order::Reload => tell_all(&workers, &retiring, Instruction::Reload),
+                    Order::Reload => tell_all(workers.iter(), &retiring, Instruction::Reload),
                     Order::Restart => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
                     Order::Drain | Order::Force | Order::Retire | Order::Ignored(_) => {}
                 },
@@ -324,9 +290,9 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
                 Order::Stop(signal) => {
                     tracing::warn!(signal, "second signal: the workers close every connection now");
-                    tell_all(&workers, &[], Instruction::Force);
+                    tell_all(workers.iter(), &[], Instruction::Force);
                 }
-                Order::Reload => tell_all(&workers, &[], Instruction::Reload),
+                Order::Reload => tell_all(workers.iter(), &[], Instruction::Reload),
                 Order::Restart => tracing::warn!("SIGHUP while draining: ignored"),
                 Order::Drain | Order::Force | Order::Retire | Order::Ignored(_) => {}
             },
@@ -355,162 +321,16 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Starts workers: this executable, the same arguments with `--workers` replaced by `--as-worker`.
-struct Spawner {
-    opts: RestartOptions,
-    /// Where each worker's hand-over socket is (`None` if the directory could not be made: the
-    /// workers then drain when replaced).
-    hand_over_dir: Option<HandOverDir>,
-}
-
-/// The directory of the workers' hand-over sockets, one per worker named by its pid: made by the
-/// supervisor, readable by its user only; removed when dropped.
-struct HandOverDir(std::path::PathBuf);
-
-impl HandOverDir {
-    fn create() -> std::io::Result<HandOverDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let path = hand_over_dir(std::process::id());
-        // Fails if it exists: a directory someone else prepared is never used.
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        Ok(HandOverDir(path))
-    }
-}
-
-impl Drop for HandOverDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The directory of the hand-over sockets of the supervisor `supervisor`'s workers.
-pub fn hand_over_dir(supervisor: u32) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("lariat-workers-{supervisor}"))
-}
-
-/// The socket a worker binds in `dir` (made by its supervisor), after checking the directory is this
-/// user's and closed to others: the worker replacing it connects there to take its connections.
-pub fn worker_hand_over_socket(
-    supervisor: u32,
-) -> anyhow::Result<lariat::handover::HandOverSocket> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = hand_over_dir(supervisor);
-    let meta = std::fs::symlink_metadata(&dir).context("the supervisor's hand-over directory")?;
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
-        bail!("{} is not a private directory of this user", dir.display());
-    }
-    let path = dir.join(std::process::id().to_string());
-    lariat::handover::HandOverSocket::bind(&path)
-        .with_context(|| format!("binding {}", path.display()))
-}
-
-impl Spawner {
-    fn new(args: &ServeArgs) -> anyhow::Result<Spawner> {
-        let mut opts = RestartOptions::same_process().context("finding this executable")?;
-        opts.args = worker_args(&opts.args);
-        opts.ready_timeout = args.drain.restart_timeout;
-        // Workers ignore SIGTERM (it may be the whole group's): one given up on is told to drain.
-        opts.stop_signal = Instruction::Drain.signal();
-        let hand_over_dir = match HandOverDir::create() {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot make the workers' hand-over directory; replaced workers drain");
-                None
-            }
-        };
-        Ok(Spawner {
-            opts,
-            hand_over_dir,
-        })
-    }
-
-    /// Starts a worker process with the sockets; it is not serving yet. `replacing`: the pid of the
-    /// worker it replaces, whose live connections it takes.
-    fn spawn(&self, named: &[Parked], replacing: Option<u32>) -> Result<Successor, RestartError> {
-        let passed: Vec<Passed<'_>> = named
-            .iter()
-            .map(|n| Passed {
-                name: &n.name,
-                fd: n.listener.as_fd(),
-                // The supervisor keeps the socket: a worker's drain must not filter or unlink it.
-                supervised: true,
-            })
-            .collect();
-        match (&self.hand_over_dir, replacing) {
-            (Some(dir), Some(old)) => {
-                let mut opts = self.opts.clone();
-                opts.hand_over_from = Some(dir.0.join(old.to_string()));
-                spawn_successor(&passed, &opts)
-            }
-            _ => spawn_successor(&passed, &self.opts),
-        }
-    }
-
-    /// Starts a worker for `slot` and waits for it to serve in `set`, in the background.
-    fn start_in(
-        &self,
-        set: &mut JoinSet<(usize, anyhow::Result<Child>)>,
-        slot: usize,
-        named: &[Parked],
-        replacing: Option<u32>,
-    ) {
-        match self.spawn(named, replacing) {
-            Ok(successor) => {
-                set.spawn(async move {
-                    let ready = successor.ready_child().await.map_err(anyhow::Error::from);
-                    (slot, ready)
-                });
-            }
-            Err(e) => {
-                set.spawn(async move { (slot, Err(anyhow::Error::from(e))) });
-            }
-        }
-    }
-}
-
-/// The supervisor's own options, with their values: a worker gets neither.
-const SUPERVISOR_ONLY: [&str; 6] = [
-    "--workers",
-    "--metrics",
-    "--lame-duck",
-    "--metrics-unix-mode",
-    "--admin-token-file",
-    "--admin-host",
-];
-
-/// The worker's arguments: ours without the supervisor's options (`--workers N`, `--metrics ADDR` and
-/// the endpoint's options, `--lame-duck D`, or `=`-joined), plus `--as-worker`.
-fn worker_args(args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
-    let mut out = Vec::with_capacity(args.len() + 1);
-    let mut skip_next = false;
-    for arg in args {
-        if skip_next {
-            skip_next = false;
-            continue;
-        }
-        let text = arg.to_str().unwrap_or("");
-        if SUPERVISOR_ONLY.contains(&text) {
-            skip_next = true;
-        } else if !SUPERVISOR_ONLY.iter().any(|flag| {
-            text.strip_prefix(flag)
-                .is_some_and(|rest| rest.starts_with('='))
-        }) {
-            out.push(arg.clone());
-        }
-    }
-    out.push(AS_WORKER.into());
-    out.push(std::process::id().to_string().into());
-    out
-}
-
 /// Sends `what` to every worker, serving or handing over.
-fn tell_all(workers: &[Worker], retiring: &[Worker], what: Instruction) {
+fn tell_all<'a>(
+    workers: impl Iterator<Item = &'a Worker>,
+    retiring: &'a [Worker],
+    what: Instruction,
+) {
     if what == Instruction::Reload {
         tracing::info!("SIGUSR1: the workers reload the TLS certificate and key");
     }
-    for w in workers.iter().chain(retiring) {
+    for w in workers.chain(retiring) {
         what.send(w.child.id());
     }
 }
@@ -529,43 +349,4 @@ fn retire(old: Worker) -> Worker {
 
 fn exited(child: &mut Child) -> Option<ExitStatus> {
     child.try_wait().ok().flatten()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn worker_args_drop_workers_and_add_the_flag() {
-        let args: Vec<std::ffi::OsString> = [
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--metrics",
-            "127.0.0.1:9100",
-            "--lame-duck=2s",
-            "--workers=3",
-            "--handler",
-            "echo",
-        ]
-        .iter()
-        .map(Into::into)
-        .collect();
-        let out: Vec<String> = worker_args(&args)
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
-        assert_eq!(
-            out,
-            [
-                "--listen",
-                "127.0.0.1:0",
-                "--handler",
-                "echo",
-                "--as-worker",
-                &std::process::id().to_string(),
-            ]
-        );
-    }
 }
