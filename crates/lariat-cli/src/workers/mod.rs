@@ -1,5 +1,6 @@
 //! `lariat serve --workers N`: a supervisor process that binds the listening sockets once and runs N
-//! worker processes (`lariat serve --as-worker`, same arguments) that all accept from them.
+//! worker processes (`lariat serve --as-worker`, with the supervisor's settings but its own) that all
+//! accept from them.
 //!
 //! One shared socket, not one `SO_REUSEPORT` socket per worker: a shared socket has one accept queue, so
 //! a worker that dies (even by SIGKILL) leaves every client it had not yet accepted in that queue, where
