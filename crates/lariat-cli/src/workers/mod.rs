@@ -116,27 +116,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::operator()?;
 
     let spawner = Spawner::new(&args)?;
-    let mut workers: Vec<Worker> = Vec::with_capacity(args.drain.workers);
-    for slot in 0..args.drain.workers {
-        let started = match spawner.spawn(&named, None) {
-            Ok(successor) => successor.ready_child().await.map_err(anyhow::Error::from),
-            Err(e) => Err(e.into()),
-        };
-        match started {
-            Ok(child) => {
-                tracing::info!(slot, worker_pid = child.id(), "worker ready");
-                workers.push(Worker::new(slot, child));
-            }
-            Err(e) => {
-                // The ones already serving go too: a supervisor that failed to start leaves nothing.
-                for w in &mut workers {
-                    Instruction::Drain.send(w.child.id());
-                    let _ = w.child.wait();
-                }
-                return Err(e.context(format!("starting worker {slot}")));
-            }
-        }
-    }
+    let workers = start_all(&spawner, &named, args.drain.workers).await?;
     let addrs: Vec<_> = named
         .iter()
         .map(|n| n.listener.local_addr().clone())
@@ -237,32 +217,14 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     while starting.join_next().await.is_some() {}
     let mut workers = slots.into_workers();
     if !args.drain.lame_duck.is_zero() {
-        // /readyz turns 503 while the workers keep accepting: a balancer stops sending first.
-        readiness.set(State::LameDuck);
-        tracing::info!(
-            lame_duck_ms = args.drain.lame_duck.as_millis() as u64,
-            "lame duck: /readyz answers 503; the workers keep serving until the period ends"
-        );
-        let lame_duck = tokio::time::sleep(args.drain.lame_duck);
-        tokio::pin!(lame_duck);
-        loop {
-            tokio::select! {
-                _ = &mut lame_duck => break,
-                order = signals.recv() => match order {
-                    Order::Stop(signal) if !stop_seen => {
-                        stop_seen = true;
-                        tracing::info!(signal, "already in the lame duck; a second signal skips it");
-                    }
-                    Order::Stop(_) => {
-                        tracing::info!("a second signal skips the lame duck");
-                        break;
-                    }
-                    Order::Reload => tell_all(workers.iter(), &retiring, Instruction::Reload),
-                    Order::Restart => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
-                    Order::Drain | Order::Force | Order::Retire | Order::Ignored(_) => {}
-                },
-            }
-        }
+        lame_duck(
+            args.drain.lame_duck,
+            &readiness,
+            &mut signals,
+            &mut stop_seen,
+            (&workers, &retiring),
+        )
+        .await;
     }
     readiness.set(State::Stopping);
     // Stop new clients at the socket itself, which all workers share; the workers then drain the queue.
@@ -279,6 +241,82 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Old workers still handing over are already draining: they are waited for, not instructed, unless a
     // second signal reaches the supervisor.
     workers.append(&mut retiring);
+    Ok(wait_for_all(workers, &mut signals, stop_seen).await)
+}
+
+/// The lame duck: /readyz turns 503 for `period` while the workers keep accepting, so a balancer stops
+/// sending first. A second stop signal ends it early.
+async fn lame_duck(
+    period: Duration,
+    readiness: &Readiness,
+    signals: &mut Signals,
+    stop_seen: &mut bool,
+    (workers, retiring): (&[Worker], &[Worker]),
+) {
+    readiness.set(State::LameDuck);
+    tracing::info!(
+        lame_duck_ms = period.as_millis() as u64,
+        "lame duck: /readyz answers 503; the workers keep serving until the period ends"
+    );
+    let lame_duck = tokio::time::sleep(period);
+    tokio::pin!(lame_duck);
+    loop {
+        tokio::select! {
+            _ = &mut lame_duck => break,
+            order = signals.recv() => match order {
+                Order::Stop(signal) if !*stop_seen => {
+                    *stop_seen = true;
+                    tracing::info!(signal, "already in the lame duck; a second signal skips it");
+                }
+                Order::Stop(_) => {
+                    tracing::info!("a second signal skips the lame duck");
+                    break;
+                }
+                Order::Reload => tell_all(workers.iter(), retiring, Instruction::Reload),
+                Order::Restart => tracing::warn!("SIGHUP during the lame duck: ignored, shutting down"),
+                Order::Drain | Order::Force | Order::Retire | Order::Ignored(_) => {}
+            },
+        }
+    }
+}
+
+/// Starts the first `count` workers one after the other, each ready before the next. If one fails, the
+/// ones already serving are drained and waited for: a supervisor that failed to start leaves nothing.
+async fn start_all(
+    spawner: &Spawner,
+    named: &[Parked],
+    count: usize,
+) -> anyhow::Result<Vec<Worker>> {
+    let mut workers: Vec<Worker> = Vec::with_capacity(count);
+    for slot in 0..count {
+        let started = match spawner.spawn(named, None) {
+            Ok(successor) => successor.ready_child().await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match started {
+            Ok(child) => {
+                tracing::info!(slot, worker_pid = child.id(), "worker ready");
+                workers.push(Worker::new(slot, child));
+            }
+            Err(e) => {
+                for w in &mut workers {
+                    Instruction::Drain.send(w.child.id());
+                    let _ = w.child.wait();
+                }
+                return Err(e.context(format!("starting worker {slot}")));
+            }
+        }
+    }
+    Ok(workers)
+}
+
+/// Waits for every worker to exit, passing a second stop signal on as a force: 0 if all drained
+/// cleanly, 3 if one had to force, 1 if one failed.
+async fn wait_for_all(
+    mut workers: Vec<Worker>,
+    signals: &mut Signals,
+    mut stop_seen: bool,
+) -> ExitCode {
     let mut forced = false;
     let mut failed = false;
     let mut reap = tokio::time::interval(REAP_EVERY);
@@ -313,13 +351,13 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
+    if failed {
         ExitCode::FAILURE
     } else if forced {
         Exit::Forced.into()
     } else {
         Exit::Clean.into()
-    })
+    }
 }
 
 /// Sends `what` to every worker, serving or handing over.
