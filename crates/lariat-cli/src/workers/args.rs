@@ -1,7 +1,8 @@
 //! A worker's command line, built from the supervisor's parsed settings: `serve`, every setting a
-//! worker shares written back as its flag, `--as-worker PID`. The supervisor's own settings
-//! (`--workers`, `--lame-duck`, the `--metrics` endpoint and its options) are left out: the group has
-//! one admin endpoint and one lame duck, the supervisor's.
+//! worker shares written back as its flag (`--flag=VALUE`, so a value may start with `-`), and
+//! `--as-worker=PID`. The supervisor's own settings (`--workers`, `--lame-duck`, the `--metrics`
+//! endpoint and its options) are left out: the group has one admin endpoint and one lame duck, the
+//! supervisor's.
 //!
 //! Each group is taken apart field by field, so a new flag does not compile until it is either written
 //! here or named as the supervisor's.
@@ -173,9 +174,12 @@ pub fn worker_args(args: &ServeArgs, supervisor: u32) -> Vec<OsString> {
 struct Argv(Vec<OsString>);
 
 impl Argv {
+    /// `--flag=VALUE`, one argument: a value that starts with `-` stays a value.
     fn value(&mut self, flag: &str, value: impl ToArg) {
-        self.0.push(flag.into());
-        self.0.push(value.to_arg());
+        let mut arg = OsString::from(flag);
+        arg.push("=");
+        arg.push(value.to_arg());
+        self.0.push(arg);
     }
 
     fn some<T: ToArg + Clone>(&mut self, flag: &str, value: &Option<T>) {
@@ -318,7 +322,7 @@ mod tests {
         "--allow", "10.1.2.3/8", "--deny", "10.9.0.0/16", "--max-per-ip", "3",
         "--per-ip-v6-prefix", "56", "--unix-peer-uid", "1000", "--unix-peer-uid", "self",
         "--handshake-timeout", "1.25", "--handshake-grace", "300ms",
-        "--handler", "http-hello", "--delivery", "7", "--greeting", "hi\\n",
+        "--handler", "http-hello", "--delivery", "7", "--greeting=-hi\\n",
         "--idle-timeout", "2m", "--request-timeout", "0.000000001", "--http-keep-alive", "0",
         "--max-connections", "9", "--on-exhaustion", "shed", "--acceptors", "2", "--threads", "3",
         "--drain-timeout", "12s", "--lame-duck", "2s", "--hand-over-window", "1500ms",
@@ -363,8 +367,11 @@ mod tests {
             if ["help", "as-worker", "route"].contains(&long) {
                 continue;
             }
+            let flag = format!("--{long}");
             assert!(
-                EVERY_FLAG.contains(&format!("--{long}").as_str()),
+                EVERY_FLAG
+                    .iter()
+                    .any(|a| *a == flag || a.starts_with(&format!("{flag}="))),
                 "--{long} is missing from EVERY_FLAG"
             );
         }
