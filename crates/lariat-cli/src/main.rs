@@ -6,7 +6,6 @@ mod cli;
 mod handlers;
 mod listeners;
 mod logging;
-mod probe;
 mod rlimit;
 mod serve;
 mod workers;
@@ -21,7 +20,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            logging::init(args.log_format);
+            logging::init(args.logging.log_format);
             if let Some((before, after)) = rlimit::raise_nofile() {
                 tracing::debug!(
                     before,
@@ -31,13 +30,13 @@ fn main() -> ExitCode {
             }
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             runtime.enable_all();
-            if let Some(threads) = args.threads {
+            if let Some(threads) = args.limits.threads {
                 runtime.worker_threads(threads.max(1));
             }
             let result = checks::serve_args(&args)
                 .and_then(|()| runtime.build().map_err(anyhow::Error::from))
                 .and_then(|rt| {
-                    if args.workers > 0 && args.as_worker.is_none() {
+                    if args.drain.workers > 0 && args.drain.as_worker.is_none() {
                         rt.block_on(workers::supervise(*args))
                     } else {
                         rt.block_on(serve::run(*args))
@@ -51,20 +50,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Probe(args) => {
-            rlimit::raise_nofile();
-            let result = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(probe::run(args)));
-            match result {
-                Ok(code) => code,
-                Err(err) => {
-                    eprintln!("lariat probe: {err:#}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Probe(args) => lariat_probe::main(args, "lariat probe"),
     }
 }

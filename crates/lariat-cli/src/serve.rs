@@ -23,50 +23,53 @@ use lariat::proxy::{ProxyConfig, ProxyMode};
 
 /// Runs the server described by `args`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let opts = args.bind_options();
+    let opts = args.listeners.bind_options();
     let mut inherited = lariat::activation::inherited().context("adopting the passed sockets")?;
     // Taken out first: with no --listen, every other passed socket is served.
-    let admin = match &args.metrics {
+    let admin = match &args.admin.metrics {
         Some(addr) => Some(admin::listener(
             addr,
             &mut inherited,
-            &args.metrics_bind_options()?,
+            &args.admin.bind_options()?,
         )?),
         None => None,
     };
-    let named = listeners::resolve(&args.listen, inherited, &opts)?;
-    if args.reuseport {
+    let named = listeners::resolve(&args.listeners.listen, inherited, &opts)?;
+    if args.listeners.reuseport {
         warn_without_request_migration();
     }
     let tls = tls_config(&args)?;
     let greeting = args
+        .handler
         .greeting
         .as_deref()
         .map(|g| bytes::Bytes::from(crate::cli::unescape(g)));
     let builder = Server::builder()
-        .max_connections(args.max_connections)
-        .acceptors(args.acceptors)
-        .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
-        .handshake_timeout(args.handshake_timeout)
-        .handshake_grace(args.handshake_grace)
+        .max_connections(args.limits.max_connections)
+        .acceptors(args.limits.acceptors)
+        .idle_timeout((!args.handler.idle_timeout.is_zero()).then_some(args.handler.idle_timeout))
+        .handshake_timeout(args.handshake.handshake_timeout)
+        .handshake_grace(args.handshake.handshake_grace)
         // With routes, the router greets once the route is chosen (inside a TLS route's session).
-        .greeting(greeting.clone().filter(|_| args.route.is_empty()))
+        .greeting(greeting.clone().filter(|_| args.routes.route.is_empty()))
         .admission(Some(lariat::admission::Admission {
-            allow: args.allow.clone(),
-            deny: args.deny.clone(),
-            max_per_ip: args.max_per_ip,
+            allow: args.admission.allow.clone(),
+            deny: args.admission.deny.clone(),
+            max_per_ip: args.admission.max_per_ip,
             ipv6_prefix: args
+                .admission
                 .per_ip_v6_prefix
                 .unwrap_or(lariat::admission::DEFAULT_IPV6_PREFIX),
-            unix_uids: args.unix_peer_uid.clone(),
+            unix_uids: args.admission.unix_peer_uid.clone(),
         }))
-        .on_exhaustion(match args.on_exhaustion {
+        .on_exhaustion(match args.limits.on_exhaustion {
             Exhaustion::Wait => OnExhaustion::Wait,
             Exhaustion::Shed => OnExhaustion::Shed,
         });
     let builder = front_per_listener(builder, &named, &args, tls.as_ref())?;
-    if !args.route.is_empty() {
+    if !args.routes.route.is_empty() {
         let router = args
+            .routes
             .route
             .iter()
             .try_fold(Router::new(), |router, spec| {
@@ -76,12 +79,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return serve(builder, named, admin, router, &args, tls).await;
     }
     // Monomorphised per handler: no boxing on the per-connection path.
-    if let Some(mode) = args.delivery {
+    if let Some(mode) = args.handler.delivery {
         // Only with the echo handler and no routes (`checks`).
         let handler = move |conn| handlers::echo_messages::echo(conn, mode);
         return serve(builder, named, admin, handler, &args, tls).await;
     }
-    match args.handler {
+    match args.handler.handler {
         HandlerKind::Echo => serve(builder, named, admin, handlers::echo::echo, &args, tls).await,
         HandlerKind::Discard => {
             serve(
@@ -121,15 +124,15 @@ fn warn_without_request_migration() {
 }
 
 fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<TlsConfig>> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+    let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) else {
         return Ok(None);
     };
     let tls =
         TlsConfig::from_pem_files(cert, key).context("loading the TLS certificate and key")?;
-    Ok(Some(if args.alpn.is_empty() {
+    Ok(Some(if args.tls.alpn.is_empty() {
         tls
     } else {
-        tls.with_alpn(args.alpn.iter().map(|p| p.as_bytes().to_vec()))
+        tls.with_alpn(args.tls.alpn.iter().map(|p| p.as_bytes().to_vec()))
     }))
 }
 
@@ -142,25 +145,35 @@ fn front_per_listener(
     args: &ServeArgs,
     tls: Option<&TlsConfig>,
 ) -> anyhow::Result<ServerBuilder> {
-    for (flag, wanted) in [("--proxy-on", &args.proxy_on), ("--tls-on", &args.tls_on)] {
+    for (flag, wanted) in [
+        ("--proxy-on", &args.proxy.proxy_on),
+        ("--tls-on", &args.tls.tls_on),
+    ] {
         if let Some(missing) = wanted.iter().find(|w| !named.iter().any(|n| &n.name == *w)) {
             anyhow::bail!("{flag} {missing}: no --listen {missing}");
         }
     }
     let proxy = proxy_config(args);
-    if args.proxy_on.is_empty() {
+    if args.proxy.proxy_on.is_empty() {
         builder = builder.proxy_protocol(proxy);
     } else {
-        for n in named.iter().filter(|n| args.proxy_on.contains(&n.name)) {
+        for n in named
+            .iter()
+            .filter(|n| args.proxy.proxy_on.contains(&n.name))
+        {
             builder = builder.proxy_protocol_on(n.listener.local_addr().clone(), proxy.clone());
         }
     }
-    let tls_route = args.route.iter().any(|r| r.protocol == RouteProtocol::Tls);
+    let tls_route = args
+        .routes
+        .route
+        .iter()
+        .any(|r| r.protocol == RouteProtocol::Tls);
     let tls = tls.filter(|_| !tls_route);
-    if args.tls_on.is_empty() {
+    if args.tls.tls_on.is_empty() {
         builder = builder.tls(tls.cloned());
     } else {
-        for n in named.iter().filter(|n| args.tls_on.contains(&n.name)) {
+        for n in named.iter().filter(|n| args.tls.tls_on.contains(&n.name)) {
             builder = builder.tls_on(n.listener.local_addr().clone(), tls.cloned());
         }
     }
@@ -169,7 +182,7 @@ fn front_per_listener(
 
 /// `http-hello` with the HTTP timeouts from the command line.
 fn http_hello(args: &ServeArgs) -> impl Handler + Clone {
-    handlers::http::http_hello(args.request_timeout(), args.http_keep_alive)
+    handlers::http::http_hello(args.handler.request_timeout(), args.handler.http_keep_alive)
 }
 
 fn add_route(
@@ -209,15 +222,16 @@ fn with_route<H: Handler>(
 }
 
 fn proxy_config(args: &ServeArgs) -> Option<ProxyConfig> {
-    let mode = match args.proxy_protocol {
+    let mode = match args.proxy.proxy_protocol {
         ProxyArg::Off => return None,
         ProxyArg::V1 => ProxyMode::V1,
         ProxyArg::V2 => ProxyMode::V2,
         ProxyArg::Any => ProxyMode::Any,
     };
     let mut config = ProxyConfig::new(mode);
-    if !args.trusted_proxy.is_empty() {
+    if !args.proxy.trusted_proxy.is_empty() {
         config.trusted = args
+            .proxy
             .trusted_proxy
             .iter()
             .filter_map(|t| match t {
@@ -225,7 +239,7 @@ fn proxy_config(args: &ServeArgs) -> Option<ProxyConfig> {
                 TrustedProxy::Unix => None,
             })
             .collect();
-        config.trusted_unix = args.trusted_proxy.contains(&TrustedProxy::Unix);
+        config.trusted_unix = args.proxy.trusted_proxy.contains(&TrustedProxy::Unix);
     }
     Some(config)
 }
@@ -250,7 +264,7 @@ async fn serve<H: Handler>(
 ) -> anyhow::Result<ExitCode> {
     // Registered before readiness is announced, so a signal sent right after the line is seen. A worker
     // obeys its supervisor's instructions only (and drains when the supervisor dies).
-    let signals = match args.as_worker {
+    let signals = match args.drain.as_worker {
         Some(supervisor) => Signals::worker(supervisor)?,
         None => Signals::operator()?,
     };
@@ -259,7 +273,8 @@ async fn serve<H: Handler>(
         .iter()
         .map(|n| PassOn::new(n.name.clone(), &n.listener))
         .chain(
-            args.metrics
+            args.admin
+                .metrics
                 .iter()
                 .zip(&admin_listener)
                 .map(|(addr, l)| PassOn::new(admin::passed_name(addr), l)),
@@ -278,15 +293,15 @@ async fn serve<H: Handler>(
     let mut lifecycle = Lifecycle::new(running.handle.clone(), accept_loop)
         .signals(signals)
         .readiness(readiness.clone())
-        .lame_duck(args.lame_duck)
-        .drain_timeout(args.drain_timeout)
-        .hand_over_window(args.hand_over_window)
+        .lame_duck(args.drain.lame_duck)
+        .drain_timeout(args.drain.drain_timeout)
+        .hand_over_window(args.drain.hand_over_window)
         .restart(restart_options(args)?, passable);
     if let Some(tls) = tls {
         lifecycle = lifecycle.on_reload(move || reload(&tls));
     }
     // A worker's replacement takes its connections through this socket.
-    if let Some(supervisor) = args.as_worker {
+    if let Some(supervisor) = args.drain.as_worker {
         match crate::workers::worker_hand_over_socket(supervisor) {
             Ok(socket) => lifecycle = lifecycle.hand_over_socket(socket),
             Err(e) => {
@@ -300,8 +315,11 @@ async fn serve<H: Handler>(
                 l,
                 Some(running.handle.clone()),
                 readiness,
-                handler_name(args.handler),
-                admin::Access::new(args.admin_token_file.as_deref(), &args.admin_host)?,
+                handler_name(args.handler.handler),
+                admin::Access::new(
+                    args.admin.admin_token_file.as_deref(),
+                    &args.admin.admin_host,
+                )?,
             )
         })
         .transpose()?;
@@ -316,10 +334,10 @@ async fn serve<H: Handler>(
 /// The successor a SIGHUP starts: this executable (or `--restart-binary`) with the same arguments.
 fn restart_options(args: &ServeArgs) -> anyhow::Result<RestartOptions> {
     let mut opts = RestartOptions::same_process().context("finding this executable")?;
-    if let Some(binary) = &args.restart_binary {
+    if let Some(binary) = &args.drain.restart_binary {
         opts.program = binary.clone();
     }
-    opts.ready_timeout = args.restart_timeout;
+    opts.ready_timeout = args.drain.restart_timeout;
     Ok(opts)
 }
 

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::probe::protocol;
-use crate::probe::{Context, Outcome};
+use crate::protocol;
+use crate::{Context, Outcome};
 
 const CONCURRENCY: usize = 64;
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::probe::protocol::{self, EXCHANGE_TIMEOUT};
+use crate::protocol::{self, EXCHANGE_TIMEOUT};
 
 /// HTTP/2 connections.
 pub const CONNECTIONS: u64 = 8;

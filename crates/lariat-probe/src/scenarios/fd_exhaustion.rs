@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::open;
-use crate::probe::protocol;
-use crate::probe::{Context, Outcome};
+use crate::protocol;
+use crate::{Context, Outcome};
 
 /// The server's open-file limit.
 const NOFILE: u64 = 100;

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::probe::protocol;
+use crate::protocol;
 
 /// Connects in flight at once while opening.
 pub(super) const OPEN_CONCURRENCY: usize = 64;

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::load::Load;
-use crate::probe::{Context, Outcome};
+use crate::{Context, Outcome};
 
 pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
     let server = ctx.server().await?;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::probe::protocol::Protocol;
-use crate::probe::{Context, Outcome};
+use crate::protocol::Protocol;
+use crate::{Context, Outcome};
 
 /// Most the server's resident memory may grow.
 const MAX_GROWTH: u64 = 16 << 20;

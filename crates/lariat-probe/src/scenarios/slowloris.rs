@@ -10,8 +10,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::open;
-use crate::probe::protocol::{self, Protocol};
-use crate::probe::{Context, Outcome};
+use crate::protocol::{self, Protocol};
+use crate::{Context, Outcome};
 
 /// Fresh clients that must be served while the silent connections are held.
 const FRESH: u64 = 20;

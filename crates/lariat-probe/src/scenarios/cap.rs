@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::open::open;
-use crate::probe::{Context, Outcome};
+use crate::{Context, Outcome};
 
 /// Every connection must be answered or closed this long after the last one was opened.
 const BOUND: Duration = Duration::from_secs(10);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::probe::protocol::{self, Protocol};
+use crate::protocol::{self, Protocol};
 
 /// What a load saw.
 #[derive(Debug, Default)]

@@ -1,11 +1,16 @@
-//! `lariat probe`: tests any TCP server for the ways servers lose connections (the first packet, running
+//! `lariat-probe` (also `lariat probe`): tests any TCP server for the ways servers lose connections (the first packet, running
 //! out of descriptors, floods, silent clients, the connection cap, stopping, restarting, keep-alive and
 //! long-lived clients, a balancer's lag) and prints a verdict per scenario. The scenarios marked *spawn*
 //! start the server themselves (`--spawn`), to set limits, read its CPU and memory from `/proc`, and send
 //! it signals; against `--target` they are skipped.
+//!
+//! A tool of its own: it talks to servers over sockets only and never imports the lariat library. The
+//! `lariat` command reaches it as `lariat probe` ([`ProbeArgs`], [`main`]).
 
+mod duration;
 mod protocol;
 mod report;
+mod rlimit;
 mod scenarios;
 mod target;
 
@@ -18,7 +23,15 @@ pub use protocol::Protocol;
 pub use report::{Outcome, Verdict};
 pub use target::{NotStarted, Spawner, Target};
 
-/// `lariat probe` arguments.
+/// What the verdicts mean and the exit status, for the command's `--help`.
+pub const AFTER_HELP: &str =
+    "Each scenario ends pass, FAIL, skipped (it needs --spawn, --restart-signal or \
+    --protocol http), info (figures only) or could not run (the server did not start under the \
+    scenario's conditions, e.g. a descriptor limit of 100; the reason is given).\n\
+    Exit status: 1 when a scenario failed; skipped, info and could-not-run are not failures (0); \
+    2 on a usage error.";
+
+/// The probe's arguments (`lariat-probe …`, `lariat probe …`).
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
     /// An already running server to probe (IP:PORT). Scenarios that must start the server are skipped.
@@ -58,7 +71,7 @@ pub struct ProbeArgs {
 
     /// In `balancer-lag`: how long new clients keep arriving after the stop signal, as from a load
     /// balancer that has not yet taken the server out (e.g. 5s, 500ms).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration::parse_duration)]
     pub balancer_lag: Duration,
 
     /// Smaller counts and shorter runs (for CI).
@@ -184,6 +197,24 @@ impl Context {
             (Some(spawner), _) => spawner.start(None).await,
             (None, Some(addr)) => Ok(Target::existing(addr)),
             (None, None) => anyhow::bail!("neither --target nor --spawn"),
+        }
+    }
+}
+
+/// Runs the probe on a runtime of its own, after raising the open-file limit (scenarios open thousands of
+/// connections); errors are printed on stderr after `name`, the command as the user typed it.
+pub fn main(args: ProbeArgs, name: &str) -> ExitCode {
+    rlimit::raise_nofile();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("{name}: {err:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -16,9 +16,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch};
 
 use super::load::Load;
-use crate::probe::protocol::{self, Protocol, EXCHANGE_TIMEOUT};
-use crate::probe::target::signal_name;
-use crate::probe::{Context, Outcome};
+use crate::protocol::{self, Protocol, EXCHANGE_TIMEOUT};
+use crate::target::signal_name;
+use crate::{Context, Outcome};
 
 /// Churn clients.
 const CONCURRENCY: usize = 32;

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::probe::protocol::{self, Answered, KeepAliveError, Protocol};
-use crate::probe::target::signal_name;
-use crate::probe::{Context, Outcome};
+use crate::protocol::{self, Answered, KeepAliveError, Protocol};
+use crate::target::signal_name;
+use crate::{Context, Outcome};
 
 /// How often a session sends a message.
 const INTERVAL: Duration = Duration::from_millis(100);

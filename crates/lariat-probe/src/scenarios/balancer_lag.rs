@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::probe::protocol::{self, Protocol};
-use crate::probe::target::signal_name;
-use crate::probe::{Context, Outcome};
+use crate::protocol::{self, Protocol};
+use crate::target::signal_name;
+use crate::{Context, Outcome};
 
 /// Clients connecting one after another, each connect, one exchange, close.
 const CONCURRENCY: u64 = 8;

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::keepalive_h2;
-use crate::probe::protocol::{self, Answered, KeepAliveError, Protocol};
-use crate::probe::target::signal_name;
-use crate::probe::{Context, Outcome};
+use crate::protocol::{self, Answered, KeepAliveError, Protocol};
+use crate::target::signal_name;
+use crate::{Context, Outcome};
 
 /// Keep-alive clients.
 const CLIENTS: u64 = 32;

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::load::Load;
-use crate::probe::protocol;
-use crate::probe::target::group_members;
-use crate::probe::{Context, Outcome};
+use crate::protocol;
+use crate::target::group_members;
+use crate::{Context, Outcome};
 
 /// Churn clients.
 const CONCURRENCY: usize = 32;
