@@ -1,5 +1,5 @@
 //! `lariat probe` end to end: lariat itself passes every scenario; the naive tokio loops
-//! (`examples/naive_echo.rs`, `examples/naive_http.rs`) fail the ones they are known to fail, so a
+//! (`naive-echo` of `lariat-bench`, `examples/naive_http.rs`) fail the ones they are known to fail, so a
 //! scenario that cannot fail is caught; real servers (nginx, HAProxy) are judged on their own signals
 //! and logs, and a server that cannot start under a scenario's conditions is reported as such.
 
@@ -57,16 +57,22 @@ fn describe(rows: &[serde_json::Value], output: &Output) -> String {
 /// `target/<profile>/examples/NAME`, next to the `lariat` binary; built if `cargo test` did not (it
 /// builds examples only when no target filter is given).
 fn example(name: &str) -> PathBuf {
+    built("examples", name, &["--example", name, "-p", "lariat-cli"])
+}
+
+/// `target/<profile>/DIR/NAME`, built with `cargo build TARGET` in the `lariat` binary's profile if
+/// it is not there yet.
+fn built(dir: &str, name: &str, target: &[&str]) -> PathBuf {
     let profile_dir = Path::new(lariat())
         .parent()
         .expect("the binary's directory");
-    let path = profile_dir.join("examples").join(name);
+    let path = profile_dir.join(dir).join(name);
     if path.exists() {
         return path;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--example", name, "-p", "lariat-cli"]);
+    cmd.arg("build").args(target);
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some("release") => {
@@ -78,18 +84,23 @@ fn example(name: &str) -> PathBuf {
     }
     let status = cmd
         .status()
-        .unwrap_or_else(|e| panic!("running cargo build --example {name}: {e}"));
-    assert!(status.success(), "cargo build --example {name} failed");
+        .unwrap_or_else(|e| panic!("running cargo build {target:?}: {e}"));
+    assert!(status.success(), "cargo build {target:?} failed");
     assert!(
         path.exists(),
-        "{} still missing after building the example",
+        "{} still missing after building it",
         path.display()
     );
     path
 }
 
+/// The naive echo loop is the benchmark's baseline too: a binary of `lariat-bench`, next to `lariat`.
 fn naive_echo() -> PathBuf {
-    example("naive_echo")
+    built(
+        "",
+        "naive-echo",
+        &["--bin", "naive-echo", "-p", "lariat-bench"],
+    )
 }
 
 /// The row of `scenario`.

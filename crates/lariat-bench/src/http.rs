@@ -15,15 +15,19 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 
 use crate::proc;
 use crate::report;
 use crate::server::{Binaries, Kind, Server, SERVER_CPU};
+
+mod generators;
+mod nginx;
+
+use generators::{children_cpu, h2load, wrk};
+use nginx::{nginx_installed, Nginx};
 
 /// How hard and how long each run loads a server.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -145,98 +149,6 @@ impl Running {
     }
 }
 
-/// nginx in the foreground, one process (`master_process off`), configured in a temporary directory
-/// it is given; killed on drop.
-struct Nginx {
-    child: std::process::Child,
-    h1_port: u16,
-    h2_port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(cpu: usize) -> anyhow::Result<Nginx> {
-        let dir = std::env::temp_dir().join(format!("lariat-bench-nginx-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (h1_port, h2_port) = (free_port()?, free_port()?);
-        let conf = format!(
-            "worker_processes 1;\nmaster_process off;\ndaemon off;\nerror_log stderr;\n\
-             pid {dir}/nginx.pid;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  \
-             fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
-             keepalive_requests 1000000;\n  default_type text/plain;\n  server {{\n    \
-             listen 127.0.0.1:{h1_port};\n    listen 127.0.0.1:{h2_port} http2;\n    \
-             location / {{ return 200 \"Hello, world!\"; }}\n  }}\n}}\n",
-            dir = dir.display()
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
-        let child = std::process::Command::new("taskset")
-            .arg("-c")
-            .arg(cpu.to_string())
-            .arg("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx")?;
-        let nginx = Nginx {
-            child,
-            h1_port,
-            h2_port,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", h2_port)).is_err()
-            || std::net::TcpStream::connect(("127.0.0.1", h1_port)).is_err()
-        {
-            if Instant::now() > deadline {
-                bail!("nginx did not listen within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(nginx)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// User + system CPU time of the children this process has waited for (the load generators).
-fn children_cpu() -> Duration {
-    // SAFETY: getrusage(2) writes into the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// A port free a moment ago on 127.0.0.1 (nginx binds it right after).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn nginx_installed() -> bool {
-    std::process::Command::new("nginx")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn hyper_hello(binaries: &Binaries) -> PathBuf {
     binaries.path(Kind::Lariat).with_file_name("hyper-hello")
 }
@@ -272,135 +184,6 @@ fn start(binaries: &Binaries, server: HttpServer) -> anyhow::Result<Running> {
         )?),
         HttpServer::Nginx => Running::Nginx(Nginx::start(SERVER_CPU)?),
     })
-}
-
-/// What a load generator reported.
-#[derive(Debug, Default)]
-struct Generated {
-    requests: u64,
-    seconds: f64,
-    failed: u64,
-}
-
-/// `wrk`, pinned to `cpu`, one thread, `connections` keep-alive connections, for `seconds`.
-async fn wrk(cpu: usize, port: u16, connections: u32, seconds: u64) -> anyhow::Result<Generated> {
-    let out = generator(
-        "wrk",
-        cpu,
-        &[
-            "-t1".into(),
-            format!("-c{connections}"),
-            format!("-d{seconds}s"),
-            format!("http://127.0.0.1:{port}/"),
-        ],
-    )
-    .await?;
-    parse_wrk(&out)
-}
-
-/// `h2load`, pinned to `cpu`, HTTP/2 with prior knowledge.
-async fn h2load(cpu: usize, port: u16, load: &Load) -> anyhow::Result<Generated> {
-    let out = generator(
-        "h2load",
-        cpu,
-        &[
-            "-c".into(),
-            load.h2_connections.to_string(),
-            "-m".into(),
-            load.h2_streams.to_string(),
-            "-D".into(),
-            load.seconds.to_string(),
-            format!("http://127.0.0.1:{port}/"),
-        ],
-    )
-    .await?;
-    parse_h2load(&out)
-}
-
-async fn generator(program: &str, cpu: usize, args: &[String]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("taskset")
-        .arg("-c")
-        .arg(cpu.to_string())
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .with_context(|| format!("running {program} (is it installed?)"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "{program} failed ({}): {text}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(text)
-}
-
-/// The numbers after each `key` in `line` (`connect 0, read 5` → [0, 5]).
-fn numbers(line: &str) -> Vec<f64> {
-    line.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .filter_map(|w| w.trim_end_matches('.').parse().ok())
-        .collect()
-}
-
-fn parse_wrk(out: &str) -> anyhow::Result<Generated> {
-    let mut g = Generated::default();
-    for line in out.lines().map(str::trim) {
-        if line.contains(" requests in ") {
-            let n = numbers(line);
-            g.requests = *n.first().ok_or_else(|| anyhow!("wrk: {line}"))? as u64;
-            g.seconds = *n.get(1).ok_or_else(|| anyhow!("wrk: {line}"))?;
-            // `in 3.00s` or `in 1.00m`
-            if line.contains("m,") {
-                g.seconds *= 60.0;
-            }
-        } else if line.starts_with("Socket errors:") || line.starts_with("Non-2xx or 3xx") {
-            // The counts after the colon (not the 2 of `Non-2xx`).
-            let counts = line.split_once(':').map_or("", |(_, c)| c);
-            g.failed += numbers(counts).iter().sum::<f64>() as u64;
-        }
-    }
-    if g.seconds == 0.0 {
-        bail!("no `requests in` line in wrk's output: {out}");
-    }
-    Ok(g)
-}
-
-fn parse_h2load(out: &str) -> anyhow::Result<Generated> {
-    let mut g = Generated::default();
-    for line in out.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("finished in ") {
-            g.seconds = *numbers(rest)
-                .first()
-                .ok_or_else(|| anyhow!("h2load: {line}"))?;
-            if rest.starts_with(|c: char| c.is_ascii_digit()) && rest.contains("ms,") {
-                g.seconds /= 1e3;
-            }
-        } else if let Some(rest) = line.strip_prefix("requests: ") {
-            // N total, N started, N done, N succeeded, N failed, N errored, N timeout
-            let n = numbers(rest);
-            if n.len() < 7 {
-                bail!("h2load: {line}");
-            }
-            // h2load's `failed` includes the errored and timed-out requests.
-            g.requests = n[3] as u64;
-            g.failed += n[4] as u64;
-        } else if let Some(rest) = line.strip_prefix("status codes: ") {
-            // N 2xx, N 3xx, N 4xx, N 5xx: the 4xx and 5xx ones count as failed.
-            let codes: Vec<f64> = rest
-                .split(',')
-                .filter_map(|p| p.split_whitespace().next()?.parse().ok())
-                .collect();
-            g.failed += codes.iter().skip(2).sum::<f64>() as u64;
-        }
-    }
-    if g.seconds == 0.0 {
-        bail!("no `finished in` line in h2load's output: {out}");
-    }
-    Ok(g)
 }
 
 /// One run: a fresh `server`, loaded with `protocol` for `load.seconds`.
@@ -680,27 +463,4 @@ pub fn markdown(results: &HttpResults, load: &Load, rounds: usize) -> String {
         );
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_wrks_summary() {
-        let out = "Running 3s test @ http://127.0.0.1:1/\n  1 threads and 32 connections\n  \
-                   120000 requests in 3.00s, 10.00MB read\n  Socket errors: connect 0, read 5, write 1, timeout 0\n  \
-                   Non-2xx or 3xx responses: 2\nRequests/sec:  40000.00\n";
-        let g = parse_wrk(out).unwrap();
-        assert_eq!((g.requests, g.seconds, g.failed), (120000, 3.0, 8));
-    }
-
-    #[test]
-    fn reads_h2loads_summary() {
-        let out = "finished in 3.00s, 50000.00 req/s, 1.00MB/s\n\
-                   requests: 150000 total, 150100 started, 150000 done, 149990 succeeded, 10 failed, 0 errored, 0 timeout\n\
-                   status codes: 149990 2xx, 0 3xx, 4 4xx, 6 5xx\n";
-        let g = parse_h2load(out).unwrap();
-        assert_eq!((g.requests, g.seconds, g.failed), (149990, 3.0, 20));
-    }
 }

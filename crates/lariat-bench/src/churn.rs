@@ -49,7 +49,7 @@ impl Errors {
         self.connect + self.io + self.mismatch + self.timeout
     }
 
-    fn merge(&mut self, other: Errors) {
+    pub fn merge(&mut self, other: Errors) {
         self.connect += other.connect;
         self.io += other.io;
         self.mismatch += other.mismatch;

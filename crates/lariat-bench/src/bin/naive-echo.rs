@@ -1,6 +1,5 @@
 //! What not to do: the echo server from tokio's README, kept naive on purpose. It is the baseline
-//! `lariat-bench` measures lariat against (built there as the `naive-echo` binary from this file) and
-//! the server `lariat probe` is shown failing.
+//! `lariat-bench` measures lariat against and the server `lariat probe` is shown failing.
 //!
 //! This is what most people write first. What is wrong with it, deliberately left in:
 //!
@@ -13,11 +12,11 @@
 //! - No signal handling: SIGTERM kills it at once, resetting every connection in flight and every
 //!   client waiting in its accept queue.
 //!
-//! Usage: `naive_echo [ADDR]` (default `127.0.0.1:0`). Prints `listening on tcp://ADDR` once bound.
+//! Usage: `naive-echo [ADDR]` (default `127.0.0.1:0`). Prints `listening on tcp://ADDR` once bound.
 //!
 //! ```text
-//! cargo build --example naive_echo -p lariat-cli
-//! lariat probe --spawn 'target/debug/examples/naive_echo 127.0.0.1:{port}' --short
+//! cargo build --bin naive-echo -p lariat-bench
+//! lariat probe --spawn 'target/debug/naive-echo 127.0.0.1:{port}' --short
 //! ```
 
 use std::io::Write;

@@ -219,7 +219,7 @@ fn find(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Builds `benches/go/hello.go` into the scratch directory; `None` without Go.
+/// Builds `crates/lariat-bench/go/hello.go` into the scratch directory; `None` without Go.
 fn go_peer(scratch: &Path) -> anyhow::Result<Option<PathBuf>> {
     let Some(go) = find("go") else {
         return Ok(None);
