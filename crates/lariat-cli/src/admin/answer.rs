@@ -98,7 +98,12 @@ mod tests {
         assert_eq!(res.headers()[CONNECTION], "close");
         assert_eq!(res.headers()[CACHE_CONTROL], "no-store");
         let text = String::from_utf8(Answer::text(408, "request timeout\n").into_bytes()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
-        assert!(text.contains("content-length: 16\r\n") && text.ends_with("\r\n\r\nrequest timeout\n"));
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("content-length: 16\r\n") && text.ends_with("\r\n\r\nrequest timeout\n")
+        );
     }
 }

@@ -107,7 +107,10 @@ mod tests {
         );
         // Two Hosts (or Origins, or Authorizations) could be read differently by two checks.
         assert_eq!(head(&[("host", "a"), ("host", "b")], "/").unwrap_err(), 400);
-        assert_eq!(head(&[("origin", "a"), ("origin", "b")], "/").unwrap_err(), 400);
+        assert_eq!(
+            head(&[("origin", "a"), ("origin", "b")], "/").unwrap_err(),
+            400
+        );
         assert_eq!(head(&[], "/").unwrap().credentials, Credentials::default());
     }
 }
