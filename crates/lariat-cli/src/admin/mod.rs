@@ -13,11 +13,12 @@
 //!
 //! The endpoint is a hyper service (hyper's HTTP/1 connection, one request per connection, then
 //! `Connection: close`) on a lariat server of its own: its own small cap, EMFILE handled by the same
-//! accept loop. Around hyper, each connection keeps what an endpoint health checks depend on needs: the
-//! whole request within a short deadline (else `408`, which hyper's header timeout does not send), and
-//! giving way while it waits for its request when the cap is full and another client is queued
-//! (`Connection::crowded`), so idle connections cannot keep a health check out. (`lariat::http` serves
-//! keep-alive connections that live on; this endpoint wants neither.)
+//! accept loop. Around hyper, each connection keeps two rules health checks depend on, which hyper has
+//! no setting for: the whole request, body included, within a short deadline (else `408`; hyper's header
+//! timeout closes without an answer and does not cover the body), and giving way while it waits for its
+//! request when the cap is full and another client is queued (`Connection::crowded`), so idle
+//! connections cannot keep a health check out. (`lariat::http::Http` serves keep-alive connections
+//! through drains and restarts; this endpoint wants one request per connection and these two rules.)
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
