@@ -5,10 +5,12 @@
 //!
 //! Each server runs pinned to the server CPU (one runtime worker; nginx one worker process, no master),
 //! the load generator pinned to the client CPU: `wrk` for HTTP/1.1 keep-alive, `h2load` for HTTP/2
-//! (h2c with prior knowledge). Each run lasts a few seconds against a fresh server; the rounds
-//! alternate the servers' order and the table reports the median of the rounds, with the ratios
-//! between medians of the same invocation. The server's CPU is its user + system time from
-//! /proc/PID/stat over the run, divided by the requests answered.
+//! (h2c with prior knowledge). Each run lasts a few seconds against a fresh server. In each round
+//! and protocol, lariat and hyper-hello run back to back (which goes first alternates between
+//! rounds), so the two sides of a round's ratio saw the same load from the rest of the machine; the
+//! table reports each server's median and, for the goal, the median of the per-round ratios. The
+//! server's CPU is its user + system time from /proc/PID/stat over the run, divided by the requests
+//! answered.
 //!
 //! Last, failed requests per restart: `wrk` keep-alive load on `lariat serve --handler http-hello`
 //! through several SIGHUP restarts (the goal: 0).
@@ -118,10 +120,33 @@ pub struct RestartRun {
     pub error: Option<String>,
 }
 
+/// lariat against hyper-hello in one round and protocol: the two runs were back to back.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRatio {
+    pub protocol: Protocol,
+    pub round: usize,
+    /// Which ran first in this round.
+    pub first: HttpServer,
+    /// lariat's requests/s over hyper-hello's (goal ≥ 0.97).
+    pub rate: f64,
+    /// lariat's server CPU per request over hyper-hello's (goal ≤ 1.03).
+    pub cpu_per_request: f64,
+    /// Other work on the machine during the two runs, in cores (the larger of the two).
+    pub other_cores: f64,
+}
+
+/// How many rounds a full (not `--quick`) HTTP measurement runs: single runs on a shared machine
+/// swing by tens of per cent, so the goal is judged on the median of several per-round ratios.
+pub const ROUNDS: usize = 7;
+
 /// Everything the HTTP measurement found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HttpResults {
     pub runs: Vec<HttpRun>,
+    /// lariat / hyper-hello per round, from runs back to back.
+    pub ratios: Vec<RoundRatio>,
+    /// The medians of [`ratios`](Self::ratios), per protocol: (protocol, requests/s, CPU per request).
+    pub median_ratios: Vec<(Protocol, f64, f64)>,
     pub restart: Option<RestartRun>,
     pub notes: Vec<String>,
 }
@@ -311,9 +336,12 @@ pub async fn run(binaries: &Binaries, load: Load, rounds: usize) -> HttpResults 
     }
     for round in 1..=rounds {
         for protocol in [Protocol::H1, Protocol::H2] {
-            for i in 0..servers.len() {
-                // Each round starts with another server, so none always runs first.
-                let server = servers[(i + round - 1) % servers.len()];
+            // lariat and hyper-hello back to back, the first one alternating; nginx (for information) last.
+            let mut order = servers.clone();
+            if round % 2 == 0 {
+                order.swap(0, 1);
+            }
+            for server in order {
                 let run = measure(binaries, &load, server, protocol, round).await;
                 eprintln!(
                     "[http {round}/{rounds}] {:<18} {:<26} {}",
@@ -329,6 +357,21 @@ pub async fn run(binaries: &Binaries, load: Load, rounds: usize) -> HttpResults 
                 );
                 results.runs.push(run);
             }
+        }
+    }
+    results.ratios = round_ratios(&results.runs);
+    for protocol in [Protocol::H1, Protocol::H2] {
+        let of = |key: fn(&RoundRatio) -> f64| {
+            let values: Vec<f64> = results
+                .ratios
+                .iter()
+                .filter(|r| r.protocol == protocol)
+                .map(key)
+                .collect();
+            report::median(&values)
+        };
+        if let (Some(rate), Some(cpu)) = (of(|r| r.rate), of(|r| r.cpu_per_request)) {
+            results.median_ratios.push((protocol, rate, cpu));
         }
     }
     let restart = measure_restarts(binaries, &load).await;
@@ -373,6 +416,44 @@ pub async fn run(binaries: &Binaries, load: Load, rounds: usize) -> HttpResults 
     results
 }
 
+/// lariat over hyper-hello in each round and protocol where both runs succeeded.
+fn round_ratios(runs: &[HttpRun]) -> Vec<RoundRatio> {
+    let find = |server, protocol, round| {
+        runs.iter().position(|r| {
+            r.server == server && r.protocol == protocol && r.round == round && r.error.is_none()
+        })
+    };
+    let mut ratios = Vec::new();
+    for run in runs {
+        if run.server != HttpServer::Lariat {
+            continue;
+        }
+        let (Some(l), Some(h)) = (
+            find(HttpServer::Lariat, run.protocol, run.round),
+            find(HttpServer::Hyper, run.protocol, run.round),
+        ) else {
+            continue;
+        };
+        let (lr, hr) = (&runs[l], &runs[h]);
+        if lr.requests == 0 || hr.requests == 0 {
+            continue;
+        }
+        ratios.push(RoundRatio {
+            protocol: run.protocol,
+            round: run.round,
+            first: if l < h {
+                HttpServer::Lariat
+            } else {
+                HttpServer::Hyper
+            },
+            rate: lr.rate_per_s / hr.rate_per_s,
+            cpu_per_request: lr.cpu_per_request_us / hr.cpu_per_request_us,
+            other_cores: lr.other_cores.max(hr.other_cores),
+        });
+    }
+    ratios
+}
+
 /// The median of `key` over the rounds of `server` and `protocol` that other work did not disturb (over
 /// all its rounds if every one was).
 fn median(
@@ -401,16 +482,19 @@ fn median(
 /// A row of the table: its name, the value of a run, the digits shown, the goal of lariat / hyper.
 type Column = (&'static str, fn(&HttpRun) -> f64, usize, &'static str);
 
-/// The table: per protocol, each server's median rate and CPU per request, and lariat's ratios.
-pub fn markdown(results: &HttpResults, load: &Load, rounds: usize) -> String {
+/// The table: per protocol, each server's median rate and CPU per request, and lariat's ratios to
+/// hyper-hello (the median of the per-round ratios) and to nginx (between medians).
+pub fn markdown(results: &HttpResults, load: &Load) -> String {
     if results.runs.is_empty() && results.restart.is_none() {
         return String::new();
     }
+    let rounds = results.runs.iter().map(|r| r.round).max().unwrap_or(0);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "HTTP: {} s per run, median of {rounds} round(s) (of the undisturbed ones: other work at most \
-         {DISTURBED} cores); wrk -t1 -c{}; h2load -c{} -m{}\n",
+        "HTTP: {} s per run, {rounds} round(s); each server's median over the rounds (of the undisturbed \
+         ones: other work at most {DISTURBED} cores); lariat / hyper is the median of the per-round \
+         ratios (the two back to back, the first alternating); wrk -t1 -c{}; h2load -c{} -m{}\n",
         load.seconds, load.h1_connections, load.h2_connections, load.h2_streams
     );
     let _ = writeln!(
@@ -434,15 +518,20 @@ pub fn markdown(results: &HttpResults, load: &Load, rounds: usize) -> String {
                 "≤ 1.03",
             ),
         ];
-        for (name, key, digits, goal) in metrics {
+        let paired = results
+            .median_ratios
+            .iter()
+            .find(|(p, _, _)| *p == protocol);
+        for (i, (name, key, digits, goal)) in metrics.into_iter().enumerate() {
             let [l, h, n] = HttpServer::ALL.map(|s| median(results, s, protocol, key));
+            let per_round = paired.map(|&(_, rate, cpu)| if i == 0 { rate } else { cpu });
             let _ = writeln!(
                 out,
                 "| {} | {name} | {} | {} | {} ({goal}) | {} | {} |",
                 protocol.name(),
                 fmt(l, digits),
                 fmt(h, digits),
-                fmt(ratio(l, h), 3),
+                fmt(per_round, 3),
                 fmt(n, digits),
                 fmt(ratio(l, n), 3),
             );

@@ -238,10 +238,7 @@ async fn bench(
     }
     if let Some(results) = &http_results {
         println!();
-        print!(
-            "{}",
-            http::markdown(results, &config.http_load(), config.rounds)
-        );
+        print!("{}", http::markdown(results, &config.http_load()));
         if !results.notes.is_empty() {
             println!();
             for note in &results.notes {

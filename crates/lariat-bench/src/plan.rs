@@ -121,6 +121,7 @@ impl Measurement {
             | Measurement::Probe
             | Measurement::Zoo
             | Measurement::Handover => 1,
+            Measurement::Http if !config.quick => http::ROUNDS,
             _ => config.rounds,
         }
     }
@@ -220,8 +221,8 @@ impl Config {
         if self.measurements.contains(&Measurement::Http) {
             parts.push(format!(
                 "http: lariat http-hello against hyper-hello and nginx, wrk and h2load on the client \
-                 CPU, median of {} round(s), then restarts under wrk",
-                self.rounds
+                 CPU, {} round(s) (lariat and hyper-hello back to back), then restarts under wrk",
+                Measurement::Http.rounds(self)
             ));
         }
         if self.measurements.contains(&Measurement::Handover) {

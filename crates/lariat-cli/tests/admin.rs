@@ -575,6 +575,55 @@ fn a_slow_request_is_closed_at_the_deadline() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
 }
 
+/// Sends `raw` and reads the answer to the close; its status.
+fn raw_status(admin: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let mut s = idle(admin);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    (status, answer)
+}
+
+/// A request body (no route takes one) is read and dropped, chunked or not, up to 64 KiB; a larger one
+/// gets 413, a malformed request 400, an oversized head 431, and `HEAD` the head alone.
+#[test]
+fn bodies_are_read_and_dropped_and_bad_requests_get_an_answer() {
+    let server = Lariat::start(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    let admin = admin_addr(&server);
+    let (status, answer) = raw_status(
+        admin,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(status, 405, "{answer}");
+    assert!(answer.contains("allow: GET, HEAD\r\n"), "{answer}");
+    let (status, answer) = raw_status(
+        admin,
+        b"POST /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 405, "{answer}");
+    let mut big = format!(
+        "POST /metrics HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        100 * 1024
+    )
+    .into_bytes();
+    big.resize(big.len() + 100 * 1024, b'x');
+    assert_eq!(raw_status(admin, &big).0, 413);
+    assert_eq!(raw_status(admin, b"\x01\x02 nonsense\r\n\r\n").0, 400);
+    let huge = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(16 * 1024));
+    assert_eq!(raw_status(admin, huge.as_bytes()).0, 431);
+    let (status, answer) = raw_status(admin, b"HEAD /healthz HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "{answer:?}");
+    assert!(answer.contains("content-length: 3\r\n"), "{answer:?}");
+}
+
 /// The connection routes need the token: without it nothing is closed and nothing listed; with it the
 /// client is closed. Without a configured token they are disabled.
 #[test]

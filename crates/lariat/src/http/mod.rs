@@ -61,6 +61,7 @@ mod io;
 mod serve;
 mod service;
 mod stats;
+mod wake;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -18,11 +18,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::io::{first_bytes, linger, pending, raw_fd, FirstBytes, Linger, Returned};
 use super::service::{ConnState, Tracked};
 use super::stats::HttpStats;
+use super::wake::OnWake;
 use super::Shared;
 use crate::handover::Offer;
 use crate::{BoxError, Connection};
@@ -62,10 +63,10 @@ where
     let options = &http.options;
     HttpStats::add(&stats.connections);
     let entry = conn.entry().clone();
-    let drain = DrainWatch::new(entry.shared.drain.draining.clone());
+    let drain = OnWake::new(entry.shared.drain.draining.clone().cancelled_owned());
     tokio::pin!(drain);
     let movable = conn.movable();
-    let mut offer = movable.then(|| conn.hand_over_signal());
+    let mut offer = movable.then(|| OnWake::new(conn.hand_over_signal()));
     let mut kind = match conn.tls().and_then(|t| t.alpn).as_deref() {
         Some(b"h2") => Kind::AlpnH2,
         Some(b"http/1.1") => Kind::AlpnH1,
@@ -142,7 +143,7 @@ where
         if draining {
             state.closing.store(true, Relaxed);
         }
-        let timer = tokio::time::sleep(period(draining).unwrap_or_default());
+        let timer = OnWake::new(tokio::time::sleep(period(draining).unwrap_or_default()));
         tokio::pin!(timer);
         let tick = tokio::time::sleep(MOVE_TICK);
         tokio::pin!(tick);
@@ -174,7 +175,7 @@ where
                         ended = true;
                     } else {
                         seen = moved();
-                        timer.as_mut().reset(Instant::now() + options.drain_quiet);
+                        timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
                     }
                 }
                 () = tick.as_mut(), if pending_move && !ended => {
@@ -184,7 +185,7 @@ where
                         if draining {
                             state.closing.store(true, Relaxed);
                             seen = moved();
-                            timer.as_mut().reset(Instant::now() + options.drain_quiet);
+                            timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
                         }
                     } else if state.in_flight.load(Relaxed) == 0 {
                         // Between requests: hyper stops (reading nothing more) and keeps the socket open.
@@ -216,7 +217,7 @@ where
                     } else {
                         seen = now;
                         if let Some(p) = period(draining) {
-                            timer.as_mut().reset(Instant::now() + p);
+                            timer.as_mut().inner_mut().reset(Instant::now() + p);
                         }
                     }
                 }
@@ -271,8 +272,8 @@ enum First {
 /// Waits for a new connection's first bytes, the drain, the hand-over offer or the keep-alive timeout.
 async fn first(
     conn: &Connection,
-    drain: Pin<&mut DrainWatch>,
-    offer: &mut Option<Offer>,
+    drain: Pin<&mut Drain>,
+    offer: &mut Option<OnWake<Offer>>,
     keep_alive: Option<Duration>,
 ) -> First {
     let quiet = async {
@@ -291,7 +292,7 @@ async fn first(
 }
 
 /// The hand-over offer, if this connection listens for it; never otherwise.
-fn offered(offer: &mut Option<Offer>) -> impl Future<Output = ()> + '_ {
+fn offered(offer: &mut Option<OnWake<Offer>>) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| match offer {
         Some(o) => Pin::new(o).poll(cx),
         None => Poll::Pending,
@@ -353,48 +354,8 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The drain signal, polled cheaply: once its waiter holds this task's waker, later polls (one per
-    /// wake-up of the connection, so one per request) only read the token's flag instead of taking the
-    /// lock every connection of the server shares.
-    struct DrainWatch {
-        token: CancellationToken,
-        #[pin]
-        wait: WaitForCancellationFutureOwned,
-        registered: Option<Waker>,
-    }
-}
-
-impl DrainWatch {
-    fn new(token: CancellationToken) -> DrainWatch {
-        DrainWatch {
-            wait: token.clone().cancelled_owned(),
-            token,
-            registered: None,
-        }
-    }
-}
-
-impl Future for DrainWatch {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if this.token.is_cancelled() {
-            return Poll::Ready(());
-        }
-        if this
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            return Poll::Pending;
-        }
-        let polled = this.wait.poll(cx);
-        *this.registered = Some(cx.waker().clone());
-        polled
-    }
-}
+/// The drain signal.
+type Drain = OnWake<WaitForCancellationFutureOwned>;
 
 /// Counts the errors that say something about the peer; resets and early closes are its right.
 fn count_error(stats: &HttpStats, e: &(dyn std::error::Error + 'static)) {

@@ -1,0 +1,114 @@
+//! Futures a connection's loop watches beside hyper (the drain, the hand-over offer, its timer),
+//! polled only when they woke: the loop wakes once or twice per request for hyper, and polling each
+//! watched future every time would take a lock (a cancellation token's) or re-register a waker for
+//! nothing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+/// The waker given to the watched future: notes that it fired, then wakes the task.
+struct Flag {
+    woken: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled only after its own waker fired (or the task's waker changed, or the caller
+    /// touched it through [`inner_mut`](Self::inner_mut)); otherwise a poll is one atomic load.
+    pub(crate) struct OnWake<F> {
+        #[pin]
+        inner: F,
+        flag: Option<Arc<Flag>>,
+        touched: bool,
+    }
+}
+
+impl<F> OnWake<F> {
+    pub(crate) fn new(inner: F) -> OnWake<F> {
+        OnWake {
+            inner,
+            flag: None,
+            touched: true,
+        }
+    }
+
+    /// The future itself, to reset a timer for instance; the next poll polls it.
+    pub(crate) fn inner_mut(self: Pin<&mut Self>) -> Pin<&mut F> {
+        let this = self.project();
+        *this.touched = true;
+        this.inner
+    }
+}
+
+impl<F: Future> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let flag = match this.flag {
+            Some(flag) if flag.task.will_wake(cx.waker()) => {
+                if !std::mem::take(this.touched) && !flag.woken.swap(false, Ordering::Acquire) {
+                    return Poll::Pending;
+                }
+                flag.clone()
+            }
+            _ => {
+                *this.touched = false;
+                let flag = Arc::new(Flag {
+                    woken: AtomicBool::new(false),
+                    task: cx.waker().clone(),
+                });
+                *this.flag = Some(flag.clone());
+                flag
+            }
+        };
+        let waker = Waker::from(flag);
+        this.inner.poll(&mut Context::from_waker(&waker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn wakes_for_its_future_and_after_a_reset() {
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut watch = Box::pin(OnWake::new(token.clone().cancelled_owned()));
+        assert!(futures_poll(watch.as_mut()).await.is_pending());
+        assert!(futures_poll(watch.as_mut()).await.is_pending());
+        token.cancel();
+        assert!(futures_poll(watch.as_mut()).await.is_ready());
+
+        // A timer that fired, was reset, and fires again.
+        let mut timer = Box::pin(OnWake::new(tokio::time::sleep(Duration::from_millis(5))));
+        timer.as_mut().await;
+        timer
+            .as_mut()
+            .inner_mut()
+            .reset(tokio::time::Instant::now() + Duration::from_millis(5));
+        tokio::time::timeout(Duration::from_secs(5), timer.as_mut())
+            .await
+            .expect("the reset timer fires");
+    }
+
+    /// Polls once.
+    async fn futures_poll<F: Future>(mut f: Pin<&mut F>) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+    }
+}
