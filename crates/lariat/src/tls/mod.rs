@@ -17,6 +17,8 @@
 
 mod certs;
 mod handshake;
+mod hello;
+mod session;
 mod stream;
 
 use std::path::PathBuf;
