@@ -19,6 +19,7 @@ pub(crate) async fn handshake(
     io: Stream,
     config: Arc<ServerConfig>,
 ) -> Result<TlsStream, TlsError> {
+    let kernel_tls = config.enable_secret_extraction;
     let mut session = Box::new(Session::new(config)?);
     loop {
         loop {
@@ -48,6 +49,9 @@ pub(crate) async fn handshake(
             Err(_) if session.error().is_some() => {}
             Err(e) => return Err(e.into()),
         }
+    }
+    if kernel_tls {
+        super::kernel::fall_back();
     }
     Ok(TlsStream::new(io, session))
 }

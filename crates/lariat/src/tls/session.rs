@@ -9,6 +9,7 @@
 //! - `plaintext`: decrypted bytes not yet read by the handler (or seen by a peek);
 //! - `outgoing`: records encrypted and not yet taken by the socket.
 
+use std::cell::RefCell;
 use std::io;
 
 use rustls::server::UnbufferedServerConnection;
@@ -157,8 +158,9 @@ impl Session {
 
     /// Reads what the socket has now (one read) and processes the records; `WouldBlock` (which clears
     /// the socket's readiness) when it has nothing. End of stream is noted, not returned: see
-    /// [`read_end`](Self::read_end). A TLS error is recorded, the alert rustls queued for it sent if the
-    /// socket takes it now, and returned as `InvalidData`.
+    /// [`read_end`](Self::read_end). Answers (an alert, a key update) go to the socket if it takes them
+    /// now, else they are queued. A TLS error is recorded, its alert sent the same way, and returned
+    /// as `InvalidData`.
     pub(crate) fn receive(&mut self, io: &Stream) -> io::Result<()> {
         if let Some(e) = &self.error {
             return Err(invalid_data(e.clone()));
@@ -166,44 +168,45 @@ impl Session {
         if self.eof {
             return Ok(());
         }
-        let used = self.incoming.len();
         let limit = if self.is_handshaking() {
             HANDSHAKE_BUFFER_LIMIT
         } else {
             READ_SIZE * 2
         };
-        if used + READ_SIZE > limit {
+        if self.incoming.len() + READ_SIZE > limit {
             let e = rustls::Error::General("TLS message too large".into());
             self.error = Some(e.clone());
             return Err(invalid_data(e));
         }
-        self.incoming.resize(used + READ_SIZE, 0);
-        let read = io.try_read(&mut self.incoming[used..]);
-        let n = match read {
-            Ok(n) => n,
-            Err(e) => {
-                self.incoming.truncate(used);
-                if self.incoming.is_empty() {
-                    self.incoming = Vec::new();
-                }
-                return Err(e);
+        with_scratch(|scratch| {
+            let Scratch { input, output } = scratch;
+            if input.len() < READ_SIZE {
+                input.resize(READ_SIZE, 0);
             }
-        };
-        self.incoming.truncate(used + n);
-        if n == 0 {
-            self.eof = true;
-        }
-        let result = self.process_incoming(Write::Nothing).map(|_| ());
-        if self.wants_write() {
-            // An answer (an alert, a key update): sent if the socket takes it now, else with the next
-            // write or flush.
-            let _ = self.send(io);
-        }
-        result.map_err(invalid_data)
+            let n = io.try_read(&mut input[..READ_SIZE])?;
+            if n == 0 {
+                self.eof = true;
+                return Ok(());
+            }
+            let mut out = Out::new(output);
+            let result = if self.incoming.is_empty() {
+                // The usual case: whole records, processed where they were read.
+                let (consumed, result) =
+                    self.process_bytes(&mut input[..n], Write::Nothing, &mut out);
+                self.incoming.extend_from_slice(&input[consumed..n]);
+                result
+            } else {
+                self.incoming.extend_from_slice(&input[..n]);
+                self.process_incoming(Write::Nothing, &mut out)
+            };
+            self.emit(out.filled(), Some(io));
+            result.map(|_| ()).map_err(invalid_data)
+        })
     }
 
-    /// Encrypts up to [`WRITE_LIMIT`] bytes of `data` into the outgoing records; how many were taken.
-    pub(crate) fn encrypt(&mut self, data: &[u8]) -> io::Result<usize> {
+    /// Encrypts up to [`WRITE_LIMIT`] bytes of `data` and sends the records the socket takes now,
+    /// queueing the rest; how many bytes were taken.
+    pub(crate) fn encrypt(&mut self, data: &[u8], io: &Stream) -> io::Result<usize> {
         if let Some(e) = &self.error {
             return Err(invalid_data(e.clone()));
         }
@@ -214,24 +217,34 @@ impl Session {
             ));
         }
         let data = &data[..data.len().min(WRITE_LIMIT)];
-        match self.process_incoming(Write::Data(data)) {
-            Ok(true) => Ok(data.len()),
-            Ok(false) => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the TLS session cannot send data now",
-            )),
-            Err(e) => Err(invalid_data(e)),
-        }
+        with_scratch(|scratch| {
+            let mut out = Out::new(&mut scratch.output);
+            let result = self.process_incoming(Write::Data(data), &mut out);
+            self.emit(out.filled(), Some(io));
+            match result {
+                Ok(true) => Ok(data.len()),
+                Ok(false) => Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the TLS session cannot send data now",
+                )),
+                Err(e) => Err(invalid_data(e)),
+            }
+        })
     }
 
-    /// Queues a close_notify alert (once; not if the session failed or cannot send yet).
+    /// Queues a close_notify alert (once; not if the session failed or cannot send yet), sent with
+    /// the next [`send`](Self::send).
     pub(crate) fn send_close_notify(&mut self) {
         if self.sent_close || self.error.is_some() {
             return;
         }
-        if let Ok(true) = self.process_incoming(Write::CloseNotify) {
-            self.sent_close = true;
-        }
+        with_scratch(|scratch| {
+            let mut out = Out::new(&mut scratch.output);
+            if let Ok(true) = self.process_incoming(Write::CloseNotify, &mut out) {
+                self.sent_close = true;
+            }
+            self.emit(out.filled(), None);
+        });
     }
 
     /// Records are queued for the socket.
@@ -262,28 +275,59 @@ impl Session {
         out
     }
 
+    /// Records just made: straight to the socket when nothing is queued before them (as much as it
+    /// takes now), the rest queued. A failed write leaves them queued for `send` to report.
+    fn emit(&mut self, records: &[u8], io: Option<&Stream>) {
+        let mut sent = 0;
+        if let (Some(io), false) = (io, self.wants_write()) {
+            while sent < records.len() {
+                match io.try_write(&records[sent..]) {
+                    Ok(n) if n > 0 => sent += n,
+                    _ => break,
+                }
+            }
+        }
+        if sent < records.len() {
+            if !self.wants_write() {
+                self.outgoing.clear();
+                self.out_at = 0;
+            }
+            self.outgoing.extend_from_slice(&records[sent..]);
+        }
+    }
+
     /// Processes the records in `incoming`, keeping the bytes of a partial record (and freeing the
     /// buffer when none are left), then does `write` if the session can send application data:
     /// `Ok(true)` when it did. The first error is kept.
-    fn process_incoming(&mut self, write: Write<'_>) -> Result<bool, rustls::Error> {
+    fn process_incoming(
+        &mut self,
+        write: Write<'_>,
+        out: &mut Out<'_>,
+    ) -> Result<bool, rustls::Error> {
         let mut incoming = std::mem::take(&mut self.incoming);
-        if !self.hello_seen {
-            self.look_at_hello(&incoming);
-        }
-        let result = self.process(&mut incoming, write);
-        let (discard, wrote) = match result {
-            Ok(done) => done,
-            Err((discard, e)) => {
-                incoming.drain(..discard.min(incoming.len()));
-                self.incoming = incoming;
-                return Err(self.fail(e));
-            }
-        };
-        incoming.drain(..discard);
+        let (consumed, result) = self.process_bytes(&mut incoming, write, out);
+        incoming.drain(..consumed);
         if !incoming.is_empty() {
             self.incoming = incoming;
         }
-        Ok(wrote)
+        result
+    }
+
+    /// Processes `input` (records from the socket, the first of them the ClientHello): how many of its
+    /// bytes were consumed, and whether `write` was done. The first error is kept.
+    fn process_bytes(
+        &mut self,
+        input: &mut [u8],
+        write: Write<'_>,
+        out: &mut Out<'_>,
+    ) -> (usize, Result<bool, rustls::Error>) {
+        if !self.hello_seen {
+            self.look_at_hello(input);
+        }
+        match self.process(input, write, out) {
+            Ok((consumed, wrote)) => (consumed, Ok(wrote)),
+            Err((consumed, e)) => (consumed.min(input.len()), Err(self.fail(e, out))),
+        }
     }
 
     /// Takes the SNI from the first record once it is whole.
@@ -299,12 +343,13 @@ impl Session {
     }
 
     /// Drives rustls over `input` until it needs more bytes or can send: decrypted data goes to
-    /// `plaintext`, handshake records and alerts to `outgoing`. Returns the bytes of `input` consumed
-    /// and whether `write` was done.
+    /// `plaintext`, records to `out`. Returns the bytes of `input` consumed and whether `write` was
+    /// done.
     fn process(
         &mut self,
         input: &mut [u8],
         mut write: Write<'_>,
+        out: &mut Out<'_>,
     ) -> Result<(usize, bool), (usize, rustls::Error)> {
         let mut at = 0;
         loop {
@@ -335,16 +380,11 @@ impl Session {
                     while let Some(Ok(_)) = records.next_record() {}
                     Ok(())
                 }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    fill(&mut self.outgoing, 1024, |buf| match encode.encode(buf) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(s)) => Err(Some(s.required_size)),
-                        Err(_) => Err(None),
-                    })
-                    .map_err(|()| rustls::Error::General("TLS record encoding failed".into()))
-                }
+                ConnectionState::EncodeTlsData(mut encode) => out
+                    .fill(1024, |buf| encoded(encode.encode(buf)))
+                    .map_err(|()| rustls::Error::General("TLS record encoding failed".into())),
                 ConnectionState::TransmitTlsData(transmit) => {
-                    // Queued in `outgoing`, in order, and sent from there.
+                    // In `out`, in order, and sent from there.
                     transmit.done();
                     Ok(())
                 }
@@ -359,19 +399,18 @@ impl Session {
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
                     done = true;
-                    let out = &mut self.outgoing;
                     match std::mem::replace(&mut write, Write::Nothing) {
                         Write::Nothing => Ok(()),
                         Write::Data(data) => {
                             wrote = true;
                             // Header, content type and tag of each 16 KiB record.
                             let guess = data.len() + (data.len() / (16 * 1024) + 1) * 64;
-                            fill(out, guess, |buf| encrypted(traffic.encrypt(data, buf)))
+                            out.fill(guess, |buf| encrypted(traffic.encrypt(data, buf)))
                                 .map_err(|()| rustls::Error::EncryptError)
                         }
                         Write::CloseNotify => {
                             wrote = true;
-                            fill(out, 64, |buf| encrypted(traffic.queue_close_notify(buf)))
+                            out.fill(64, |buf| encrypted(traffic.queue_close_notify(buf)))
                                 .map_err(|()| rustls::Error::EncryptError)
                         }
                     }
@@ -392,26 +431,88 @@ impl Session {
         }
     }
 
-    /// Keeps the first error and queues the alert rustls prepared for it, if any.
-    fn fail(&mut self, e: rustls::Error) -> rustls::Error {
+    /// Keeps the first error and puts the alert rustls prepared for it, if any, in `out`.
+    fn fail(&mut self, e: rustls::Error, out: &mut Out<'_>) -> rustls::Error {
         if self.error.is_none() {
             self.error = Some(e.clone());
         }
         for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
+            match self.conn.process_tls_records(&mut []).state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let _ = fill(&mut self.outgoing, 64, |buf| match encode.encode(buf) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(s)) => Err(Some(s.required_size)),
-                        Err(_) => Err(None),
-                    });
+                    let _ = out.fill(64, |buf| encoded(encode.encode(buf)));
                 }
                 Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
                 _ => break,
             }
         }
         e
+    }
+}
+
+/// Each runtime thread's buffers for the records being read and made, so that neither a read nor a
+/// write allocates (or zeroes) a buffer: a connection's own buffers only hold what the socket could
+/// not take or a partial record, and are freed when they drain.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch buffers (fresh ones if they are in use or the thread is ending).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut f = Some(f);
+    let ran = SCRATCH.try_with(|cell| {
+        let mut scratch = cell.try_borrow_mut().ok()?;
+        f.take().map(|f| f(&mut scratch))
+    });
+    match (ran, f) {
+        (Ok(Some(result)), _) => result,
+        (_, Some(f)) => f(&mut Scratch::default()),
+        (_, None) => unreachable!("`f` is only taken to run it, and its result is returned"),
+    }
+}
+
+/// Records being made in a buffer that stays initialised between uses: `buf[..len]` are the records.
+struct Out<'a> {
+    buf: &'a mut Vec<u8>,
+    len: usize,
+}
+
+impl<'a> Out<'a> {
+    fn new(buf: &'a mut Vec<u8>) -> Out<'a> {
+        Out { buf, len: 0 }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Appends what `f` writes, with room for `guess` bytes, or for what `f` says it needs once.
+    fn fill(
+        &mut self,
+        guess: usize,
+        mut f: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+    ) -> Result<(), ()> {
+        let mut room = guess;
+        for _ in 0..2 {
+            let end = self.len + room;
+            if self.buf.len() < end {
+                self.buf.resize(end, 0);
+            }
+            match f(&mut self.buf[self.len..end]) {
+                Ok(n) => {
+                    self.len += n;
+                    return Ok(());
+                }
+                Err(Some(needed)) => room = needed,
+                Err(None) => break,
+            }
+        }
+        Err(())
     }
 }
 
@@ -423,27 +524,12 @@ fn encrypted(result: Result<usize, EncryptError>) -> Result<usize, Option<usize>
     }
 }
 
-/// Appends what `f` writes to `out`, growing the room from `guess` to what `f` says it needs once.
-fn fill(
-    out: &mut Vec<u8>,
-    guess: usize,
-    mut f: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
-) -> Result<(), ()> {
-    let start = out.len();
-    let mut room = guess;
-    for _ in 0..2 {
-        out.resize(start + room, 0);
-        match f(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(Some(needed)) => room = needed,
-            Err(None) => break,
-        }
+fn encoded(result: Result<usize, EncodeError>) -> Result<usize, Option<usize>> {
+    match result {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(s)) => Err(Some(s.required_size)),
+        Err(_) => Err(None),
     }
-    out.truncate(start);
-    Err(())
 }
 
 fn invalid_data(e: rustls::Error) -> io::Error {

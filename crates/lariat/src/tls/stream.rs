@@ -181,12 +181,8 @@ impl TlsStream {
         }
         let mut session = self.session();
         ready!(self.poll_send(&mut session, cx))?;
-        let n = session.encrypt(buf)?;
-        // Send what the socket takes now; the rest goes out with the next write or flush.
-        if let Poll::Ready(Err(e)) = self.poll_send(&mut session, cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
+        // Sends what the socket takes now; the rest goes out with the next write or flush.
+        Poll::Ready(session.encrypt(buf, &self.io))
     }
 
     /// TLS has no vectored writes: the first non-empty buffer is written.
