@@ -40,6 +40,8 @@ mod restart;
 mod scale;
 mod server;
 mod throughput;
+mod tls;
+mod tls_client;
 mod zoo;
 
 use std::path::PathBuf;
@@ -115,6 +117,12 @@ enum Measurement {
     /// the successor (and none lost), and restarts under churn with 5,000 live sessions, against
     /// `--hand-over-window 0` (drain) in the same run (not in the default run).
     Handover,
+    /// TLS full handshakes per second and server CPU per handshake (no resumption), lariat against
+    /// nginx with OpenSSL, ECDSA P-256 and RSA-2048 certificates (not in the default run).
+    TlsHandshake,
+    /// Resident memory per idle TLS keep-alive connection (3,000), lariat against nginx, both
+    /// certificates (not in the default run).
+    TlsIdle,
 }
 
 /// The `--delivery N` count measured.
@@ -144,6 +152,17 @@ impl Measurement {
             Measurement::Http => "http",
             Measurement::Zoo => "zoo",
             Measurement::Handover => "handover",
+            Measurement::TlsHandshake => "tls-handshake",
+            Measurement::TlsIdle => "tls-idle",
+        }
+    }
+
+    /// The TLS measurement's part, for the TLS measurements.
+    fn tls_part(self) -> Option<tls::Part> {
+        match self {
+            Measurement::TlsHandshake => Some(tls::Part::Handshake),
+            Measurement::TlsIdle => Some(tls::Part::Idle),
+            _ => None,
         }
     }
 
@@ -158,7 +177,9 @@ impl Measurement {
             | Measurement::Metrics
             | Measurement::Http
             | Measurement::Zoo
-            | Measurement::Handover => Vec::new(),
+            | Measurement::Handover
+            | Measurement::TlsHandshake
+            | Measurement::TlsIdle => Vec::new(),
             Measurement::Delivery => {
                 let throughput = [
                     Kind::Lariat,
@@ -333,6 +354,15 @@ impl Config {
         }
     }
 
+    /// What the TLS measurements load each server with.
+    fn tls_load(&self) -> tls::Load {
+        tls::Load {
+            seconds: if self.quick { 2 } else { 5 },
+            concurrency: 32,
+            idle_connections: if self.quick { 1_000 } else { 3_000 },
+        }
+    }
+
     /// What the metrics measurement loads each server with: the same as idle and churn.
     fn metrics_load(&self) -> metrics::Load {
         metrics::Load {
@@ -437,6 +467,19 @@ async fn bench(
         }
         if measurement == Measurement::Http {
             http_results = Some(http::run(binaries, config.http_load(), rounds).await);
+            continue;
+        }
+        if let Some(part) = measurement.tls_part() {
+            let results = tls::run(binaries, &[part], config.tls_load(), rounds).await;
+            println!("{}", tls::markdown(&results, rounds));
+            for note in &results.notes {
+                println!("- {note}");
+            }
+            let path = args
+                .json
+                .with_file_name(format!("{}.json", measurement.name()));
+            tls::write_json(&path, &results)?;
+            eprintln!("TLS results in {}", path.display());
             continue;
         }
         for round in 1..=rounds {
@@ -631,9 +674,9 @@ async fn measure(
         Measurement::Http => Err(anyhow::anyhow!(
             "the http measurement starts its own servers"
         )),
-        Measurement::Handover => Err(anyhow::anyhow!(
-            "the handover measurement starts its own servers"
-        )),
+        Measurement::Handover | Measurement::TlsHandshake | Measurement::TlsIdle => Err(
+            anyhow::anyhow!("the {} measurement starts its own servers", run.name()),
+        ),
     };
     match outcome {
         Ok((value, metrics, errors, summary)) => {

@@ -19,6 +19,7 @@ mod certs;
 mod handshake;
 mod hello;
 mod kernel;
+mod scratch;
 mod session;
 mod stream;
 
