@@ -270,32 +270,35 @@ impl Running {
     }
 }
 
+impl TlsRun {
+    fn new(part: Part, server: TlsServer, cert: Cert, round: usize) -> TlsRun {
+        TlsRun {
+            part,
+            server,
+            cert,
+            round,
+            handshakes: 0,
+            handshakes_per_s: f64::NAN,
+            server_cpu_us_per_handshake: f64::NAN,
+            opened: 0,
+            rss_before_bytes: 0,
+            rss_idle_bytes: 0,
+            bytes_per_connection: f64::NAN,
+            failed: 0,
+            first_error: None,
+            error: None,
+        }
+    }
+}
+
+/// Fills `run` against a fresh server.
 async fn measure(
     binaries: &Binaries,
     dir: &Path,
     load: Load,
-    part: Part,
-    server: TlsServer,
-    cert: Cert,
     pair: &Pair,
-    round: usize,
+    mut run: TlsRun,
 ) -> TlsRun {
-    let mut run = TlsRun {
-        part,
-        server,
-        cert,
-        round,
-        handshakes: 0,
-        handshakes_per_s: f64::NAN,
-        server_cpu_us_per_handshake: f64::NAN,
-        opened: 0,
-        rss_before_bytes: 0,
-        rss_idle_bytes: 0,
-        bytes_per_connection: f64::NAN,
-        failed: 0,
-        first_error: None,
-        error: None,
-    };
     if let Err(e) = measure_into(&mut run, binaries, dir, load, pair).await {
         run.error = Some(format!("{e:#}"));
     }
@@ -402,8 +405,8 @@ pub async fn run(binaries: &Binaries, parts: &[Part], load: Load, rounds: usize)
                 }
                 for i in 0..these.len() {
                     let server = these[(i + round - 1) % these.len()];
-                    let run =
-                        measure(binaries, &dir, load, part, server, cert, &pairs[c], round).await;
+                    let run = TlsRun::new(part, server, cert, round);
+                    let run = measure(binaries, &dir, load, &pairs[c], run).await;
                     eprintln!("[tls {round}/{rounds}] {}", line(&run));
                     results.runs.push(run);
                 }
@@ -466,6 +469,17 @@ fn round_ratio(
     cert: Cert,
     value: fn(&TlsRun) -> f64,
 ) -> Option<f64> {
+    round_ratio_of(results, TlsServer::Lariat, part, cert, value)
+}
+
+/// [`round_ratio`] for another lariat server.
+fn round_ratio_of(
+    results: &TlsResults,
+    lariat: TlsServer,
+    part: Part,
+    cert: Cert,
+    value: fn(&TlsRun) -> f64,
+) -> Option<f64> {
     let rounds = results.runs.iter().map(|r| r.round).max().unwrap_or(0);
     let ratios: Vec<f64> = (1..=rounds)
         .filter_map(|round| {
@@ -482,7 +496,7 @@ fn round_ratio(
                     })
                     .map(value)
             };
-            Some(find(TlsServer::Nginx)? / find(TlsServer::Lariat)?)
+            Some(find(TlsServer::Nginx)? / find(lariat)?)
         })
         .filter(|v| v.is_finite())
         .collect();
@@ -524,18 +538,25 @@ pub fn markdown(results: &TlsResults, rounds: usize) -> String {
                 if !out.is_empty() {
                     out.push('\n');
                 }
-                let _ = writeln!(out, "| certificate | lariat http-hello B per idle TLS connection | nginx return 200 | lariat http-hello / nginx (median of {rounds} per-round ratios) | lariat echo (the TLS layer alone) |");
-                let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+                let _ = writeln!(out, "| certificate | lariat http-hello B per idle TLS connection | nginx return 200 | lariat http-hello / nginx (median of {rounds} per-round ratios) | lariat echo (the TLS layer alone) | lariat echo / nginx |");
+                let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
                 for cert in Cert::ALL {
                     let bytes = |s| med(results, part, s, cert, |r| r.bytes_per_connection);
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {} | {}× |",
+                        "| {} | {} | {} | {}× | {} | {}× |",
                         cert.name(),
                         f(bytes(TlsServer::Lariat), 0),
                         f(bytes(TlsServer::Nginx), 0),
                         f(
                             round_ratio(results, part, cert, |r| 1.0 / r.bytes_per_connection),
+                            2
+                        ),
+                        f(bytes(TlsServer::LariatEcho), 0),
+                        f(
+                            round_ratio_of(results, TlsServer::LariatEcho, part, cert, |r| {
+                                1.0 / r.bytes_per_connection
+                            }),
                             2
                         ),
                     );

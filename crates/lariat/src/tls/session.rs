@@ -95,7 +95,9 @@ impl Session {
     /// Gives rustls' connection up (for the kernel's TLS), with the plaintext not yet read; `Err`
     /// (the session back) unless every buffer but `plaintext` is empty.
     #[allow(dead_code)] // the kernel TLS hand-off; see `docs/performance.md`
-    pub(crate) fn into_parts(self) -> Result<(UnbufferedServerConnection, Vec<u8>), Session> {
+    pub(crate) fn into_parts(
+        self: Box<Self>,
+    ) -> Result<(UnbufferedServerConnection, Vec<u8>), Box<Session>> {
         if !self.incoming.is_empty() || self.wants_write() || self.error.is_some() {
             return Err(self);
         }
