@@ -44,6 +44,8 @@ mod restart;
 mod scale;
 mod server;
 mod throughput;
+mod tls;
+mod tls_client;
 mod zoo;
 
 use std::path::PathBuf;
@@ -179,6 +181,19 @@ async fn bench(
         }
         if measurement == Measurement::Http {
             http_results = Some(http::run(binaries, config.http_load(), rounds).await);
+            continue;
+        }
+        if let Some(part) = measurement.tls_part() {
+            let results = tls::run(binaries, &[part], config.tls_load(), rounds).await;
+            println!("{}", tls::markdown(&results, rounds));
+            for note in &results.notes {
+                println!("- {note}");
+            }
+            let path = args
+                .json
+                .with_file_name(format!("{}.json", measurement.name()));
+            tls::write_json(&path, &results)?;
+            eprintln!("TLS results in {}", path.display());
             continue;
         }
         for round in 1..=rounds {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::scale::cores::Layout;
 use crate::server::{self, Delivery, Kind};
-use crate::{client, handover, host, http, metrics, Args, CLIENT_CPU};
+use crate::{client, handover, host, http, metrics, tls, Args, CLIENT_CPU};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +44,12 @@ pub enum Measurement {
     /// the successor (and none lost), and restarts under churn with 5,000 live sessions, against
     /// `--hand-over-window 0` (drain) in the same run (not in the default run).
     Handover,
+    /// TLS full handshakes per second and server CPU per handshake (no resumption), lariat against
+    /// nginx with OpenSSL, ECDSA P-256 and RSA-2048 certificates (not in the default run).
+    TlsHandshake,
+    /// Resident memory per idle TLS keep-alive connection (3,000), lariat against nginx, both
+    /// certificates (not in the default run).
+    TlsIdle,
 }
 
 /// The `--delivery N` count measured.
@@ -73,6 +79,17 @@ impl Measurement {
             Measurement::Http => "http",
             Measurement::Zoo => "zoo",
             Measurement::Handover => "handover",
+            Measurement::TlsHandshake => "tls-handshake",
+            Measurement::TlsIdle => "tls-idle",
+        }
+    }
+
+    /// The TLS measurement's part, for the TLS measurements.
+    pub fn tls_part(self) -> Option<tls::Part> {
+        match self {
+            Measurement::TlsHandshake => Some(tls::Part::Handshake),
+            Measurement::TlsIdle => Some(tls::Part::Idle),
+            _ => None,
         }
     }
 
@@ -87,7 +104,9 @@ impl Measurement {
             | Measurement::Metrics
             | Measurement::Http
             | Measurement::Zoo
-            | Measurement::Handover => Vec::new(),
+            | Measurement::Handover
+            | Measurement::TlsHandshake
+            | Measurement::TlsIdle => Vec::new(),
             Measurement::Delivery => {
                 let throughput = [
                     Kind::Lariat,
@@ -270,6 +289,15 @@ impl Config {
             restart_interval_ms: 1500,
             restart_connections: 50,
             cpu: self.client_cpu,
+        }
+    }
+
+    /// What the TLS measurements load each server with.
+    pub fn tls_load(&self) -> tls::Load {
+        tls::Load {
+            seconds: if self.quick { 2 } else { 5 },
+            concurrency: 32,
+            idle_connections: if self.quick { 1_000 } else { 3_000 },
         }
     }
 

@@ -17,6 +17,10 @@
 
 mod certs;
 mod handshake;
+mod hello;
+mod kernel;
+mod scratch;
+mod session;
 mod stream;
 
 use std::path::PathBuf;
@@ -26,6 +30,7 @@ use rustls::ServerConfig;
 
 use certs::CertStore;
 pub(crate) use handshake::handshake;
+pub use kernel::{kernel_tls_available, kernel_tls_fallbacks};
 pub use stream::TlsStream;
 
 /// Why TLS could not be set up or a handshake failed.
@@ -99,6 +104,45 @@ impl TlsConfig {
         self
     }
 
+    /// How returning clients may skip the full handshake (see [`Resumption`]). rustls' default, kept
+    /// unless this is called, is [`Resumption::Cache`] of 256 sessions.
+    ///
+    /// Fails only if the ticket key cannot be made (no system randomness).
+    pub fn with_resumption(mut self, resumption: Resumption) -> Result<Self, TlsError> {
+        let server = Arc::make_mut(&mut self.server);
+        match resumption {
+            Resumption::Off => {
+                server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                server.ticketer = Arc::new(NoTickets);
+                server.send_tls13_tickets = 0;
+            }
+            Resumption::Cache { sessions } => {
+                server.session_storage = rustls::server::ServerSessionMemoryCache::new(sessions);
+                server.ticketer = Arc::new(NoTickets);
+                server.send_tls13_tickets = 2;
+            }
+            Resumption::Tickets => {
+                let ticketer = rustls::crypto::ring::Ticketer::new()?;
+                server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                server.ticketer = ticketer;
+                server.send_tls13_tickets = 2;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Asks for kernel TLS: after each handshake the session's keys would go to the kernel
+    /// (`TCP_ULP` "tls"), which then encrypts and decrypts, so an idle connection costs the process
+    /// nothing but its socket. Sessions stay in user space where the kernel has no `tls` module
+    /// ([`kernel_tls_available`]) and, in this version, everywhere: each such connection is counted
+    /// ([`kernel_tls_fallbacks`]) and the first logged once. Turns on rustls' secret extraction (a
+    /// configuration from [`from_server_config`](Self::from_server_config) with
+    /// `enable_secret_extraction` set asks for kernel TLS too).
+    pub fn with_kernel_tls(mut self, on: bool) -> Self {
+        Arc::make_mut(&mut self.server).enable_secret_extraction = on;
+        self
+    }
+
     /// Reads the certificate and key files again and serves the new pair to every handshake from now on
     /// (connections already established keep theirs). On error the old pair stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
@@ -111,6 +155,45 @@ impl TlsConfig {
     /// The rustls configuration.
     pub fn server_config(&self) -> &Arc<ServerConfig> {
         &self.server
+    }
+}
+
+/// How a client that was served before may resume its session with an abbreviated handshake (no
+/// certificate signature, no new key exchange for TLS 1.2): cheaper for both sides, at the cost of
+/// what the server keeps or encrypts for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumption {
+    /// Every handshake is a full one; the server keeps nothing and issues no tickets (the cheapest
+    /// full handshake: no tickets to encrypt and send).
+    Off,
+    /// Sessions kept in the server's memory, up to `sessions` (the oldest forgotten first): TLS 1.2
+    /// session ids and TLS 1.3 tickets that name a cached session.
+    Cache {
+        /// How many sessions are kept.
+        sessions: usize,
+    },
+    /// Stateless tickets: the session is encrypted into the ticket with a key that rotates every 6
+    /// hours; the server keeps nothing per session. Works across the processes of one server only if
+    /// they share the key, which this does not: each process has its own.
+    Tickets,
+}
+
+/// Issues no tickets (rustls' own type for this is private).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
     }
 }
 

@@ -1,13 +1,14 @@
 //! [`TlsStream`]: a rustls server session over an accepted socket, usable through `&self` (so the two
 //! halves of a split connection can share it, and waiting for readiness needs no buffer).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use rustls::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
 
+use super::session::Session;
 use super::TlsInfo;
 use crate::Stream;
 
@@ -18,23 +19,19 @@ const LINGER: Duration = Duration::from_secs(5);
 /// the socket with non-blocking calls under an uncontended lock.
 ///
 /// Writes are bounded: a write first drains the records already queued (waiting for the socket if it is
-/// full), then queues at most rustls' buffer limit (64 KiB), so a peer that stops reading holds up its
-/// writer instead of growing a buffer. As with tokio-rustls, `flush` (or `shutdown`) after the last
-/// write is the way to know the records left; a stream dropped with records still queued hands them
-/// to a short-lived task (see `Drop`) rather than losing them.
+/// full), then encrypts at most 64 KiB, so a peer that stops reading holds up its writer instead of
+/// growing a buffer. As with tokio-rustls, `flush` (or `shutdown`) after the last write is the way to
+/// know the records left; a stream dropped with records still queued hands them to a short-lived task
+/// (see `Drop`) rather than losing them.
 ///
-/// An idle TLS connection holds rustls' buffers (a few KiB), unlike a plain one.
+/// An idle TLS connection holds no buffer: lariat drives rustls' unbuffered API and frees its
+/// ciphertext and plaintext buffers whenever they drain, so what stays is the session's state and keys.
 #[derive(Debug)]
 pub struct TlsStream {
     io: Stream,
-    state: Mutex<State>,
-}
-
-#[derive(Debug)]
-struct State {
-    session: ServerConnection,
-    /// Plaintext taken out of the session by a peek (the protocol router), read before the session's.
-    peeked: Vec<u8>,
+    /// Boxed: the handshake's future (in the connection's task cell, kept for the connection's life)
+    /// then holds a pointer rather than the session's 1.2 KiB.
+    session: Mutex<Box<Session>>,
 }
 
 /// What a peek found.
@@ -47,13 +44,10 @@ pub(crate) struct Peek {
 }
 
 impl TlsStream {
-    pub(crate) fn new(io: Stream, session: ServerConnection) -> TlsStream {
+    pub(crate) fn new(io: Stream, session: Box<Session>) -> TlsStream {
         TlsStream {
             io,
-            state: Mutex::new(State {
-                session,
-                peeked: Vec::new(),
-            }),
+            session: Mutex::new(session),
         }
     }
 
@@ -64,23 +58,25 @@ impl TlsStream {
 
     /// What the handshake negotiated.
     pub fn info(&self) -> TlsInfo {
-        self.with_session(|session| TlsInfo {
+        let session = self.session();
+        let conn = session.conn();
+        TlsInfo {
             server_name: session.server_name().map(str::to_owned),
-            alpn: session.alpn_protocol().map(<[u8]>::to_vec),
-            version: session.protocol_version().map(|v| format!("{v:?}")),
-        })
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            version: conn.protocol_version().map(|v| format!("{v:?}")),
+        }
     }
 
-    /// Runs `f` on the rustls session: client certificates (`peer_certificates`), keying material
-    /// exporters, the cipher suite. `f` must not block: the session's lock is held.
-    pub fn with_session<R>(&self, f: impl FnOnce(&ServerConnection) -> R) -> R {
-        f(&self.state().session)
+    /// Runs `f` on the rustls session: client certificates (`peer_certificates`), the cipher suite,
+    /// the key exchange. `f` must not block: the session's lock is held.
+    pub fn with_session<R>(&self, f: impl FnOnce(&UnbufferedServerConnection) -> R) -> R {
+        f(self.session().conn())
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn session(&self) -> MutexGuard<'_, Box<Session>> {
         // The lock is never held across an await or a user callback; a poisoned one means a panic inside
         // rustls, after which the session is still a value and will report its own errors.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads decrypted bytes available now, or fails with `WouldBlock` once the socket has nothing more
@@ -88,33 +84,19 @@ impl TlsStream {
     /// cleanly (close_notify); a close without it is `UnexpectedEof`. A TLS error is returned again on
     /// every later read, as a socket error would be.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut state = self.state();
-        if !state.peeked.is_empty() {
-            let n = buf.len().min(state.peeked.len());
-            buf[..n].copy_from_slice(&state.peeked[..n]);
-            state.peeked.drain(..n);
-            return Ok(n);
+        if buf.is_empty() {
+            return Ok(0);
         }
-        let session = &mut state.session;
+        let mut session = self.session();
         loop {
-            match session.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            if !session.plaintext().is_empty() {
+                return Ok(session.read_plaintext(buf));
             }
-            // No plaintext buffered: take records from the socket (`WouldBlock` once it has none).
-            self.take_records(session)?;
-        }
-    }
-
-    /// Reads what records the socket has now into the session and processes them. `WouldBlock` (which
-    /// clears the socket's readiness) when it has none; EOF leaves it to the session's reader to say
-    /// how the stream ended. A failure rustls keeps is reported again rather than waited on.
-    fn take_records(&self, session: &mut ServerConnection) -> io::Result<()> {
-        session.process_new_packets().map_err(invalid_data)?;
-        match session.read_tls(&mut SocketReader(&self.io))? {
-            0 => Ok(()),
-            _ => process(session, &self.io).map_err(invalid_data),
+            if let Some(end) = session.read_end() {
+                return end;
+            }
+            // No plaintext: take records from the socket (`WouldBlock` once it has none).
+            session.receive(&self.io)?;
         }
     }
 
@@ -132,17 +114,9 @@ impl TlsStream {
     /// or the socket is readable.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         {
-            let mut state = self.state();
-            if !state.peeked.is_empty() {
+            let session = self.session();
+            if !session.plaintext().is_empty() || session.read_ended() {
                 return Poll::Ready(Ok(()));
-            }
-            match state.session.process_new_packets() {
-                Ok(io) if io.plaintext_bytes_to_read() > 0 || io.peer_has_closed() => {
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(_) => {}
-                // `try_read` reports it, every time.
-                Err(_) => return Poll::Ready(Ok(())),
             }
         }
         self.io.poll_read_ready(cx)
@@ -152,37 +126,30 @@ impl TlsStream {
     /// next reads), taking what records the socket has now. The caller waits for the socket to be
     /// readable before asking again when `seen` is short and `closed` is false.
     pub(crate) fn peek(&self, buf: &mut [u8]) -> io::Result<Peek> {
-        let mut state = self.state();
-        let mut closed = false;
+        let mut session = self.session();
         loop {
-            let State { session, peeked } = &mut *state;
-            while peeked.len() < buf.len() {
-                let mut chunk = [0u8; 256];
-                let room = (buf.len() - peeked.len()).min(chunk.len());
-                match session.reader().read(&mut chunk[..room]) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(n) => peeked.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        closed = true;
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let seen = peeked.len().min(buf.len());
+            let waiting = session.plaintext();
+            let seen = waiting.len().min(buf.len());
+            let closed = session.read_ended();
             if seen == buf.len() || closed {
-                buf[..seen].copy_from_slice(&peeked[..seen]);
+                buf[..seen].copy_from_slice(&waiting[..seen]);
+                if let (true, Some(Err(e))) = (seen < buf.len(), session.read_end()) {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        return Err(e);
+                    }
+                }
                 return Ok(Peek { seen, closed });
             }
-            match self.take_records(session) {
+            match session.receive(&self.io) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buf[..seen].copy_from_slice(&peeked[..seen]);
-                    return Ok(Peek { seen, closed });
+                    let waiting = session.plaintext();
+                    let seen = waiting.len().min(buf.len());
+                    buf[..seen].copy_from_slice(&waiting[..seen]);
+                    return Ok(Peek {
+                        seen,
+                        closed: false,
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -209,15 +176,13 @@ impl TlsStream {
     }
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let mut state = self.state();
-        let session = &mut state.session;
-        ready!(self.poll_send(session, cx))?;
-        let n = session.writer().write(buf)?;
-        // Send what the socket takes now; the rest goes out with the next write or flush.
-        if let Poll::Ready(Err(e)) = self.poll_send(session, cx) {
-            return Poll::Ready(Err(e));
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-        Poll::Ready(Ok(n))
+        let mut session = self.session();
+        ready!(self.poll_send(&mut session, cx))?;
+        // Sends what the socket takes now; the rest goes out with the next write or flush.
+        Poll::Ready(session.encrypt(buf, &self.io))
     }
 
     /// TLS has no vectored writes: the first non-empty buffer is written.
@@ -234,53 +199,43 @@ impl TlsStream {
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.state();
-        self.poll_send(&mut state.session, cx)
+        let mut session = self.session();
+        self.poll_send(&mut session, cx)
     }
 
     /// Sends close_notify, flushes, then shuts the socket's write side down.
     pub(crate) fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.state();
-        state.session.send_close_notify();
-        ready!(self.poll_send(&mut state.session, cx))?;
+        let mut session = self.session();
+        session.send_close_notify();
+        ready!(self.poll_send(&mut session, cx))?;
         Poll::Ready(self.io.shutdown_write())
     }
 
     /// Without waiting: close_notify, the queued records the socket takes now, and the rest handed to
     /// a task (see `Drop`); then the socket's write side is shut down (a dropped write half).
     pub(crate) fn close_write(&self) {
-        let mut state = self.state();
-        let session = &mut state.session;
+        let mut session = self.session();
         session.send_close_notify();
-        while session.wants_write() {
-            if session.write_tls(&mut SocketWriter(&self.io)).is_err() {
-                break;
+        match session.send(&self.io) {
+            Ok(()) => {
+                let _ = self.io.shutdown_write();
             }
-        }
-        if session.wants_write() {
-            linger(session, &self.io);
-        } else {
-            let _ = self.io.shutdown_write();
+            Err(_) if session.wants_write() => linger(session.take_outgoing(), &self.io),
+            Err(_) => {}
         }
     }
 
     /// Writes queued records until none is left (`Ready`) or the socket is full (`Pending`).
-    fn poll_send(
-        &self,
-        session: &mut ServerConnection,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while session.wants_write() {
-            match session.write_tls(&mut SocketWriter(&self.io)) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(_) => {}
+    fn poll_send(&self, session: &mut Session, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match session.send(&self.io) {
+                Ok(()) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.io.poll_write_ready(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -294,16 +249,10 @@ impl Drop for TlsStream {
     }
 }
 
-/// Moves the session's queued records to a task that writes them on a duplicate of the socket, then
+/// Hands the session's queued records to a task that writes them on a duplicate of the socket, then
 /// shuts its write side (bounded by [`LINGER`]). Without a runtime, or if the socket cannot be
 /// duplicated, they are dropped (logged).
-fn linger(session: &mut ServerConnection, io: &Stream) {
-    let mut pending = Vec::new();
-    while session.wants_write() {
-        if session.write_tls(&mut pending).is_err() {
-            break;
-        }
-    }
+fn linger(pending: Vec<u8>, io: &Stream) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::debug!(
             bytes = pending.len(),
@@ -344,47 +293,4 @@ fn linger(session: &mut ServerConnection, io: &Stream) {
             Err(_) => tracing::debug!("the peer did not take the last TLS records within 5 s"),
         }
     });
-}
-
-/// Processes records just read; on a protocol error, sends rustls' alert if the socket takes it now.
-pub(super) fn process(session: &mut ServerConnection, io: &Stream) -> Result<(), rustls::Error> {
-    if let Err(e) = session.process_new_packets() {
-        let _ = session.write_tls(&mut SocketWriter(io));
-        return Err(e);
-    }
-    // Post-handshake messages (key updates) may want an answer.
-    if session.wants_write() {
-        let _ = session.write_tls(&mut SocketWriter(io));
-    }
-    Ok(())
-}
-
-fn invalid_data(e: rustls::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
-}
-
-/// `io::Read` over the socket's non-blocking `try_read`, for rustls.
-pub(super) struct SocketReader<'a>(pub(super) &'a Stream);
-
-impl Read for SocketReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
-
-/// `io::Write` over the socket's non-blocking `try_write`, for rustls.
-pub(super) struct SocketWriter<'a>(pub(super) &'a Stream);
-
-impl Write for SocketWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
