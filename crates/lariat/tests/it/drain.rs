@@ -1,6 +1,6 @@
 //! Two-stage drain: queued clients are served, not reset; live ones finish; the deadline closes the rest.
 
-mod common;
+use crate::common;
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! GOAWAY with the open streams finishing); the header and keep-alive timeouts; unread bodies.
 #![cfg(feature = "http")]
 
-mod common;
+use crate::common;
 
 use common::http::refused_unprocessed;
 

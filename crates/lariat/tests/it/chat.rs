@@ -5,7 +5,7 @@
 //! The example is built with the `cargo` that runs the tests (`CARGO`), once per test binary; each test
 //! starts its own server, killed when the test ends, pass or fail.
 
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 use std::net::SocketAddr;

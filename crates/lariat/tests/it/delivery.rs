@@ -2,7 +2,7 @@
 //! limits against a hostile peer, and a property test that no byte is lost, duplicated or reordered
 //! whatever the framing, the peer's chunking, the mode switches and the way back to plain reads.
 
-mod common;
+use crate::common;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! Admission by address: a deny list and a per-address limit, with clients on several loopback addresses.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

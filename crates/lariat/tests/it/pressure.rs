@@ -1,7 +1,7 @@
 //! Making room under pressure, found in review: with two accept loops, the pressure one loop raised
 //! must fall again once the queue is empty (its sibling took the queued client); otherwise that very
 //! client would be evicted after its grace with nobody waiting behind it.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

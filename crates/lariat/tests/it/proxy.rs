@@ -3,7 +3,7 @@
 //! Bad, slow, missing or untrusted headers close the connection and are counted, without holding up a
 //! good client.
 
-mod common;
+use crate::common;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -2,7 +2,7 @@
 //! delivery), SNI and ALPN seen by the handler, a silent client closed at the handshake timeout while
 //! others are served, garbage counted, certificates reloaded without a restart.
 
-mod common;
+use crate::common;
 
 use std::io;
 use std::time::Duration;

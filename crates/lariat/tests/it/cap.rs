@@ -1,7 +1,7 @@
 //! The exact connection cap: never more than the cap held at once, everyone served in the end, and a
 //! raised cap admitting the waiting clients at once.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Panics are contained and counted; the registry lists and closes live connections; stop ends the loop.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

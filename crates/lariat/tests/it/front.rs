@@ -1,7 +1,7 @@
 //! The set-up before a handler: the admission hook and greeting (seed 003), per-listener PROXY settings,
 //! and slowloris: with a cap of 100, a thousand silent connections cannot keep fresh clients out.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

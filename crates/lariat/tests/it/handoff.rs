@@ -1,7 +1,7 @@
 //! Seed 000's test (Vinoski's): a client connects and at once sends 14 bytes; the handler receives exactly
 //! them. 10,000 connections, 64 at a time, none lost.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! through a hand-written codec.
 #![cfg(feature = "http")]
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::Future;

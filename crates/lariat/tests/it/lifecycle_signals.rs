@@ -4,7 +4,7 @@
 //! the lame duck while new clients are still served; SIGHUP hands the socket to a successor, or rolls
 //! back when the successor fails; SIGUSR1 runs the reload hook.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,14 +15,14 @@ use common::process::Spawned;
 use lariat::lifecycle::Instruction;
 
 #[allow(dead_code)] // its `main` is the example's; the child runs `serve`
-#[path = "../examples/lifecycle.rs"]
+#[path = "../../examples/lifecycle.rs"]
 mod example;
 
 /// Generous bounds: the machine may be loaded; no test asserts a speed.
 const PATIENCE: Duration = Duration::from_secs(20);
 
 const CHILD_ENV: &str = "LIFECYCLE_CHILD";
-const CHILD_TEST: &str = "lifecycle_child_process";
+const CHILD_TEST: &str = "lifecycle_signals::lifecycle_child_process";
 
 /// The child: serves with the lifecycle as configured in `LIFECYCLE_CHILD` (`lame=MS drain=MS
 /// [restart=PROGRAM] [worker]`) and exits with its code. Started by the tests below, never on its own.

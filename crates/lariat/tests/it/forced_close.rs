@@ -2,7 +2,7 @@
 //! of its own (a ticker, a broadcast relay) gets an error at once, the peer reads the end, the slot and
 //! registry entry come back when that task drops the half, and the close is counted once.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

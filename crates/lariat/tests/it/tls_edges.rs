@@ -2,7 +2,7 @@
 //! resumption; a router behind server-level TLS sniffs the plaintext; a handler that returns without
 //! flushing loses nothing (the last records linger in a task); a TLS error is returned again on the next
 //! read instead of spinning.
-mod common;
+use crate::common;
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! errors are retried at once, shortage is backed off (once-per-episode warning, early wake when a
 //! connection frees a descriptor, optional shedding), fatal errors end the loop without spinning.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! `Outbox`: many tasks write frames to one connection through a bounded queue; a client that does not
 //! read fills it (and no more); a forced close ends the writer even while it waits for messages.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Several accept loops on one listener (`ServerBuilder::acceptors`): every client served byte-exact,
 //! the cap exact, and a drain that waits for every loop (queued clients served, then a clean close).
 
-mod common;
+use crate::common;
 
 use std::io::ErrorKind;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! with every byte (the router only peeks), many clients at once; a silent client is closed at the
 //! handshake timeout, an unroutable one is counted.
 
-mod common;
+use crate::common;
 
 use std::io;
 use std::sync::Arc;

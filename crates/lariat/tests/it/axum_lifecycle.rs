@@ -4,7 +4,7 @@
 //! `AXUM_CHILD` set); each restart starts the same program again with the listening socket.
 #![cfg(all(feature = "http", feature = "axum"))]
 
-mod common;
+use crate::common;
 
 use common::http::refused_unprocessed;
 
@@ -23,14 +23,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[allow(dead_code)] // its `main` is the example's; the child runs `serve`
-#[path = "../examples/axum_http.rs"]
+#[path = "../../examples/axum_http.rs"]
 mod example;
 
 /// Generous bounds: the machine may be loaded; no test asserts a speed.
 const PATIENCE: Duration = Duration::from_secs(30);
 
 const CHILD_ENV: &str = "AXUM_CHILD";
-const CHILD_TEST: &str = "axum_child_process";
+const CHILD_TEST: &str = "axum_lifecycle::axum_child_process";
 
 /// The child: the example, serving HTTPS with the certificate and key named in `AXUM_CHILD`
 /// (`CERT KEY`). Started by the test below (and again by each restart), never on its own.
