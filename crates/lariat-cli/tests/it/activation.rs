@@ -1,6 +1,6 @@
 //! Socket activation: `lariat serve` adopts listening sockets passed with `LISTEN_FDS` (issue 4).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -2,7 +2,7 @@
 //! scripted workload, /healthz and /readyz follow the process through lame duck and drain, and the
 //! connection list closes a client by id.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};

@@ -2,7 +2,7 @@
 //! (the server's memory stays flat while peers that never read write as fast as they can), and every mode
 //! echoes every byte in order.
 
-mod common;
+use crate::common;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

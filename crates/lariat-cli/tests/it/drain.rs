@@ -1,6 +1,6 @@
 //! `lariat serve` on SIGTERM: a two-stage drain that resets no client (issue 4).
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! and the automatic restart keep the accept queue. The test plays systemd: a notify socket that keeps
 //! the descriptors and passes them back as `LISTEN_FDS` to the next process.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

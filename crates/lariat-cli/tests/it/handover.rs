@@ -1,7 +1,7 @@
 //! `lariat serve` on SIGHUP moves its live connections to the successor: the sockets themselves, with
 //! the bytes read and not yet echoed, so a client sees a pause and never a close.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! client on its own loopback address, so the client the header names is told apart from the hop (HAProxy,
 //! connecting from 127.0.0.1). Skipped when `haproxy` is not installed (`.ci/run` installs it).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

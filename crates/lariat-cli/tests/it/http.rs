@@ -5,7 +5,7 @@
 //! The tests that need wrk, curl or h2load skip with a note when the tool is missing (.ci/run installs
 //! them).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! `lariat serve --handler http-hello` on SIGHUP moves its idle HTTP/1.1 keep-alive connections to the
 //! successor between requests: a keep-alive client never sees a close, so it never reconnects.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! they stream (the server's resident memory stays flat however many large bodies are in flight), and
 //! a request that trickles in is answered 408 and closed at the request timeout.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

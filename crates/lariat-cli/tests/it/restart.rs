@@ -1,6 +1,6 @@
 //! `lariat serve` on SIGHUP: a hitless restart that refuses and resets no client (issue 4).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};

@@ -3,7 +3,7 @@
 //! killed with clients in its accept queue, Linux moves them to its sibling, which serves every one. With
 //! the setting off, lariat warns at start. Skipped unless root with `ip` (`.ci/run` runs as root).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -6,7 +6,7 @@
 //!   stays up, uses under 5% of a core while exhausted, warns once with a hint, and serves a new client
 //!   within 200 ms of the others leaving.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,6 +1,6 @@
 //! `lariat serve` end to end: the listening line, handlers, signals, errors, the cap.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! TLS echo byte-exact with ALPN, certificate reload on SIGUSR1, one port serving TLS, HTTP and a custom
 //! protocol at once, a silent client closed at the handshake timeout, PROXY on one listener only.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

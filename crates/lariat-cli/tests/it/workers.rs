@@ -5,7 +5,7 @@
 //! handing-over worker across the supervisor's drain, a pid-1 supervisor, a SIGTERM right after a
 //! replacement became ready.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
