@@ -1,6 +1,6 @@
 //! What not to do, over HTTP: a hand-written tokio HTTP/1.1 keep-alive server as it is often first
 //! written, kept naive on purpose. `lariat probe` is shown failing it on `keepalive`, `sessions` and
-//! `balancer-lag` (`crates/lariat-cli/tests/probe.rs`), so a scenario that could not fail is caught.
+//! `balancer-lag` (`crates/lariat-cli/tests/it/probe.rs`), so a scenario that could not fail is caught.
 //!
 //! What is wrong with it, deliberately left in:
 //!

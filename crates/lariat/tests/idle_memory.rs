@@ -13,6 +13,7 @@
 //! 5%: `lariat::metrics::publish` copies the counters into the facade at scrape time, so a connection
 //! carries nothing for it; measured here with a Prometheus recorder installed and a scrape every 10 ms.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

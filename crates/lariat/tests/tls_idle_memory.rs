@@ -9,6 +9,7 @@
 //! handshake (traffic secrets, the record layer's two AEAD keys) and lariat's `TlsStream`; lariat frees
 //! its ciphertext and plaintext buffers whenever they drain.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
