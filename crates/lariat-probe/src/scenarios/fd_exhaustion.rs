@@ -65,11 +65,7 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
     let said = server.said_since(&logged_before);
     let lines = said.lines().filter(|l| !l.trim().is_empty()).count();
     let log_rate = lines as f64 / exhausted_from.elapsed().as_secs_f64().max(0.001);
-    let first_line = said
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(|l| shorten(l, 160));
+    let first_line = telling_line(&said).map(|l| shorten(l, 160));
 
     let outcome = outcome
         .figure(
@@ -179,5 +175,35 @@ fn shorten(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+/// The log line that shows what the server made of the exhaustion: the first that names it (a server's
+/// own start-up notices can land after the probe's mark, on a loaded machine), else the first line.
+fn telling_line(said: &str) -> Option<&str> {
+    const SIGNS: [&str; 4] = ["open files", "emfile", "descriptor", "accept"];
+    let mut lines = said.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.clone().next();
+    lines
+        .find(|l| {
+            let lower = l.to_ascii_lowercase();
+            SIGNS.iter().any(|sign| lower.contains(sign))
+        })
+        .or(first)
+}
+
+#[cfg(test)]
+mod telling_line_tests {
+    use super::telling_line;
+
+    #[test]
+    fn the_line_naming_the_exhaustion_wins_over_start_up_notices() {
+        let said = "\n[notice] 1#1: nginx/1.22.1\n[crit] 2#2: accept4() failed (24: Too many open files)\n";
+        assert_eq!(
+            telling_line(said),
+            Some("[crit] 2#2: accept4() failed (24: Too many open files)")
+        );
+        assert_eq!(telling_line("started\n"), Some("started"));
+        assert_eq!(telling_line("  \n"), None);
     }
 }
