@@ -50,37 +50,30 @@
 #![warn(missing_docs)]
 
 pub mod accept;
-pub mod activation;
-pub mod admission;
-mod bind;
-mod closer;
 mod connection;
 mod deadline;
 pub mod delivery;
 pub mod drain;
-mod endpoint;
-mod front;
 mod handler;
 pub mod handover;
-mod idle;
+mod handshake;
 pub mod lifecycle;
-mod limit;
-mod listener;
-mod meta;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-mod peek;
-mod pressure;
-pub mod proxy;
-mod registry;
+mod net;
 pub mod restart;
-pub mod route;
 mod server;
-mod shared;
-mod split;
-mod stats;
-mod stream;
-pub mod tls;
+
+pub use handshake::{admission, proxy, route, tls};
+pub use net::activation;
+
+use accept::limit;
+use connection::{closer, meta, split};
+use handshake as front;
+use handshake::pressure;
+use net::{bind, endpoint, listener, peek, stream};
+use server::state as shared;
+use server::{idle, registry, stats};
 
 #[cfg(feature = "axum")]
 pub mod axum;

@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod classify;
 pub(crate) mod fan_in;
+pub(crate) mod limit;
 mod shed;
 
 use std::future::poll_fn;

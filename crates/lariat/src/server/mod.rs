@@ -1,6 +1,11 @@
 //! [`Server`]: accept loops over one or more listeners, a task per connection, and a handle to observe
 //! and steer them (counters, registry, cap, stop).
 
+pub(crate) mod idle;
+pub(crate) mod registry;
+pub(crate) mod state;
+pub(crate) mod stats;
+
 use std::any::Any;
 use std::future::Future;
 use std::io;

@@ -1,5 +1,9 @@
 //! [`Connection`]: what a handler receives. It owns the socket, so no other task can read its bytes.
 
+pub(crate) mod closer;
+pub(crate) mod meta;
+pub(crate) mod split;
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;

@@ -7,6 +7,12 @@
 //! [`proxy`](crate::proxy)), and TLS records that arrive with the handshake's last flight stay in the
 //! session that the handler reads from.
 
+pub mod admission;
+pub(crate) mod pressure;
+pub mod proxy;
+pub mod route;
+pub mod tls;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +21,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use crate::admission::{AdmissionHook, Reject};
-use crate::proxy::{self, ProxyConfig, ProxyError};
+use crate::proxy::{ProxyConfig, ProxyError};
 use crate::stats::Stats;
 use crate::tls::{TlsConfig, TlsError};
 use crate::{Connection, Stream};
