@@ -67,14 +67,6 @@ mod server;
 pub use handshake::{admission, proxy, route, tls};
 pub use net::activation;
 
-use accept::limit;
-use connection::{closer, meta, split};
-use handshake as front;
-use handshake::pressure;
-use net::{bind, endpoint, listener, peek, stream};
-use server::state as shared;
-use server::{idle, registry, stats};
-
 #[cfg(feature = "axum")]
 pub mod axum;
 #[cfg(feature = "http")]
@@ -88,20 +80,20 @@ pub struct ReadmeDoctests;
 
 pub use accept::backoff::BackoffPolicy;
 pub use accept::classify::{classify, ErrorClass, Shortage};
+pub use accept::limit::ConnectionLimit;
 pub use accept::{AcceptError, Acceptor, OnExhaustion};
-pub use bind::{default_backlog, BindError, BindOptions};
+pub use connection::meta::ConnectionMeta;
+pub use connection::split::{ReadHalf, ReuniteError, WriteHalf};
 pub use connection::{Connection, ConnectionGuard};
 pub use drain::{DrainOptions, DrainReport, DrainSignal};
-pub use endpoint::{Endpoint, ParseEndpointError};
-pub use front::{DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use handler::{BoxError, Handler, Outcome};
-pub use limit::ConnectionLimit;
-pub use listener::{AcceptSource, ListenAddr, Listener, ParkedListener};
-pub use meta::ConnectionMeta;
-pub use registry::{CloseError, ConnectionInfo, Registry};
+pub use handshake::{DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use net::bind::{default_backlog, BindError, BindOptions};
+pub use net::endpoint::{Endpoint, ParseEndpointError};
+pub use net::listener::{AcceptSource, ListenAddr, Listener, ParkedListener};
+pub use net::stream::{LocalAddr, PeerAddr, Stream};
+pub use server::registry::{CloseError, ConnectionInfo, Registry};
+pub use server::stats::{Stats, StatsSnapshot};
 pub use server::{
     Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,
 };
-pub use split::{ReadHalf, ReuniteError, WriteHalf};
-pub use stats::{Stats, StatsSnapshot};
-pub use stream::{LocalAddr, PeerAddr, Stream};

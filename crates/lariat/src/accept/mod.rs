@@ -25,9 +25,9 @@ use std::time::Instant;
 use crate::accept::backoff::{Backoff, BackoffPolicy};
 use crate::accept::classify::{classify, ErrorClass};
 use crate::accept::shed::Reserve;
-use crate::listener::{AcceptSource, ListenAddr};
-use crate::shared::Shared;
-use crate::stats::Stats;
+use crate::net::listener::{AcceptSource, ListenAddr};
+use crate::server::state::Shared;
+use crate::server::stats::Stats;
 use crate::Connection;
 
 /// What to do with clients queued in the kernel while the process is out of descriptors.

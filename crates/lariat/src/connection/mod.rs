@@ -15,10 +15,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::WaitForCancellationFuture;
 
-use crate::meta::ConnectionMeta;
-use crate::registry::Entry;
-use crate::shared::Shared;
-use crate::stats::Stats;
+use crate::connection::meta::ConnectionMeta;
+use crate::server::registry::Entry;
+use crate::server::state::Shared;
+use crate::server::stats::Stats;
 use crate::{LocalAddr, PeerAddr, Stream};
 
 /// An accepted connection, handed to exactly one handler.
@@ -66,14 +66,14 @@ impl Drop for ConnectionGuard {
         let shared = &entry.shared;
         let stats = &shared.stats;
         shared.registry.remove(entry.id);
-        if entry.closer.has_flag(crate::closer::PARKED) {
+        if entry.closer.has_flag(crate::connection::closer::PARKED) {
             shared.handover.unpark(entry.id);
         }
         Stats::add(&stats.bytes_in, entry.bytes_in.load(Relaxed));
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            if entry.closer.has_flag(crate::closer::COUNTED) {
+            if entry.closer.has_flag(crate::connection::closer::COUNTED) {
                 gate.release(entry.reported_peer());
             }
         }
@@ -125,7 +125,7 @@ impl Connection {
     pub(crate) fn admit(&self) -> Result<(), crate::admission::Refusal> {
         let entry = &self.guard.meta.0;
         if crate::admission::judge(entry, entry.reported_peer())? {
-            entry.closer.set_flag(crate::closer::COUNTED);
+            entry.closer.set_flag(crate::connection::closer::COUNTED);
         }
         Ok(())
     }
@@ -172,7 +172,7 @@ impl Connection {
             .0
             .extras()
             .proxy
-            .set(crate::registry::ProxyInfo { header, peer });
+            .set(crate::server::registry::ProxyInfo { header, peer });
     }
 
     /// What TLS negotiated (SNI name, ALPN protocol, version), for a connection that came through a TLS

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept::fan_in::FanIn;
 use crate::accept::Acceptor;
-use crate::listener::AcceptSource;
+use crate::net::listener::AcceptSource;
 
 /// The default time live connections get to finish after a drain begins.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

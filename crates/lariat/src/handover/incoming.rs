@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::wire::{self, Message, MAX_MESSAGE};
 use super::{Resumed, HANDOVER_ENV};
-use crate::shared::Shared;
+use crate::server::state::Shared;
 use crate::{Connection, PeerAddr, Stream};
 
 /// A connection received and not yet committed.

@@ -243,14 +243,14 @@ impl Connection {
                 let state = &entry.shared.handover;
                 // Registered before the check, so an offer in between is not missed. A task's waker
                 // rarely changes: it is stored again only when it does.
-                let known = entry.closer.has_flag(crate::closer::PARKED)
+                let known = entry.closer.has_flag(crate::connection::closer::PARKED)
                     && state
                         .parked
                         .get(&entry.id)
                         .is_some_and(|w| w.will_wake(cx.waker()));
                 if !known {
                     state.parked.insert(entry.id, cx.waker().clone());
-                    entry.closer.set_flag(crate::closer::PARKED);
+                    entry.closer.set_flag(crate::connection::closer::PARKED);
                 }
                 if state.offer.is_cancelled() {
                     *listening = false;

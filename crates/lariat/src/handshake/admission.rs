@@ -250,7 +250,10 @@ impl Gate {
 /// Judges `peer` for the connection `entry` by the server's admission rules, if it has any: counts a
 /// refusal (logged at most once a second). `Ok(true)`: the connection was counted under `peer`, so
 /// closing it must uncount it (the caller marks its guard: see `Connection::mark_gate_counted`).
-pub(crate) fn judge(entry: &crate::registry::Entry, peer: &PeerAddr) -> Result<bool, Refusal> {
+pub(crate) fn judge(
+    entry: &crate::server::registry::Entry,
+    peer: &PeerAddr,
+) -> Result<bool, Refusal> {
     let Some(gate) = &entry.shared.gate else {
         return Ok(false);
     };
@@ -261,7 +264,7 @@ pub(crate) fn judge(entry: &crate::registry::Entry, peer: &PeerAddr) -> Result<b
 /// Judges the process at the other end of a Unix socket by its user, if the rules name users: the
 /// socket's own peer, before any PROXY header (which names a network client, not a process).
 pub(crate) fn judge_socket(
-    entry: &crate::registry::Entry,
+    entry: &crate::server::registry::Entry,
     stream: &crate::Stream,
 ) -> Result<(), Refusal> {
     let (Some(gate), crate::Stream::Unix(unix)) = (&entry.shared.gate, stream) else {
@@ -278,11 +281,11 @@ pub(crate) fn judge_socket(
 /// Counts a refusal and logs it (at most once a second).
 fn refused(
     gate: &Gate,
-    entry: &crate::registry::Entry,
+    entry: &crate::server::registry::Entry,
     peer: &PeerAddr,
     refusal: Refusal,
 ) -> Refusal {
-    crate::stats::Stats::add(&entry.shared.stats.admission_refused, 1);
+    crate::server::stats::Stats::add(&entry.shared.stats.admission_refused, 1);
     if gate.should_log(entry.shared.registry.now_ms()) {
         tracing::info!(peer = %peer, hop = %entry.peer, why = %refusal, "connection refused (logged at most once a second)");
     }

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::admission::{AdmissionHook, Reject};
 use crate::proxy::{ProxyConfig, ProxyError};
-use crate::stats::Stats;
+use crate::server::stats::Stats;
 use crate::tls::{TlsConfig, TlsError};
 use crate::{Connection, Stream};
 
@@ -126,9 +126,9 @@ impl Front {
 }
 
 /// Runs a set-up step within what is left of the handshake timeout, giving way to queued clients when
-/// the cap is full and the grace period is over (see [`pressure`](crate::pressure)).
+/// the cap is full and the grace period is over (see [`pressure`](crate::handshake::pressure)).
 pub(crate) async fn bounded<T>(
-    entry: &crate::registry::Entry,
+    entry: &crate::server::registry::Entry,
     step: impl std::future::Future<Output = T>,
 ) -> Result<T, FrontError> {
     let shared = &entry.shared;
@@ -158,7 +158,7 @@ pub(crate) async fn start_tls(conn: Connection, tls: &TlsConfig) -> Result<Conne
 }
 
 /// Counts a failed set-up by cause and logs it (each at debug, one a second at info).
-pub(crate) fn failed(entry: &crate::registry::Entry, e: &FrontError) {
+pub(crate) fn failed(entry: &crate::server::registry::Entry, e: &FrontError) {
     let stats = &entry.shared.stats;
     let counter = match e {
         FrontError::Proxy(_) => &stats.proxy_refused,

@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::listener::Listener;
+use crate::net::listener::Listener;
 
 /// The first passed descriptor (after stdin, stdout, stderr).
 pub const LISTEN_FDS_START: RawFd = 3;

@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::bind::{self, BindError, BindOptions, UnixFile};
+use crate::net::bind::{self, BindError, BindOptions, UnixFile};
 use crate::{Endpoint, PeerAddr, Stream};
 
 /// Where a listener actually listens: for TCP the real port, even when port 0 was asked for.

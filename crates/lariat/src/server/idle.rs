@@ -11,8 +11,8 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use crate::shared::Shared;
-use crate::stats::Stats;
+use crate::server::state::Shared;
+use crate::server::stats::Stats;
 
 /// How often the registry is swept for a given timeout: a tenth of it, between 100 ms and 1 s.
 pub(crate) fn sweep_interval(timeout: Duration) -> Duration {

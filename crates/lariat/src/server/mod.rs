@@ -24,14 +24,14 @@ use crate::accept::{AcceptError, Acceptor, OnExhaustion};
 use crate::admission::Reject;
 use crate::admission::{Admission, Gate};
 use crate::drain::{self, DrainOptions, DrainReport};
-use crate::front::{Front, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::handler::{Handler, Outcome};
-use crate::listener::{AcceptSource, ListenAddr};
+use crate::handshake::{Front, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::net::listener::{AcceptSource, ListenAddr};
 use crate::proxy::{ProxyConfig, ProxyMode};
-use crate::registry::Entry;
-use crate::registry::{CloseError, ConnectionInfo};
-use crate::shared::Shared;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::server::registry::Entry;
+use crate::server::registry::{CloseError, ConnectionInfo};
+use crate::server::state::Shared;
+use crate::server::stats::{Stats, StatsSnapshot};
 use crate::tls::TlsConfig;
 use crate::Connection;
 
@@ -259,7 +259,10 @@ impl ServerBuilder {
             .accept_loops
             .store(fan_ins.len(), std::sync::atomic::Ordering::Relaxed);
         if let Some(timeout) = self.idle_timeout {
-            tokio::spawn(crate::idle::reap(Arc::downgrade(&handle.shared), timeout));
+            tokio::spawn(crate::server::idle::reap(
+                Arc::downgrade(&handle.shared),
+                timeout,
+            ));
         }
         let handler = Arc::new(handler);
         {

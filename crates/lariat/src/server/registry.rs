@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::task::AbortHandle;
 
-use crate::closer::{Closer, Shutdown};
-use crate::shared::Shared;
+use crate::connection::closer::{Closer, Shutdown};
+use crate::server::state::Shared;
 use crate::PeerAddr;
 
 /// What the registry keeps per live connection. Shared (one `Arc`) between the registry and the

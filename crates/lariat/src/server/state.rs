@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use crate::accept::limit::ConnectionLimit;
 use crate::admission::{Gate, LogLimit};
 use crate::drain::Control;
-use crate::limit::ConnectionLimit;
-use crate::pressure::Pressure;
-use crate::registry::Registry;
-use crate::stats::Stats;
+use crate::handshake::pressure::Pressure;
+use crate::server::registry::Registry;
+use crate::server::stats::Stats;
 
 /// Shared by every acceptor and every live connection of one server (one `Arc`).
 #[derive(Debug)]
@@ -44,8 +44,8 @@ impl Shared {
             stats: Stats::default(),
             drain: Control::default(),
             gate: None,
-            handshake_timeout: crate::front::DEFAULT_HANDSHAKE_TIMEOUT,
-            handshake_grace: crate::front::DEFAULT_HANDSHAKE_GRACE,
+            handshake_timeout: crate::handshake::DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_grace: crate::handshake::DEFAULT_HANDSHAKE_GRACE,
             pressure: Pressure::default(),
             handshake_log: LogLimit::default(),
             forced_closes: tokio::sync::Notify::new(),
