@@ -291,7 +291,11 @@ mod tests {
 
     #[test]
     fn lists_and_removes() {
-        let shared = Arc::new(Shared::new(10));
+        let shared = Arc::new(Shared::new(
+            10,
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(1),
+        ));
         let registry = &shared.registry;
         let a = registry.insert(PeerAddr::Unix, None, shared.clone());
         let b = registry.insert(
