@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 
 use crate::accept::classify::{classify, ErrorClass};
 use crate::accept::AcceptError;
-use crate::net::listener::{AcceptSource, ListenAddr};
+use crate::net::listener::ListenAddr;
+use crate::net::source::AcceptSource;
 use crate::{PeerAddr, Stream};
 
 /// Polls each source in turn (starting after the last one that produced, for fairness). A source that

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::task::{Context, Poll, Waker};
 
-use crate::net::listener::AcceptSource;
+use crate::net::source::AcceptSource;
 use crate::server::stats::Stats;
 use crate::Stream;
 

@@ -5,5 +5,7 @@ pub mod activation;
 pub(crate) mod bind;
 pub(crate) mod endpoint;
 pub(crate) mod listener;
+pub(crate) mod parked;
 pub(crate) mod peek;
+pub(crate) mod source;
 pub(crate) mod stream;

@@ -14,7 +14,7 @@ use crate::accept::fan_in::FanIn;
 use crate::accept::Acceptor;
 use crate::drain::DrainState;
 use crate::handler::Handler;
-use crate::net::listener::AcceptSource;
+use crate::net::source::AcceptSource;
 
 pub(super) async fn accept_loop<S: AcceptSource, H: Handler>(
     mut acceptor: Acceptor<FanIn<S>>,
