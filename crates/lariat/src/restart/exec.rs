@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use super::{Passed, RestartOptions};
 use crate::activation::{escape_name, HANDOFF_ENV, LISTEN_FDS_START, UPSTREAM_NOTIFY_ENV};
 
+/// Opens `/dev/null` (close-on-exec) on every free descriptor below `end`, so nothing else can take one
 /// of those numbers until the returned descriptors are dropped.
 pub(super) fn fill_free_descriptors(end: RawFd) -> io::Result<Vec<OwnedFd>> {
     let mut held = Vec::new();

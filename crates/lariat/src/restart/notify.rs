@@ -95,8 +95,6 @@ impl Drop for NotifySocket {
     }
 }
 
-/// Opens `/dev/null` (close-on-exec) on every free descriptor below `end`, so nothing else can take one
-
 #[cfg(test)]
 mod tests {
     use super::*;
