@@ -49,7 +49,7 @@
 
 #![warn(missing_docs)]
 
-pub mod accept;
+mod accept;
 mod connection;
 mod deadline;
 pub mod delivery;
@@ -80,7 +80,6 @@ pub struct ReadmeDoctests;
 
 pub use accept::backoff::BackoffPolicy;
 pub use accept::classify::{classify, ErrorClass, Shortage};
-pub use accept::limit::ConnectionLimit;
 pub use accept::{AcceptError, Acceptor, OnExhaustion};
 pub use connection::meta::ConnectionMeta;
 pub use connection::split::{ReadHalf, ReuniteError, WriteHalf};
@@ -94,8 +93,8 @@ pub use net::listener::{ListenAddr, Listener};
 pub use net::parked::ParkedListener;
 pub use net::source::AcceptSource;
 pub use net::stream::{LocalAddr, PeerAddr, Stream};
-pub use server::registry::{CloseError, ConnectionInfo, Registry};
-pub use server::stats::{Stats, StatsSnapshot};
+pub use server::registry::{CloseError, ConnectionInfo};
+pub use server::stats::StatsSnapshot;
 pub use server::{
     Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,
 };

@@ -11,8 +11,8 @@
 //! The [`Server`](crate::Server) runs it in a loop and spawns a task per connection; the axum adapter calls
 //! it from `axum::serve`.
 
-pub mod backoff;
-pub mod classify;
+pub(crate) mod backoff;
+pub(crate) mod classify;
 pub(crate) mod fan_in;
 pub(crate) mod limit;
 mod shed;

@@ -2,7 +2,7 @@
 //! connections finish, up to a deadline.
 //!
 //! Stage one runs in the accept loop (`drain_queue`): each listener refuses new clients while keeping its
-//! queue ([`AcceptSource::refuse_new`]: a SYN-dropping filter on Linux TCP, unlinking the path for Unix
+//! queue ([`AcceptSource::refuse_new`](crate::AcceptSource::refuse_new): a SYN-dropping filter on Linux TCP, unlinking the path for Unix
 //! sockets), the loop keeps accepting — under the cap, waiting for slots as connections end — until the
 //! queue has stayed empty for a settle time, and only then closes the listeners. Closing first, as most
 //! servers do, resets every client the kernel had already accepted.

@@ -63,7 +63,7 @@ pub(crate) use outgoing::Outgoing;
 pub use wire::{MAX_READ_AHEAD, MAX_STATE};
 
 /// The environment variable that tells a restart's successor where its predecessor offers connections.
-pub const HANDOVER_ENV: &str = "LARIAT_HANDOVER_SOCKET";
+pub(crate) const HANDOVER_ENV: &str = "LARIAT_HANDOVER_SOCKET";
 
 /// Why a connection was not handed over. It is still the handler's: serve it on (it drains as usual).
 #[derive(Debug, thiserror::Error)]

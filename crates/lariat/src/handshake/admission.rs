@@ -10,7 +10,8 @@
 //! ([`Admission::ipv6_prefix`], /64 by default): one host usually holds a whole /64, so counting /128s
 //! would let it open 2^64 times the limit.
 //!
-//! An [`AdmissionHook`] is the application's own check (application-level acceptance): it
+//! An admission hook ([`ServerBuilder::admission_hook`](crate::ServerBuilder::admission_hook)) is the
+//! application's own check (application-level acceptance): it
 //! runs later, in the connection's task after the PROXY header and the TLS handshake, so it sees the real
 //! client and the SNI name, and it may answer a refused client before closing.
 
@@ -103,9 +104,9 @@ pub enum Refusal {
 /// The application's admission check: `Ok` admits the connection, `Err` closes it (counted as
 /// `hook_refused`, logged at most once a second) before the handler runs. Runs in the connection's task,
 /// within the handshake timeout; it should decide quickly and must not block.
-pub type AdmissionHook = Arc<dyn Fn(&Connection) -> Result<(), Reject> + Send + Sync>;
+pub(crate) type AdmissionHook = Arc<dyn Fn(&Connection) -> Result<(), Reject> + Send + Sync>;
 
-/// A refusal by an [`AdmissionHook`].
+/// A refusal by an admission hook ([`ServerBuilder::admission_hook`](crate::ServerBuilder::admission_hook)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
     /// Why, for the log.

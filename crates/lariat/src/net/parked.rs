@@ -64,7 +64,7 @@ impl ParkedListener {
         self.supervised
     }
 
-    /// Drain stage one, as [`AcceptSource::refuse_new`] does for a listener: the clients already
+    /// Drain stage one, as [`AcceptSource::refuse_new`](crate::AcceptSource::refuse_new) does for a listener: the clients already
     /// queued stay for the processes that accept from the socket.
     pub fn refuse_new(&mut self) {
         let fd = self.fd.as_raw_fd();

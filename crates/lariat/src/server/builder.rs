@@ -140,8 +140,10 @@ impl ServerBuilder {
         self
     }
 
-    /// The application's admission check (see [`AdmissionHook`](crate::admission::AdmissionHook)), run in the connection's task after
-    /// the PROXY header and TLS, before the handler. Default: none.
+    /// The application's admission check, run in the connection's task after the PROXY header and TLS,
+    /// before the handler: `Ok` admits the connection, `Err` closes it (counted as `hook_refused`, logged
+    /// at most once a second) before the handler runs. It runs within the handshake timeout, so it
+    /// should decide quickly and must not block. Default: none.
     pub fn admission_hook(
         mut self,
         hook: impl Fn(&Connection) -> Result<(), Reject> + Send + Sync + 'static,

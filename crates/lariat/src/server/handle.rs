@@ -40,8 +40,7 @@ impl ServerHandle {
 
     /// Closes a live connection by id: its socket is shut down both ways, so the handler and any half
     /// it moved into a task of its own see the end at once (the peer reads EOF), and its task is
-    /// aborted. It leaves the registry, and frees its slot, when the last holder drops it. See
-    /// [`Registry::close`](crate::Registry::close).
+    /// aborted. It leaves the registry, and frees its slot, when the last holder drops it.
     pub fn close_connection(&self, id: u64) -> Result<(), CloseError> {
         self.shared.registry.close(id)
     }
@@ -65,13 +64,13 @@ impl ServerHandle {
     }
 
     /// Drains the server and reports what happened (see [`drain`](crate::drain)): handlers are told at
-    /// once ([`Connection::draining`], [`DrainSignal`](crate::DrainSignal)), the listeners refuse new
+    /// once ([`Connection::draining`](crate::Connection::draining), [`DrainSignal`](crate::DrainSignal)), the listeners refuse new
     /// clients, the queued ones are accepted and served, the listeners close once their queues stay
     /// empty, and live connections get until `opts.timeout`; the rest are then closed (their sockets
     /// shut down, wherever their halves are) and counted. [`force`](Self::force) ends it at once.
     ///
-    /// The accept loop must still be running (driven by [`Server`] or by the caller of
-    /// [`ServerBuilder::run`]): it does the first stage. Calling `drain` again joins the same drain.
+    /// The accept loop must still be running (driven by [`Server`](super::Server) or by the caller of
+    /// [`ServerBuilder::run`](super::ServerBuilder::run)): it does the first stage. Calling `drain` again joins the same drain.
     pub async fn drain(&self, opts: DrainOptions) -> DrainReport {
         let control = &self.shared.drain;
         let started = tokio::time::Instant::now();

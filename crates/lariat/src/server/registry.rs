@@ -110,7 +110,7 @@ pub struct ConnectionInfo {
     pub bytes_out: u64,
 }
 
-/// Why [`Registry::close`] did not close a connection.
+/// Why [`ServerHandle::close_connection`](crate::ServerHandle::close_connection) did not close a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CloseError {
     /// No live connection has this id (it may have closed already).
@@ -126,7 +126,7 @@ pub enum CloseError {
 
 /// The live connections of one server, sharded so accept loops on different threads rarely contend.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     map: DashMap<u64, Arc<Entry>>,
     next_id: AtomicU64,
     epoch: Instant,
