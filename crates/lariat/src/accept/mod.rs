@@ -27,7 +27,7 @@ use crate::accept::classify::{classify, ErrorClass};
 use crate::accept::shed::Reserve;
 use crate::net::listener::ListenAddr;
 use crate::net::source::AcceptSource;
-use crate::server::state::Shared;
+use crate::server::state::ServerState;
 use crate::server::stats::Stats;
 use crate::Connection;
 
@@ -67,7 +67,7 @@ const MAX_CONSECUTIVE_CONNECTION_ERRORS: u32 = 256;
 pub struct Acceptor<S> {
     source: S,
     addr: ListenAddr,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     /// A slot under the cap taken for the next connection. Kept across cancelled `accept` calls.
     holding_slot: bool,
     backoff: Backoff,
@@ -99,7 +99,7 @@ impl<S> std::fmt::Debug for Acceptor<S> {
 impl<S: AcceptSource> Acceptor<S> {
     pub(crate) fn new(
         source: S,
-        shared: Arc<Shared>,
+        shared: Arc<ServerState>,
         policy: BackoffPolicy,
         on_exhaustion: OnExhaustion,
     ) -> io::Result<Self> {

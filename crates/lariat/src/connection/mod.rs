@@ -17,7 +17,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::connection::meta::ConnectionMeta;
 use crate::server::registry::Entry;
-use crate::server::state::Shared;
+use crate::server::state::ServerState;
 use crate::server::stats::Stats;
 use crate::{LocalAddr, PeerAddr, Stream};
 
@@ -102,7 +102,7 @@ impl ConnectionGuard {
 
 impl Connection {
     /// Wraps a freshly accepted socket. The caller holds a slot under the cap, which passes to the guard.
-    pub(crate) fn new(stream: Stream, peer: PeerAddr, shared: Arc<Shared>) -> Connection {
+    pub(crate) fn new(stream: Stream, peer: PeerAddr, shared: Arc<ServerState>) -> Connection {
         Stats::add(&shared.stats.accepted, 1);
         let entry = shared
             .registry
@@ -204,8 +204,8 @@ impl Connection {
     /// queue: Linux TCP, Unix sockets) and this connection has lived past the handshake grace
     /// ([`ServerBuilder::handshake_grace`](crate::ServerBuilder::handshake_grace)). A handler in a phase
     /// it can give up without loss, such as waiting for a request that has not begun, awaits this
-    /// alongside its read and closes, so a crowd of idle connections cannot keep queued clients out (the
-    /// front makes handshakes give way the same way). The future does not borrow the connection, so it
+    /// alongside its read and closes, so a crowd of idle connections cannot keep queued clients out (handshakes
+    /// give way the same way). The future does not borrow the connection, so it
     /// can race the connection's own reads.
     pub fn crowded(&self) -> impl Future<Output = ()> + Send + 'static {
         let shared = self.guard.meta.0.shared.clone();

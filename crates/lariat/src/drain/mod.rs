@@ -89,7 +89,7 @@ impl DrainReport {
     }
 }
 
-/// The drain's shared state: one per server, in `Shared`.
+/// The drain's shared state: one per server, in `ServerState`.
 #[derive(Debug, Default)]
 pub(crate) struct DrainState {
     /// Cancelled when a drain begins; handlers await it.

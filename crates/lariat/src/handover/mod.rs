@@ -123,7 +123,7 @@ impl Resumed {
     }
 }
 
-/// A server's hand-over state (in its `Shared`).
+/// A server's hand-over state (in its `ServerState`).
 #[derive(Default)]
 pub(crate) struct HandOverState {
     /// The channel to a successor, while one takes connections.

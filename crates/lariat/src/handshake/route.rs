@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use crate::handler::{BoxError, Handler, Outcome};
-use crate::handshake::{self, FrontError};
+use crate::handshake::{self, HandshakeError};
 use crate::net::peek::{peek_at_least, Peeked};
 use crate::server::stats::Stats;
 use crate::tls::TlsConfig;
@@ -349,11 +349,11 @@ impl Handler for Router {
             let picked = match handshake::bounded(&entry, router.pick(conn)).await {
                 Ok(Ok(picked)) => picked,
                 Ok(Err(Unrouted::Tls(e))) => {
-                    handshake::failed(&entry, &FrontError::Tls(e));
+                    handshake::failed(&entry, &HandshakeError::Tls(e));
                     return Ok(());
                 }
                 Ok(Err(Unrouted::Greeting(e))) => {
-                    handshake::failed(&entry, &FrontError::Greeting(e));
+                    handshake::failed(&entry, &HandshakeError::Greeting(e));
                     return Ok(());
                 }
                 Ok(Err(Unrouted::Closed)) => {

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Dispatch;
-use super::state::Shared;
+use super::state::ServerState;
 use super::ServerError;
 use crate::accept::fan_in::FanIn;
 use crate::accept::Acceptor;
@@ -20,7 +20,7 @@ pub(super) async fn accept_loop<S: AcceptSource, H: Handler>(
     mut acceptor: Acceptor<FanIn<S>>,
     spawner: Dispatch<H>,
     stop: CancellationToken,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
 ) -> Result<(), ServerError> {
     // However the loop ends (even cancelled), a drain waiting for the listeners to close must learn it
     // (once every loop has ended).
@@ -64,7 +64,7 @@ pub(super) async fn accept_loop<S: AcceptSource, H: Handler>(
 }
 
 /// Counts an accept loop out when dropped; the last one tells the drain its listeners are closed.
-struct LoopEnded(Arc<Shared>);
+struct LoopEnded(Arc<ServerState>);
 
 impl Drop for LoopEnded {
     fn drop(&mut self) {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept_loop::accept_loop;
 use super::dispatch::{spawn_connection, Dispatch};
-use super::state::Shared;
+use super::state::ServerState;
 use super::{Running, Server, ServerError, ServerHandle};
 use crate::accept::backoff::BackoffPolicy;
 use crate::accept::fan_in::FanIn;
@@ -19,7 +19,7 @@ use crate::accept::{Acceptor, OnExhaustion};
 use crate::admission::Reject;
 use crate::admission::{Admission, Gate};
 use crate::handler::Handler;
-use crate::handshake::{Front, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::handshake::{Handshake, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::net::listener::ListenAddr;
 use crate::net::source::AcceptSource;
 use crate::proxy::{ProxyConfig, ProxyMode};
@@ -38,7 +38,7 @@ pub struct ServerBuilder {
     handshake_timeout: Duration,
     handshake_grace: Duration,
     /// The set-up steps of every listener's connections…
-    front: Front,
+    handshake: Handshake,
     /// …except where a listener has its own PROXY or TLS setting.
     overrides: Vec<(ListenAddr, Override)>,
     admission: Option<Admission>,
@@ -61,7 +61,7 @@ impl Default for ServerBuilder {
             idle_timeout: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             handshake_grace: DEFAULT_HANDSHAKE_GRACE,
-            front: Front::default(),
+            handshake: Handshake::default(),
             overrides: Vec::new(),
             admission: None,
             backoff: BackoffPolicy::default(),
@@ -92,7 +92,7 @@ impl ServerBuilder {
     /// the connection's own task: the handler then sees the client the header names as
     /// [`Connection::peer_addr`]. `None` or [`ProxyMode::Off`](crate::proxy::ProxyMode::Off): no header.
     pub fn proxy_protocol(mut self, config: Option<ProxyConfig>) -> Self {
-        self.front.proxy = proxy_setting(config);
+        self.handshake.proxy = proxy_setting(config);
         self
     }
 
@@ -109,7 +109,7 @@ impl ServerBuilder {
     /// there is one, within the handshake timeout; the handler reads and writes plaintext. A failed
     /// handshake closes the connection and is counted (`tls_failed`). Default: none.
     pub fn tls(mut self, config: Option<TlsConfig>) -> Self {
-        self.front.tls = config;
+        self.handshake.tls = config;
         self
     }
 
@@ -148,7 +148,7 @@ impl ServerBuilder {
         mut self,
         hook: impl Fn(&Connection) -> Result<(), Reject> + Send + Sync + 'static,
     ) -> Self {
-        self.front.hook = Some(Arc::new(hook));
+        self.handshake.hook = Some(Arc::new(hook));
         self
     }
 
@@ -157,7 +157,7 @@ impl ServerBuilder {
     /// a [`Router`](crate::route::Router) that has TLS routes, use [`Router::greeting`](crate::route::Router::greeting)
     /// instead: this one is written before the router sees the ClientHello, outside TLS.
     pub fn greeting(mut self, greeting: Option<Bytes>) -> Self {
-        self.front.greeting = greeting.filter(|g| !g.is_empty());
+        self.handshake.greeting = greeting.filter(|g| !g.is_empty());
         self
     }
 
@@ -241,7 +241,7 @@ impl ServerBuilder {
             .map(FanIn::new)
             .collect::<io::Result<Vec<_>>>()?;
         let addrs = fan_ins[0].addrs();
-        let fronts = self.fronts(&addrs)?;
+        let handshakes = self.handshakes(&addrs)?;
         let handle = self.handle();
         handle
             .shared
@@ -275,7 +275,7 @@ impl ServerBuilder {
                 )?;
                 let spawner = Dispatch {
                     handler: handler.clone(),
-                    fronts: fronts.clone(),
+                    handshakes: handshakes.clone(),
                 };
                 Ok(accept_loop(
                     acceptor,
@@ -314,7 +314,7 @@ impl ServerBuilder {
     /// loops run in the server's own loop, which a bare acceptor does not have: a builder with any of
     /// them is refused here rather than silently serving without them.
     pub fn acceptor<S: AcceptSource>(self, source: S) -> io::Result<(Acceptor<S>, ServerHandle)> {
-        if !self.front.is_empty() || !self.overrides.is_empty() || self.acceptors > 1 {
+        if !self.handshake.is_empty() || !self.overrides.is_empty() || self.acceptors > 1 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "TLS, PROXY, an admission hook, a greeting and several acceptors need \
@@ -332,7 +332,7 @@ impl ServerBuilder {
     }
 
     /// Each listener's set-up steps (by position), `None` where there are none.
-    fn fronts(&self, addrs: &[ListenAddr]) -> io::Result<Vec<Option<Arc<Front>>>> {
+    fn handshakes(&self, addrs: &[ListenAddr]) -> io::Result<Vec<Option<Arc<Handshake>>>> {
         if let Some((addr, _)) = self.overrides.iter().find(|(a, _)| !addrs.contains(a)) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -342,14 +342,14 @@ impl ServerBuilder {
         Ok(addrs
             .iter()
             .map(|addr| {
-                let mut front = self.front.clone();
+                let mut handshake = self.handshake.clone();
                 for (_, o) in self.overrides.iter().filter(|(a, _)| a == addr) {
                     match o {
-                        Override::Proxy(p) => front.proxy = p.clone(),
-                        Override::Tls(t) => front.tls = t.clone(),
+                        Override::Proxy(p) => handshake.proxy = p.clone(),
+                        Override::Tls(t) => handshake.tls = t.clone(),
                     }
                 }
-                (!front.is_empty()).then(|| Arc::new(front))
+                (!handshake.is_empty()).then(|| Arc::new(handshake))
             })
             .collect())
     }
@@ -357,7 +357,7 @@ impl ServerBuilder {
     fn handle(&self) -> ServerHandle {
         ServerHandle {
             shared: Arc::new({
-                let mut shared = Shared::new(
+                let mut shared = ServerState::new(
                     self.max_connections,
                     self.handshake_timeout,
                     self.handshake_grace,
@@ -370,7 +370,7 @@ impl ServerBuilder {
     }
 }
 
-/// A PROXY setting as the front keeps it: `Off` is none.
+/// A PROXY setting as the handshake keeps it: `Off` is none.
 fn proxy_setting(config: Option<ProxyConfig>) -> Option<Arc<ProxyConfig>> {
     config.filter(|c| c.mode != ProxyMode::Off).map(Arc::new)
 }

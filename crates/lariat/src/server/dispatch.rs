@@ -10,31 +10,31 @@ use futures_util::FutureExt;
 use super::registry::Entry;
 use super::stats::Stats;
 use crate::handler::{Handler, Outcome};
-use crate::handshake::Front;
+use crate::handshake::Handshake;
 use crate::Connection;
 
 /// Starts each connection's task: the handler, after the listener's set-up steps if it has any.
 pub(super) struct Dispatch<H> {
     pub(super) handler: Arc<H>,
     /// By listener position.
-    pub(super) fronts: Vec<Option<Arc<Front>>>,
+    pub(super) handshakes: Vec<Option<Arc<Handshake>>>,
 }
 
 impl<H: Handler> Dispatch<H> {
     /// `from`: the position of the listener that accepted `conn`.
     pub(super) fn spawn(&self, conn: Connection, from: usize) {
-        let front = self.fronts.get(from).and_then(Option::as_ref);
-        // Behind a PROXY header the socket's peer is the balancer: the front judges the client the
+        let handshake = self.handshakes.get(from).and_then(Option::as_ref);
+        // Behind a PROXY header the socket's peer is the balancer: the handshake judges the client the
         // header names instead. Elsewhere the peer is judged here, before a task exists.
         let refused = crate::admission::judge_socket(conn.entry(), conn.stream()).is_err()
-            || (front.is_none_or(|f| f.proxy.is_none()) && conn.admit().is_err());
+            || (handshake.is_none_or(|f| f.proxy.is_none()) && conn.admit().is_err());
         if refused {
             // Dropping it closes the socket and frees its slot.
             return;
         }
-        match front {
+        match handshake {
             None => spawn_connection(conn, &*self.handler),
-            Some(front) => spawn_behind_front(conn, self.handler.clone(), front.clone()),
+            Some(handshake) => spawn_after_handshake(conn, self.handler.clone(), handshake.clone()),
         }
     }
 }
@@ -42,11 +42,11 @@ impl<H: Handler> Dispatch<H> {
 /// Like [`spawn_connection`], with the set-up steps (PROXY header, TLS, admission hook, greeting) first,
 /// in the task: a slow or hostile client holds up only itself. A failed set-up closes the connection
 /// (counted by cause); the handler never runs.
-fn spawn_behind_front<H: Handler>(conn: Connection, handler: Arc<H>, front: Arc<Front>) {
+fn spawn_after_handshake<H: Handler>(conn: Connection, handler: Arc<H>, handshake: Arc<Handshake>) {
     let entry = conn.entry().clone();
     let done = entry.clone();
     let serve = async move {
-        let conn = front.open(conn).await?;
+        let conn = handshake.open(conn).await?;
         Some(handler.call(conn).await)
     };
     let serve = AssertUnwindSafe(serve)

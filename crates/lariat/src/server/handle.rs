@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::{CloseError, ConnectionInfo};
-use super::state::Shared;
+use super::state::ServerState;
 use super::stats::{Stats, StatsSnapshot};
 use crate::drain::{DrainOptions, DrainReport};
 
@@ -16,7 +16,7 @@ const FORCED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 /// Observes and steers a running server. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ServerState>,
     pub(super) stop: CancellationToken,
 }
 

@@ -9,17 +9,17 @@ use dashmap::DashMap;
 use tokio::task::AbortHandle;
 
 use crate::connection::closer::{Closer, Shutdown};
-use crate::server::state::Shared;
+use crate::server::state::ServerState;
 use crate::PeerAddr;
 
-/// What the registry keeps per live connection. Shared (one `Arc`) between the registry and the
+/// What the registry keeps per live connection. ServerState (one `Arc`) between the registry and the
 /// [`Connection`](crate::Connection), which counts its bytes here.
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) id: u64,
     /// The server this connection belongs to: the guard reaches the cap, the registry and the counters
     /// through it, so a `Connection` carries one pointer instead of two (smaller task per idle connection).
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ServerState>,
     pub(crate) peer: PeerAddr,
     /// Milliseconds from the registry's epoch to the accept: half the size of an `Instant`, and the
     /// entry is allocated once per connection.
@@ -72,7 +72,7 @@ impl Entry {
         self.extras.get()?.proxy.get()
     }
 
-    /// Completes once the connection was closed by force (see `Shared::forced_closes`).
+    /// Completes once the connection was closed by force (see `ServerState::forced_closes`).
     pub(crate) async fn closed_by_force(&self) {
         loop {
             let notified = self.shared.forced_closes.notified();
@@ -149,7 +149,7 @@ impl Registry {
         &self,
         peer: PeerAddr,
         fd: Option<std::os::fd::RawFd>,
-        shared: Arc<Shared>,
+        shared: Arc<ServerState>,
     ) -> Arc<Entry> {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let now = self.now_ms();
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn lists_and_removes() {
-        let shared = Arc::new(Shared::new(
+        let shared = Arc::new(ServerState::new(
             10,
             std::time::Duration::from_secs(10),
             std::time::Duration::from_secs(1),

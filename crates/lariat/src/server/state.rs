@@ -3,7 +3,7 @@
 //!
 //! The one import circle the crate keeps: this struct holds a piece of state from each phase (the cap from
 //! `accept`, the drain's tokens from `drain`, the pressure and admission gate from `handshake`, the
-//! hand-over channel from `handover`), and each phase takes `&Shared` back to reach the others'. Splitting
+//! hand-over channel from `handover`), and each phase takes `&ServerState` back to reach the others'. Splitting
 //! it into one `Arc` per phase would cost every connection more pointers and buy no independence: a
 //! connection's guard must reach the cap, the registry, the counters and the drain in one place when it
 //! drops. The leaves it holds (`accept/limit.rs`, `handshake/pressure.rs`, `drain/`) import nothing of
@@ -18,9 +18,9 @@ use crate::handshake::pressure::Pressure;
 use crate::server::registry::Registry;
 use crate::server::stats::Stats;
 
-/// Shared by every acceptor and every live connection of one server (one `Arc`).
+/// ServerState by every acceptor and every live connection of one server (one `Arc`).
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct ServerState {
     pub(crate) limit: ConnectionLimit,
     pub(crate) registry: Registry,
     pub(crate) stats: Stats,
@@ -44,14 +44,14 @@ pub(crate) struct Shared {
     pub(crate) handover: crate::handover::HandOverState,
 }
 
-impl Shared {
+impl ServerState {
     /// The handshake's timeout and grace come from the builder, which owns their defaults.
     pub(crate) fn new(
         max_connections: usize,
         handshake_timeout: Duration,
         handshake_grace: Duration,
     ) -> Self {
-        Shared {
+        ServerState {
             limit: ConnectionLimit::new(max_connections),
             registry: Registry::default(),
             stats: Stats::default(),
