@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lariat::lifecycle::{Lifecycle, PassOn, Readiness, Signals};
+use lariat::lifecycle::{Lifecycle, Readiness, Signals};
+use lariat::restart::PassOn;
 use lariat::restart::RestartOptions;
 use lariat::{Handler, Listener, OnExhaustion, Server, ServerBuilder};
 

@@ -26,12 +26,11 @@
 //! signal to the whole process group (Ctrl-C, systemd's default `KillMode=control-group`) reaches the
 //! workers too, and they ignore it, so the group drains once, cleanly, at the supervisor's pace.
 
-use std::os::fd::AsFd;
 use std::process::{Child, ExitCode, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions, Successor};
+use lariat::restart::{spawn_successor, PassOn, RestartError, RestartOptions, Successor};
 use lariat::ParkedListener;
 use tokio::task::JoinSet;
 
@@ -423,15 +422,15 @@ impl Spawner {
     /// Starts a worker process with the sockets; it is not serving yet. `replacing`: the pid of the
     /// worker it replaces, whose live connections it takes.
     fn spawn(&self, named: &[Parked], replacing: Option<u32>) -> Result<Successor, RestartError> {
-        let passed: Vec<Passed<'_>> = named
+        // The supervisor keeps the socket: a worker's drain must not filter or unlink it.
+        let passed = named
             .iter()
-            .map(|n| Passed {
-                name: &n.name,
-                fd: n.listener.as_fd(),
-                // The supervisor keeps the socket: a worker's drain must not filter or unlink it.
-                supervised: true,
-            })
-            .collect();
+            .map(|n| PassOn::supervised(n.name.clone(), &n.listener))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|source| RestartError::Spawn {
+                program: self.opts.program.clone(),
+                source,
+            })?;
         match (&self.hand_over_dir, replacing) {
             (Some(dir), Some(old)) => {
                 let mut opts = self.opts.clone();

@@ -37,8 +37,8 @@
 //! group's signals and obeys its supervisor's [`Instruction`]s.
 
 mod exit;
-mod handover;
 mod readiness;
+mod restart_plan;
 mod serving;
 mod signals;
 mod stopping;
@@ -48,14 +48,13 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use exit::Exit;
-pub use handover::PassOn;
 pub use readiness::{Readiness, State};
 pub use signals::{Instruction, Order, SignalError, Signals};
 
 use crate::activation;
-use crate::restart::{RestartError, RestartOptions};
+use crate::restart::{PassOn, RestartError, RestartOptions};
 use crate::{DrainOptions, Server, ServerError, ServerHandle};
-use handover::RestartPlan;
+use restart_plan::RestartPlan;
 
 #[cfg(feature = "metrics")]
 use crate::metrics::{record_restart, RestartEvent};

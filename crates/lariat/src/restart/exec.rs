@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::{Passed, RestartOptions};
+use super::{PassOn, RestartOptions};
 use crate::activation::{escape_name, HANDOFF_ENV, LISTEN_FDS_START, UPSTREAM_NOTIFY_ENV};
 
 /// Opens `/dev/null` (close-on-exec) on every free descriptor below `end`, so nothing else can take one
@@ -48,7 +48,7 @@ const PID_DIGITS: usize = 20;
 
 impl ExecPlan {
     pub(super) fn new(
-        listeners: &[Passed<'_>],
+        listeners: &[PassOn],
         opts: &RestartOptions,
         notify_path: &std::path::Path,
         handover_path: &std::path::Path,
@@ -95,7 +95,7 @@ impl ExecPlan {
             .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
             .filter(|entry| !entry[..entry.len() - 1].contains(&0))
             .collect();
-        let names: Vec<String> = listeners.iter().map(|p| escape_name(p.name)).collect();
+        let names: Vec<String> = listeners.iter().map(|p| escape_name(&p.name)).collect();
         let ownership: Vec<&str> = listeners
             .iter()
             .map(|p| if p.supervised { "supervised" } else { "owned" })

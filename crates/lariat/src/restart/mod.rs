@@ -26,7 +26,7 @@ mod notify;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -36,6 +36,7 @@ use exec::{fill_free_descriptors, ExecPlan};
 use notify::{is_ready, NotifySocket};
 
 use crate::activation::LISTEN_FDS_START;
+use crate::Listener;
 
 /// The default time a successor gets to say it is serving.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,16 +120,43 @@ pub enum RestartError {
     },
 }
 
-/// A listening socket to pass on.
-#[derive(Debug, Clone, Copy)]
-pub struct Passed<'a> {
-    /// The name it is passed under (`LISTEN_FDNAMES`); the successor finds it by this name.
-    pub name: &'a str,
-    /// The socket.
-    pub fd: BorrowedFd<'a>,
-    /// The socket also belongs to a supervisor (systemd) that keeps its own descriptor: the successor
-    /// must leave it alone in a drain too (no filter, no unlink).
-    pub supervised: bool,
+/// A listening socket a restart passes on to the successor, under the name the successor finds it by
+/// (`LISTEN_FDNAMES`, see [`activation::inherited`](crate::activation::inherited)).
+///
+/// It holds a duplicate of the socket, made when it is created: a listener the accept loop drops
+/// (failed for good) then cannot leave a stale descriptor number behind. A [`Lifecycle`](crate::lifecycle::Lifecycle)
+/// closes its duplicates as soon as no restart can follow (a stop), so a drained socket is not kept
+/// listening.
+#[derive(Debug)]
+pub struct PassOn {
+    pub(crate) name: String,
+    pub(crate) fd: OwnedFd,
+    /// The socket also belongs to a supervisor (systemd, or the process passing it on) that keeps its
+    /// own descriptor: the successor must leave it alone in a drain too (no filter, no unlink).
+    pub(crate) supervised: bool,
+}
+
+impl PassOn {
+    /// `listener`, passed on as `name`. Fails only if the descriptor cannot be duplicated (the
+    /// process's descriptor limit).
+    pub fn new(name: impl Into<String>, listener: &Listener) -> io::Result<PassOn> {
+        Ok(PassOn {
+            name: name.into(),
+            fd: listener.as_fd().try_clone_to_owned()?,
+            supervised: listener.is_supervised(),
+        })
+    }
+
+    /// A socket this process keeps listening for as long as the successor runs (a supervisor passing
+    /// its sockets to workers): the successor's drain leaves it alone, since the queue stays with the
+    /// others that accept from it. Fails only if the descriptor cannot be duplicated.
+    pub fn supervised(name: impl Into<String>, socket: impl AsFd) -> io::Result<PassOn> {
+        Ok(PassOn {
+            name: name.into(),
+            fd: socket.as_fd().try_clone_to_owned()?,
+            supervised: true,
+        })
+    }
 }
 
 /// A started successor, not yet known to be serving.
@@ -193,7 +221,7 @@ fn signal(pid: u32, sig: i32) {
 /// Starts a successor with `listeners` passed as descriptors 3, 4, …, and a notify socket to say it is
 /// ready. Must be called inside a tokio runtime.
 pub fn spawn_successor(
-    listeners: &[Passed<'_>],
+    listeners: &[PassOn],
     opts: &RestartOptions,
 ) -> Result<Successor, RestartError> {
     let spawn_err = |source| RestartError::Spawn {
