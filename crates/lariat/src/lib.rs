@@ -86,7 +86,7 @@ pub use connection::split::{ReadHalf, ReuniteError, WriteHalf};
 pub use connection::{Connection, ConnectionGuard};
 pub use drain::{DrainOptions, DrainReport, DrainSignal};
 pub use handler::{BoxError, Handler, Outcome};
-pub use handshake::{DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use handshake::{ListenerHandshake, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use net::bind::{default_backlog, BindError, BindOptions};
 pub use net::endpoint::{Endpoint, ParseEndpointError};
 pub use net::listener::{ListenAddr, Listener};

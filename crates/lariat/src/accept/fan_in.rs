@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use crate::accept::classify::{classify, ErrorClass};
 use crate::accept::AcceptError;
+use crate::handshake::ListenerHandshake;
 use crate::net::listener::ListenAddr;
 use crate::net::source::AcceptSource;
 use crate::{PeerAddr, Stream};
@@ -42,6 +43,14 @@ impl<S: AcceptSource> FanIn<S> {
 
     pub(crate) fn addrs(&self) -> Vec<ListenAddr> {
         self.sources.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// Each source's own handshake settings, by position.
+    pub(crate) fn own_handshakes(&self) -> Vec<Option<ListenerHandshake>> {
+        self.sources
+            .iter()
+            .map(|(s, _)| s.handshake().cloned())
+            .collect()
     }
 
     /// The position (in the list the server was given) of the listener that produced the last

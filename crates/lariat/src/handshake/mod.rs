@@ -39,6 +39,20 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshake across a continent, a tenth of the default handshake timeout.
 pub const DEFAULT_HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 
+/// One listener's own handshake settings, replacing the server-wide
+/// [`proxy_protocol`](crate::ServerBuilder::proxy_protocol) and [`tls`](crate::ServerBuilder::tls) for its
+/// connections: say, PROXY on the port the load balancer uses and none on an internal one. Given with
+/// [`Listener::with_handshake`](crate::Listener::with_handshake), so a setting always belongs to a
+/// listener that exists. The server-wide admission hook and greeting apply to every listener.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerHandshake {
+    /// The PROXY header this listener's connections start with; `None` (or
+    /// [`ProxyMode::Off`](crate::proxy::ProxyMode::Off)): none.
+    pub proxy: Option<ProxyConfig>,
+    /// TLS on this listener; `None`: plaintext.
+    pub tls: Option<TlsConfig>,
+}
+
 /// The set-up steps of one listener's connections.
 #[derive(Clone, Default)]
 pub(crate) struct Handshake {

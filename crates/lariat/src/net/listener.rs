@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::handshake::ListenerHandshake;
 use crate::net::bind::{self, BindError, BindOptions, UnixFile};
 use crate::Endpoint;
 
@@ -54,6 +55,8 @@ pub struct Listener {
     /// Another process (a supervisor such as systemd) keeps its own descriptor for this socket and its
     /// queue: a drain leaves the socket alone, since closing ours loses nothing.
     pub(super) supervised: bool,
+    /// This listener's own handshake settings, if it has any.
+    pub(super) handshake: Option<ListenerHandshake>,
 }
 
 pub(super) enum Socket {
@@ -93,7 +96,16 @@ impl Listener {
             nodelay_per_accept: self.nodelay_per_accept,
             unix_file: None,
             supervised: true,
+            handshake: self.handshake.clone(),
         })
+    }
+
+    /// This listener with its own handshake settings (see [`ListenerHandshake`]): its connections get
+    /// these instead of the server-wide PROXY and TLS settings. Clones made by
+    /// [`try_clone`](Self::try_clone) carry them too.
+    pub fn with_handshake(mut self, settings: ListenerHandshake) -> Listener {
+        self.handshake = Some(settings);
+        self
     }
 
     /// Binds with [`BindOptions::default`]. Must be called inside a tokio runtime.
@@ -118,6 +130,7 @@ impl Listener {
                     nodelay_per_accept: opts.nodelay && !cfg!(target_os = "linux"),
                     unix_file: None,
                     supervised: false,
+                    handshake: None,
                 })
             }
             Endpoint::Unix(path) => {
@@ -129,6 +142,7 @@ impl Listener {
                     nodelay_per_accept: false,
                     unix_file: Some(file),
                     supervised: false,
+                    handshake: None,
                 })
             }
             Endpoint::UnixAbstract(name) => {
@@ -140,6 +154,7 @@ impl Listener {
                     nodelay_per_accept: false,
                     unix_file: None,
                     supervised: false,
+                    handshake: None,
                 })
             }
         }
@@ -171,6 +186,7 @@ impl Listener {
                 nodelay_per_accept: !cfg!(target_os = "linux"),
                 unix_file: None,
                 supervised,
+                handshake: None,
             });
         }
         let addr = if let Some(path) = local.as_pathname() {
@@ -207,6 +223,7 @@ impl Listener {
             nodelay_per_accept: false,
             unix_file,
             supervised,
+            handshake: None,
         })
     }
 

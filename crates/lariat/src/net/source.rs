@@ -7,6 +7,7 @@ use std::task::{ready, Context, Poll};
 
 use super::bind::UnixFile;
 use super::listener::{ListenAddr, Listener, Socket};
+use crate::handshake::ListenerHandshake;
 use crate::{PeerAddr, Stream};
 
 /// Where the acceptor gets connections from. [`Listener`] is the real one; tests implement it to inject
@@ -34,6 +35,12 @@ pub trait AcceptSource: Send + 'static {
     /// The socket now belongs to another process too (a restart's successor): leave it as it is when
     /// this source is dropped. The default does nothing.
     fn release(&mut self) {}
+
+    /// This source's own handshake settings, replacing the server-wide PROXY and TLS ones (see
+    /// [`ListenerHandshake`]). Default: none.
+    fn handshake(&self) -> Option<&ListenerHandshake> {
+        None
+    }
 
     /// Another source on the same socket (the same queue), for a second accept loop
     /// ([`ServerBuilder::acceptors`](crate::ServerBuilder::acceptors)). The default: unsupported.
@@ -82,6 +89,10 @@ impl AcceptSource for Listener {
 
     fn release(&mut self) {
         Listener::release(self);
+    }
+
+    fn handshake(&self) -> Option<&ListenerHandshake> {
+        self.handshake.as_ref()
     }
 
     fn queued(&self) -> Option<usize> {

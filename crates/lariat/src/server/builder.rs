@@ -19,8 +19,9 @@ use crate::accept::{Acceptor, OnExhaustion};
 use crate::admission::Reject;
 use crate::admission::{Admission, Gate};
 use crate::handler::Handler;
-use crate::handshake::{Handshake, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
-use crate::net::listener::ListenAddr;
+use crate::handshake::{
+    Handshake, ListenerHandshake, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT,
+};
 use crate::net::source::AcceptSource;
 use crate::proxy::{ProxyConfig, ProxyMode};
 use crate::tls::TlsConfig;
@@ -37,21 +38,13 @@ pub struct ServerBuilder {
     idle_timeout: Option<Duration>,
     handshake_timeout: Duration,
     handshake_grace: Duration,
-    /// The set-up steps of every listener's connections…
+    /// The set-up steps of every listener's connections, except the PROXY and TLS settings of a
+    /// listener that has its own ([`ListenerHandshake`]).
     handshake: Handshake,
-    /// …except where a listener has its own PROXY or TLS setting.
-    overrides: Vec<(ListenAddr, Override)>,
     admission: Option<Admission>,
     backoff: BackoffPolicy,
     on_exhaustion: OnExhaustion,
     acceptors: usize,
-}
-
-/// One listener's own setting, replacing the server-wide one.
-#[derive(Debug, Clone)]
-enum Override {
-    Proxy(Option<Arc<ProxyConfig>>),
-    Tls(Option<TlsConfig>),
 }
 
 impl Default for ServerBuilder {
@@ -62,7 +55,6 @@ impl Default for ServerBuilder {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             handshake_grace: DEFAULT_HANDSHAKE_GRACE,
             handshake: Handshake::default(),
-            overrides: Vec::new(),
             admission: None,
             backoff: BackoffPolicy::default(),
             on_exhaustion: OnExhaustion::default(),
@@ -96,26 +88,11 @@ impl ServerBuilder {
         self
     }
 
-    /// Like [`proxy_protocol`](Self::proxy_protocol), for the listener on `addr` only (say, PROXY on
-    /// the port the load balancer uses and none on an internal one). `serve` fails if no listener is
-    /// on `addr`.
-    pub fn proxy_protocol_on(mut self, addr: ListenAddr, config: Option<ProxyConfig>) -> Self {
-        self.overrides
-            .push((addr, Override::Proxy(proxy_setting(config))));
-        self
-    }
-
     /// Runs a TLS handshake (see [`tls`](crate::tls)) on every connection, after the PROXY header if
     /// there is one, within the handshake timeout; the handler reads and writes plaintext. A failed
     /// handshake closes the connection and is counted (`tls_failed`). Default: none.
     pub fn tls(mut self, config: Option<TlsConfig>) -> Self {
         self.handshake.tls = config;
-        self
-    }
-
-    /// Like [`tls`](Self::tls), for the listener on `addr` only.
-    pub fn tls_on(mut self, addr: ListenAddr, config: Option<TlsConfig>) -> Self {
-        self.overrides.push((addr, Override::Tls(config)));
         self
     }
 
@@ -241,7 +218,7 @@ impl ServerBuilder {
             .map(FanIn::new)
             .collect::<io::Result<Vec<_>>>()?;
         let addrs = fan_ins[0].addrs();
-        let handshakes = self.handshakes(&addrs)?;
+        let handshakes = self.handshakes(&fan_ins[0].own_handshakes());
         let handle = self.handle();
         handle
             .shared
@@ -314,7 +291,7 @@ impl ServerBuilder {
     /// loops run in the server's own loop, which a bare acceptor does not have: a builder with any of
     /// them is refused here rather than silently serving without them.
     pub fn acceptor<S: AcceptSource>(self, source: S) -> io::Result<(Acceptor<S>, ServerHandle)> {
-        if !self.handshake.is_empty() || !self.overrides.is_empty() || self.acceptors > 1 {
+        if !self.handshake.is_empty() || source.handshake().is_some() || self.acceptors > 1 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "TLS, PROXY, an admission hook, a greeting and several acceptors need \
@@ -332,26 +309,17 @@ impl ServerBuilder {
     }
 
     /// Each listener's set-up steps (by position), `None` where there are none.
-    fn handshakes(&self, addrs: &[ListenAddr]) -> io::Result<Vec<Option<Arc<Handshake>>>> {
-        if let Some((addr, _)) = self.overrides.iter().find(|(a, _)| !addrs.contains(a)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a per-listener setting names {addr}, where no listener is"),
-            ));
-        }
-        Ok(addrs
-            .iter()
-            .map(|addr| {
+    fn handshakes(&self, own: &[Option<ListenerHandshake>]) -> Vec<Option<Arc<Handshake>>> {
+        own.iter()
+            .map(|own| {
                 let mut handshake = self.handshake.clone();
-                for (_, o) in self.overrides.iter().filter(|(a, _)| a == addr) {
-                    match o {
-                        Override::Proxy(p) => handshake.proxy = p.clone(),
-                        Override::Tls(t) => handshake.tls = t.clone(),
-                    }
+                if let Some(own) = own {
+                    handshake.proxy = proxy_setting(own.proxy.clone());
+                    handshake.tls = own.tls.clone();
                 }
                 (!handshake.is_empty()).then(|| Arc::new(handshake))
             })
-            .collect())
+            .collect()
     }
 
     fn handle(&self) -> ServerHandle {
