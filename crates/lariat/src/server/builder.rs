@@ -32,6 +32,12 @@ use crate::Connection;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Configures a [`Server`] (or a bare [`Acceptor`]).
+///
+/// Every default is in [`Default`] below. Setters take an `Option` where "none" is a setting of its own
+/// (no idle timeout, no PROXY header, no TLS, no greeting, no admission rules) and a plain value where
+/// there is always one (the cap, the handshake's timeout and grace, the backoff, the acceptors). PROXY
+/// and TLS for one listener only are carried by that listener
+/// ([`Listener::with_handshake`](crate::Listener::with_handshake)).
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
     max_connections: usize,
