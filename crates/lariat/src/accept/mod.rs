@@ -55,15 +55,27 @@ pub struct AcceptError {
     pub source: io::Error,
 }
 
-/// After this many per-connection errors in a row, with no success and no empty backlog, the errno is
-/// not about a connection after all (an LSM hook refusing every accept, `EOPNOTSUPP` on an inherited
-/// socket of the wrong type): back off instead of retrying at once.
 /// How often an acceptor waiting at the cap looks at the listen queue (one `TCP_INFO` call).
 const PRESSURE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// After this many per-connection errors in a row, with no success and no empty backlog, the errno is
+/// not about a connection after all (an LSM hook refusing every accept, `EOPNOTSUPP` on an inherited
+/// socket of the wrong type): back off instead of retrying at once.
 const MAX_CONSECUTIVE_CONNECTION_ERRORS: u32 = 256;
 
 /// Takes connections from one [`AcceptSource`] under the server's cap.
+///
+/// [`accept`](Self::accept) is the whole of a correct accept loop's inner step:
+/// 1. take a slot under the connection cap first, so the server never holds more than the cap (at the
+///    cap, clients wait in the kernel backlog);
+/// 2. accept;
+/// 3. on error, act by errno ([`classify()`](crate::classify)): retry a per-connection error at once,
+///    back off from a shortage (waking early when one of our connections frees a descriptor,
+///    optionally shedding with a reserved descriptor), and end on a fatal error, never spinning.
+///
+/// The [`Server`](crate::Server) runs it in a loop and spawns a task per connection; the axum adapter
+/// calls it from `axum::serve`; [`ServerBuilder::acceptor`](crate::ServerBuilder::acceptor) hands one
+/// out for a loop of your own.
 pub struct Acceptor<S> {
     source: S,
     addr: ListenAddr,
