@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lariat::lifecycle::{Lifecycle, PassOn, Readiness, Signals};
+use lariat::lifecycle::{Lifecycle, Readiness, Signals};
+use lariat::restart::PassOn;
 use lariat::restart::RestartOptions;
 use lariat::{Handler, Listener, OnExhaustion, Server, ServerBuilder};
 
@@ -34,7 +35,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )?),
         None => None,
     };
-    let named = listeners::resolve(&args.listeners.listen, inherited, &opts)?;
+    let mut named = listeners::resolve(&args.listeners.listen, inherited, &opts)?;
     if args.listeners.reuseport {
         warn_without_request_migration();
     }
@@ -66,7 +67,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Exhaustion::Wait => OnExhaustion::Wait,
             Exhaustion::Shed => OnExhaustion::Shed,
         });
-    let builder = front_per_listener(builder, &named, &args, tls.as_ref())?;
+    let builder = front_per_listener(builder, &mut named, &args, tls.as_ref())?;
     if !args.routes.route.is_empty() {
         let router = args
             .routes
@@ -140,8 +141,8 @@ fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<TlsConfig>> {
 /// route, TLS belongs to that route instead; with routes but no `tls` route, TLS runs first and the
 /// routes see the plaintext.
 fn front_per_listener(
-    mut builder: ServerBuilder,
-    named: &[Named],
+    builder: ServerBuilder,
+    named: &mut Vec<Named>,
     args: &ServeArgs,
     tls: Option<&TlsConfig>,
 ) -> anyhow::Result<ServerBuilder> {
@@ -154,29 +155,27 @@ fn front_per_listener(
         }
     }
     let proxy = proxy_config(args);
-    if args.proxy.proxy_on.is_empty() {
-        builder = builder.proxy_protocol(proxy);
-    } else {
-        for n in named
-            .iter()
-            .filter(|n| args.proxy.proxy_on.contains(&n.name))
-        {
-            builder = builder.proxy_protocol_on(n.listener.local_addr().clone(), proxy.clone());
-        }
-    }
     let tls_route = args
         .routes
         .route
         .iter()
         .any(|r| r.protocol == RouteProtocol::Tls);
     let tls = tls.filter(|_| !tls_route);
-    if args.tls.tls_on.is_empty() {
-        builder = builder.tls(tls.cloned());
-    } else {
-        for n in named.iter().filter(|n| args.tls.tls_on.contains(&n.name)) {
-            builder = builder.tls_on(n.listener.local_addr().clone(), tls.cloned());
-        }
+    if args.proxy.proxy_on.is_empty() && args.tls.tls_on.is_empty() {
+        return Ok(builder.proxy_protocol(proxy).tls(tls.cloned()));
     }
+    // Each listener carries its own PROXY and TLS settings: the named ones get them, the others none.
+    let own = |on: &[String], name: &String| on.is_empty() || on.contains(name);
+    *named = std::mem::take(named)
+        .into_iter()
+        .map(|n| Named {
+            listener: n.listener.with_handshake(lariat::ListenerHandshake {
+                proxy: proxy.clone().filter(|_| own(&args.proxy.proxy_on, &n.name)),
+                tls: tls.cloned().filter(|_| own(&args.tls.tls_on, &n.name)),
+            }),
+            name: n.name,
+        })
+        .collect();
     Ok(builder)
 }
 

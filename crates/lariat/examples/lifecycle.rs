@@ -18,7 +18,8 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lariat::lifecycle::{Exit, Lifecycle, PassOn, Readiness, Signals, State};
+use lariat::lifecycle::{Exit, Lifecycle, Readiness, Signals, State};
+use lariat::restart::PassOn;
 use lariat::restart::RestartOptions;
 use lariat::{Connection, Listener, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

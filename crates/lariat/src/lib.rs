@@ -49,38 +49,23 @@
 
 #![warn(missing_docs)]
 
-pub mod accept;
-pub mod activation;
-pub mod admission;
-mod bind;
-mod closer;
+mod accept;
 mod connection;
 mod deadline;
 pub mod delivery;
 pub mod drain;
-mod endpoint;
-mod front;
 mod handler;
 pub mod handover;
-mod idle;
+mod handshake;
 pub mod lifecycle;
-mod limit;
-mod listener;
-mod meta;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-mod peek;
-mod pressure;
-pub mod proxy;
-mod registry;
+mod net;
 pub mod restart;
-pub mod route;
 mod server;
-mod shared;
-mod split;
-mod stats;
-mod stream;
-pub mod tls;
+
+pub use handshake::{admission, proxy, route, tls};
+pub use net::activation;
 
 #[cfg(feature = "axum")]
 pub mod axum;
@@ -96,19 +81,20 @@ pub struct ReadmeDoctests;
 pub use accept::backoff::BackoffPolicy;
 pub use accept::classify::{classify, ErrorClass, Shortage};
 pub use accept::{AcceptError, Acceptor, OnExhaustion};
-pub use bind::{default_backlog, BindError, BindOptions};
+pub use connection::meta::ConnectionMeta;
+pub use connection::split::{ReadHalf, ReuniteError, WriteHalf};
 pub use connection::{Connection, ConnectionGuard};
 pub use drain::{DrainOptions, DrainReport, DrainSignal};
-pub use endpoint::{Endpoint, ParseEndpointError};
-pub use front::{DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use handler::{BoxError, Handler, Outcome};
-pub use limit::ConnectionLimit;
-pub use listener::{AcceptSource, ListenAddr, Listener, ParkedListener};
-pub use meta::ConnectionMeta;
-pub use registry::{CloseError, ConnectionInfo, Registry};
+pub use handshake::{ListenerHandshake, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use net::bind::{default_backlog, BindError, BindOptions};
+pub use net::endpoint::{Endpoint, ParseEndpointError};
+pub use net::listener::{ListenAddr, Listener};
+pub use net::parked::ParkedListener;
+pub use net::source::AcceptSource;
+pub use net::stream::{LocalAddr, PeerAddr, Stream};
+pub use server::registry::{CloseError, ConnectionInfo};
+pub use server::stats::StatsSnapshot;
 pub use server::{
     Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,
 };
-pub use split::{ReadHalf, ReuniteError, WriteHalf};
-pub use stats::{Stats, StatsSnapshot};
-pub use stream::{LocalAddr, PeerAddr, Stream};

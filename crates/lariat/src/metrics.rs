@@ -1,6 +1,6 @@
 //! Publishing a server's counters to the [`metrics`] facade (feature `metrics`), at scrape time.
 //!
-//! lariat already counts everything in relaxed atomics ([`Stats`](crate::Stats)) and knows its live
+//! lariat already counts everything in relaxed atomics ([`StatsSnapshot`](crate::StatsSnapshot)) and knows its live
 //! connections ([`ServerHandle::connections`]). Mirroring each event into the facade as it happens would
 //! add a recorder look-up (a lock and a hash) to every accept, close and read. Instead [`publish`] copies
 //! the counters into the facade *when asked*, with `counter!(…).absolute(v)` and `gauge!(…).set(v)`: call

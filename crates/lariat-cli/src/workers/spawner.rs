@@ -2,12 +2,11 @@
 //! built from the supervisor's settings ([`super::args`]), and the private directory of the workers'
 //! hand-over sockets, through which a replacement takes its predecessor's live connections.
 
-use std::os::fd::AsFd;
 use std::process::Child;
 
 use anyhow::{bail, Context};
 use lariat::lifecycle::Instruction;
-use lariat::restart::{spawn_successor, Passed, RestartError, RestartOptions, Successor};
+use lariat::restart::{spawn_successor, PassOn, RestartError, RestartOptions, Successor};
 use tokio::task::JoinSet;
 
 use super::Parked;
@@ -92,15 +91,15 @@ impl Spawner {
         named: &[Parked],
         replacing: Option<u32>,
     ) -> Result<Successor, RestartError> {
-        let passed: Vec<Passed<'_>> = named
+        // The supervisor keeps the socket: a worker's drain must not filter or unlink it.
+        let passed = named
             .iter()
-            .map(|n| Passed {
-                name: &n.name,
-                fd: n.listener.as_fd(),
-                // The supervisor keeps the socket: a worker's drain must not filter or unlink it.
-                supervised: true,
-            })
-            .collect();
+            .map(|n| PassOn::supervised(n.name.clone(), &n.listener))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|source| RestartError::Spawn {
+                program: self.opts.program.clone(),
+                source,
+            })?;
         match (&self.hand_over_dir, replacing) {
             (Some(dir), Some(old)) => {
                 let mut opts = self.opts.clone();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::accept::classify::Shortage;
 use crate::admission::LogLimit;
-use crate::stats::Stats;
+use crate::server::stats::Stats;
 use crate::ListenAddr;
 
 /// The delays between retries while short of resources.

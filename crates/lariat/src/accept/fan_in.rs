@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 
 use crate::accept::classify::{classify, ErrorClass};
 use crate::accept::AcceptError;
-use crate::listener::{AcceptSource, ListenAddr};
+use crate::handshake::ListenerHandshake;
+use crate::net::listener::ListenAddr;
+use crate::net::source::AcceptSource;
 use crate::{PeerAddr, Stream};
 
 /// Polls each source in turn (starting after the last one that produced, for fairness). A source that
@@ -41,6 +43,14 @@ impl<S: AcceptSource> FanIn<S> {
 
     pub(crate) fn addrs(&self) -> Vec<ListenAddr> {
         self.sources.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// Each source's own handshake settings, by position.
+    pub(crate) fn own_handshakes(&self) -> Vec<Option<ListenerHandshake>> {
+        self.sources
+            .iter()
+            .map(|(s, _)| s.handshake().cloned())
+            .collect()
     }
 
     /// The position (in the list the server was given) of the listener that produced the last

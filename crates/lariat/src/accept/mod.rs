@@ -11,9 +11,10 @@
 //! The [`Server`](crate::Server) runs it in a loop and spawns a task per connection; the axum adapter calls
 //! it from `axum::serve`.
 
-pub mod backoff;
-pub mod classify;
+pub(crate) mod backoff;
+pub(crate) mod classify;
 pub(crate) mod fan_in;
+pub(crate) mod limit;
 mod shed;
 
 use std::future::poll_fn;
@@ -24,9 +25,10 @@ use std::time::Instant;
 use crate::accept::backoff::{Backoff, BackoffPolicy};
 use crate::accept::classify::{classify, ErrorClass};
 use crate::accept::shed::Reserve;
-use crate::listener::{AcceptSource, ListenAddr};
-use crate::shared::Shared;
-use crate::stats::Stats;
+use crate::net::listener::ListenAddr;
+use crate::net::source::AcceptSource;
+use crate::server::state::ServerState;
+use crate::server::stats::Stats;
 use crate::Connection;
 
 /// What to do with clients queued in the kernel while the process is out of descriptors.
@@ -53,19 +55,31 @@ pub struct AcceptError {
     pub source: io::Error,
 }
 
-/// After this many per-connection errors in a row, with no success and no empty backlog, the errno is
-/// not about a connection after all (an LSM hook refusing every accept, `EOPNOTSUPP` on an inherited
-/// socket of the wrong type): back off instead of retrying at once.
 /// How often an acceptor waiting at the cap looks at the listen queue (one `TCP_INFO` call).
 const PRESSURE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// After this many per-connection errors in a row, with no success and no empty backlog, the errno is
+/// not about a connection after all (an LSM hook refusing every accept, `EOPNOTSUPP` on an inherited
+/// socket of the wrong type): back off instead of retrying at once.
 const MAX_CONSECUTIVE_CONNECTION_ERRORS: u32 = 256;
 
 /// Takes connections from one [`AcceptSource`] under the server's cap.
+///
+/// [`accept`](Self::accept) is the whole of a correct accept loop's inner step:
+/// 1. take a slot under the connection cap first, so the server never holds more than the cap (at the
+///    cap, clients wait in the kernel backlog);
+/// 2. accept;
+/// 3. on error, act by errno ([`classify()`](crate::classify)): retry a per-connection error at once,
+///    back off from a shortage (waking early when one of our connections frees a descriptor,
+///    optionally shedding with a reserved descriptor), and end on a fatal error, never spinning.
+///
+/// The [`Server`](crate::Server) runs it in a loop and spawns a task per connection; the axum adapter
+/// calls it from `axum::serve`; [`ServerBuilder::acceptor`](crate::ServerBuilder::acceptor) hands one
+/// out for a loop of your own.
 pub struct Acceptor<S> {
     source: S,
     addr: ListenAddr,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     /// A slot under the cap taken for the next connection. Kept across cancelled `accept` calls.
     holding_slot: bool,
     backoff: Backoff,
@@ -97,7 +111,7 @@ impl<S> std::fmt::Debug for Acceptor<S> {
 impl<S: AcceptSource> Acceptor<S> {
     pub(crate) fn new(
         source: S,
-        shared: Arc<Shared>,
+        shared: Arc<ServerState>,
         policy: BackoffPolicy,
         on_exhaustion: OnExhaustion,
     ) -> io::Result<Self> {

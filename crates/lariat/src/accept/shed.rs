@@ -10,8 +10,8 @@
 use std::fs::File;
 use std::task::{Context, Poll, Waker};
 
-use crate::listener::AcceptSource;
-use crate::stats::Stats;
+use crate::net::source::AcceptSource;
+use crate::server::stats::Stats;
 use crate::Stream;
 
 /// At most this many connections are shed per exhaustion event, so shedding never starves the runtime.

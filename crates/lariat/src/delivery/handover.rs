@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::{Messages, Mode};
+use crate::connection::split::{ReuniteError, WriteHalf};
 use crate::handover::Refusal;
-use crate::split::{ReuniteError, WriteHalf};
 use crate::Connection;
 
 /// Marks a state that carries a message stream's mode (then the handler's own state).

@@ -76,7 +76,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{BufMut as _, BytesMut};
 use tokio_util::codec::Decoder;
 
-use crate::split::{ReadHalf, WriteHalf};
+use crate::connection::split::{ReadHalf, WriteHalf};
 use crate::Connection;
 
 /// What [`Messages::new`] takes to cut bytes into messages: a [`Framing`] (which gets a fresh

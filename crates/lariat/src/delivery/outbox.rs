@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
 
 use super::Framing;
-use crate::meta::ConnectionMeta;
-use crate::split::WriteHalf;
+use crate::connection::meta::ConnectionMeta;
+use crate::connection::split::WriteHalf;
 
 /// Stop gathering queued frames into one write past this many bytes.
 const BATCH: usize = 64 * 1024;

@@ -2,7 +2,7 @@
 //! connections finish, up to a deadline.
 //!
 //! Stage one runs in the accept loop (`drain_queue`): each listener refuses new clients while keeping its
-//! queue ([`AcceptSource::refuse_new`]: a SYN-dropping filter on Linux TCP, unlinking the path for Unix
+//! queue ([`AcceptSource::refuse_new`](crate::AcceptSource::refuse_new): a SYN-dropping filter on Linux TCP, unlinking the path for Unix
 //! sockets), the loop keeps accepting — under the cap, waiting for slots as connections end — until the
 //! queue has stayed empty for a settle time, and only then closes the listeners. Closing first, as most
 //! servers do, resets every client the kernel had already accepted.
@@ -36,10 +36,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-use crate::accept::fan_in::FanIn;
-use crate::accept::Acceptor;
-use crate::listener::AcceptSource;
 
 /// The default time live connections get to finish after a drain begins.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,9 +89,9 @@ impl DrainReport {
     }
 }
 
-/// The drain's shared state: one per server, in `Shared`.
+/// The drain's shared state: one per server, in `ServerState`.
 #[derive(Debug, Default)]
-pub(crate) struct Control {
+pub(crate) struct DrainState {
     /// Cancelled when a drain begins; handlers await it.
     pub(crate) draining: CancellationToken,
     /// Cancelled to end the drain at once.
@@ -121,7 +117,7 @@ struct Plan {
     settle: Duration,
 }
 
-impl Control {
+impl DrainState {
     /// Begins a drain (once; later calls keep the first plan). Returns the deadline.
     pub(crate) fn begin(&self, opts: DrainOptions) -> Instant {
         let plan = self.plan.get_or_init(|| Plan {
@@ -139,70 +135,22 @@ impl Control {
     pub(crate) fn left_in_queue(&self) -> u64 {
         self.left_in_queue.load(Relaxed)
     }
-}
 
-/// How often stage one checks whether the queue has gone quiet.
-const TICK: Duration = Duration::from_millis(10);
-
-/// Stage one, run by the accept loop once `control.draining` fires: refuse new clients, accept the queued
-/// ones (each passed to `spawn`), close when the queue has been empty for the settle time, at the deadline,
-/// or when forced or stopped.
-pub(crate) async fn drain_queue<S: AcceptSource>(
-    acceptor: &mut Acceptor<FanIn<S>>,
-    control: &Control,
-    stop: &CancellationToken,
-    mut spawn: impl FnMut(crate::Connection, usize),
-) {
-    let plan = control.plan.get().copied().unwrap_or(Plan {
-        deadline: Instant::now() + DEFAULT_DRAIN_TIMEOUT,
-        settle: DEFAULT_SETTLE,
-    });
-    acceptor.source_mut().refuse_new();
-    let mut quiet_since = Instant::now();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ended = loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break "stopped",
-            _ = control.force.cancelled() => break "forced",
-            _ = tokio::time::sleep_until(plan.deadline) => break "deadline",
-            accepted = acceptor.accept() => match accepted {
-                Ok(conn) => {
-                    control.accepted_from_queue.fetch_add(1, Relaxed);
-                    quiet_since = Instant::now();
-                    spawn(conn, acceptor.source().last_position());
-                }
-                Err(err) => {
-                    tracing::warn!(listener = %err.addr, error = %err.source, "a listener failed while draining its queue");
-                    break "failed";
-                }
-            },
-            _ = tick.tick() => {
-                // Waiting on the cap or on descriptors is not an empty queue; neither is a queue the OS
-                // says is not empty.
-                let now = Instant::now();
-                if !acceptor.is_ready_to_accept() || acceptor.source().queued().unwrap_or(0) > 0 {
-                    quiet_since = now;
-                } else if now.duration_since(quiet_since) >= plan.settle {
-                    break "queue empty";
-                }
-            }
+    /// The drain's deadline and settle time, once begun (the defaults otherwise).
+    pub(crate) fn plan(&self) -> (Instant, Duration) {
+        match self.plan.get() {
+            Some(plan) => (plan.deadline, plan.settle),
+            None => (Instant::now() + DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE),
         }
-    };
-    let left = acceptor.source().queued().unwrap_or(0) as u64;
-    control.left_in_queue.store(left, Relaxed);
-    if left > 0 {
-        tracing::warn!(
-            left,
-            why = ended,
-            "closing the listeners with clients still queued: the kernel resets them"
-        );
-    } else {
-        tracing::info!(
-            accepted = control.accepted_from_queue(),
-            why = ended,
-            "listeners closed after draining their queues"
-        );
+    }
+
+    /// Counts a client accepted from the queue after the drain began.
+    pub(crate) fn accepted_one_from_queue(&self) {
+        self.accepted_from_queue.fetch_add(1, Relaxed);
+    }
+
+    /// Records how many clients were still queued when the listeners closed.
+    pub(crate) fn set_left_in_queue(&self, left: u64) {
+        self.left_in_queue.store(left, Relaxed);
     }
 }

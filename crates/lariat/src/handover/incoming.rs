@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::wire::{self, Message, MAX_MESSAGE};
 use super::{Resumed, HANDOVER_ENV};
-use crate::shared::Shared;
+use crate::server::state::ServerState;
 use crate::{Connection, PeerAddr, Stream};
 
 /// A connection received and not yet committed.
@@ -23,7 +23,7 @@ struct Held {
 /// If this process was started by a restart whose predecessor passes connections, and the server can
 /// resume them, connects to the predecessor (before `READY=1`, so it finds us at once) and starts
 /// taking connections. Returns whether it did.
-pub(crate) fn connect_from_env(shared: &Arc<Shared>) -> io::Result<bool> {
+pub(crate) fn connect_from_env(shared: &Arc<ServerState>) -> io::Result<bool> {
     let Some(path) = std::env::var_os(HANDOVER_ENV) else {
         return Ok(false);
     };
@@ -47,7 +47,7 @@ pub(crate) fn connect_from_env(shared: &Arc<Shared>) -> io::Result<bool> {
     Ok(true)
 }
 
-pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<Shared>) {
+pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<ServerState>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut held: HashMap<u64, Held> = HashMap::new();
     // `Taken`s not written yet. Reading never waits for writing: the predecessor may be blocked
@@ -144,7 +144,7 @@ pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<Shared>
 
 /// Serves a committed connection here: registered like an accepted one (over the cap if need be: it
 /// was already served), with its state and read-ahead bytes, in the server's handler.
-fn resume(shared: &Arc<Shared>, held: Held) -> io::Result<()> {
+fn resume(shared: &Arc<ServerState>, held: Held) -> io::Result<()> {
     let socket = socket2::Socket::from(held.fd);
     socket.set_nonblocking(true)?;
     let local = socket.local_addr()?;

@@ -63,7 +63,7 @@ pub(crate) use outgoing::Outgoing;
 pub use wire::{MAX_READ_AHEAD, MAX_STATE};
 
 /// The environment variable that tells a restart's successor where its predecessor offers connections.
-pub const HANDOVER_ENV: &str = "LARIAT_HANDOVER_SOCKET";
+pub(crate) const HANDOVER_ENV: &str = "LARIAT_HANDOVER_SOCKET";
 
 /// Why a connection was not handed over. It is still the handler's: serve it on (it drains as usual).
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ impl Resumed {
     }
 }
 
-/// A server's hand-over state (in its `Shared`).
+/// A server's hand-over state (in its `ServerState`).
 #[derive(Default)]
 pub(crate) struct HandOverState {
     /// The channel to a successor, while one takes connections.
@@ -243,14 +243,14 @@ impl Connection {
                 let state = &entry.shared.handover;
                 // Registered before the check, so an offer in between is not missed. A task's waker
                 // rarely changes: it is stored again only when it does.
-                let known = entry.closer.has_flag(crate::closer::PARKED)
+                let known = entry.closer.has_flag(crate::connection::closer::PARKED)
                     && state
                         .parked
                         .get(&entry.id)
                         .is_some_and(|w| w.will_wake(cx.waker()));
                 if !known {
                     state.parked.insert(entry.id, cx.waker().clone());
-                    entry.closer.set_flag(crate::closer::PARKED);
+                    entry.closer.set_flag(crate::connection::closer::PARKED);
                 }
                 if state.offer.is_cancelled() {
                     *listening = false;

@@ -1,11 +1,22 @@
-//! The front door: what runs in a connection's own task before its handler: the PROXY header (and the
-//! admission rules on the client it names), the TLS handshake, the admission hook and the greeting, in that order, all within one handshake timeout
-//! counted from `accept`. A slow or hostile client holds up only its own task, never the accept loop,
+//! The handshake: what runs in a connection's own task before its handler: the PROXY header (and the
+//! admission rules on the client it names), the TLS handshake, the admission hook and the greeting, in
+//! that order, all within one handshake timeout counted from `accept` (this module owns its default and
+//! the grace before a handshake gives way under pressure). A slow or hostile client holds up only its own task, never the accept loop,
 //! and every way the set-up can fail is counted by cause.
 //!
 //! No step takes a byte meant for the handler: the PROXY reader consumes exactly its header (see
 //! [`proxy`](crate::proxy)), and TLS records that arrive with the handshake's last flight stay in the
 //! session that the handler reads from.
+//!
+//! The steps live beside this file: `proxy.rs`, `tls/`, `admission.rs` (rules and the hook's `Reject`),
+//! `route.rs` (several protocols on one port, within the same timeout), `pressure.rs` (when handshakes
+//! give way).
+
+pub mod admission;
+pub(crate) mod pressure;
+pub mod proxy;
+pub mod route;
+pub mod tls;
 
 use std::io;
 use std::sync::Arc;
@@ -15,8 +26,8 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use crate::admission::{AdmissionHook, Reject};
-use crate::proxy::{self, ProxyConfig, ProxyError};
-use crate::stats::Stats;
+use crate::proxy::{ProxyConfig, ProxyError};
+use crate::server::stats::Stats;
 use crate::tls::{TlsConfig, TlsError};
 use crate::{Connection, Stream};
 
@@ -28,18 +39,32 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshake across a continent, a tenth of the default handshake timeout.
 pub const DEFAULT_HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 
+/// One listener's own handshake settings, replacing the server-wide
+/// [`proxy_protocol`](crate::ServerBuilder::proxy_protocol) and [`tls`](crate::ServerBuilder::tls) for its
+/// connections: say, PROXY on the port the load balancer uses and none on an internal one. Given with
+/// [`Listener::with_handshake`](crate::Listener::with_handshake), so a setting always belongs to a
+/// listener that exists. The server-wide admission hook and greeting apply to every listener.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerHandshake {
+    /// The PROXY header this listener's connections start with; `None` (or
+    /// [`ProxyMode::Off`](crate::proxy::ProxyMode::Off)): none.
+    pub proxy: Option<ProxyConfig>,
+    /// TLS on this listener; `None`: plaintext.
+    pub tls: Option<TlsConfig>,
+}
+
 /// The set-up steps of one listener's connections.
 #[derive(Clone, Default)]
-pub(crate) struct Front {
+pub(crate) struct Handshake {
     pub(crate) proxy: Option<Arc<ProxyConfig>>,
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) hook: Option<AdmissionHook>,
     pub(crate) greeting: Option<Bytes>,
 }
 
-impl std::fmt::Debug for Front {
+impl std::fmt::Debug for Handshake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Front")
+        f.debug_struct("Handshake")
             .field("proxy", &self.proxy)
             .field("tls", &self.tls.is_some())
             .field("hook", &self.hook.is_some())
@@ -50,7 +75,7 @@ impl std::fmt::Debug for Front {
 
 /// Why a connection's set-up failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FrontError {
+pub(crate) enum HandshakeError {
     #[error("PROXY header refused: {0}")]
     Proxy(#[from] ProxyError),
     #[error("TLS handshake failed: {0}")]
@@ -67,7 +92,7 @@ pub(crate) enum FrontError {
     Evicted(Duration),
 }
 
-impl Front {
+impl Handshake {
     /// True when there is nothing to do before the handler (the fast path: no extra state in the task).
     pub(crate) fn is_empty(&self) -> bool {
         self.proxy.is_none() && self.tls.is_none() && self.hook.is_none() && self.greeting.is_none()
@@ -87,14 +112,14 @@ impl Front {
         }
     }
 
-    async fn steps(&self, mut conn: Connection) -> Result<Connection, FrontError> {
+    async fn steps(&self, mut conn: Connection) -> Result<Connection, HandshakeError> {
         if let Some(config) = &self.proxy {
             match proxy::read_header(conn.stream(), &conn.entry().peer, config).await? {
                 proxy::Admitted::Header(header) => conn.set_proxy_header(header),
                 proxy::Admitted::Plain => {}
             }
             // The client is known now: the admission rules judge it, not the balancer.
-            conn.admit().map_err(FrontError::Admission)?;
+            conn.admit().map_err(HandshakeError::Admission)?;
         }
         if let Some(tls) = &self.tls {
             conn = start_tls(conn, tls).await?;
@@ -106,25 +131,25 @@ impl Front {
                     let _ = conn.write_all(reply).await;
                     let _ = conn.flush().await;
                 }
-                return Err(FrontError::Refused(reject));
+                return Err(HandshakeError::Refused(reject));
             }
         }
         if let Some(greeting) = &self.greeting {
             conn.write_all(greeting)
                 .await
-                .map_err(FrontError::Greeting)?;
-            conn.flush().await.map_err(FrontError::Greeting)?;
+                .map_err(HandshakeError::Greeting)?;
+            conn.flush().await.map_err(HandshakeError::Greeting)?;
         }
         Ok(conn)
     }
 }
 
 /// Runs a set-up step within what is left of the handshake timeout, giving way to queued clients when
-/// the cap is full and the grace period is over (see [`pressure`](crate::pressure)).
+/// the cap is full and the grace period is over (see [`pressure`](crate::handshake::pressure)).
 pub(crate) async fn bounded<T>(
-    entry: &crate::registry::Entry,
+    entry: &crate::server::registry::Entry,
     step: impl std::future::Future<Output = T>,
-) -> Result<T, FrontError> {
+) -> Result<T, HandshakeError> {
     let shared = &entry.shared;
     let accepted = tokio::time::Instant::now() - shared.registry.age(entry);
     let deadline = crate::deadline::after(accepted, shared.handshake_timeout);
@@ -135,8 +160,8 @@ pub(crate) async fn bounded<T>(
     tokio::select! {
         biased;
         done = step => Ok(done),
-        _ = tokio::time::sleep_until(deadline) => Err(FrontError::Timeout(shared.handshake_timeout)),
-        _ = shared.pressure.gives_way(grace_ends) => Err(FrontError::Evicted(shared.handshake_grace)),
+        _ = tokio::time::sleep_until(deadline) => Err(HandshakeError::Timeout(shared.handshake_timeout)),
+        _ = shared.pressure.gives_way(grace_ends) => Err(HandshakeError::Evicted(shared.handshake_grace)),
     }
 }
 
@@ -152,18 +177,18 @@ pub(crate) async fn start_tls(conn: Connection, tls: &TlsConfig) -> Result<Conne
 }
 
 /// Counts a failed set-up by cause and logs it (each at debug, one a second at info).
-pub(crate) fn failed(entry: &crate::registry::Entry, e: &FrontError) {
+pub(crate) fn failed(entry: &crate::server::registry::Entry, e: &HandshakeError) {
     let stats = &entry.shared.stats;
     let counter = match e {
-        FrontError::Proxy(_) => &stats.proxy_refused,
-        FrontError::Tls(_) => &stats.tls_failed,
-        FrontError::Refused(_) => &stats.hook_refused,
-        FrontError::Timeout(_) => &stats.handshake_timeouts,
-        FrontError::Evicted(_) => &stats.handshake_evicted,
+        HandshakeError::Proxy(_) => &stats.proxy_refused,
+        HandshakeError::Tls(_) => &stats.tls_failed,
+        HandshakeError::Refused(_) => &stats.hook_refused,
+        HandshakeError::Timeout(_) => &stats.handshake_timeouts,
+        HandshakeError::Evicted(_) => &stats.handshake_evicted,
         // Counted and logged by the admission rules.
-        FrontError::Admission(_) => return,
+        HandshakeError::Admission(_) => return,
         // The client left before its greeting: a close like any other.
-        FrontError::Greeting(_) => {
+        HandshakeError::Greeting(_) => {
             tracing::debug!(conn = entry.id, peer = %entry.peer, error = %e, "connection closed during set-up");
             return;
         }

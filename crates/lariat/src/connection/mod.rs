@@ -1,5 +1,9 @@
 //! [`Connection`]: what a handler receives. It owns the socket, so no other task can read its bytes.
 
+pub(crate) mod closer;
+pub(crate) mod meta;
+pub(crate) mod split;
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -11,10 +15,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::WaitForCancellationFuture;
 
-use crate::meta::ConnectionMeta;
-use crate::registry::Entry;
-use crate::shared::Shared;
-use crate::stats::Stats;
+use crate::connection::meta::ConnectionMeta;
+use crate::server::registry::Entry;
+use crate::server::state::ServerState;
+use crate::server::stats::Stats;
 use crate::{LocalAddr, PeerAddr, Stream};
 
 /// An accepted connection, handed to exactly one handler.
@@ -62,14 +66,14 @@ impl Drop for ConnectionGuard {
         let shared = &entry.shared;
         let stats = &shared.stats;
         shared.registry.remove(entry.id);
-        if entry.closer.has_flag(crate::closer::PARKED) {
+        if entry.closer.has_flag(crate::connection::closer::PARKED) {
             shared.handover.unpark(entry.id);
         }
         Stats::add(&stats.bytes_in, entry.bytes_in.load(Relaxed));
         Stats::add(&stats.bytes_out, entry.bytes_out.load(Relaxed));
         Stats::add(&stats.closed, 1);
         if let Some(gate) = &shared.gate {
-            if entry.closer.has_flag(crate::closer::COUNTED) {
+            if entry.closer.has_flag(crate::connection::closer::COUNTED) {
                 gate.release(entry.reported_peer());
             }
         }
@@ -98,7 +102,7 @@ impl ConnectionGuard {
 
 impl Connection {
     /// Wraps a freshly accepted socket. The caller holds a slot under the cap, which passes to the guard.
-    pub(crate) fn new(stream: Stream, peer: PeerAddr, shared: Arc<Shared>) -> Connection {
+    pub(crate) fn new(stream: Stream, peer: PeerAddr, shared: Arc<ServerState>) -> Connection {
         Stats::add(&shared.stats.accepted, 1);
         let entry = shared
             .registry
@@ -121,7 +125,7 @@ impl Connection {
     pub(crate) fn admit(&self) -> Result<(), crate::admission::Refusal> {
         let entry = &self.guard.meta.0;
         if crate::admission::judge(entry, entry.reported_peer())? {
-            entry.closer.set_flag(crate::closer::COUNTED);
+            entry.closer.set_flag(crate::connection::closer::COUNTED);
         }
         Ok(())
     }
@@ -168,7 +172,7 @@ impl Connection {
             .0
             .extras()
             .proxy
-            .set(crate::registry::ProxyInfo { header, peer });
+            .set(crate::server::registry::ProxyInfo { header, peer });
     }
 
     /// What TLS negotiated (SNI name, ALPN protocol, version), for a connection that came through a TLS
@@ -200,8 +204,8 @@ impl Connection {
     /// queue: Linux TCP, Unix sockets) and this connection has lived past the handshake grace
     /// ([`ServerBuilder::handshake_grace`](crate::ServerBuilder::handshake_grace)). A handler in a phase
     /// it can give up without loss, such as waiting for a request that has not begun, awaits this
-    /// alongside its read and closes, so a crowd of idle connections cannot keep queued clients out (the
-    /// front makes handshakes give way the same way). The future does not borrow the connection, so it
+    /// alongside its read and closes, so a crowd of idle connections cannot keep queued clients out (handshakes
+    /// give way the same way). The future does not borrow the connection, so it
     /// can race the connection's own reads.
     pub fn crowded(&self) -> impl Future<Output = ()> + Send + 'static {
         let shared = self.guard.meta.0.shared.clone();

@@ -1,16 +1,16 @@
-//! A bound listening socket, and [`AcceptSource`], the seam the acceptor pulls connections from.
+//! A bound listening socket, registered with the runtime.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::task::{ready, Context, Poll};
 
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::bind::{self, BindError, BindOptions, UnixFile};
-use crate::{Endpoint, PeerAddr, Stream};
+use crate::handshake::ListenerHandshake;
+use crate::net::bind::{self, BindError, BindOptions, UnixFile};
+use crate::Endpoint;
 
 /// Where a listener actually listens: for TCP the real port, even when port 0 was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,59 +44,22 @@ impl ListenAddr {
     }
 }
 
-/// Where the acceptor gets connections from. [`Listener`] is the real one; tests implement it to inject
-/// faults (an `accept(2)` that fails with a chosen errno), and other sources (inherited sockets, in-memory
-/// pipes) can plug in the same way.
-///
-/// Errors must carry the raw OS error (`io::Error::from_raw_os_error`), because the acceptor classifies by
-/// errno: `io::ErrorKind` folds many distinct errors (EPROTO, ENONET, …) into `Uncategorized`.
-pub trait AcceptSource: Send + 'static {
-    /// Polls for the next connection, as `accept(2)` would return it.
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, PeerAddr)>>;
-
-    /// The address this source listens on.
-    fn local_addr(&self) -> io::Result<ListenAddr>;
-
-    /// Drain stage one: stop new clients from reaching the queue, keeping the clients already in it
-    /// (see [`drain`](crate::drain)). Best effort; the default does nothing.
-    fn refuse_new(&mut self) {}
-
-    /// How many clients wait in the queue, where the OS reports it (a Unix socket: 1 for "some").
-    fn queued(&self) -> Option<usize> {
-        None
-    }
-
-    /// The socket now belongs to another process too (a restart's successor): leave it as it is when
-    /// this source is dropped. The default does nothing.
-    fn release(&mut self) {}
-
-    /// Another source on the same socket (the same queue), for a second accept loop
-    /// ([`ServerBuilder::acceptors`](crate::ServerBuilder::acceptors)). The default: unsupported.
-    fn try_clone_source(&self) -> io::Result<Self>
-    where
-        Self: Sized,
-    {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this accept source cannot be cloned",
-        ))
-    }
-}
-
 /// A bound, listening socket (TCP or Unix), registered with the tokio runtime.
 pub struct Listener {
-    socket: Socket,
-    addr: ListenAddr,
+    pub(super) socket: Socket,
+    pub(super) addr: ListenAddr,
     /// Set `TCP_NODELAY` on each accepted socket (only where the OS does not inherit it from the listener).
-    nodelay_per_accept: bool,
+    pub(super) nodelay_per_accept: bool,
     /// Removes our socket file on drop. Declared after `socket` so the socket closes first.
-    unix_file: Option<UnixFile>,
+    pub(super) unix_file: Option<UnixFile>,
     /// Another process (a supervisor such as systemd) keeps its own descriptor for this socket and its
     /// queue: a drain leaves the socket alone, since closing ours loses nothing.
-    supervised: bool,
+    pub(super) supervised: bool,
+    /// This listener's own handshake settings, if it has any.
+    pub(super) handshake: Option<ListenerHandshake>,
 }
 
-enum Socket {
+pub(super) enum Socket {
     Tcp(TcpListener),
     Unix(UnixListener),
 }
@@ -133,7 +96,16 @@ impl Listener {
             nodelay_per_accept: self.nodelay_per_accept,
             unix_file: None,
             supervised: true,
+            handshake: self.handshake.clone(),
         })
+    }
+
+    /// This listener with its own handshake settings (see [`ListenerHandshake`]): its connections get
+    /// these instead of the server-wide PROXY and TLS settings. Clones made by
+    /// [`try_clone`](Self::try_clone) carry them too.
+    pub fn with_handshake(mut self, settings: ListenerHandshake) -> Listener {
+        self.handshake = Some(settings);
+        self
     }
 
     /// Binds with [`BindOptions::default`]. Must be called inside a tokio runtime.
@@ -158,6 +130,7 @@ impl Listener {
                     nodelay_per_accept: opts.nodelay && !cfg!(target_os = "linux"),
                     unix_file: None,
                     supervised: false,
+                    handshake: None,
                 })
             }
             Endpoint::Unix(path) => {
@@ -169,6 +142,7 @@ impl Listener {
                     nodelay_per_accept: false,
                     unix_file: Some(file),
                     supervised: false,
+                    handshake: None,
                 })
             }
             Endpoint::UnixAbstract(name) => {
@@ -180,6 +154,7 @@ impl Listener {
                     nodelay_per_accept: false,
                     unix_file: None,
                     supervised: false,
+                    handshake: None,
                 })
             }
         }
@@ -211,6 +186,7 @@ impl Listener {
                 nodelay_per_accept: !cfg!(target_os = "linux"),
                 unix_file: None,
                 supervised,
+                handshake: None,
             });
         }
         let addr = if let Some(path) = local.as_pathname() {
@@ -247,6 +223,7 @@ impl Listener {
             nodelay_per_accept: false,
             unix_file,
             supervised,
+            handshake: None,
         })
     }
 
@@ -278,180 +255,11 @@ impl AsFd for Listener {
     }
 }
 
-impl AcceptSource for Listener {
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, PeerAddr)>> {
-        match &self.socket {
-            Socket::Tcp(l) => {
-                let (stream, peer) = ready!(l.poll_accept(cx))?;
-                if self.nodelay_per_accept {
-                    // Best effort: a failure here is no reason to drop the connection.
-                    let _ = stream.set_nodelay(true);
-                }
-                Poll::Ready(Ok((Stream::Tcp(stream), PeerAddr::Tcp(peer))))
-            }
-            Socket::Unix(l) => {
-                let (stream, _peer) = ready!(l.poll_accept(cx))?;
-                Poll::Ready(Ok((Stream::Unix(stream), PeerAddr::Unix)))
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<ListenAddr> {
-        Ok(self.addr.clone())
-    }
-
-    fn try_clone_source(&self) -> io::Result<Self> {
-        self.try_clone()
-    }
-
-    fn refuse_new(&mut self) {
-        let tcp = matches!(self.socket, Socket::Tcp(_));
-        let fd = self.as_raw_fd();
-        refuse_new(fd, tcp, &mut self.unix_file, &self.addr, self.supervised);
-    }
-
-    fn release(&mut self) {
-        Listener::release(self);
-    }
-
-    fn queued(&self) -> Option<usize> {
-        match &self.socket {
-            Socket::Tcp(l) => crate::drain::syn_filter::accept_queue_len(l).ok(),
-            Socket::Unix(l) => any_pending(l).ok().map(usize::from),
-        }
-    }
-}
-
-/// Whether a client waits in a listener's queue: the listening socket polls readable then. (The length
-/// of a Unix socket's queue is not reported; whether it is empty is all the pressure and the drain need.)
-fn any_pending(listener: &impl AsRawFd) -> io::Result<bool> {
-    let mut poll = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd we own, a zero timeout: poll(2) only reports the readiness.
-    match unsafe { libc::poll(&mut poll, 1, 0) } {
-        n if n < 0 => Err(io::Error::last_os_error()),
-        _ => Ok(poll.revents & libc::POLLIN != 0),
-    }
-}
-
-/// Drain stage one on a listening socket (see [`AcceptSource::refuse_new`]): TCP drops bare SYNs, a Unix
-/// path is unlinked; a supervisor's socket is left as it is.
-fn refuse_new(
-    fd: RawFd,
-    tcp: bool,
-    unix_file: &mut Option<UnixFile>,
-    addr: &ListenAddr,
-    supervised: bool,
-) {
-    if supervised {
-        tracing::debug!(listener = %addr, "drain: socket kept by its supervisor, left as is");
-        return;
-    }
-    let refused = match (tcp, unix_file, addr) {
-        (true, _, _) => crate::drain::syn_filter::drop_new_syns(&fd),
-        // Unlinked, the path refuses new clients (ENOENT); the socket and its queue stay.
-        // Only if the path still names the file bound (or adopted): never another process's socket.
-        (false, Some(file), _) => file.remove_now(),
-        (false, None, ListenAddr::Unix(_)) => Err(io::Error::other(
-            "the path named no socket file when this process took the socket; left alone",
-        )),
-        (false, None, _) => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "an abstract socket has no path to remove",
-        )),
-    };
-    match refused {
-        Ok(()) => tracing::debug!(listener = %addr, "drain: refusing new clients"),
-        Err(e) => tracing::info!(
-            listener = %addr,
-            error = %e,
-            "drain: cannot refuse new clients while the queue drains; a client arriving just before the close may be reset"
-        ),
-    }
-}
-
-/// A listening socket kept out of the runtime, for a process that holds it (to pass it on, and to
-/// refuse new clients when draining) but never accepts from it: `lariat serve --workers`' supervisor.
-/// Registered with the runtime, every new connection would wake that process for nothing (measured:
-/// about a fifth of the server's CPU under churn).
-pub struct ParkedListener {
-    fd: OwnedFd,
-    tcp: bool,
-    addr: ListenAddr,
-    /// Declared after `fd`: the socket closes before its file is removed.
-    unix_file: Option<UnixFile>,
-    supervised: bool,
-}
-
-impl fmt::Debug for ParkedListener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ParkedListener")
-            .field("addr", &self.addr)
-            .finish()
-    }
-}
-
-impl Listener {
-    /// Takes the socket out of the runtime (see [`ParkedListener`]).
-    pub fn park(self) -> io::Result<ParkedListener> {
-        let Listener {
-            socket,
-            addr,
-            unix_file,
-            supervised,
-            ..
-        } = self;
-        let (fd, tcp) = match socket {
-            Socket::Tcp(l) => (OwnedFd::from(l.into_std()?), true),
-            Socket::Unix(l) => (OwnedFd::from(l.into_std()?), false),
-        };
-        Ok(ParkedListener {
-            fd,
-            tcp,
-            addr,
-            unix_file,
-            supervised,
-        })
-    }
-}
-
-impl ParkedListener {
-    /// Where it listens.
-    pub fn local_addr(&self) -> &ListenAddr {
-        &self.addr
-    }
-
-    /// Whether another process (systemd) keeps the socket too.
-    pub fn is_supervised(&self) -> bool {
-        self.supervised
-    }
-
-    /// Drain stage one, as [`AcceptSource::refuse_new`] does for a listener: the clients already
-    /// queued stay for the processes that accept from the socket.
-    pub fn refuse_new(&mut self) {
-        let fd = self.fd.as_raw_fd();
-        refuse_new(
-            fd,
-            self.tcp,
-            &mut self.unix_file,
-            &self.addr,
-            self.supervised,
-        );
-    }
-}
-
-impl AsFd for ParkedListener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::source::AcceptSource;
+    use crate::Stream;
     use std::future::poll_fn;
 
     #[tokio::test]

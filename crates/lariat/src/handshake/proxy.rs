@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::peek::{peek_at_least, Peeked};
+use crate::net::peek::{peek_at_least, Peeked};
 use crate::{PeerAddr, Stream};
 
 /// The v2 signature: `\r\n\r\n\0\r\nQUIT\n`.

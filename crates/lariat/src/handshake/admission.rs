@@ -10,7 +10,8 @@
 //! ([`Admission::ipv6_prefix`], /64 by default): one host usually holds a whole /64, so counting /128s
 //! would let it open 2^64 times the limit.
 //!
-//! An [`AdmissionHook`] is the application's own check (application-level acceptance): it
+//! An admission hook ([`ServerBuilder::admission_hook`](crate::ServerBuilder::admission_hook)) is the
+//! application's own check (application-level acceptance): it
 //! runs later, in the connection's task after the PROXY header and the TLS handshake, so it sees the real
 //! client and the SNI name, and it may answer a refused client before closing.
 
@@ -103,9 +104,9 @@ pub enum Refusal {
 /// The application's admission check: `Ok` admits the connection, `Err` closes it (counted as
 /// `hook_refused`, logged at most once a second) before the handler runs. Runs in the connection's task,
 /// within the handshake timeout; it should decide quickly and must not block.
-pub type AdmissionHook = Arc<dyn Fn(&Connection) -> Result<(), Reject> + Send + Sync>;
+pub(crate) type AdmissionHook = Arc<dyn Fn(&Connection) -> Result<(), Reject> + Send + Sync>;
 
-/// A refusal by an [`AdmissionHook`].
+/// A refusal by an admission hook ([`ServerBuilder::admission_hook`](crate::ServerBuilder::admission_hook)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
     /// Why, for the log.
@@ -250,7 +251,10 @@ impl Gate {
 /// Judges `peer` for the connection `entry` by the server's admission rules, if it has any: counts a
 /// refusal (logged at most once a second). `Ok(true)`: the connection was counted under `peer`, so
 /// closing it must uncount it (the caller marks its guard: see `Connection::mark_gate_counted`).
-pub(crate) fn judge(entry: &crate::registry::Entry, peer: &PeerAddr) -> Result<bool, Refusal> {
+pub(crate) fn judge(
+    entry: &crate::server::registry::Entry,
+    peer: &PeerAddr,
+) -> Result<bool, Refusal> {
     let Some(gate) = &entry.shared.gate else {
         return Ok(false);
     };
@@ -261,7 +265,7 @@ pub(crate) fn judge(entry: &crate::registry::Entry, peer: &PeerAddr) -> Result<b
 /// Judges the process at the other end of a Unix socket by its user, if the rules name users: the
 /// socket's own peer, before any PROXY header (which names a network client, not a process).
 pub(crate) fn judge_socket(
-    entry: &crate::registry::Entry,
+    entry: &crate::server::registry::Entry,
     stream: &crate::Stream,
 ) -> Result<(), Refusal> {
     let (Some(gate), crate::Stream::Unix(unix)) = (&entry.shared.gate, stream) else {
@@ -278,11 +282,11 @@ pub(crate) fn judge_socket(
 /// Counts a refusal and logs it (at most once a second).
 fn refused(
     gate: &Gate,
-    entry: &crate::registry::Entry,
+    entry: &crate::server::registry::Entry,
     peer: &PeerAddr,
     refusal: Refusal,
 ) -> Refusal {
-    crate::stats::Stats::add(&entry.shared.stats.admission_refused, 1);
+    crate::server::stats::Stats::add(&entry.shared.stats.admission_refused, 1);
     if gate.should_log(entry.shared.registry.now_ms()) {
         tracing::info!(peer = %peer, hop = %entry.peer, why = %refusal, "connection refused (logged at most once a second)");
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Live counters, shared by the accept loops and connections of one server.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub(crate) accepted: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) connection_errors: AtomicU64,
@@ -28,7 +28,7 @@ pub struct Stats {
     pub(crate) handshake_evicted: AtomicU64,
 }
 
-/// A point-in-time copy of [`Stats`].
+/// A point-in-time copy of a server's counters ([`ServerHandle::stats`](crate::ServerHandle::stats)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
     /// Connections accepted.

@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::task::AbortHandle;
 
-use crate::closer::{Closer, Shutdown};
-use crate::shared::Shared;
+use crate::connection::closer::{Closer, Shutdown};
+use crate::server::state::ServerState;
 use crate::PeerAddr;
 
-/// What the registry keeps per live connection. Shared (one `Arc`) between the registry and the
+/// What the registry keeps per live connection. ServerState (one `Arc`) between the registry and the
 /// [`Connection`](crate::Connection), which counts its bytes here.
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) id: u64,
     /// The server this connection belongs to: the guard reaches the cap, the registry and the counters
     /// through it, so a `Connection` carries one pointer instead of two (smaller task per idle connection).
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ServerState>,
     pub(crate) peer: PeerAddr,
     /// Milliseconds from the registry's epoch to the accept: half the size of an `Instant`, and the
     /// entry is allocated once per connection.
@@ -72,7 +72,7 @@ impl Entry {
         self.extras.get()?.proxy.get()
     }
 
-    /// Completes once the connection was closed by force (see `Shared::forced_closes`).
+    /// Completes once the connection was closed by force (see `ServerState::forced_closes`).
     pub(crate) async fn closed_by_force(&self) {
         loop {
             let notified = self.shared.forced_closes.notified();
@@ -110,7 +110,7 @@ pub struct ConnectionInfo {
     pub bytes_out: u64,
 }
 
-/// Why [`Registry::close`] did not close a connection.
+/// Why [`ServerHandle::close_connection`](crate::ServerHandle::close_connection) did not close a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CloseError {
     /// No live connection has this id (it may have closed already).
@@ -126,7 +126,7 @@ pub enum CloseError {
 
 /// The live connections of one server, sharded so accept loops on different threads rarely contend.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     map: DashMap<u64, Arc<Entry>>,
     next_id: AtomicU64,
     epoch: Instant,
@@ -149,7 +149,7 @@ impl Registry {
         &self,
         peer: PeerAddr,
         fd: Option<std::os::fd::RawFd>,
-        shared: Arc<Shared>,
+        shared: Arc<ServerState>,
     ) -> Arc<Entry> {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let now = self.now_ms();
@@ -291,7 +291,11 @@ mod tests {
 
     #[test]
     fn lists_and_removes() {
-        let shared = Arc::new(Shared::new(10));
+        let shared = Arc::new(ServerState::new(
+            10,
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(1),
+        ));
         let registry = &shared.registry;
         let a = registry.insert(PeerAddr::Unix, None, shared.clone());
         let b = registry.insert(

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::meta::ConnectionMeta;
+use crate::connection::meta::ConnectionMeta;
 use crate::Connection;
 
 /// The read half of a split [`Connection`].

@@ -21,10 +21,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use crate::front::{self, FrontError};
 use crate::handler::{BoxError, Handler, Outcome};
-use crate::peek::{peek_at_least, Peeked};
-use crate::stats::Stats;
+use crate::handshake::{self, HandshakeError};
+use crate::net::peek::{peek_at_least, Peeked};
+use crate::server::stats::Stats;
 use crate::tls::TlsConfig;
 use crate::Connection;
 
@@ -297,7 +297,9 @@ impl Router {
             };
             tracing::trace!(conn = conn.id(), route = %route.name, "routed");
             let conn = match &route.tls {
-                Some(tls) => front::start_tls(conn, tls).await.map_err(Unrouted::Tls)?,
+                Some(tls) => handshake::start_tls(conn, tls)
+                    .await
+                    .map_err(Unrouted::Tls)?,
                 None => conn,
             };
             return self.greet(route.handler.clone(), conn).await;
@@ -344,14 +346,14 @@ impl Handler for Router {
         let router = self.clone();
         Box::pin(async move {
             let entry = conn.entry().clone();
-            let picked = match front::bounded(&entry, router.pick(conn)).await {
+            let picked = match handshake::bounded(&entry, router.pick(conn)).await {
                 Ok(Ok(picked)) => picked,
                 Ok(Err(Unrouted::Tls(e))) => {
-                    front::failed(&entry, &FrontError::Tls(e));
+                    handshake::failed(&entry, &HandshakeError::Tls(e));
                     return Ok(());
                 }
                 Ok(Err(Unrouted::Greeting(e))) => {
-                    front::failed(&entry, &FrontError::Greeting(e));
+                    handshake::failed(&entry, &HandshakeError::Greeting(e));
                     return Ok(());
                 }
                 Ok(Err(Unrouted::Closed)) => {
@@ -364,7 +366,7 @@ impl Handler for Router {
                     return Ok(());
                 }
                 Err(timed_out_or_evicted) => {
-                    front::failed(&entry, &timed_out_or_evicted);
+                    handshake::failed(&entry, &timed_out_or_evicted);
                     return Ok(());
                 }
             };

@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::listener::Listener;
+use crate::net::listener::Listener;
 
 /// The first passed descriptor (after stdin, stdout, stderr).
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -18,7 +18,7 @@ pub const LISTEN_FDS_START: RawFd = 3;
 /// predecessor bound it, and this process now owns it outright: a drain may filter it and unlink its
 /// path) or `supervised` (a supervisor such as systemd keeps its own descriptor: leave it alone).
 /// Without the variable every socket is taken as supervised.
-pub const HANDOFF_ENV: &str = "LARIAT_HANDOFF";
+pub(crate) const HANDOFF_ENV: &str = "LARIAT_HANDOFF";
 
 /// A listening socket passed to this process.
 #[derive(Debug)]
@@ -287,7 +287,7 @@ fn connect_notify(address: &std::ffi::OsStr) -> std::io::Result<std::os::unix::n
 
 /// Set by a lariat predecessor to its own supervisor's `NOTIFY_SOCKET` (the successor's `NOTIFY_SOCKET`
 /// is the predecessor's, for `READY=1`), so every generation can tell the supervisor its new main pid.
-pub const UPSTREAM_NOTIFY_ENV: &str = "LARIAT_UPSTREAM_NOTIFY_SOCKET";
+pub(crate) const UPSTREAM_NOTIFY_ENV: &str = "LARIAT_UPSTREAM_NOTIFY_SOCKET";
 
 /// Our supervisor's notify socket: the one a predecessor passed on, else our own `NOTIFY_SOCKET`.
 pub(crate) fn upstream_notify_socket() -> Option<std::ffi::OsString> {

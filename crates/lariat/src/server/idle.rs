@@ -11,8 +11,8 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use crate::shared::Shared;
-use crate::stats::Stats;
+use crate::server::state::ServerState;
+use crate::server::stats::Stats;
 
 /// How often the registry is swept for a given timeout: a tenth of it, between 100 ms and 1 s.
 pub(crate) fn sweep_interval(timeout: Duration) -> Duration {
@@ -20,7 +20,7 @@ pub(crate) fn sweep_interval(timeout: Duration) -> Duration {
 }
 
 /// Sweeps until the server is gone. Runs as its own task.
-pub(crate) async fn reap(shared: Weak<Shared>, timeout: Duration) {
+pub(crate) async fn reap(shared: Weak<ServerState>, timeout: Duration) {
     let mut tick = tokio::time::interval(sweep_interval(timeout));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Saturating: a huge timeout must not wrap around to a short one.

@@ -21,18 +21,22 @@
 //! (the child's pid is not known before), with a pre-built environment and `execve`, so nothing
 //! allocates after `fork`.
 
-use std::ffi::{CString, OsString};
+mod exec;
+mod notify;
+
+use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use tokio::net::UnixDatagram;
+use exec::{fill_free_descriptors, ExecPlan};
+use notify::{is_ready, NotifySocket};
 
-use crate::activation::{escape_name, HANDOFF_ENV, LISTEN_FDS_START, UPSTREAM_NOTIFY_ENV};
+use crate::activation::LISTEN_FDS_START;
+use crate::Listener;
 
 /// The default time a successor gets to say it is serving.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,16 +120,43 @@ pub enum RestartError {
     },
 }
 
-/// A listening socket to pass on.
-#[derive(Debug, Clone, Copy)]
-pub struct Passed<'a> {
-    /// The name it is passed under (`LISTEN_FDNAMES`); the successor finds it by this name.
-    pub name: &'a str,
-    /// The socket.
-    pub fd: BorrowedFd<'a>,
-    /// The socket also belongs to a supervisor (systemd) that keeps its own descriptor: the successor
-    /// must leave it alone in a drain too (no filter, no unlink).
-    pub supervised: bool,
+/// A listening socket a restart passes on to the successor, under the name the successor finds it by
+/// (`LISTEN_FDNAMES`, see [`activation::inherited`](crate::activation::inherited)).
+///
+/// It holds a duplicate of the socket, made when it is created: a listener the accept loop drops
+/// (failed for good) then cannot leave a stale descriptor number behind. A [`Lifecycle`](crate::lifecycle::Lifecycle)
+/// closes its duplicates as soon as no restart can follow (a stop), so a drained socket is not kept
+/// listening.
+#[derive(Debug)]
+pub struct PassOn {
+    pub(crate) name: String,
+    pub(crate) fd: OwnedFd,
+    /// The socket also belongs to a supervisor (systemd, or the process passing it on) that keeps its
+    /// own descriptor: the successor must leave it alone in a drain too (no filter, no unlink).
+    pub(crate) supervised: bool,
+}
+
+impl PassOn {
+    /// `listener`, passed on as `name`. Fails only if the descriptor cannot be duplicated (the
+    /// process's descriptor limit).
+    pub fn new(name: impl Into<String>, listener: &Listener) -> io::Result<PassOn> {
+        Ok(PassOn {
+            name: name.into(),
+            fd: listener.as_fd().try_clone_to_owned()?,
+            supervised: listener.is_supervised(),
+        })
+    }
+
+    /// A socket this process keeps listening for as long as the successor runs (a supervisor passing
+    /// its sockets to workers): the successor's drain leaves it alone, since the queue stays with the
+    /// others that accept from it. Fails only if the descriptor cannot be duplicated.
+    pub fn supervised(name: impl Into<String>, socket: impl AsFd) -> io::Result<PassOn> {
+        Ok(PassOn {
+            name: name.into(),
+            fd: socket.as_fd().try_clone_to_owned()?,
+            supervised: true,
+        })
+    }
 }
 
 /// A started successor, not yet known to be serving.
@@ -190,7 +221,7 @@ fn signal(pid: u32, sig: i32) {
 /// Starts a successor with `listeners` passed as descriptors 3, 4, …, and a notify socket to say it is
 /// ready. Must be called inside a tokio runtime.
 pub fn spawn_successor(
-    listeners: &[Passed<'_>],
+    listeners: &[PassOn],
     opts: &RestartOptions,
 ) -> Result<Successor, RestartError> {
     let spawn_err = |source| RestartError::Spawn {
@@ -347,290 +378,5 @@ impl Successor {
             let _ = child.wait();
         }
         self.settled = true; // reaped
-    }
-}
-
-/// Whether a notification says `READY=1` for the expected `MAINPID=` line.
-fn is_ready(message: &str, expected: &str) -> bool {
-    let lines: Vec<&str> = message.lines().collect();
-    lines.contains(&"READY=1") && lines.contains(&expected)
-}
-
-/// The socket the successor sends `READY=1` to: a datagram socket in a fresh directory only this user can
-/// enter (mode 0700), so no other user can forge the message. Removed when dropped.
-#[derive(Debug)]
-struct NotifySocket {
-    socket: UnixDatagram,
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    fn new() -> io::Result<NotifySocket> {
-        use std::os::unix::fs::DirBuilderExt;
-        let mut nonce = [0u8; 8];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| io::Read::read_exact(&mut f, &mut nonce))?;
-        let dir = std::env::temp_dir().join(format!(
-            "lariat-restart-{}-{:016x}",
-            std::process::id(),
-            u64::from_ne_bytes(nonce)
-        ));
-        // Fails if it exists: a directory someone else prepared is never used.
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let path = dir.join("notify");
-        let socket = match UnixDatagram::bind(&path) {
-            Ok(socket) => socket,
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                return Err(e);
-            }
-        };
-        Ok(NotifySocket { socket, dir, path })
-    }
-}
-
-impl NotifySocket {
-    /// The path of the hand-over socket, beside the notify socket (so only this user can reach it).
-    fn handover_path(&self) -> PathBuf {
-        self.dir.join("handover")
-    }
-
-    /// A listening `SOCK_SEQPACKET` socket at [`handover_path`](Self::handover_path), non-blocking.
-    fn handover_listener(&self) -> io::Result<socket2::Socket> {
-        let socket = crate::handover::listening_socket()?;
-        socket.bind(&socket2::SockAddr::unix(self.handover_path())?)?;
-        socket.listen(64)?;
-        Ok(socket)
-    }
-
-    /// Shuts the socket for reading, so a `READY=1` sent from now on fails (`EPIPE`), then reads what
-    /// arrived before: whether one of those says `READY=1` with `expected`.
-    fn close_and_find(&self, expected: &str) -> bool {
-        if let Err(e) = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Read) {
-            tracing::warn!(error = %e, "restart: cannot shut the notify socket");
-        }
-        let mut buf = [0u8; 512];
-        let mut found = false;
-        loop {
-            // Straight from the socket: tokio's `try_recv` trusts a readiness it may never have seen.
-            // SAFETY: recv(2) into a buffer we own, of the length given.
-            let n = unsafe {
-                libc::recv(
-                    self.socket.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                return found;
-            }
-            found |= is_ready(&String::from_utf8_lossy(&buf[..n as usize]), expected);
-        }
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(self.handover_path());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// Opens `/dev/null` (close-on-exec) on every free descriptor below `end`, so nothing else can take one
-/// of those numbers until the returned descriptors are dropped.
-fn fill_free_descriptors(end: RawFd) -> io::Result<Vec<OwnedFd>> {
-    let mut held = Vec::new();
-    loop {
-        let fd: OwnedFd = std::fs::File::open("/dev/null")?.into();
-        if fd.as_raw_fd() >= end {
-            return Ok(held);
-        }
-        held.push(fd);
-    }
-}
-
-/// Everything the child needs between `fork` and `exec`, prepared before the fork.
-struct ExecPlan {
-    program: CString,
-    _argv: Vec<CString>,
-    argv_ptrs: Vec<*const libc::c_char>,
-    _env: Vec<Vec<u8>>,
-    /// Raw pointers into `env`'s buffers (made once, from mutable borrows); the `LISTEN_PID` digits are
-    /// written through them in the child.
-    env_ptrs: Vec<*mut libc::c_char>,
-    /// Index in `env` of `LISTEN_PID=` followed by room for the digits.
-    pid_entry: usize,
-    /// Close-on-exec duplicates of the listeners, numbered above the targets so `dup2` cannot clobber.
-    sources: Vec<std::os::fd::OwnedFd>,
-}
-
-// SAFETY: the raw pointers point into buffers the plan owns and never changes after construction; the
-// plan is used by one thread (the forked child) at a time.
-unsafe impl Send for ExecPlan {}
-// SAFETY: as above; `exec` runs only in the forked child, which has its own copy of the memory.
-unsafe impl Sync for ExecPlan {}
-
-const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
-const PID_DIGITS: usize = 20;
-
-impl ExecPlan {
-    fn new(
-        listeners: &[Passed<'_>],
-        opts: &RestartOptions,
-        notify_path: &std::path::Path,
-        handover_path: &std::path::Path,
-    ) -> io::Result<ExecPlan> {
-        let cstring = |bytes: &[u8]| {
-            CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
-        };
-        let program = cstring(opts.program.as_os_str().as_bytes())?;
-        let mut argv = vec![program.clone()];
-        for arg in &opts.args {
-            argv.push(cstring(arg.as_bytes())?);
-        }
-        let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-
-        let first_free = LISTEN_FDS_START + listeners.len() as RawFd;
-        let sources = listeners
-            .iter()
-            .map(|passed| {
-                // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller keeps open; the result is new.
-                let dup = unsafe {
-                    libc::fcntl(passed.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, first_free)
-                };
-                if dup < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: `dup` is a fresh descriptor we own.
-                Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-
-        let upstream = crate::activation::upstream_notify_socket();
-        const REPLACED: [&str; 7] = [
-            crate::handover::HANDOVER_ENV,
-            UPSTREAM_NOTIFY_ENV,
-            "LISTEN_PID",
-            "LISTEN_FDS",
-            "LISTEN_FDNAMES",
-            "NOTIFY_SOCKET",
-            HANDOFF_ENV,
-        ];
-        let mut env: Vec<Vec<u8>> = std::env::vars_os()
-            .filter(|(k, _)| !REPLACED.iter().any(|r| k.as_bytes() == r.as_bytes()))
-            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
-            .filter(|entry| !entry[..entry.len() - 1].contains(&0))
-            .collect();
-        let names: Vec<String> = listeners.iter().map(|p| escape_name(p.name)).collect();
-        let ownership: Vec<&str> = listeners
-            .iter()
-            .map(|p| if p.supervised { "supervised" } else { "owned" })
-            .collect();
-        env.push(format!("LISTEN_FDS={}\0", listeners.len()).into_bytes());
-        env.push(format!("LISTEN_FDNAMES={}\0", names.join(":")).into_bytes());
-        let mut notify = b"NOTIFY_SOCKET=".to_vec();
-        notify.extend_from_slice(notify_path.as_os_str().as_bytes());
-        notify.push(0);
-        env.push(notify);
-        env.push(format!("{HANDOFF_ENV}={}\0", ownership.join(",")).into_bytes());
-        let mut handover = format!("{}=", crate::handover::HANDOVER_ENV).into_bytes();
-        handover.extend_from_slice(handover_path.as_os_str().as_bytes());
-        handover.push(0);
-        env.push(handover);
-        if let Some(upstream) = upstream {
-            let mut entry = format!("{UPSTREAM_NOTIFY_ENV}=").into_bytes();
-            entry.extend_from_slice(upstream.as_bytes());
-            entry.push(0);
-            if !entry[..entry.len() - 1].contains(&0) {
-                env.push(entry);
-            }
-        }
-        let pid_entry = env.len();
-        let mut pid = LISTEN_PID_PREFIX.to_vec();
-        pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
-        env.push(pid);
-        let mut env_ptrs: Vec<*mut libc::c_char> =
-            env.iter_mut().map(|e| e.as_mut_ptr().cast()).collect();
-        env_ptrs.push(std::ptr::null_mut());
-        Ok(ExecPlan {
-            program,
-            _argv: argv,
-            argv_ptrs,
-            _env: env,
-            env_ptrs,
-            pid_entry,
-            sources,
-        })
-    }
-
-    /// Runs in the child after `fork`: moves the sockets to 3, 4, …, writes `LISTEN_PID`, and execs.
-    /// Returns only on failure.
-    fn exec(&mut self) -> io::Result<()> {
-        for (i, source) in self.sources.iter().enumerate() {
-            // dup2 to another number clears close-on-exec on the target, so the successor inherits it.
-            // SAFETY: dup2 is async-signal-safe; both descriptors are valid in the child.
-            if unsafe { libc::dup2(source.as_raw_fd(), LISTEN_FDS_START + i as RawFd) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        // SAFETY: getpid is async-signal-safe.
-        let pid = unsafe { libc::getpid() } as u64;
-        let entry: *mut u8 = self.env_ptrs[self.pid_entry].cast();
-        // Digits into the room after the prefix, then a NUL. The child owns its copy of this memory.
-        let mut digits = [0u8; PID_DIGITS];
-        let mut n = pid;
-        let mut len = 0;
-        loop {
-            digits[len] = b'0' + (n % 10) as u8;
-            len += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for i in 0..len {
-            // SAFETY: the entry has PID_DIGITS + 1 bytes of room after the prefix; len <= PID_DIGITS.
-            unsafe { *entry.add(LISTEN_PID_PREFIX.len() + i) = digits[len - 1 - i] };
-        }
-        // SAFETY: as above; the terminating NUL.
-        unsafe { *entry.add(LISTEN_PID_PREFIX.len() + len) = 0 };
-        // SAFETY: all pointers are NUL-terminated strings in NULL-terminated arrays owned by `self`.
-        unsafe {
-            libc::execve(
-                self.program.as_ptr(),
-                self.argv_ptrs.as_ptr(),
-                self.env_ptrs.as_ptr().cast(),
-            )
-        };
-        Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::activation::send_notification;
-
-    #[tokio::test]
-    async fn giving_up_finds_a_ready_that_came_before_and_fails_one_after() {
-        let notify = NotifySocket::new().unwrap();
-        let path = notify.path.as_os_str().to_owned();
-        send_notification(&path, b"STATUS=starting\n").unwrap();
-        send_notification(&path, b"READY=1\nMAINPID=42\n").unwrap();
-        assert!(notify.close_and_find("MAINPID=42"));
-        // The successor learns it came too late, and does not serve.
-        let late = send_notification(&path, b"READY=1\nMAINPID=42\n").unwrap_err();
-        assert_eq!(late.kind(), io::ErrorKind::BrokenPipe, "{late}");
-
-        let other = NotifySocket::new().unwrap();
-        send_notification(other.path.as_os_str(), b"READY=1\nMAINPID=7\n").unwrap();
-        assert!(
-            !other.close_and_find("MAINPID=42"),
-            "another pid's READY counted"
-        );
     }
 }

@@ -1,22 +1,30 @@
 //! The state one server's accept loops and connections share: the cap, the registry, the counters and
 //! the drain's state.
+//!
+//! The one import circle the crate keeps: this struct holds a piece of state from each phase (the cap from
+//! `accept`, the drain's tokens from `drain`, the pressure and admission gate from `handshake`, the
+//! hand-over channel from `handover`), and each phase takes `&ServerState` back to reach the others'. Splitting
+//! it into one `Arc` per phase would cost every connection more pointers and buy no independence: a
+//! connection's guard must reach the cap, the registry, the counters and the drain in one place when it
+//! drops. The leaves it holds (`accept/limit.rs`, `handshake/pressure.rs`, `drain/`) import nothing of
+//! the server's back.
 
 use std::time::Duration;
 
+use crate::accept::limit::ConnectionLimit;
 use crate::admission::{Gate, LogLimit};
-use crate::drain::Control;
-use crate::limit::ConnectionLimit;
-use crate::pressure::Pressure;
-use crate::registry::Registry;
-use crate::stats::Stats;
+use crate::drain::DrainState;
+use crate::handshake::pressure::Pressure;
+use crate::server::registry::Registry;
+use crate::server::stats::Stats;
 
-/// Shared by every acceptor and every live connection of one server (one `Arc`).
+/// ServerState by every acceptor and every live connection of one server (one `Arc`).
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct ServerState {
     pub(crate) limit: ConnectionLimit,
     pub(crate) registry: Registry,
     pub(crate) stats: Stats,
-    pub(crate) drain: Control,
+    pub(crate) drain: DrainState,
     /// Admission rules, when the server has any.
     pub(crate) gate: Option<Gate>,
     /// How long a connection's set-up (PROXY header, protocol sniffing, TLS, admission hook) may take,
@@ -36,16 +44,21 @@ pub(crate) struct Shared {
     pub(crate) handover: crate::handover::HandOverState,
 }
 
-impl Shared {
-    pub(crate) fn new(max_connections: usize) -> Self {
-        Shared {
+impl ServerState {
+    /// The handshake's timeout and grace come from the builder, which owns their defaults.
+    pub(crate) fn new(
+        max_connections: usize,
+        handshake_timeout: Duration,
+        handshake_grace: Duration,
+    ) -> Self {
+        ServerState {
             limit: ConnectionLimit::new(max_connections),
             registry: Registry::default(),
             stats: Stats::default(),
-            drain: Control::default(),
+            drain: DrainState::default(),
             gate: None,
-            handshake_timeout: crate::front::DEFAULT_HANDSHAKE_TIMEOUT,
-            handshake_grace: crate::front::DEFAULT_HANDSHAKE_GRACE,
+            handshake_timeout,
+            handshake_grace,
             pressure: Pressure::default(),
             handshake_log: LogLimit::default(),
             forced_closes: tokio::sync::Notify::new(),

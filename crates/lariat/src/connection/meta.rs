@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::drain::DrainSignal;
-use crate::registry::Entry;
+use crate::server::registry::Entry;
 use crate::{LocalAddr, PeerAddr};
 
 /// A connection's metadata, reachable from the connection and from whatever it was split into.

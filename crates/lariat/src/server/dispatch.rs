@@ -1,0 +1,121 @@
+//! Each connection's task: admission on the socket's peer, the listener's handshake if it has one, then
+//! the handler, with panics caught and counted.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+
+use super::registry::Entry;
+use super::stats::Stats;
+use crate::handler::{Handler, Outcome};
+use crate::handshake::Handshake;
+use crate::Connection;
+
+/// Starts each connection's task: the handler, after the listener's set-up steps if it has any.
+pub(super) struct Dispatch<H> {
+    pub(super) handler: Arc<H>,
+    /// By listener position.
+    pub(super) handshakes: Vec<Option<Arc<Handshake>>>,
+}
+
+impl<H: Handler> Dispatch<H> {
+    /// `from`: the position of the listener that accepted `conn`.
+    pub(super) fn spawn(&self, conn: Connection, from: usize) {
+        let handshake = self.handshakes.get(from).and_then(Option::as_ref);
+        // Behind a PROXY header the socket's peer is the balancer: the handshake judges the client the
+        // header names instead. Elsewhere the peer is judged here, before a task exists.
+        let refused = crate::admission::judge_socket(conn.entry(), conn.stream()).is_err()
+            || (handshake.is_none_or(|f| f.proxy.is_none()) && conn.admit().is_err());
+        if refused {
+            // Dropping it closes the socket and frees its slot.
+            return;
+        }
+        match handshake {
+            None => spawn_connection(conn, &*self.handler),
+            Some(handshake) => spawn_after_handshake(conn, self.handler.clone(), handshake.clone()),
+        }
+    }
+}
+
+/// Like [`spawn_connection`], with the set-up steps (PROXY header, TLS, admission hook, greeting) first,
+/// in the task: a slow or hostile client holds up only itself. A failed set-up closes the connection
+/// (counted by cause); the handler never runs.
+fn spawn_after_handshake<H: Handler>(conn: Connection, handler: Arc<H>, handshake: Arc<Handshake>) {
+    let entry = conn.entry().clone();
+    let done = entry.clone();
+    let serve = async move {
+        let conn = handshake.open(conn).await?;
+        Some(handler.call(conn).await)
+    };
+    let serve = AssertUnwindSafe(serve)
+        .catch_unwind()
+        .map(move |result| match result {
+            Ok(Some(outcome)) => account(&done, Ok(outcome)),
+            Ok(None) => {}
+            Err(panic) => account::<()>(&done, Err(panic)),
+        });
+    let task = tokio::spawn(serve);
+    let _ = entry.task.set(task.abort_handle());
+}
+
+/// Counts and logs how a handler ended.
+fn account<O: Outcome>(entry: &Entry, result: std::thread::Result<O>) {
+    match result {
+        Ok(outcome) => {
+            if let Some(err) = outcome.failure() {
+                Stats::add(&entry.shared.stats.handler_errors, 1);
+                tracing::debug!(conn = entry.id, error = %err, "handler returned an error");
+            }
+        }
+        Err(panic) => {
+            Stats::add(&entry.shared.stats.handler_panics, 1);
+            tracing::error!(
+                conn = entry.id,
+                panic = panic_message(&*panic),
+                "handler panicked; its connection is closed, the others are unaffected"
+            );
+        }
+    }
+}
+
+/// Runs the handler in a task of its own, with panics caught and counted so they harm no other connection.
+///
+/// Built from combinators rather than an `async move` block: a block that awaits the handler's future
+/// stores it twice (once captured, once moved into the await), which doubles the task's size for every
+/// idle connection.
+pub(super) fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
+    let entry = conn.entry().clone();
+    // `call` runs here, on the accept loop: a panic in it must not end the loop either.
+    let serve = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(conn))) {
+        Ok(serve) => serve,
+        Err(panic) => {
+            Stats::add(&entry.shared.stats.handler_panics, 1);
+            tracing::error!(
+                conn = entry.id,
+                panic = panic_message(&*panic),
+                "handler panicked before its future started; its connection is closed"
+            );
+            return;
+        }
+    };
+    // The wrapper keeps one pointer (the entry) so the task of an idle connection stays small.
+    let done = entry.clone();
+    let serve = AssertUnwindSafe(serve)
+        .catch_unwind()
+        .map(move |result| account(&done, result));
+    let task = tokio::spawn(serve);
+    // If the task already finished, the entry is gone from the registry and this is harmless.
+    let _ = entry.task.set(task.abort_handle());
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
