@@ -102,7 +102,11 @@ impl Handshake {
     /// it was closed.
     pub(crate) async fn open(&self, conn: Connection) -> Option<Connection> {
         let entry = conn.entry().clone();
-        let result = bounded(&entry, self.steps(conn)).await.and_then(|r| r);
+        // Boxed: the steps' future (a TLS handshake's is ~2 KiB) would otherwise widen the task of every
+        // connection for its whole life, though it is only alive until the handler starts.
+        let result = bounded(&entry, Box::pin(self.steps(conn)))
+            .await
+            .and_then(|r| r);
         match result {
             Ok(conn) => Some(conn),
             Err(e) => {
