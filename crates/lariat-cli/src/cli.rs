@@ -163,6 +163,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub http_keep_alive: Duration,
 
+    /// http-hello: once an HTTP/1.1 connection has been quiet this long between requests, it
+    /// hibernates: hyper's buffers and state are dropped until its next bytes arrive, so an idle
+    /// keep-alive connection costs about what an idle raw connection does; 0 disables it.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
+    pub http_hibernate_after: Duration,
+
     /// On SIGTERM/SIGINT, how long live connections get to finish before they are closed (e.g. 30s,
     /// 500ms). A second signal closes them at once.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]

@@ -169,7 +169,11 @@ fn front_per_listener(
 
 /// `http-hello` with the HTTP timeouts from the command line.
 fn http_hello(args: &ServeArgs) -> impl Handler + Clone {
-    handlers::http::http_hello(args.request_timeout(), args.http_keep_alive)
+    handlers::http::http_hello(
+        args.request_timeout(),
+        args.http_keep_alive,
+        args.http_hibernate_after,
+    )
 }
 
 fn add_route(
