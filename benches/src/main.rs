@@ -31,6 +31,7 @@ mod handover;
 mod host;
 mod http;
 mod idle;
+mod idle_http;
 mod metrics;
 mod plot;
 mod probe;
@@ -111,6 +112,10 @@ enum Measurement {
     /// hyper-util, Go net/http, nginx, HAProxy), each with its own graceful stop and reload signals; a
     /// Markdown table on stdout (not in the default run).
     Zoo,
+    /// Resident memory per idle HTTP/1.1 keep-alive connection (one request each) of `lariat serve
+    /// --handler http-hello`, with and without hibernation, against nginx `return 200` (not in the
+    /// default run).
+    IdleHttp,
     /// Connection hand-over at restart: the time to move 1,000 and 10,000 idle echo connections to
     /// the successor (and none lost), and restarts under churn with 5,000 live sessions, against
     /// `--hand-over-window 0` (drain) in the same run (not in the default run).
@@ -144,6 +149,7 @@ impl Measurement {
             Measurement::Http => "http",
             Measurement::Zoo => "zoo",
             Measurement::Handover => "handover",
+            Measurement::IdleHttp => "idle-http",
         }
     }
 
@@ -158,6 +164,7 @@ impl Measurement {
             | Measurement::Metrics
             | Measurement::Http
             | Measurement::Zoo
+            | Measurement::IdleHttp
             | Measurement::Handover => Vec::new(),
             Measurement::Delivery => {
                 let throughput = [
@@ -372,6 +379,19 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     host::pin_self_to_cpu(CLIENT_CPU)
         .context("the bench needs two CPUs: the servers run on CPU 0 and the client on CPU 1")?;
     let config = Config::new(&args);
+    if args.only == Some(Measurement::IdleHttp) {
+        let load = idle_http::Load {
+            connections: 3_000,
+            concurrency: 256,
+            rounds: if args.quick { 1 } else { 5 },
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the client runtime")?;
+        runtime.block_on(idle_http::run(&binaries, load))?;
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -631,9 +651,9 @@ async fn measure(
         Measurement::Http => Err(anyhow::anyhow!(
             "the http measurement starts its own servers"
         )),
-        Measurement::Handover => Err(anyhow::anyhow!(
-            "the handover measurement starts its own servers"
-        )),
+        Measurement::Handover | Measurement::IdleHttp => {
+            Err(anyhow::anyhow!("this measurement starts its own servers"))
+        }
     };
     match outcome {
         Ok((value, metrics, errors, summary)) => {

@@ -155,6 +155,7 @@ where
                 since
             }
         };
+        HttpStats::add(&stats.hibernated);
         let limit = idle_limit.map(|l| since + l);
         let woken = loop {
             let quiet = options.drain_quiet;
