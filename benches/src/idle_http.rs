@@ -25,8 +25,9 @@ use crate::server::{Binaries, Kind, Server, SERVER_CPU};
 
 /// Wait after startup before the first reading, so lazy runtime setup is not counted.
 const SETTLE: Duration = Duration::from_millis(500);
-/// Wait with every connection open and idle before the reading: well past lariat's hibernation.
-const IDLE: Duration = Duration::from_secs(1);
+/// Wait with every connection open and idle before the reading: well past lariat's hibernation and
+/// the heap trim after it (every 500 ms).
+const IDLE: Duration = Duration::from_secs(2);
 /// Longest opening one connection (connect, request, answer) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The answer's body, the same from every server.

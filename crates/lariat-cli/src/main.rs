@@ -9,6 +9,7 @@ mod logging;
 mod probe;
 mod rlimit;
 mod serve;
+mod trim;
 mod workers;
 
 use std::process::ExitCode;

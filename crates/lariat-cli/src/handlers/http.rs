@@ -38,10 +38,15 @@ pub fn http_hello(
         .hibernate_after((!hibernate_after.is_zero()).then_some(hibernate_after))
         // The answer stays the same bytes whatever the clock says (benchmarks compare it byte for byte).
         .date_header(false);
-    Http::with_options(
+    let http = Http::with_options(
         hyper::service::service_fn(move |req| hello(req, request_timeout)),
         options,
-    )
+    );
+    if !hibernate_after.is_zero() {
+        let counted = http.clone();
+        crate::trim::after_hibernation(move || counted.stats().hibernated);
+    }
+    http
 }
 
 async fn hello(
