@@ -235,3 +235,55 @@ async fn a_drain_closes_hibernated_connections_and_answers_a_late_request() {
     assert_eq!(stats.drain_closed_idle, 1, "{stats:?}");
     assert_eq!(stats.requests, 3, "{stats:?}");
 }
+
+/// Half a request head after an answer: hyper holds it, so the connection must not hibernate and
+/// come back with a fresh header timer each time (a slowloris that never finishes its head would then
+/// never be closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_request_head_is_still_closed_at_the_header_timeout() {
+    let (listener, addr) = bind_loopback();
+    let header = Duration::from_millis(500);
+    let http = Http::with_options(body_length(), options().header_timeout(Some(header)));
+    let server = Server::builder().serve([listener], http.clone()).unwrap();
+
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    read_answer(&mut c, &mut Vec::new()).await;
+    c.write_all(b"GET /2 HTTP/1.1\r\nHo").await.unwrap();
+    let waited = read_eof(&mut c).await;
+    assert!(
+        waited >= header && waited < header * 6,
+        "closed after {waited:?}"
+    );
+    assert_eq!(http.stats().header_timeouts, 1, "{:?}", http.stats());
+    server.handle().stop();
+}
+
+/// A request head that arrives in two parts far apart: hyper holds the first part, so the connection
+/// stays awake, and the answer keeps the connection alive (stopping hyper then would have turned its
+/// keep-alive off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_in_two_parts_is_answered_without_closing() {
+    let (listener, addr) = bind_loopback();
+    let http = Http::with_options(body_length(), options());
+    let server = Server::builder().serve([listener], http.clone()).unwrap();
+
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    read_answer(&mut c, &mut rest).await;
+    c.write_all(b"GET /2 HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(HIBERNATE_AFTER * 10).await;
+    assert_eq!(http.stats().hibernated, 0, "{:?}", http.stats());
+    c.write_all(b"st: a\r\n\r\n").await.unwrap();
+    let a = read_answer(&mut c, &mut rest).await;
+    assert!(a.ends_with("got 0"), "{a}");
+    assert!(!a.contains("connection: close"), "{a}");
+    // Quiet after the answer: now it hibernates.
+    assert!(eventually(PATIENCE, || http.stats().hibernated == 1).await);
+    server.handle().stop();
+}

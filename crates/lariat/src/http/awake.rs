@@ -9,8 +9,8 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,6 +61,9 @@ pub(super) struct Ctx<'a> {
     /// The socket, for the look at what waits unread in it.
     pub(super) fd: Option<RawFd>,
     pub(super) kind: Kind,
+    /// False when this hyper connection starts with bytes read ahead (part of a request head, maybe):
+    /// it does not hibernate before its next answer.
+    pub(super) may_hibernate: bool,
 }
 
 /// Serves `conn` (`prefix` first) with one hyper connection until it ends.
@@ -88,6 +91,7 @@ where
         entry,
         fd,
         kind,
+        may_hibernate,
     } = ctx;
     let stats = &http.stats;
     let options = &http.options;
@@ -125,6 +129,34 @@ where
     let tick = tokio::time::sleep(MOVE_TICK);
     tokio::pin!(tick);
     let mut seen = moved();
+    // The bytes read when the last answer went out (sampled at each wake-up of this task): while
+    // more have been read since, hyper may hold part of a request head, and stopping it would turn
+    // keep-alive off (or, rebuilt, start its header timeout over).
+    // Atomics only to share them between the select's branches (the future must be `Send`); one
+    // task touches them. `NONE`: no answer yet on a connection that began with bytes read ahead.
+    const NONE: u64 = u64::MAX;
+    let out_seen = AtomicU64::new(entry.bytes_out.load(Relaxed));
+    let in_at_answer = AtomicU64::new(if may_hibernate {
+        entry.bytes_in.load(Relaxed)
+    } else {
+        NONE
+    });
+    // Whether this hyper connection has begun a request: until it has answered one, hyper's
+    // graceful shutdown waits for a request (its keep-alive state is not idle yet), so a move or a
+    // hibernation takes its parts at once instead; it has written nothing that could wait unflushed.
+    let out_at_start = entry.bytes_out.load(Relaxed);
+    let began = AtomicBool::new(false);
+    let fresh = || !began.load(Relaxed) && entry.bytes_out.load(Relaxed) == out_at_start;
+    let sample = || {
+        if state.in_flight.load(Relaxed) > 0 {
+            began.store(true, Relaxed);
+        }
+        let out = entry.bytes_out.load(Relaxed);
+        if out != out_seen.load(Relaxed) {
+            out_seen.store(out, Relaxed);
+            in_at_answer.store(entry.bytes_in.load(Relaxed), Relaxed);
+        }
+    };
     let mut quiet_since = Instant::now();
     let mut ended = false;
     // Offered, waiting for the connection to be idle between requests.
@@ -137,6 +169,11 @@ where
         tokio::select! {
             biased;
             r = &mut served => break r,
+            // Never ready: notes what was read when an answer went out, after each poll of hyper.
+            () = std::future::poll_fn(|_| {
+                sample();
+                Poll::<()>::Pending
+            }), if hibernate_after.is_some() => {}
             () = offered(offer), if h1 && !ended => {
                 *offer = None;
                 pending_move = true;
@@ -170,6 +207,11 @@ where
                         timer.as_mut().reset(Instant::now() + options.drain_quiet);
                     }
                 } else if state.in_flight.load(Relaxed) == 0 {
+                    if fresh() {
+                        // Nothing answered yet, perhaps part of a head read: take it as it is.
+                        moving = true;
+                        break Ok(());
+                    }
                     // Between requests: hyper stops (reading nothing more) and keeps the socket open.
                     keep_open.store(true, Relaxed);
                     served.graceful_shutdown();
@@ -187,7 +229,13 @@ where
                 let quiet = idle && (h2 || !fd.is_some_and(pending));
                 let expired = *draining
                     || options.keep_alive_timeout.is_some_and(|k| quiet_since.elapsed() >= k);
-                if quiet && !expired && hibernate_after.is_some() {
+                // hyper holds no part of a next request: nothing was read since the last answer.
+                let clean = in_at_answer.load(Relaxed) == entry.bytes_in.load(Relaxed);
+                if quiet && !expired && clean && hibernate_after.is_some() {
+                    if fresh() {
+                        hibernating = true;
+                        break Ok(());
+                    }
                     // Between requests: hyper stops and gives the socket back with what it read
                     // ahead, if anything arrived meanwhile.
                     keep_open.store(true, Relaxed);

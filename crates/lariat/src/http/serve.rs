@@ -124,6 +124,7 @@ where
             entry: &entry,
             fd,
             kind,
+            may_hibernate: prefix.is_empty(),
         };
         // Boxed: the timers and hyper's connection are not part of what a hibernated connection keeps.
         let ended = Box::pin(awake::run(
