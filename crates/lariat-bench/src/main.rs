@@ -32,6 +32,7 @@ mod handover;
 mod host;
 mod http;
 mod idle;
+mod idle_http;
 mod measure;
 mod metrics;
 mod notes;
@@ -116,6 +117,19 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::new(&args);
     host::pin_self_to_cpu(CLIENT_CPU)
         .context("the bench needs two CPUs: the servers run on CPU 0 and the client on CPU 1")?;
+    if args.only == Some(Measurement::IdleHttp) {
+        let load = idle_http::Load {
+            connections: 3_000,
+            concurrency: 256,
+            rounds: if args.quick { 1 } else { 5 },
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the client runtime")?;
+        runtime.block_on(idle_http::run(&binaries, load))?;
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

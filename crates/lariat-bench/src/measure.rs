@@ -65,9 +65,13 @@ pub async fn measure(
         Measurement::Http => Err(anyhow::anyhow!(
             "the http measurement starts its own servers"
         )),
-        Measurement::Handover | Measurement::TlsHandshake | Measurement::TlsIdle => Err(
-            anyhow::anyhow!("the {} measurement starts its own servers", run.name()),
-        ),
+        Measurement::Handover
+        | Measurement::IdleHttp
+        | Measurement::TlsHandshake
+        | Measurement::TlsIdle => Err(anyhow::anyhow!(
+            "the {} measurement starts its own servers",
+            run.name()
+        )),
     };
     match outcome {
         Ok((value, metrics, errors, summary)) => {

@@ -40,6 +40,10 @@ pub enum Measurement {
     /// hyper-util, Go net/http, nginx, HAProxy), each with its own graceful stop and reload signals; a
     /// Markdown table on stdout (not in the default run).
     Zoo,
+    /// Resident memory per idle HTTP/1.1 keep-alive connection (one request each) of `lariat serve
+    /// --handler http-hello`, with and without hibernation, against nginx `return 200` (not in the
+    /// default run).
+    IdleHttp,
     /// Connection hand-over at restart: the time to move 1,000 and 10,000 idle echo connections to
     /// the successor (and none lost), and restarts under churn with 5,000 live sessions, against
     /// `--hand-over-window 0` (drain) in the same run (not in the default run).
@@ -79,6 +83,7 @@ impl Measurement {
             Measurement::Http => "http",
             Measurement::Zoo => "zoo",
             Measurement::Handover => "handover",
+            Measurement::IdleHttp => "idle-http",
             Measurement::TlsHandshake => "tls-handshake",
             Measurement::TlsIdle => "tls-idle",
         }
@@ -105,6 +110,7 @@ impl Measurement {
             | Measurement::Http
             | Measurement::Zoo
             | Measurement::Handover
+            | Measurement::IdleHttp
             | Measurement::TlsHandshake
             | Measurement::TlsIdle => Vec::new(),
             Measurement::Delivery => {

@@ -8,6 +8,7 @@ mod listeners;
 mod logging;
 mod rlimit;
 mod serve;
+mod trim;
 mod workers;
 
 use std::process::ExitCode;

@@ -181,7 +181,11 @@ fn front_per_listener(
 
 /// `http-hello` with the HTTP timeouts from the command line.
 fn http_hello(args: &ServeArgs) -> impl Handler + Clone {
-    handlers::http::http_hello(args.handler.request_timeout(), args.handler.http_keep_alive)
+    handlers::http::http_hello(
+        args.handler.request_timeout(),
+        args.handler.http_keep_alive,
+        args.handler.http_hibernate_after,
+    )
 }
 
 fn add_route(

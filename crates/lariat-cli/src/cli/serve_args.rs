@@ -195,6 +195,12 @@ pub struct HandlerArgs {
     /// http-hello: close a connection idle this long between requests (HTTP/2: GOAWAY); 0 disables it.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub http_keep_alive: Duration,
+
+    /// http-hello: once an HTTP/1.1 connection has been quiet this long between requests, it
+    /// hibernates: hyper's buffers and state are dropped until its next bytes arrive, so an idle
+    /// keep-alive connection costs about what an idle raw connection does; 0 disables it.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
+    pub http_hibernate_after: Duration,
 }
 
 /// How many connections, and the loops and threads that accept and run them.

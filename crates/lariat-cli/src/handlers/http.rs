@@ -25,17 +25,28 @@ pub const MIN_BODY_RATE: u64 = 1024;
 const BODY: &str = "Hello, world!";
 
 /// The handler, with the HTTP layer's timeouts from the command line: `request_timeout` bounds the
-/// head, and is the grace before a body's rate is enforced.
-pub fn http_hello(request_timeout: Duration, keep_alive: Duration) -> impl Handler + Clone {
+/// head, and is the grace before a body's rate is enforced; 0 turns `keep_alive` and `hibernate_after`
+/// off.
+pub fn http_hello(
+    request_timeout: Duration,
+    keep_alive: Duration,
+    hibernate_after: Duration,
+) -> impl Handler + Clone {
     let options = HttpOptions::default()
         .header_timeout(Some(request_timeout))
         .keep_alive_timeout((!keep_alive.is_zero()).then_some(keep_alive))
+        .hibernate_after((!hibernate_after.is_zero()).then_some(hibernate_after))
         // The answer stays the same bytes whatever the clock says (benchmarks compare it byte for byte).
         .date_header(false);
-    Http::with_options(
+    let http = Http::with_options(
         hyper::service::service_fn(move |req| hello(req, request_timeout)),
         options,
-    )
+    );
+    if !hibernate_after.is_zero() {
+        let counted = http.clone();
+        crate::trim::after_hibernation(move || counted.stats().hibernated);
+    }
+    http
 }
 
 async fn hello(

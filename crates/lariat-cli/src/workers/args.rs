@@ -117,6 +117,7 @@ pub fn worker_args(args: &ServeArgs, supervisor: u32) -> Vec<OsString> {
         idle_timeout,
         request_timeout,
         http_keep_alive,
+        http_hibernate_after,
     } = handler;
     // `--handler` and `--route` exclude each other: with routes, each names its handler.
     if route.is_empty() {
@@ -127,6 +128,7 @@ pub fn worker_args(args: &ServeArgs, supervisor: u32) -> Vec<OsString> {
     out.value("--idle-timeout", duration(*idle_timeout));
     out.some("--request-timeout", &request_timeout.map(duration));
     out.value("--http-keep-alive", duration(*http_keep_alive));
+    out.value("--http-hibernate-after", duration(*http_hibernate_after));
 
     let LimitArgs {
         max_connections,
@@ -323,7 +325,7 @@ mod tests {
         "--per-ip-v6-prefix", "56", "--unix-peer-uid", "1000", "--unix-peer-uid", "self",
         "--handshake-timeout", "1.25", "--handshake-grace", "300ms",
         "--handler", "http-hello", "--delivery", "7", "--greeting=-hi\\n",
-        "--idle-timeout", "2m", "--request-timeout", "0.000000001", "--http-keep-alive", "0",
+        "--idle-timeout", "2m", "--request-timeout", "0.000000001", "--http-keep-alive", "0", "--http-hibernate-after", "0",
         "--max-connections", "9", "--on-exhaustion", "shed", "--acceptors", "2", "--threads", "3",
         "--drain-timeout", "12s", "--lame-duck", "2s", "--hand-over-window", "1500ms",
         "--restart-timeout", "45s", "--restart-binary", "/usr/bin/lariat-next",

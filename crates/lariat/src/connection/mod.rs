@@ -239,6 +239,41 @@ impl Connection {
 
     /// Waits until there is something to read, without a buffer. A handler that parks here between
     /// messages holds no read buffer, which is what keeps idle connections cheap.
+    ///
+    /// # Idling cheaply (hibernation)
+    /// What an idle connection costs is what its handler keeps across the wait: its future (whose size
+    /// is that of its largest await point, paid all the time) and whatever that future owns on the
+    /// heap. To idle with almost nothing, as Erlang's `hibernate` does:
+    /// * wait here, not in a read into a buffer: allocate the buffer after this returns and drop it
+    ///   once a read would block (a 64 KiB buffer held by 10,000 idle connections is 640 MB);
+    /// * keep state that is only needed while busy (parsers, protocol state, a boxed inner future)
+    ///   in a `Box` or an `Option` that is dropped before the wait and rebuilt after it;
+    /// * box rarely taken paths (`Box::pin(conn.hand_over(..)).await`, a timer used once) so their
+    ///   state is not part of every connection's future;
+    /// * wait here for the drain and a hand-over offer too
+    ///   ([`readable_or_offer`](Self::readable_or_offer) adds nothing to the future).
+    ///
+    /// ```no_run
+    /// # async fn handler(mut conn: lariat::Connection) -> std::io::Result<()> {
+    /// use tokio::io::AsyncWriteExt;
+    /// loop {
+    ///     conn.readable().await?; // idle: no buffer held here
+    ///     let mut buf = Vec::with_capacity(16 * 1024);
+    ///     loop {
+    ///         buf.clear();
+    ///         match conn.try_read_buf(&mut buf) {
+    ///             Ok(0) => return Ok(()),
+    ///             Ok(_) => conn.write_all(&buf).await?,
+    ///             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break, // buffer dropped
+    ///             Err(e) => return Err(e),
+    ///         }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    /// `lariat::http` does the same for a keep-alive HTTP/1 connection (`HttpOptions::hibernate_after`
+    /// with the `http` feature): hyper's whole connection is dropped between requests and rebuilt when
+    /// the next bytes arrive.
     pub fn readable(&self) -> impl Future<Output = io::Result<()>> + '_ {
         // A plain future, not an `async fn` around one: each async layer adds its own state to every
         // idle connection's task.

@@ -1,26 +1,22 @@
-//! One connection's life under hyper: serve, watch for the drain, the hand-over offer and idleness,
-//! end gracefully and close without a reset, or move an idle HTTP/1 connection to a restart's
-//! successor.
+//! One connection's life under hyper: its first bytes tell the protocol, then hyper connections
+//! serve it one after the other ([`awake`](super::awake)); between them a quiet HTTP/1 connection
+//! hibernates, holding only the socket, until its next bytes, the drain, a restart's hand-over offer or
+//! its keep-alive timeout.
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::io::{first_bytes, linger, pending, raw_fd, FirstBytes, Linger, Returned};
+use super::awake::{self, Ctx, Ended};
+use super::io::{first_bytes, linger, raw_fd, FirstBytes, Linger};
 use super::service::{ConnState, Tracked};
 use super::stats::HttpStats;
 use super::wake::OnWake;
@@ -30,15 +26,13 @@ use crate::{BoxError, Connection};
 
 /// The state an HTTP/1 connection moves with: the successor serves it as HTTP/1 at once, the bytes
 /// hyper had read (part of a next request) first.
-const H1_STATE: &[u8] = b"http/1.1";
+pub(super) const H1_STATE: &[u8] = b"http/1.1";
 /// The state of a connection moved before its first byte: the successor looks at its first bytes.
 const NEW_STATE: &[u8] = b"http";
-/// While a move waits for a busy connection to become idle, how often it looks.
-const MOVE_TICK: Duration = Duration::from_millis(5);
 
 /// Which hyper connection serves a connection.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     /// HTTP/1 by its first bytes (or resumed as HTTP/1): hyper's own HTTP/1 connection, which gives
     /// the socket back between requests, so it can move at a restart.
     H1,
@@ -79,19 +73,21 @@ where
                 prefix = conn.take_read_ahead();
                 kind = Kind::H1;
             }
-            _ => match first(
+            // Boxed, as every wait with a timer: the serving future stays as small as a hibernated
+            // connection needs.
+            _ => match Box::pin(first(
                 &conn,
                 drain.as_mut(),
                 &mut offer,
                 options.keep_alive_timeout,
-            )
+            ))
             .await
             {
                 First::Bytes(FirstBytes::Http1) => kind = Kind::H1,
                 First::Bytes(FirstBytes::Undecided) | First::Draining | First::Failed => {}
                 First::Offered => {
                     offer = None;
-                    match conn.hand_over(NEW_STATE).await {
+                    match Box::pin(conn.hand_over(NEW_STATE)).await {
                         Ok(()) => {
                             HttpStats::add(&stats.handed_over);
                             return;
@@ -101,7 +97,7 @@ where
                 }
                 First::Quiet => {
                     HttpStats::add(&stats.idle_closed);
-                    if linger(conn, options.linger).await == Linger::TimedOut {
+                    if Box::pin(linger(conn, options.linger)).await == Linger::TimedOut {
                         HttpStats::add(&stats.linger_timeouts);
                     }
                     return;
@@ -111,148 +107,172 @@ where
     }
     let fd = raw_fd(conn.stream());
     let state = Arc::new(ConnState::new(stats.clone()));
-    let mut service = Some(Tracked {
+    let mut service = Tracked {
         inner: Box::new(service),
         state: state.clone(),
-    });
-    let moved = || entry.bytes_in.load(Relaxed) + entry.bytes_out.load(Relaxed);
-    // One timer: the keep-alive timeout, or during a drain the quiet period. When it fires, the
-    // connection is idle if no request is in progress and no byte moved since it was set.
-    let period = |draining: bool| {
-        if draining {
-            Some(options.drain_quiet)
-        } else {
-            options.keep_alive_timeout
-        }
     };
+    // The limit of a hibernated connection's quiet: the keep-alive timeout, or else the header timeout
+    // (which hyper counts from the end of an answer, and a hibernated connection has no hyper timer).
+    let idle_limit = options.keep_alive_timeout.or(options.header_timeout);
     let mut draining = false;
-    // Once per hyper connection: a move the successor refused gives the connection back, and it is
-    // served on by a new HTTP/1 connection, its read-ahead first.
+    // Once per hyper connection: one ends quiet (HTTP/1), the connection hibernates and a new one
+    // serves its next bytes; a move the successor refused gives the connection back, and a new HTTP/1
+    // connection serves it on, its read-ahead first.
     loop {
-        let Some(svc) = service.take() else { return };
-        let keep_open = Arc::new(AtomicBool::new(false));
-        let (io, back) = Returned::new(conn, std::mem::take(&mut prefix), keep_open.clone());
-        let io = TokioIo::new(io);
-        let mut served = match kind {
-            Kind::H1 => Served::H1(http.http1.serve_connection(io, svc), PhantomData),
-            Kind::Auto => Served::Auto(Box::pin(http.auto.serve_connection(io, svc))),
-            Kind::AlpnH1 => Served::Auto(Box::pin(http.h1.serve_connection(io, svc))),
-            Kind::AlpnH2 => Served::Auto(Box::pin(http.h2.serve_connection(io, svc))),
+        let ctx = Ctx {
+            http: &http,
+            state: &state,
+            entry: &entry,
+            fd,
+            kind,
+            may_hibernate: prefix.is_empty(),
         };
-        let h1 = matches!(kind, Kind::H1);
-        if draining {
-            state.closing.store(true, Relaxed);
-        }
-        let timer = OnWake::new(tokio::time::sleep(period(draining).unwrap_or_default()));
-        tokio::pin!(timer);
-        let tick = tokio::time::sleep(MOVE_TICK);
-        tokio::pin!(tick);
-        let mut seen = moved();
-        let mut ended = false;
-        // Offered, waiting for the connection to be idle between requests.
-        let mut pending_move = false;
-        // Ended by us to move: hyper gives the socket back unclosed.
-        let mut moving = false;
-        let result = loop {
-            tokio::select! {
-                biased;
-                r = &mut served => break r,
-                () = offered(&mut offer), if h1 && !ended => {
-                    offer = None;
-                    pending_move = true;
-                    tick.as_mut().reset(Instant::now());
-                }
-                () = drain.as_mut(), if !draining => {
-                    draining = true;
-                    if pending_move {
-                        // The move comes first; if it cannot happen, the drain goes on from there.
-                        continue;
-                    }
-                    state.closing.store(true, Relaxed);
-                    if state.h2.load(Relaxed) {
-                        served.graceful_shutdown();
-                        HttpStats::add(&stats.goaway_sent);
-                        ended = true;
-                    } else {
-                        seen = moved();
-                        timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
-                    }
-                }
-                () = tick.as_mut(), if pending_move && !ended => {
-                    if !entry.shared.handover.taking() {
-                        // The window closed (or the successor went): serve on, drain if draining.
-                        pending_move = false;
-                        if draining {
-                            state.closing.store(true, Relaxed);
-                            seen = moved();
-                            timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
-                        }
-                    } else if state.in_flight.load(Relaxed) == 0 {
-                        // Between requests: hyper stops (reading nothing more) and keeps the socket open.
-                        keep_open.store(true, Relaxed);
-                        served.graceful_shutdown();
-                        ended = true;
-                        moving = true;
-                    } else {
-                        tick.as_mut().reset(Instant::now() + MOVE_TICK);
-                    }
-                }
-                () = timer.as_mut(), if !ended && !pending_move && period(draining).is_some() => {
-                    let now = moved();
-                    let h2 = state.h2.load(Relaxed);
-                    let idle = state.in_flight.load(Relaxed) == 0 && now == seen;
-                    // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it first.
-                    let quiet = idle && (h2 || !fd.is_some_and(pending));
-                    if (draining && h2) || quiet {
-                        served.graceful_shutdown();
-                        ended = true;
-                        if h2 {
-                            HttpStats::add(&stats.goaway_sent);
-                        }
-                        if !draining {
-                            HttpStats::add(&stats.idle_closed);
-                        } else if !h2 {
-                            HttpStats::add(&stats.drain_closed_idle);
-                        }
-                    } else {
-                        seen = now;
-                        if let Some(p) = period(draining) {
-                            timer.as_mut().inner_mut().reset(Instant::now() + p);
-                        }
-                    }
-                }
+        // Boxed: the timers and hyper's connection are not part of what a hibernated connection keeps.
+        let ended = Box::pin(awake::run(
+            ctx,
+            conn,
+            std::mem::take(&mut prefix),
+            service,
+            &mut draining,
+            &mut offer,
+            drain.as_mut(),
+        ))
+        .await;
+        let since = match ended {
+            Ended::Done => return,
+            Ended::Again {
+                conn: c,
+                service: s,
+                prefix: p,
+            } => {
+                (conn, service, prefix) = (c, s, p);
+                continue;
+            }
+            Ended::Quiet {
+                conn: c,
+                service: s,
+                since,
+            } => {
+                (conn, service) = (c, s);
+                since
             }
         };
-        if let (true, Ok(()), Served::H1(c, _)) = (moving, &result, served) {
-            let parts = c.into_parts();
-            let (taken, rest) = parts.io.into_inner().into_parts();
-            let Some(taken) = taken else { return };
-            let mut ahead = BytesMut::from(parts.read_buf);
-            ahead.extend_from_slice(&rest);
-            match taken.hand_over_with(H1_STATE, &ahead).await {
-                Ok(()) => {
-                    HttpStats::add(&stats.handed_over);
-                    return;
-                }
-                Err(refused) => {
-                    tracing::debug!(reason = %refused.reason, "http: not handed over; served on");
-                    conn = refused.connection;
-                    prefix = ahead.freeze();
-                    service = Some(parts.service);
-                    continue;
+        HttpStats::add(&stats.hibernated);
+        let limit = idle_limit.map(|l| since + l);
+        let woken = loop {
+            let quiet = options.drain_quiet;
+            match hibernate(&conn, drain.as_mut(), &mut offer, draining, limit, quiet).await {
+                // Still hibernated: closed once quiet for the drain's quiet period.
+                Woken::Draining => draining = true,
+                woken => break woken,
+            }
+        };
+        match woken {
+            Woken::Readable | Woken::Draining => {}
+            Woken::Offered => {
+                offer = None;
+                match Box::pin(conn.hand_over_with(H1_STATE, &[])).await {
+                    Ok(()) => {
+                        HttpStats::add(&stats.handed_over);
+                        return;
+                    }
+                    Err(refused) => {
+                        tracing::debug!(reason = %refused.reason, "http: not handed over; served on");
+                        conn = refused.connection;
+                    }
                 }
             }
-        }
-        // `served` is gone here and hyper gave the connection back.
-        if let Err(e) = result {
-            count_error(stats, &*e);
-        }
-        if let Ok(conn) = back.await {
-            if linger(conn, options.linger).await == Linger::TimedOut {
-                HttpStats::add(&stats.linger_timeouts);
+            Woken::Quiet => {
+                let counter = if draining {
+                    &stats.drain_closed_idle
+                } else if options.keep_alive_timeout.is_some() {
+                    &stats.idle_closed
+                } else {
+                    &stats.header_timeouts
+                };
+                HttpStats::add(counter);
+                if Box::pin(linger(conn, options.linger)).await == Linger::TimedOut {
+                    HttpStats::add(&stats.linger_timeouts);
+                }
+                return;
             }
         }
-        return;
+    }
+}
+
+/// What woke a hibernated HTTP/1 connection.
+enum Woken {
+    /// Bytes (or an end of stream) wait: serve them in a new hyper connection.
+    Readable,
+    /// The server began to drain: serve on (answers then carry `Connection: close`), or, once quiet
+    /// for the drain's quiet period, close.
+    Draining,
+    /// A successor takes connections: move.
+    Offered,
+    /// Quiet past its limit (the keep-alive timeout, or the drain's quiet period): close.
+    Quiet,
+}
+
+pin_project_lite::pin_project! {
+    /// Waits, holding only the connection (no hyper state, no buffer), until bytes arrive, the drain
+    /// begins, a successor takes connections or the quiet period ends. A future of its own rather than
+    /// a `select!`: it is part of every hibernated connection's state, so it keeps one copy of each.
+    struct Hibernation<'a> {
+        conn: &'a Connection,
+        // `None` once draining.
+        drain: Option<Pin<&'a mut DrainWatch>>,
+        offer: &'a mut Option<OnWake<Offer>>,
+        #[pin]
+        quiet: tokio::time::Sleep,
+    }
+}
+
+/// Far enough to mean never, near enough for tokio's timer.
+const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
+
+/// Hibernates `conn` until its next bytes, the drain (unless `draining` already), an offer, or the
+/// quiet period's end at `limit` (while draining: `drain_quiet` from now).
+fn hibernate<'a>(
+    conn: &'a Connection,
+    drain: Pin<&'a mut DrainWatch>,
+    offer: &'a mut Option<OnWake<Offer>>,
+    draining: bool,
+    limit: Option<Instant>,
+    drain_quiet: Duration,
+) -> Hibernation<'a> {
+    let at = if draining {
+        Some(Instant::now() + drain_quiet)
+    } else {
+        limit
+    };
+    Hibernation {
+        conn,
+        drain: (!draining).then_some(drain),
+        offer,
+        quiet: tokio::time::sleep_until(at.unwrap_or_else(|| Instant::now() + NEVER)),
+    }
+}
+
+impl Future for Hibernation<'_> {
+    type Output = Woken;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woken> {
+        let this = self.project();
+        if let Some(offer) = this.offer.as_mut() {
+            if Pin::new(offer).poll(cx).is_ready() {
+                return Poll::Ready(Woken::Offered);
+            }
+        }
+        // An error shows in the next read, which the new hyper connection makes.
+        if this.conn.stream().poll_read_ready(cx).is_ready() {
+            return Poll::Ready(Woken::Readable);
+        }
+        if let Some(drain) = this.drain.as_mut() {
+            if drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woken::Draining);
+            }
+        }
+        this.quiet.poll(cx).map(|()| Woken::Quiet)
     }
 }
 
@@ -272,7 +292,7 @@ enum First {
 /// Waits for a new connection's first bytes, the drain, the hand-over offer or the keep-alive timeout.
 async fn first(
     conn: &Connection,
-    drain: Pin<&mut Drain>,
+    drain: Pin<&mut DrainWatch>,
     offer: &mut Option<OnWake<Offer>>,
     keep_alive: Option<Duration>,
 ) -> First {
@@ -292,84 +312,13 @@ async fn first(
 }
 
 /// The hand-over offer, if this connection listens for it; never otherwise.
-fn offered(offer: &mut Option<OnWake<Offer>>) -> impl Future<Output = ()> + '_ {
+pub(super) fn offered(offer: &mut Option<OnWake<Offer>>) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| match offer {
         Some(o) => Pin::new(o).poll(cx),
         None => Poll::Pending,
     })
 }
 
-type Io = TokioIo<Returned>;
-type H1Connection<S> = hyper::server::conn::http1::Connection<Io, Tracked<Box<S>>>;
-type AutoConnection<'a, S> = auto::Connection<'a, Io, Tracked<Box<S>>, TokioExecutor>;
-
-/// The hyper connection serving one of ours: hyper's HTTP/1 connection (which can give the socket
-/// back), or hyper-util's (HTTP/2, or HTTP/1 told apart by it).
-// HTTP/1, the common case, stays inline in the (already boxed) handler future: no allocation more.
-#[allow(clippy::large_enum_variant)]
-enum Served<'a, S, B>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    H1(H1Connection<S>, PhantomData<fn() -> B>),
-    Auto(Pin<Box<AutoConnection<'a, S>>>),
-}
-
-impl<S, B> Served<'_, S, B>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    fn graceful_shutdown(&mut self) {
-        match self {
-            Served::H1(c, _) => Pin::new(c).graceful_shutdown(),
-            Served::Auto(c) => c.as_mut().graceful_shutdown(),
-        }
-    }
-}
-
-impl<S, B> Future for Served<'_, S, B>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<(), BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Served::H1(c, _) => Pin::new(c).poll(cx).map_err(Into::into),
-            Served::Auto(c) => c.as_mut().poll(cx),
-        }
-    }
-}
-
-/// The drain signal.
-type Drain = OnWake<WaitForCancellationFutureOwned>;
-
-/// Counts the errors that say something about the peer; resets and early closes are its right.
-fn count_error(stats: &HttpStats, e: &(dyn std::error::Error + 'static)) {
-    let Some(e) = e.downcast_ref::<hyper::Error>() else {
-        tracing::trace!(error = %e, "http connection ended");
-        return;
-    };
-    if e.is_timeout() {
-        HttpStats::add(&stats.header_timeouts);
-        tracing::debug!("http: request head not complete within the header timeout; closed");
-    } else if e.is_parse() || e.is_parse_too_large() {
-        HttpStats::add(&stats.protocol_errors);
-        tracing::debug!(error = %e, "http: malformed request; closed");
-    } else {
-        tracing::trace!(error = %e, "http connection ended");
-    }
-}
+/// The drain signal, polled only when it woke (see [`OnWake`]): the loop wakes once or twice per
+/// request, and the token's own check takes a lock every connection of the server shares.
+pub(super) type DrainWatch = OnWake<WaitForCancellationFutureOwned>;

@@ -15,6 +15,7 @@ pub(crate) struct HttpStats {
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) linger_timeouts: AtomicU64,
     pub(crate) handed_over: AtomicU64,
+    pub(crate) hibernated: AtomicU64,
 }
 
 impl HttpStats {
@@ -34,6 +35,7 @@ impl HttpStats {
             protocol_errors: self.protocol_errors.load(Relaxed),
             linger_timeouts: self.linger_timeouts.load(Relaxed),
             handed_over: self.handed_over.load(Relaxed),
+            hibernated: self.hibernated.load(Relaxed),
         }
     }
 }
@@ -66,4 +68,7 @@ pub struct HttpStatsSnapshot {
     /// HTTP/1 connections moved to a restart's successor while idle between requests (they are not
     /// closed: the successor answers their next request).
     pub handed_over: u64,
+    /// Times an idle HTTP/1 connection hibernated (hyper's connection dropped until its next bytes; see
+    /// [`HttpOptions::hibernate_after`](super::HttpOptions::hibernate_after)).
+    pub hibernated: u64,
 }

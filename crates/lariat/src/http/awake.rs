@@ -1,0 +1,390 @@
+//! One hyper connection's life on a lariat connection: serve until it ends, watching the drain, the
+//! hand-over offer and idleness with one timer; end gracefully and close without a reset, move an idle
+//! HTTP/1 connection to a restart's successor, or give a quiet HTTP/1 connection back to hibernate.
+//!
+//! Its future is boxed by [`serve`](super::serve): it holds the timers and hyper's connection, which a
+//! hibernated connection does not keep.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::time::Instant;
+
+use super::io::{linger, pending, Linger, Returned};
+use super::serve::{offered, DrainWatch, Kind, H1_STATE};
+use super::service::{ConnState, Tracked};
+use super::stats::HttpStats;
+use super::wake::OnWake;
+use super::Shared;
+use crate::handover::Offer;
+use crate::server::registry::Entry;
+use crate::{BoxError, Connection};
+
+/// While a move waits for a busy connection to become idle, how often it looks.
+const MOVE_TICK: Duration = Duration::from_millis(5);
+
+/// How a hyper connection ended.
+pub(super) enum Ended<S> {
+    /// Closed, moved to a successor, or gone: the connection's task ends.
+    Done,
+    /// HTTP/1, quiet between requests since `since`, nothing read ahead: hibernate.
+    Quiet {
+        conn: Connection,
+        service: Tracked<Box<S>>,
+        since: Instant,
+    },
+    /// HTTP/1, given back with bytes of a next request (`prefix`) to serve first: a move the
+    /// successor refused, or bytes that arrived as it was about to hibernate.
+    Again {
+        conn: Connection,
+        service: Tracked<Box<S>>,
+        prefix: Bytes,
+    },
+}
+
+/// What every hyper connection of one lariat connection shares.
+pub(super) struct Ctx<'a> {
+    pub(super) http: &'a Shared,
+    pub(super) state: &'a Arc<ConnState>,
+    pub(super) entry: &'a Entry,
+    /// The socket, for the look at what waits unread in it.
+    pub(super) fd: Option<RawFd>,
+    pub(super) kind: Kind,
+    /// False when this hyper connection starts with bytes read ahead (part of a request head, maybe):
+    /// it does not hibernate before its next answer.
+    pub(super) may_hibernate: bool,
+}
+
+/// Serves `conn` (`prefix` first) with one hyper connection until it ends.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run<S, B>(
+    ctx: Ctx<'_>,
+    conn: Connection,
+    prefix: Bytes,
+    svc: Tracked<Box<S>>,
+    draining: &mut bool,
+    offer: &mut Option<OnWake<Offer>>,
+    mut drain: Pin<&mut DrainWatch>,
+) -> Ended<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let Ctx {
+        http,
+        state,
+        entry,
+        fd,
+        kind,
+        may_hibernate,
+    } = ctx;
+    let stats = &http.stats;
+    let options = &http.options;
+    let moved = || entry.bytes_in.load(Relaxed) + entry.bytes_out.load(Relaxed);
+    let h1 = matches!(kind, Kind::H1);
+    let hibernate_after = options.hibernate_after.filter(|_| h1);
+    // One timer: the keep-alive timeout, or during a drain the quiet period. When it fires, the
+    // connection is idle if no request is in progress and no byte moved since it was set. An HTTP/1
+    // connection that may hibernate is looked at every `hibernate_after`, so it hibernates between
+    // one and two of them after its last byte; the keep-alive timeout counts from `quiet_since`.
+    let period = |draining: bool| {
+        if draining {
+            Some(options.drain_quiet)
+        } else {
+            match (options.keep_alive_timeout, hibernate_after) {
+                (Some(k), Some(h)) => Some(k.min(h)),
+                (k, h) => k.or(h),
+            }
+        }
+    };
+    let keep_open = Arc::new(AtomicBool::new(false));
+    let (io, back) = Returned::new(conn, prefix, keep_open.clone());
+    let io = TokioIo::new(io);
+    let mut served = match kind {
+        Kind::H1 => Served::H1(Box::new(http.http1.serve_connection(io, svc)), PhantomData),
+        Kind::Auto => Served::Auto(Box::pin(http.auto.serve_connection(io, svc))),
+        Kind::AlpnH1 => Served::Auto(Box::pin(http.h1.serve_connection(io, svc))),
+        Kind::AlpnH2 => Served::Auto(Box::pin(http.h2.serve_connection(io, svc))),
+    };
+    if *draining {
+        state.closing.store(true, Relaxed);
+    }
+    let timer = OnWake::new(tokio::time::sleep(period(*draining).unwrap_or_default()));
+    tokio::pin!(timer);
+    let tick = tokio::time::sleep(MOVE_TICK);
+    tokio::pin!(tick);
+    let mut seen = moved();
+    // The bytes read when the last answer went out (sampled at each wake-up of this task): while
+    // more have been read since, hyper may hold part of a request head, and stopping it would turn
+    // keep-alive off (or, rebuilt, start its header timeout over).
+    // Atomics only to share them between the select's branches (the future must be `Send`); one
+    // task touches them. `NONE`: no answer yet on a connection that began with bytes read ahead.
+    const NONE: u64 = u64::MAX;
+    let out_seen = AtomicU64::new(entry.bytes_out.load(Relaxed));
+    let in_at_answer = AtomicU64::new(if may_hibernate {
+        entry.bytes_in.load(Relaxed)
+    } else {
+        NONE
+    });
+    // Whether this hyper connection has begun a request: until it has answered one, hyper's
+    // graceful shutdown waits for a request (its keep-alive state is not idle yet), so a move or a
+    // hibernation takes its parts at once instead; it has written nothing that could wait unflushed.
+    let out_at_start = entry.bytes_out.load(Relaxed);
+    let began = AtomicBool::new(false);
+    let fresh = || !began.load(Relaxed) && entry.bytes_out.load(Relaxed) == out_at_start;
+    let sample = || {
+        if state.in_flight.load(Relaxed) > 0 {
+            began.store(true, Relaxed);
+        }
+        let out = entry.bytes_out.load(Relaxed);
+        if out != out_seen.load(Relaxed) {
+            out_seen.store(out, Relaxed);
+            in_at_answer.store(entry.bytes_in.load(Relaxed), Relaxed);
+        }
+    };
+    let mut quiet_since = Instant::now();
+    let mut ended = false;
+    // Offered, waiting for the connection to be idle between requests.
+    let mut pending_move = false;
+    // Ended by us to move: hyper gives the socket back unclosed.
+    let mut moving = false;
+    // Ended by us to hibernate: likewise.
+    let mut hibernating = false;
+    let result = loop {
+        tokio::select! {
+            biased;
+            r = &mut served => break r,
+            // Never ready: notes what was read when an answer went out, after each poll of hyper.
+            () = std::future::poll_fn(|_| {
+                sample();
+                Poll::<()>::Pending
+            }), if hibernate_after.is_some() => {}
+            () = offered(offer), if h1 && !ended => {
+                *offer = None;
+                pending_move = true;
+                tick.as_mut().reset(Instant::now());
+            }
+            () = drain.as_mut(), if !*draining => {
+                *draining = true;
+                if pending_move {
+                    // The move comes first; if it cannot happen, the drain goes on from there.
+                    continue;
+                }
+                state.closing.store(true, Relaxed);
+                if state.h2.load(Relaxed) {
+                    served.graceful_shutdown();
+                    HttpStats::add(&stats.goaway_sent);
+                    ended = true;
+                } else {
+                    seen = moved();
+                    quiet_since = Instant::now();
+                    timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
+                }
+            }
+            () = tick.as_mut(), if pending_move && !ended => {
+                if !entry.shared.handover.taking() {
+                    // The window closed (or the successor went): serve on, drain if draining.
+                    pending_move = false;
+                    if *draining {
+                        state.closing.store(true, Relaxed);
+                        seen = moved();
+                        quiet_since = Instant::now();
+                        timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
+                    }
+                } else if state.in_flight.load(Relaxed) == 0 {
+                    if fresh() {
+                        // Nothing answered yet, perhaps part of a head read: take it as it is.
+                        moving = true;
+                        break Ok(());
+                    }
+                    // Between requests: hyper stops (reading nothing more) and keeps the socket open.
+                    keep_open.store(true, Relaxed);
+                    served.graceful_shutdown();
+                    ended = true;
+                    moving = true;
+                } else {
+                    tick.as_mut().reset(Instant::now() + MOVE_TICK);
+                }
+            }
+            () = timer.as_mut(), if !ended && !pending_move && period(*draining).is_some() => {
+                let now = moved();
+                let h2 = state.h2.load(Relaxed);
+                let idle = state.in_flight.load(Relaxed) == 0 && now == seen;
+                // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it first.
+                let quiet = idle && (h2 || !fd.is_some_and(pending));
+                let expired = *draining
+                    || options.keep_alive_timeout.is_some_and(|k| quiet_since.elapsed() >= k);
+                // hyper holds no part of a next request: nothing was read since the last answer.
+                let clean = in_at_answer.load(Relaxed) == entry.bytes_in.load(Relaxed);
+                if quiet && !expired && clean && hibernate_after.is_some() {
+                    if fresh() {
+                        hibernating = true;
+                        break Ok(());
+                    }
+                    // Between requests: hyper stops and gives the socket back with what it read
+                    // ahead, if anything arrived meanwhile.
+                    keep_open.store(true, Relaxed);
+                    served.graceful_shutdown();
+                    ended = true;
+                    hibernating = true;
+                } else if (*draining && h2) || (quiet && expired) {
+                    served.graceful_shutdown();
+                    ended = true;
+                    if h2 {
+                        HttpStats::add(&stats.goaway_sent);
+                    }
+                    if !*draining {
+                        HttpStats::add(&stats.idle_closed);
+                    } else if !h2 {
+                        HttpStats::add(&stats.drain_closed_idle);
+                    }
+                } else {
+                    if !quiet {
+                        seen = now;
+                        quiet_since = Instant::now();
+                    }
+                    if let Some(p) = period(*draining) {
+                        timer.as_mut().inner_mut().reset(Instant::now() + p);
+                    }
+                }
+            }
+        }
+    };
+    if let (true, Ok(()), Served::H1(c, _)) = (moving || hibernating, &result, served) {
+        let parts = (*c).into_parts();
+        let (taken, rest) = parts.io.into_inner().into_parts();
+        let Some(taken) = taken else {
+            return Ended::Done;
+        };
+        let service = parts.service;
+        if hibernating {
+            if parts.read_buf.is_empty() && rest.is_empty() {
+                // `read_buf` is empty but may still own hyper's read buffer: dropped here.
+                return Ended::Quiet {
+                    conn: taken,
+                    service,
+                    since: quiet_since,
+                };
+            }
+            let mut ahead = BytesMut::from(parts.read_buf);
+            ahead.extend_from_slice(&rest);
+            return Ended::Again {
+                conn: taken,
+                service,
+                prefix: ahead.freeze(),
+            };
+        }
+        let mut ahead = BytesMut::from(parts.read_buf);
+        ahead.extend_from_slice(&rest);
+        return match taken.hand_over_with(H1_STATE, &ahead).await {
+            Ok(()) => {
+                HttpStats::add(&stats.handed_over);
+                Ended::Done
+            }
+            Err(refused) => {
+                tracing::debug!(reason = %refused.reason, "http: not handed over; served on");
+                Ended::Again {
+                    conn: refused.connection,
+                    service,
+                    prefix: ahead.freeze(),
+                }
+            }
+        };
+    }
+    // `served` is gone here and hyper gave the connection back.
+    if let Err(e) = result {
+        count_error(stats, &*e);
+    }
+    if let Ok(conn) = back.await {
+        if linger(conn, options.linger).await == Linger::TimedOut {
+            HttpStats::add(&stats.linger_timeouts);
+        }
+    }
+    Ended::Done
+}
+
+type Io = TokioIo<Returned>;
+type H1Connection<S> = hyper::server::conn::http1::Connection<Io, Tracked<Box<S>>>;
+type AutoConnection<'a, S> = auto::Connection<'a, Io, Tracked<Box<S>>, TokioExecutor>;
+
+/// The hyper connection serving one of ours: hyper's HTTP/1 connection (which can give the socket
+/// back), or hyper-util's (HTTP/2, or HTTP/1 told apart by it).
+enum Served<'a, S, B>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    H1(Box<H1Connection<S>>, PhantomData<fn() -> B>),
+    Auto(Pin<Box<AutoConnection<'a, S>>>),
+}
+
+impl<S, B> Served<'_, S, B>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Served::H1(c, _) => Pin::new(&mut **c).graceful_shutdown(),
+            Served::Auto(c) => c.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+impl<S, B> Future for Served<'_, S, B>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Served::H1(c, _) => Pin::new(&mut **c).poll(cx).map_err(Into::into),
+            Served::Auto(c) => c.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Counts the errors that say something about the peer; resets and early closes are its right.
+fn count_error(stats: &HttpStats, e: &(dyn std::error::Error + 'static)) {
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        tracing::trace!(error = %e, "http connection ended");
+        return;
+    };
+    if e.is_timeout() {
+        HttpStats::add(&stats.header_timeouts);
+        tracing::debug!("http: request head not complete within the header timeout; closed");
+    } else if e.is_parse() || e.is_parse_too_large() {
+        HttpStats::add(&stats.protocol_errors);
+        tracing::debug!(error = %e, "http: malformed request; closed");
+    } else {
+        tracing::trace!(error = %e, "http connection ended");
+    }
+}

@@ -1,0 +1,179 @@
+//! What one idle HTTP/1.1 keep-alive connection of `lariat::http` costs the server in heap, counted by
+//! a global allocator (its own test binary: the allocator is global).
+//!
+//! Each connection sends one request, reads the answer and then stays open, as a browser's or a load
+//! balancer's keep-alive connection does. Once it has been quiet for `HttpOptions::hibernate_after`, the
+//! connection hibernates: hyper's connection (its read and write buffers, the dispatcher, the service's
+//! clone, the header timer) is dropped and the task waits for readability holding only the lariat
+//! `Connection`. What is left is what an idle raw echo connection holds (tokio's task cell, the socket's
+//! registration, the registry entry) plus the serving task's own state (its future, the counters it shares
+//! with the service).
+#![cfg(feature = "http")]
+
+#[path = "it/common/mod.rs"]
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{bind_loopback, eventually};
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use lariat::http::{Http, HttpOptions};
+use lariat::Server;
+
+/// Counts the bytes live in allocations made while `COUNTING` is on.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters only observe.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_add(layout.size() as isize, Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Relaxed) {
+            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const WARM_UP: usize = 100;
+const IDLE: usize = 1_000;
+/// A raw echo connection's 700 (task cell, registration, registry entry) and the serving task's own
+/// state: its future (boxed by the handler; [`FUTURE_BUDGET`]), the counters it shares with the service
+/// (48) and the hand-over offer's waiter (72). Awake, a connection holds about 20 KiB.
+const BUDGET_PER_CONNECTION: isize = 1_400;
+/// The serving future, whose size is that of its largest state: every wait with a timer or hyper's
+/// connection is boxed, so the largest is hibernation (the connection, the drain watch, the timer).
+const FUTURE_BUDGET: usize = 700;
+/// How long a connection must be quiet before it hibernates, in these tests.
+const HIBERNATE_AFTER: Duration = Duration::from_millis(100);
+
+/// The allocator's count is global: one measurement at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Opens `n` connections, each with one request answered, on a plain thread (blocking std sockets
+/// allocate nothing on the heap per connection).
+fn keep_alive_clients(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> std::thread::JoinHandle<Vec<std::net::TcpStream>> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        (0..n)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                let mut got = 0;
+                while !buf[..got].ends_with(b"hello\n") {
+                    let n = s.read(&mut buf[got..]).unwrap();
+                    assert!(n > 0, "closed before the answer");
+                    got += n;
+                }
+                s
+            })
+            .collect()
+    })
+}
+
+/// Heap bytes per idle keep-alive connection of a fresh server with `options`, counted `settle` after
+/// the last answer, and the size of the serving future.
+async fn per_idle_connection(options: HttpOptions, settle: Duration) -> (isize, usize) {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (listener, addr) = bind_loopback();
+    let hello = hyper::service::service_fn(|_req: Request<Incoming>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
+    });
+    let http = Http::with_options(hello, options);
+    let size = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let size = size.clone();
+        move |conn: lariat::Connection| {
+            let fut = lariat::Handler::call(&http, conn);
+            size.store(std::mem::size_of_val(&*fut), Relaxed);
+            fut
+        }
+    };
+    let server = Server::builder().serve([listener], handler).unwrap();
+    let handle = server.handle().clone();
+
+    // Warm up: the runtime's, the registry's and hyper's first allocations are not per connection.
+    let warm = keep_alive_clients(addr, WARM_UP).join().unwrap();
+    tokio::time::sleep(settle).await;
+    drop(warm);
+    assert!(eventually(Duration::from_secs(10), || handle.stats().active == 0).await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    LIVE.store(0, Relaxed);
+    COUNTING.store(true, Relaxed);
+    let idle = keep_alive_clients(addr, IDLE).join().unwrap();
+    assert_eq!(handle.stats().active, IDLE as u64);
+    tokio::time::sleep(settle).await;
+    COUNTING.store(false, Relaxed);
+    let per_connection = LIVE.load(Relaxed) / IDLE as isize;
+    drop(idle);
+    assert!(eventually(Duration::from_secs(10), || handle.stats().active == 0).await);
+    handle.stop();
+    (per_connection, size.load(Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernated_keep_alive_connection_costs_under_the_budget() {
+    let (awake, _) = per_idle_connection(
+        HttpOptions::default().hibernate_after(None),
+        Duration::from_millis(500),
+    )
+    .await;
+    let (hibernated, future) = per_idle_connection(
+        HttpOptions::default().hibernate_after(Some(HIBERNATE_AFTER)),
+        HIBERNATE_AFTER * 5,
+    )
+    .await;
+    eprintln!(
+        "idle keep-alive connection: {awake} heap bytes awake, {hibernated} hibernated \
+         (serving future {future} B)"
+    );
+    assert!(
+        future <= FUTURE_BUDGET,
+        "the serving future is {future} bytes (budget {FUTURE_BUDGET})"
+    );
+    assert!(
+        hibernated <= BUDGET_PER_CONNECTION,
+        "a hibernated connection costs {hibernated} heap bytes (budget {BUDGET_PER_CONNECTION})"
+    );
+    assert!(
+        hibernated >= 256,
+        "the count missed the connections ({hibernated} B)"
+    );
+    assert!(
+        hibernated < awake,
+        "hibernating saved nothing ({hibernated} B against {awake} B awake)"
+    );
+}
