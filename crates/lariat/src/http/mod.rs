@@ -28,7 +28,7 @@
 //! service's clone, the header timer) for as long as it lives. Once a plain HTTP/1.1 connection has been
 //! quiet between requests for [`HttpOptions::hibernate_after`] (default 50 ms) with nothing read ahead,
 //! lariat ends hyper's connection without a shutdown and waits for readability holding only the socket
-//! (about 1.3 KiB in all); its next bytes are served by a new hyper connection. The keep-alive timeout,
+//! (about 1.4 KiB in all); its next bytes are served by a new hyper connection. The keep-alive timeout,
 //! the drain (idle connections closed after the quiet period, answers with `Connection: close`) and a
 //! restart's hand-over treat it as the idle connection it is; bytes hyper read ahead (pipelined
 //! requests) are served at once, never hibernated. A connection busy with requests never hibernates.
