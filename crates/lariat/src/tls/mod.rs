@@ -23,8 +23,8 @@ mod scratch;
 mod session;
 mod stream;
 
-/// The crypto provider, chosen when lariat is compiled: `aws-lc-rs` (faster RSA and ECDSA signing, so
-/// more full handshakes per core) when that feature is on, else `ring`. Features add up, so with both on
+/// The crypto provider, chosen when lariat is compiled: `aws-lc-rs` (faster RSA signing, so more
+/// full handshakes per core) when that feature is on, else `ring`. Features add up, so with both on
 /// aws-lc-rs is used.
 #[cfg(feature = "aws-lc-rs")]
 use rustls::crypto::aws_lc_rs as provider;
