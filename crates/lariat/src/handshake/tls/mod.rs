@@ -23,6 +23,18 @@ mod scratch;
 mod session;
 mod stream;
 
+/// The crypto provider, chosen when lariat is compiled: `aws-lc-rs` (faster RSA signing, so more
+/// full handshakes per core) when that feature is on, else `ring`. Features add up, so with both on
+/// aws-lc-rs is used.
+#[cfg(feature = "aws-lc-rs")]
+use rustls::crypto::aws_lc_rs as provider;
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+use rustls::crypto::ring as provider;
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!(
+    "lariat needs a TLS crypto provider: turn on its `ring` (default) or `aws-lc-rs` feature"
+);
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -65,12 +77,13 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     /// Loads a certificate chain and its private key from PEM files (PKCS#8, PKCS#1 or SEC1 key). TLS 1.2
-    /// and 1.3, rustls' safe defaults, no client certificates.
+    /// and 1.3, rustls' safe defaults, no client certificates, with the crypto provider lariat was built
+    /// with (feature `aws-lc-rs`, else `ring`).
     pub fn from_pem_files(
         cert: impl Into<PathBuf>,
         key: impl Into<PathBuf>,
     ) -> Result<TlsConfig, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider::default_provider());
         let store = Arc::new(CertStore::load(cert.into(), key.into(), provider.clone())?);
         let server = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -122,7 +135,7 @@ impl TlsConfig {
                 server.send_tls13_tickets = 2;
             }
             Resumption::Tickets => {
-                let ticketer = rustls::crypto::ring::Ticketer::new()?;
+                let ticketer = provider::Ticketer::new()?;
                 server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
                 server.ticketer = ticketer;
                 server.send_tls13_tickets = 2;
