@@ -8,6 +8,11 @@
 //! `idle_memory.rs`), an idle TLS connection keeps only the rustls session: its state machine after the
 //! handshake (traffic secrets, the record layer's two AEAD keys) and lariat's `TlsStream`; lariat frees
 //! its ciphertext and plaintext buffers whenever they drain.
+//!
+//! With the `aws-lc-rs` feature on (as under `--all-features`), the two AEAD key contexts are allocated
+//! by AWS-LC's C code with `malloc`, which a Rust global allocator never sees: the figure is then about
+//! 1.1 KB short of the truth. The budget holds for the ring build, where every byte is counted
+//! (`cargo test -p lariat --test tls_idle_memory`, default features).
 
 #[path = "it/common/mod.rs"]
 mod common;
