@@ -53,7 +53,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Exhaustion::Wait => OnExhaustion::Wait,
             Exhaustion::Shed => OnExhaustion::Shed,
         },
-        idle_timeout: (!args.handler.idle_timeout.is_zero()).then_some(args.handler.idle_timeout),
+        idle_timeout: (!args.limits.idle_timeout.is_zero()).then_some(args.limits.idle_timeout),
         // No flag: the library's backoff.
         ..Limits::default()
     };
