@@ -41,7 +41,15 @@ mod tests {
         };
         assert!(args.listeners.listen.is_empty());
         assert_eq!(args.handler.handler, HandlerKind::Echo);
-        assert_eq!(args.limits.max_connections, lariat::DEFAULT_MAX_CONNECTIONS);
+        // The flags' defaults are the library's, from its settings groups.
+        let limits = lariat::Limits::default();
+        assert_eq!(args.limits.max_connections, limits.max_connections);
+        assert_eq!(args.limits.acceptors, limits.acceptors);
+        assert_eq!(args.limits.on_exhaustion, Exhaustion::Wait);
+        assert_eq!(limits.on_exhaustion, lariat::OnExhaustion::Wait);
+        let handshake = lariat::HandshakeSettings::default();
+        assert_eq!(args.handshake.handshake_timeout, handshake.timeout);
+        assert_eq!(args.handshake.handshake_grace, handshake.grace);
         assert_eq!(args.admin.metrics, None);
         assert_eq!(args.drain.lame_duck, Duration::ZERO);
     }

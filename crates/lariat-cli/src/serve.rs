@@ -7,7 +7,7 @@ use anyhow::Context;
 use lariat::lifecycle::{Lifecycle, Readiness, Signals};
 use lariat::restart::PassOn;
 use lariat::restart::RestartOptions;
-use lariat::{Handler, Listener, OnExhaustion, Server, ServerBuilder};
+use lariat::{Handler, HandshakeSettings, Limits, Listener, OnExhaustion, Server, ServerBuilder};
 
 use std::sync::Arc;
 
@@ -45,14 +45,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .greeting
         .as_deref()
         .map(|g| bytes::Bytes::from(crate::cli::unescape(g)));
-    let builder = Server::builder()
-        .max_connections(args.limits.max_connections)
-        .acceptors(args.limits.acceptors)
-        .idle_timeout((!args.handler.idle_timeout.is_zero()).then_some(args.handler.idle_timeout))
-        .handshake_timeout(args.handshake.handshake_timeout)
-        .handshake_grace(args.handshake.handshake_grace)
+    // Each of the library's settings groups from the argument groups that mirror it.
+    let limits = Limits {
+        max_connections: args.limits.max_connections,
+        acceptors: args.limits.acceptors,
+        on_exhaustion: match args.limits.on_exhaustion {
+            Exhaustion::Wait => OnExhaustion::Wait,
+            Exhaustion::Shed => OnExhaustion::Shed,
+        },
+        idle_timeout: (!args.limits.idle_timeout.is_zero()).then_some(args.limits.idle_timeout),
+        // No flag: the library's backoff.
+        ..Limits::default()
+    };
+    let mut handshake = HandshakeSettings {
+        timeout: args.handshake.handshake_timeout,
+        // "At most --handshake-timeout": a shorter timeout with the default grace lowers the grace.
+        grace: args
+            .handshake
+            .handshake_grace
+            .min(args.handshake.handshake_timeout),
         // With routes, the router greets once the route is chosen (inside a TLS route's session).
-        .greeting(greeting.clone().filter(|_| args.routes.route.is_empty()))
+        greeting: greeting.clone().filter(|_| args.routes.route.is_empty()),
+        // Set just below, on every listener or on those named.
+        proxy: None,
+        tls: None,
+    };
+    front_per_listener(&mut handshake, &mut named, &args, tls.as_ref())?;
+    let builder = Server::builder()
+        .limits(limits)
+        .handshake(handshake)
         .admission(Some(lariat::admission::Admission {
             allow: args.admission.allow.clone(),
             deny: args.admission.deny.clone(),
@@ -62,12 +83,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .per_ip_v6_prefix
                 .unwrap_or(lariat::admission::DEFAULT_IPV6_PREFIX),
             unix_uids: args.admission.unix_peer_uid.clone(),
-        }))
-        .on_exhaustion(match args.limits.on_exhaustion {
-            Exhaustion::Wait => OnExhaustion::Wait,
-            Exhaustion::Shed => OnExhaustion::Shed,
-        });
-    let builder = front_per_listener(builder, &mut named, &args, tls.as_ref())?;
+        }));
     if !args.routes.route.is_empty() {
         let router = args
             .routes
@@ -137,15 +153,15 @@ fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<TlsConfig>> {
     }))
 }
 
-/// PROXY and TLS: on every listener, or only on those `--proxy-on` / `--tls-on` name. With a `tls`
-/// route, TLS belongs to that route instead; with routes but no `tls` route, TLS runs first and the
-/// routes see the plaintext.
+/// PROXY and TLS: on every listener (in the server-wide `handshake`), or only on those `--proxy-on` /
+/// `--tls-on` name (carried by each listener). With a `tls` route, TLS belongs to that route instead;
+/// with routes but no `tls` route, TLS runs first and the routes see the plaintext.
 fn front_per_listener(
-    builder: ServerBuilder,
+    handshake: &mut HandshakeSettings,
     named: &mut Vec<Named>,
     args: &ServeArgs,
     tls: Option<&TlsConfig>,
-) -> anyhow::Result<ServerBuilder> {
+) -> anyhow::Result<()> {
     for (flag, wanted) in [
         ("--proxy-on", &args.proxy.proxy_on),
         ("--tls-on", &args.tls.tls_on),
@@ -162,7 +178,9 @@ fn front_per_listener(
         .any(|r| r.protocol == RouteProtocol::Tls);
     let tls = tls.filter(|_| !tls_route);
     if args.proxy.proxy_on.is_empty() && args.tls.tls_on.is_empty() {
-        return Ok(builder.proxy_protocol(proxy).tls(tls.cloned()));
+        handshake.proxy = proxy;
+        handshake.tls = tls.cloned();
+        return Ok(());
     }
     // Each listener carries its own PROXY and TLS settings: the named ones get them, the others none.
     let own = |on: &[String], name: &String| on.is_empty() || on.contains(name);
@@ -176,7 +194,7 @@ fn front_per_listener(
             name: n.name,
         })
         .collect();
-    Ok(builder)
+    Ok(())
 }
 
 /// `http-hello` with the HTTP timeouts from the command line.

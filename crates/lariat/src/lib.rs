@@ -86,7 +86,7 @@ pub use connection::split::{ReadHalf, ReuniteError, WriteHalf};
 pub use connection::{Connection, ConnectionGuard};
 pub use drain::{DrainOptions, DrainReport, DrainSignal};
 pub use handler::{BoxError, Handler, Outcome};
-pub use handshake::{ListenerHandshake, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use handshake::ListenerHandshake;
 pub use net::bind::{default_backlog, BindError, BindOptions};
 pub use net::endpoint::{Endpoint, ParseEndpointError};
 pub use net::listener::{ListenAddr, Listener};
@@ -94,7 +94,9 @@ pub use net::parked::ParkedListener;
 pub use net::source::AcceptSource;
 pub use net::stream::{LocalAddr, PeerAddr, Stream};
 pub use server::registry::{CloseError, ConnectionInfo};
-pub use server::stats::StatsSnapshot;
-pub use server::{
-    Running, Server, ServerBuilder, ServerError, ServerHandle, DEFAULT_MAX_CONNECTIONS,
+pub use server::settings::{
+    HandshakeSettings, Limits, SettingsError, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
 };
+pub use server::stats::StatsSnapshot;
+pub use server::{Running, Server, ServerBuilder, ServerError, ServerHandle};

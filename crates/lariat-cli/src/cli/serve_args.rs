@@ -147,7 +147,8 @@ pub struct AdmissionArgs {
     pub unix_peer_uid: Vec<u32>,
 }
 
-/// How long the handshake may take.
+/// How long the handshake may take (with the PROXY, TLS and greeting flags, the library's
+/// `lariat::HandshakeSettings`).
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 #[command(next_help_heading = "Handshake: timeouts")]
 pub struct HandshakeTimeouts {
@@ -180,11 +181,6 @@ pub struct HandlerArgs {
     #[arg(long, value_name = "TEXT")]
     pub greeting: Option<String>,
 
-    /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
-    /// disables it.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
-
     /// http-hello: a request's head must arrive whole within this long (from the connection's start or
     /// the end of the previous answer; slow header senders are closed, counted), and its body at
     /// 1 KiB/s on average after this long, or the client gets 408 and a close (a client sending a byte
@@ -203,7 +199,8 @@ pub struct HandlerArgs {
     pub http_hibernate_after: Duration,
 }
 
-/// How many connections, and the loops and threads that accept and run them.
+/// How many connections, and the loops and threads that accept and run them (the library's
+/// `lariat::Limits`).
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 #[command(next_help_heading = "Limits and accept loop")]
 pub struct LimitArgs {
@@ -219,6 +216,11 @@ pub struct LimitArgs {
     /// socket all the same).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub acceptors: usize,
+
+    /// Close a connection after this long without a byte either way (slowloris, vanished peers); 0
+    /// disables it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 
     /// Runtime worker threads [default: the CPUs this process may run on].
     #[arg(long, value_name = "N")]

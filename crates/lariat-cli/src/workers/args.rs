@@ -114,7 +114,6 @@ pub fn worker_args(args: &ServeArgs, supervisor: u32) -> Vec<OsString> {
         handler,
         delivery,
         greeting,
-        idle_timeout,
         request_timeout,
         http_keep_alive,
         http_hibernate_after,
@@ -125,7 +124,6 @@ pub fn worker_args(args: &ServeArgs, supervisor: u32) -> Vec<OsString> {
     }
     out.some("--delivery", &delivery.map(delivery_text));
     out.some("--greeting", greeting);
-    out.value("--idle-timeout", duration(*idle_timeout));
     out.some("--request-timeout", &request_timeout.map(duration));
     out.value("--http-keep-alive", duration(*http_keep_alive));
     out.value("--http-hibernate-after", duration(*http_hibernate_after));
@@ -134,11 +132,13 @@ pub fn worker_args(args: &ServeArgs, supervisor: u32) -> Vec<OsString> {
         max_connections,
         on_exhaustion,
         acceptors,
+        idle_timeout,
         threads,
     } = limits;
     out.value("--max-connections", max_connections);
     out.value("--on-exhaustion", choice(on_exhaustion));
     out.value("--acceptors", acceptors);
+    out.value("--idle-timeout", duration(*idle_timeout));
     out.some("--threads", threads);
 
     let DrainArgs {

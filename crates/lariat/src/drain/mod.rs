@@ -140,7 +140,10 @@ impl DrainState {
     pub(crate) fn plan(&self) -> (Instant, Duration) {
         match self.plan.get() {
             Some(plan) => (plan.deadline, plan.settle),
-            None => (Instant::now() + DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE),
+            None => {
+                let opts = DrainOptions::default();
+                (Instant::now() + opts.timeout, opts.settle)
+            }
         }
     }
 

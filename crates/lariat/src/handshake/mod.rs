@@ -31,14 +31,6 @@ use crate::server::stats::Stats;
 use crate::tls::{TlsConfig, TlsError};
 use crate::{Connection, Stream};
 
-/// The default handshake timeout: long enough for a TLS handshake over a slow mobile link, short enough
-/// that silent connections cannot hold the cap for long.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The default grace before a handshake gives way to queued clients when the cap is full: enough for a
-/// TLS handshake across a continent, a tenth of the default handshake timeout.
-pub const DEFAULT_HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
-
 /// One listener's own handshake settings, replacing the server-wide
 /// [`proxy_protocol`](crate::ServerBuilder::proxy_protocol) and [`tls`](crate::ServerBuilder::tls) for its
 /// connections: say, PROXY on the port the load balancer uses and none on an internal one. Given with

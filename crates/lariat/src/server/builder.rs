@@ -11,92 +11,99 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept_loop::accept_loop;
 use super::dispatch::{spawn_connection, Dispatch};
+use super::settings::{HandshakeSettings, Limits, SettingsError};
 use super::state::ServerState;
 use super::{Running, Server, ServerError, ServerHandle};
 use crate::accept::backoff::BackoffPolicy;
 use crate::accept::fan_in::FanIn;
 use crate::accept::{Acceptor, OnExhaustion};
-use crate::admission::Reject;
-use crate::admission::{Admission, Gate};
+use crate::admission::{Admission, AdmissionHook, Gate, Reject};
 use crate::handler::Handler;
-use crate::handshake::{
-    Handshake, ListenerHandshake, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT,
-};
+use crate::handshake::{Handshake, ListenerHandshake};
 use crate::net::source::AcceptSource;
 use crate::proxy::{ProxyConfig, ProxyMode};
 use crate::tls::TlsConfig;
 use crate::Connection;
 
-/// The default connection cap. Bounded by default: an unbounded server is one flood away from descriptor
-/// exhaustion, and a cap lets clients wait in the backlog instead.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-
 /// Configures a [`Server`] (or a bare [`Acceptor`]).
 ///
-/// Every default is in [`Default`] below. Setters take an `Option` where "none" is a setting of its own
-/// (no idle timeout, no PROXY header, no TLS, no greeting, no admission rules) and a plain value where
-/// there is always one (the cap, the handshake's timeout and grace, the backoff, the acceptors). PROXY
-/// and TLS for one listener only are carried by that listener
-/// ([`Listener::with_handshake`](crate::Listener::with_handshake)).
-#[derive(Debug, Clone)]
+/// The settings come in typed groups, each with its defaults in its one [`Default`] impl: [`Limits`]
+/// (the cap, the accept loops, exhaustion, backoff, the idle timeout) and [`HandshakeSettings`] (the
+/// handshake's timeout and grace, PROXY, TLS, the greeting). Give a group whole ([`limits`](Self::limits),
+/// [`handshake`](Self::handshake)) or one value at a time with the setters below, which write into it.
+/// The admission rules and hook are set apart. PROXY and TLS for one listener only are carried by that
+/// listener ([`Listener::with_handshake`](crate::Listener::with_handshake)). Values that could never
+/// work are refused before anything starts ([`validate`](Self::validate), [`SettingsError`]).
+#[derive(Clone, Default)]
 pub struct ServerBuilder {
-    max_connections: usize,
-    idle_timeout: Option<Duration>,
-    handshake_timeout: Duration,
-    handshake_grace: Duration,
-    /// The set-up steps of every listener's connections, except the PROXY and TLS settings of a
-    /// listener that has its own ([`ListenerHandshake`]).
-    handshake: Handshake,
+    limits: Limits,
+    /// Every listener's set-up settings, except the PROXY and TLS settings of a listener that has its
+    /// own ([`ListenerHandshake`]).
+    handshake: HandshakeSettings,
+    hook: Option<AdmissionHook>,
     admission: Option<Admission>,
-    backoff: BackoffPolicy,
-    on_exhaustion: OnExhaustion,
-    acceptors: usize,
 }
 
-impl Default for ServerBuilder {
-    fn default() -> Self {
-        ServerBuilder {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            idle_timeout: None,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            handshake_grace: DEFAULT_HANDSHAKE_GRACE,
-            handshake: Handshake::default(),
-            admission: None,
-            backoff: BackoffPolicy::default(),
-            on_exhaustion: OnExhaustion::default(),
-            acceptors: 1,
-        }
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("limits", &self.limits)
+            .field("handshake", &self.handshake)
+            .field("hook", &self.hook.is_some())
+            .field("admission", &self.admission)
+            .finish()
     }
 }
 
 impl ServerBuilder {
-    /// The most connections held at once, across all listeners. Default [`DEFAULT_MAX_CONNECTIONS`];
+    /// All of [`Limits`] at once (defaults: [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// All of [`HandshakeSettings`] at once (defaults: [`HandshakeSettings::default`]). The admission
+    /// hook, set with [`admission_hook`](Self::admission_hook), is kept.
+    pub fn handshake(mut self, handshake: HandshakeSettings) -> Self {
+        self.handshake = handshake;
+        self
+    }
+
+    /// Refuses settings that could never work (a cap of 0, no accept loop, a zero handshake timeout, a
+    /// grace longer than it, a backoff that starts above its maximum, a zero idle timeout). `serve`,
+    /// `run` and `acceptor` call it first; call it yourself to refuse a configuration earlier.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.limits.validate()?;
+        self.handshake.validate()
+    }
+
+    /// The most connections held at once, across all listeners ([`Limits::max_connections`]);
     /// `usize::MAX` for no cap. Changeable later with [`ServerHandle::set_max_connections`].
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max;
+        self.limits.max_connections = max;
         self
     }
 
     /// Closes a connection when no byte has moved either way for this long (slowloris, peers that
-    /// vanished without a FIN). Checked by one sweep per server, a tenth of the timeout apart (100 ms to
-    /// 1 s), so it costs nothing per read or write. Reaches connections served by tasks lariat spawned.
-    /// Default: none.
+    /// vanished without a FIN; [`Limits::idle_timeout`]). Checked by one sweep per server, a tenth of
+    /// the timeout apart (100 ms to 1 s), so it costs nothing per read or write. Reaches connections
+    /// served by tasks lariat spawned.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.idle_timeout = timeout;
+        self.limits.idle_timeout = timeout;
         self
     }
 
     /// Reads a PROXY protocol header at the start of every connection (see [`proxy`](crate::proxy)), in
     /// the connection's own task: the handler then sees the client the header names as
-    /// [`Connection::peer_addr`]. `None` or [`ProxyMode::Off`](crate::proxy::ProxyMode::Off): no header.
+    /// [`Connection::peer_addr`] ([`HandshakeSettings::proxy`]).
     pub fn proxy_protocol(mut self, config: Option<ProxyConfig>) -> Self {
-        self.handshake.proxy = proxy_setting(config);
+        self.handshake.proxy = config;
         self
     }
 
     /// Runs a TLS handshake (see [`tls`](crate::tls)) on every connection, after the PROXY header if
     /// there is one, within the handshake timeout; the handler reads and writes plaintext. A failed
-    /// handshake closes the connection and is counted (`tls_failed`). Default: none.
+    /// handshake closes the connection and is counted (`tls_failed`; [`HandshakeSettings::tls`]).
     pub fn tls(mut self, config: Option<TlsConfig>) -> Self {
         self.handshake.tls = config;
         self
@@ -105,21 +112,22 @@ impl ServerBuilder {
     /// How long a connection's set-up may take, from `accept` to its handler: the PROXY header, the
     /// protocol router's sniffing and the TLS handshake together (and the admission hook and greeting).
     /// A connection that is not through in time is closed and counted (`handshake_timeouts`), so
-    /// clients that connect and stay silent cannot hold the cap. Default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT) (10 s).
+    /// clients that connect and stay silent cannot hold the cap ([`HandshakeSettings::timeout`]). A
+    /// grace longer than the new timeout is lowered to it.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.handshake.timeout = timeout;
+        self.handshake.grace = self.handshake.grace.min(timeout);
         self
     }
 
     /// How long a connection may stay in its handshake before it gives way to clients queued behind
     /// it, when every slot under the cap is taken: past this grace, such connections are closed and
     /// counted (`handshake_evicted`), so silent clients cannot hold the cap for a whole handshake
-    /// timeout per cap's worth of them (Linux TCP and Unix sockets, where a waiting queue is seen). Connections that
-    /// reached their handler are never evicted. Default
-    /// [`DEFAULT_HANDSHAKE_GRACE`](crate::DEFAULT_HANDSHAKE_GRACE) (1 s), at most the handshake timeout.
+    /// timeout per cap's worth of them (Linux TCP and Unix sockets, where a waiting queue is seen).
+    /// Connections that reached their handler are never evicted. At most the handshake timeout
+    /// ([`HandshakeSettings::grace`]).
     pub fn handshake_grace(mut self, grace: Duration) -> Self {
-        self.handshake_grace = grace;
+        self.handshake.grace = grace;
         self
     }
 
@@ -131,16 +139,17 @@ impl ServerBuilder {
         mut self,
         hook: impl Fn(&Connection) -> Result<(), Reject> + Send + Sync + 'static,
     ) -> Self {
-        self.handshake.hook = Some(Arc::new(hook));
+        self.hook = Some(Arc::new(hook));
         self
     }
 
     /// Bytes written to every admitted connection before its handler runs (after TLS and the admission
     /// hook): the client learns it was truly accepted, not just queued in the backlog. With
     /// a [`Router`](crate::route::Router) that has TLS routes, use [`Router::greeting`](crate::route::Router::greeting)
-    /// instead: this one is written before the router sees the ClientHello, outside TLS.
+    /// instead: this one is written before the router sees the ClientHello, outside TLS
+    /// ([`HandshakeSettings::greeting`]).
     pub fn greeting(mut self, greeting: Option<Bytes>) -> Self {
-        self.handshake.greeting = greeting.filter(|g| !g.is_empty());
+        self.handshake.greeting = greeting;
         self
     }
 
@@ -155,24 +164,24 @@ impl ServerBuilder {
 
     /// How many accept loops take connections from the listeners (each on its own clone of every
     /// listener's descriptor, so all share one queue per socket), for runtimes where one loop cannot
-    /// keep up. Default 1, which the benchmarks found as fast on two cores (see the README); for more
-    /// cores per process than one loop can feed, or use `lariat serve --workers`. Each loop may hold
-    /// one slot under the cap while it waits, so the cap stays exact. Needs sources that can be cloned
-    /// ([`Listener`](crate::Listener) can).
+    /// keep up ([`Limits::acceptors`]). 1, the default, was found as fast on two cores by the
+    /// benchmarks; for more cores per process than one loop can feed, or use `lariat serve --workers`.
+    /// Each loop may hold one slot under the cap while it waits, so the cap stays exact. Needs sources
+    /// that can be cloned ([`Listener`](crate::Listener) can).
     pub fn acceptors(mut self, n: usize) -> Self {
-        self.acceptors = n.max(1);
+        self.limits.acceptors = n;
         self
     }
 
-    /// The delays used while short of resources.
+    /// The delays used while short of resources ([`Limits::backoff`]).
     pub fn backoff(mut self, policy: BackoffPolicy) -> Self {
-        self.backoff = policy;
+        self.limits.backoff = policy;
         self
     }
 
-    /// What to do with queued clients at descriptor exhaustion. Default [`OnExhaustion::Wait`].
+    /// What to do with queued clients at descriptor exhaustion ([`Limits::on_exhaustion`]).
     pub fn on_exhaustion(mut self, on_exhaustion: OnExhaustion) -> Self {
-        self.on_exhaustion = on_exhaustion;
+        self.limits.on_exhaustion = on_exhaustion;
         self
     }
 
@@ -205,10 +214,11 @@ impl ServerBuilder {
         S: AcceptSource,
         H: Handler,
     {
+        self.validate().map_err(invalid)?;
         let sources: Vec<S> = sources.into_iter().collect();
         // Each further accept loop gets its own descriptor for every listener.
-        let mut groups = Vec::with_capacity(self.acceptors);
-        for _ in 1..self.acceptors {
+        let mut groups = Vec::with_capacity(self.limits.acceptors);
+        for _ in 1..self.limits.acceptors {
             groups.push(
                 sources
                     .iter()
@@ -231,7 +241,7 @@ impl ServerBuilder {
             .drain
             .accept_loops
             .store(fan_ins.len(), std::sync::atomic::Ordering::Relaxed);
-        if let Some(timeout) = self.idle_timeout {
+        if let Some(timeout) = self.limits.idle_timeout {
             tokio::spawn(crate::server::idle::reap(
                 Arc::downgrade(&handle.shared),
                 timeout,
@@ -253,8 +263,8 @@ impl ServerBuilder {
                 let acceptor = Acceptor::new(
                     fan_in,
                     handle.shared.clone(),
-                    self.backoff,
-                    self.on_exhaustion,
+                    self.limits.backoff,
+                    self.limits.on_exhaustion,
                 )?;
                 let spawner = Dispatch {
                     handler: handler.clone(),
@@ -297,7 +307,11 @@ impl ServerBuilder {
     /// loops run in the server's own loop, which a bare acceptor does not have: a builder with any of
     /// them is refused here rather than silently serving without them.
     pub fn acceptor<S: AcceptSource>(self, source: S) -> io::Result<(Acceptor<S>, ServerHandle)> {
-        if !self.handshake.is_empty() || source.handshake().is_some() || self.acceptors > 1 {
+        self.validate().map_err(invalid)?;
+        if !self.base_handshake().is_empty()
+            || source.handshake().is_some()
+            || self.limits.acceptors > 1
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "TLS, PROXY, an admission hook, a greeting and several acceptors need \
@@ -308,8 +322,8 @@ impl ServerBuilder {
         let acceptor = Acceptor::new(
             source,
             handle.shared.clone(),
-            self.backoff,
-            self.on_exhaustion,
+            self.limits.backoff,
+            self.limits.on_exhaustion,
         )?;
         Ok((acceptor, handle))
     }
@@ -318,7 +332,7 @@ impl ServerBuilder {
     fn handshakes(&self, own: &[Option<ListenerHandshake>]) -> Vec<Option<Arc<Handshake>>> {
         own.iter()
             .map(|own| {
-                let mut handshake = self.handshake.clone();
+                let mut handshake = self.base_handshake();
                 if let Some(own) = own {
                     handshake.proxy = proxy_setting(own.proxy.clone());
                     handshake.tls = own.tls.clone();
@@ -328,13 +342,23 @@ impl ServerBuilder {
             .collect()
     }
 
+    /// The set-up steps of a listener without settings of its own.
+    fn base_handshake(&self) -> Handshake {
+        Handshake {
+            proxy: proxy_setting(self.handshake.proxy.clone()),
+            tls: self.handshake.tls.clone(),
+            hook: self.hook.clone(),
+            greeting: self.handshake.greeting.clone().filter(|g| !g.is_empty()),
+        }
+    }
+
     fn handle(&self) -> ServerHandle {
         ServerHandle {
             shared: Arc::new({
                 let mut shared = ServerState::new(
-                    self.max_connections,
-                    self.handshake_timeout,
-                    self.handshake_grace,
+                    self.limits.max_connections,
+                    self.handshake.timeout,
+                    self.handshake.grace,
                 );
                 shared.gate = self.admission.clone().map(Gate::new);
                 shared
@@ -344,7 +368,15 @@ impl ServerBuilder {
     }
 }
 
+/// A refused setting as the `io::Error` that `serve`, `run` and `acceptor` return.
+fn invalid(e: SettingsError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
 /// A PROXY setting as the handshake keeps it: `Off` is none.
 fn proxy_setting(config: Option<ProxyConfig>) -> Option<Arc<ProxyConfig>> {
     config.filter(|c| c.mode != ProxyMode::Off).map(Arc::new)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,10 @@
 //! [`Server`]: accept loops over one or more listeners, a task per connection, and a handle to observe
 //! and steer them (counters, registry, cap, stop).
 //!
-//! - `builder.rs`: [`ServerBuilder`], the settings and starting the loops;
+//! - `settings.rs`: the settings in typed groups ([`Limits`](settings::Limits),
+//!   [`HandshakeSettings`](settings::HandshakeSettings)), each group's defaults in its `Default`, and
+//!   the refusal of values that cannot work;
+//! - `builder.rs`: [`ServerBuilder`], taking the settings and starting the loops;
 //! - `handle.rs`: [`ServerHandle`], observing and steering, the drain's second stage;
 //! - `accept_loop.rs`: one accept loop, and the drain's first stage in it;
 //! - `dispatch.rs`: each connection's task (the handshake if its listener has one, then the handler);
@@ -13,10 +16,11 @@ mod dispatch;
 mod handle;
 pub(crate) mod idle;
 pub(crate) mod registry;
+pub(crate) mod settings;
 pub(crate) mod state;
 pub(crate) mod stats;
 
-pub use builder::{ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+pub use builder::ServerBuilder;
 pub use handle::ServerHandle;
 
 use tokio::task::JoinHandle;
