@@ -15,21 +15,21 @@
 //! Last, failed requests per restart: `wrk` keep-alive load on `lariat serve --handler http-hello`
 //! through several SIGHUP restarts (the goal: 0).
 
-use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
 use serde::Serialize;
 
-use crate::proc;
 use crate::report;
-use crate::server::{Binaries, Kind, Server, SERVER_CPU};
+use crate::server::Binaries;
 
 mod generators;
 mod nginx;
+mod runs;
+mod servers;
+mod table;
 
-use generators::{children_cpu, h2load, wrk};
-use nginx::{nginx_installed, Nginx};
+use nginx::nginx_installed;
+use runs::{measure, measure_restarts};
+use servers::hyper_hello;
+pub use table::markdown;
 
 /// How hard and how long each run loads a server.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -149,172 +149,6 @@ pub struct HttpResults {
     pub median_ratios: Vec<(Protocol, f64, f64)>,
     pub restart: Option<RestartRun>,
     pub notes: Vec<String>,
-}
-
-/// A server under test: one of the bench's own (stopped on drop), or nginx.
-enum Running {
-    Bench(Server),
-    Nginx(Nginx),
-}
-
-impl Running {
-    fn pid(&self) -> u32 {
-        match self {
-            Running::Bench(s) => s.pid(),
-            Running::Nginx(n) => n.child.id(),
-        }
-    }
-
-    fn port(&self, protocol: Protocol) -> u16 {
-        match (self, protocol) {
-            (Running::Bench(s), _) => s.addr.port(),
-            (Running::Nginx(n), Protocol::H1) => n.h1_port,
-            (Running::Nginx(n), Protocol::H2) => n.h2_port,
-        }
-    }
-}
-
-fn hyper_hello(binaries: &Binaries) -> PathBuf {
-    binaries.path(Kind::Lariat).with_file_name("hyper-hello")
-}
-
-fn lariat_args(extra: &[&str]) -> Vec<String> {
-    [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        "http-hello",
-        "--max-connections",
-        "20000",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn start(binaries: &Binaries, server: HttpServer) -> anyhow::Result<Running> {
-    let cpu = SERVER_CPU.to_string();
-    Ok(match server {
-        HttpServer::Lariat => Running::Bench(Server::spawn(
-            binaries.path(Kind::Lariat),
-            &lariat_args(&[]),
-            &cpu,
-        )?),
-        HttpServer::Hyper => Running::Bench(Server::spawn(
-            &hyper_hello(binaries),
-            &["127.0.0.1:0".into()],
-            &cpu,
-        )?),
-        HttpServer::Nginx => Running::Nginx(Nginx::start(SERVER_CPU)?),
-    })
-}
-
-/// One run: a fresh `server`, loaded with `protocol` for `load.seconds`.
-async fn measure(
-    binaries: &Binaries,
-    load: &Load,
-    server: HttpServer,
-    protocol: Protocol,
-    round: usize,
-) -> HttpRun {
-    let mut run = HttpRun {
-        server,
-        protocol,
-        round,
-        requests: 0,
-        rate_per_s: f64::NAN,
-        server_cpu_s: f64::NAN,
-        cpu_per_request_us: f64::NAN,
-        failed: 0,
-        other_cores: f64::NAN,
-        error: None,
-    };
-    let result = async {
-        let running = start(binaries, server)?;
-        let pid = running.pid();
-        let port = running.port(protocol);
-        let before = proc::cpu_time(pid)?;
-        let (machine_before, generator_before) = (proc::machine_busy_time()?, children_cpu());
-        let began = Instant::now();
-        let generated = match protocol {
-            Protocol::H1 => wrk(load.cpu, port, load.h1_connections, load.seconds).await?,
-            Protocol::H2 => h2load(load.cpu, port, load).await?,
-        };
-        let cpu = proc::cpu_time(pid)?.saturating_sub(before);
-        // The generator has been waited for: its CPU is in the children's usage now.
-        let generator = children_cpu().saturating_sub(generator_before);
-        let other = proc::machine_busy_time()?
-            .saturating_sub(machine_before)
-            .saturating_sub(cpu + generator);
-        run.other_cores = other.as_secs_f64() / began.elapsed().as_secs_f64();
-        drop(running);
-        anyhow::Ok((generated, cpu))
-    }
-    .await;
-    match result {
-        Ok((g, cpu)) => {
-            run.requests = g.requests;
-            run.rate_per_s = g.requests as f64 / g.seconds;
-            run.server_cpu_s = cpu.as_secs_f64();
-            run.cpu_per_request_us = cpu.as_secs_f64() * 1e6 / g.requests.max(1) as f64;
-            run.failed = g.failed;
-        }
-        Err(e) => run.error = Some(format!("{e:#}")),
-    }
-    run
-}
-
-/// wrk keep-alive load on `lariat serve --handler http-hello` through `load.restarts` SIGHUPs.
-async fn measure_restarts(binaries: &Binaries, load: &Load) -> RestartRun {
-    let mut result = RestartRun {
-        restarts: 0,
-        requests: 0,
-        rate_per_s: f64::NAN,
-        failed: 0,
-        failed_per_restart: f64::NAN,
-        error: None,
-    };
-    let outcome = async {
-        let server = Server::spawn(
-            binaries.path(Kind::Lariat),
-            &lariat_args(&["--drain-timeout", "5s"]),
-            &SERVER_CPU.to_string(),
-        )?;
-        let interval = Duration::from_millis(load.restart_interval_ms);
-        let seconds = (interval * (load.restarts as u32 + 1)).as_secs() + 1;
-        let start = Instant::now();
-        let (generated, restarted) = tokio::join!(
-            wrk(
-                load.cpu,
-                server.addr.port(),
-                load.restart_connections,
-                seconds
-            ),
-            crate::restart::restart_repeatedly(
-                &server,
-                start,
-                interval * (load.restarts as u32 + 1),
-                load.restarts
-            ),
-        );
-        let restarts = restarted?.len();
-        drop(server);
-        anyhow::Ok((generated?, restarts))
-    }
-    .await;
-    match outcome {
-        Ok((g, restarts)) => {
-            result.restarts = restarts;
-            result.requests = g.requests;
-            result.rate_per_s = g.requests as f64 / g.seconds;
-            result.failed = g.failed;
-            result.failed_per_restart = g.failed as f64 / restarts.max(1) as f64;
-        }
-        Err(e) => result.error = Some(format!("{e:#}")),
-    }
-    result
 }
 
 /// Runs the whole measurement: `rounds` rounds of every server and protocol, then the restarts.
@@ -452,104 +286,4 @@ fn round_ratios(runs: &[HttpRun]) -> Vec<RoundRatio> {
         });
     }
     ratios
-}
-
-/// The median of `key` over the rounds of `server` and `protocol` that other work did not disturb (over
-/// all its rounds if every one was).
-fn median(
-    results: &HttpResults,
-    server: HttpServer,
-    protocol: Protocol,
-    key: fn(&HttpRun) -> f64,
-) -> Option<f64> {
-    let runs: Vec<&HttpRun> = results
-        .runs
-        .iter()
-        .filter(|r| r.server == server && r.protocol == protocol && r.error.is_none())
-        .collect();
-    let quiet: Vec<f64> = runs
-        .iter()
-        .filter(|r| r.other_cores <= DISTURBED)
-        .map(|r| key(r))
-        .collect();
-    if quiet.is_empty() {
-        report::median(&runs.iter().map(|r| key(r)).collect::<Vec<_>>())
-    } else {
-        report::median(&quiet)
-    }
-}
-
-/// A row of the table: its name, the value of a run, the digits shown, the goal of lariat / hyper.
-type Column = (&'static str, fn(&HttpRun) -> f64, usize, &'static str);
-
-/// The table: per protocol, each server's median rate and CPU per request, and lariat's ratios to
-/// hyper-hello (the median of the per-round ratios) and to nginx (between medians).
-pub fn markdown(results: &HttpResults, load: &Load) -> String {
-    if results.runs.is_empty() && results.restart.is_none() {
-        return String::new();
-    }
-    let rounds = results.runs.iter().map(|r| r.round).max().unwrap_or(0);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "HTTP: {} s per run, {rounds} round(s); each server's median over the rounds (of the undisturbed \
-         ones: other work at most {DISTURBED} cores); lariat / hyper is the median of the per-round \
-         ratios (the two back to back, the first alternating); wrk -t1 -c{}; h2load -c{} -m{}\n",
-        load.seconds, load.h1_connections, load.h2_connections, load.h2_streams
-    );
-    let _ = writeln!(
-        out,
-        "| protocol | metric | lariat http-hello | hyper-hello | lariat / hyper (goal) | nginx return 200 | lariat / nginx |"
-    );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
-    let fmt =
-        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
-    for protocol in [Protocol::H1, Protocol::H2] {
-        let metrics: [Column; 2] = [
-            ("requests/s", |r| r.rate_per_s, 0, "≥ 0.97"),
-            (
-                "server CPU µs/request",
-                |r| r.cpu_per_request_us,
-                2,
-                "≤ 1.03",
-            ),
-        ];
-        let paired = results
-            .median_ratios
-            .iter()
-            .find(|(p, _, _)| *p == protocol);
-        for (i, (name, key, digits, goal)) in metrics.into_iter().enumerate() {
-            let [l, h, n] = HttpServer::ALL.map(|s| median(results, s, protocol, key));
-            let per_round = paired.map(|&(_, rate, cpu)| if i == 0 { rate } else { cpu });
-            let _ = writeln!(
-                out,
-                "| {} | {name} | {} | {} | {} ({goal}) | {} | {} |",
-                protocol.name(),
-                fmt(l, digits),
-                fmt(h, digits),
-                fmt(per_round, 3),
-                fmt(n, digits),
-                fmt(ratio(l, n), 3),
-            );
-        }
-    }
-    if let Some(r) = &results.restart {
-        let _ = writeln!(
-            out,
-            "\nRestarts: lariat http-hello, {} SIGHUPs {} ms apart under wrk -c{} (keep-alive): {} requests, \
-             {} failed, {} failed per restart (goal 0){}",
-            r.restarts,
-            load.restart_interval_ms,
-            load.restart_connections,
-            r.requests,
-            r.failed,
-            fmt(Some(r.failed_per_restart), 2),
-            r.error.as_deref().map(|e| format!("; FAILED: {e}")).unwrap_or_default()
-        );
-    }
-    out
 }

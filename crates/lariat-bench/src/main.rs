@@ -46,7 +46,6 @@ mod scale;
 mod server;
 mod throughput;
 mod tls;
-mod tls_client;
 mod zoo;
 
 use std::path::PathBuf;
