@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
@@ -23,6 +23,7 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Why a parked connection left the lot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,20 +73,30 @@ struct Inner<T> {
     changed: Notify,
     /// Set by [`ParkingLot::wake_all`]; taken by the lot's task.
     wake_all: std::sync::atomic::AtomicBool,
+    /// Server-wide signals that resume every parked connection (the drain, the hand-over offer);
+    /// once one fired, nothing parks.
+    signals: Vec<CancellationToken>,
     stats: LotStats,
 }
 
 /// The lot: park connections, and a task that resumes them. Dropping it stops the task and drops
 /// (closes) whatever is still parked.
+///
+/// The task owns the parked connections; the handle reaches them weakly, so a parked connection that
+/// holds its server's state (which holds this handle) makes no reference cycle: like a connection's
+/// task, the lot's task lives until the runtime ends, and what is parked closes with it.
 pub(crate) struct ParkingLot<T: Send + 'static> {
-    inner: Arc<Inner<T>>,
+    inner: Weak<Inner<T>>,
     task: AbortHandle,
 }
 
 impl<T: Send + 'static> std::fmt::Debug for ParkingLot<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParkingLot")
-            .field("stats", &self.inner.stats)
+            .field(
+                "parked",
+                &self.inner.upgrade().map(|i| i.stats.parked.load(Relaxed)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -99,7 +110,8 @@ impl<T: Send + 'static> Drop for ParkingLot<T> {
 impl<T: Send + 'static> ParkingLot<T> {
     /// Opens the epoll instance and spawns the lot's task on the current tokio runtime; `resume` is
     /// called (on that task) with each connection that leaves the lot, and should spawn its task.
-    pub(crate) fn new<F>(resume: F) -> io::Result<Self>
+    /// Each of `signals`, when cancelled, resumes every parked connection.
+    pub(crate) fn new<F>(resume: F, signals: Vec<CancellationToken>) -> io::Result<Self>
     where
         F: Fn(T, Wake) + Send + Sync + 'static,
     {
@@ -123,22 +135,40 @@ impl<T: Send + 'static> ParkingLot<T> {
             }),
             changed: Notify::new(),
             wake_all: std::sync::atomic::AtomicBool::new(false),
+            signals,
             stats: LotStats::default(),
         });
-        let task = tokio::spawn(drive(inner.clone(), resume)).abort_handle();
-        Ok(ParkingLot { inner, task })
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(drive(inner, resume)).abort_handle();
+        Ok(ParkingLot { inner: weak, task })
     }
 
-    /// The lot's counters.
-    pub(crate) fn stats(&self) -> &LotStats {
-        &self.inner.stats
+    /// The lot's counters: `(parked now, parked in all, resumed in all)`.
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        self.inner.upgrade().map_or((0, 0, 0), |i| {
+            let s = &i.stats;
+            (
+                s.parked.load(Relaxed),
+                s.parks.load(Relaxed),
+                s.resumed.load(Relaxed),
+            )
+        })
     }
 
     /// Parks `item`, whose socket is `fd`, until `fd` is readable, `deadline` passes or
     /// [`wake_all`](Self::wake_all). `item` must keep `fd` open while parked (it owns the socket).
-    /// On an error the item is given back: serve it on as if it had woken.
+    /// On an error, or once one of the lot's signals fired, the item is given back: serve it on as if
+    /// it had woken.
     pub(crate) fn park(&self, fd: RawFd, item: T, deadline: Option<Instant>) -> Result<(), T> {
-        let mut parked = self.lock();
+        let Some(inner) = self.inner.upgrade() else {
+            return Err(item);
+        };
+        // Under the lock the lot's task also takes to resume everything: a signal either fired before
+        // this look (nothing parks) or the task's sweep, which follows it, finds this connection.
+        let mut parked = inner.lock();
+        if inner.signals.iter().any(CancellationToken::is_cancelled) {
+            return Err(item);
+        }
         parked.generation = parked.generation.wrapping_add(1);
         let generation = parked.generation;
         let entry = parked.slots.vacant_entry();
@@ -152,12 +182,7 @@ impl<T: Send + 'static> ParkingLot<T> {
         };
         // SAFETY: both descriptors are open (the caller's item owns `fd`), `event` is valid.
         let r = unsafe {
-            libc::epoll_ctl(
-                self.inner.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd,
-                &mut event,
-            )
+            libc::epoll_ctl(inner.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
         };
         if r < 0 {
             tracing::debug!(error = %io::Error::last_os_error(), "parking lot: not parked");
@@ -173,23 +198,22 @@ impl<T: Send + 'static> ParkingLot<T> {
         if let Some(at) = deadline {
             parked.deadlines.insert((at, key));
         }
+        inner.stats.parked.fetch_add(1, Relaxed);
+        inner.stats.parks.fetch_add(1, Relaxed);
         drop(parked);
-        self.inner.stats.parked.fetch_add(1, Relaxed);
-        self.inner.stats.parks.fetch_add(1, Relaxed);
         if deadline.is_some_and(|at| earliest.is_none_or(|e| at < e)) {
-            self.inner.changed.notify_one();
+            inner.changed.notify_one();
         }
         Ok(())
     }
 
     /// Resumes every parked connection (with [`Wake::Signal`]), on the lot's task.
-    pub(crate) fn wake_all(&self) {
-        self.inner.wake_all.store(true, Relaxed);
-        self.inner.changed.notify_one();
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Parked<T>> {
-        self.inner.lock()
+    #[cfg(test)]
+    fn wake_all(&self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.wake_all.store(true, Relaxed);
+            inner.changed.notify_one();
+        }
     }
 }
 
@@ -229,7 +253,9 @@ where
 {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
     let mut due: Vec<(T, Wake)> = Vec::new();
+    let mut signals = inner.signals.clone();
     loop {
+        let mut signalled = false;
         let next = inner.lock().deadlines.first().map(|&(at, _)| at);
         let sleep = async {
             match next {
@@ -270,6 +296,11 @@ where
             },
             () = sleep => {}
             () = inner.changed.notified() => {}
+            () = any_cancelled(&signals) => signalled = true,
+        }
+        if signalled {
+            signals.retain(|s| !s.is_cancelled());
+            inner.wake_all.store(true, Relaxed);
         }
         {
             let mut parked = inner.lock();
@@ -293,6 +324,14 @@ where
     }
 }
 
+/// Resolves when one of `signals` is cancelled; never if there are none.
+async fn any_cancelled(signals: &[CancellationToken]) {
+    if signals.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    futures_util::future::select_all(signals.iter().map(|s| Box::pin(s.cancelled()))).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,9 +345,12 @@ mod tests {
 
     fn lot() -> (ParkingLot<(u32, UnixStream)>, Resumed) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let lot = ParkingLot::new(move |(name, _socket): (u32, UnixStream), why| {
-            let _ = tx.send((name, why));
-        })
+        let lot = ParkingLot::new(
+            move |(name, _socket): (u32, UnixStream), why| {
+                let _ = tx.send((name, why));
+            },
+            Vec::new(),
+        )
         .unwrap();
         (lot, rx)
     }
@@ -332,13 +374,13 @@ mod tests {
         let (b, _b_peer) = UnixStream::pair().unwrap();
         park(&lot, 1, a, None);
         park(&lot, 2, b, None);
-        assert_eq!(lot.stats().parked.load(Relaxed), 2);
+        assert_eq!(lot.counts().0, 2);
         a_peer.write_all(b"x").unwrap();
         assert_eq!(next(&mut rx).await, (1, Wake::Readable));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(rx.try_recv().is_err(), "the quiet one stays parked");
-        assert_eq!(lot.stats().parked.load(Relaxed), 1);
-        assert_eq!(lot.stats().resumed.load(Relaxed), 1);
+        assert_eq!(lot.counts().0, 1);
+        assert_eq!(lot.counts().2, 1);
     }
 
     #[tokio::test]
@@ -359,7 +401,28 @@ mod tests {
         }
         names.sort_unstable();
         assert_eq!(names, [0, 1, 2]);
-        assert_eq!(lot.stats().parked.load(Relaxed), 0);
+        assert_eq!(lot.counts().0, 0);
+    }
+
+    #[tokio::test]
+    async fn a_signal_resumes_every_connection_and_nothing_parks_after_it() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let drain = CancellationToken::new();
+        let lot = ParkingLot::new(
+            move |(name, _socket): (u32, UnixStream), why| {
+                let _ = tx.send((name, why));
+            },
+            vec![drain.clone()],
+        )
+        .unwrap();
+        let (a, _pa) = UnixStream::pair().unwrap();
+        park(&lot, 1, a, None);
+        drain.cancel();
+        assert_eq!(next(&mut rx).await, (1, Wake::Signal));
+        let (b, _pb) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        assert!(lot.park(fd, (2, b), None).is_err(), "refused once draining");
+        assert_eq!(lot.counts(), (0, 1, 1));
     }
 
     #[tokio::test]
@@ -375,7 +438,7 @@ mod tests {
         assert_eq!(next(&mut rx).await, (2, Wake::Deadline));
         assert_eq!(next(&mut rx).await, (1, Wake::Deadline));
         assert!(Instant::now() >= now + Duration::from_millis(300));
-        assert_eq!(lot.stats().parked.load(Relaxed), 1);
+        assert_eq!(lot.counts().0, 1);
     }
 
     #[tokio::test]
@@ -402,9 +465,12 @@ mod tests {
     #[tokio::test]
     async fn a_tcp_connection_parks_without_its_tokio_registration() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let lot = ParkingLot::new(move |s: std::net::TcpStream, why| {
-            let _ = tx.send((tokio::net::TcpStream::from_std(s), why));
-        })
+        let lot = ParkingLot::new(
+            move |s: std::net::TcpStream, why| {
+                let _ = tx.send((tokio::net::TcpStream::from_std(s), why));
+            },
+            Vec::new(),
+        )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
