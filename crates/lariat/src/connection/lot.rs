@@ -144,7 +144,8 @@ impl<T: Send + 'static> ParkingLot<T> {
     }
 
     /// The lot's counters: `(parked now, parked in all, resumed in all)`.
-    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+    #[cfg(test)]
+    fn counts(&self) -> (u64, u64, u64) {
         self.inner.upgrade().map_or((0, 0, 0), |i| {
             let s = &i.stats;
             (

@@ -1,8 +1,10 @@
 //! [`Connection`]: what a handler receives. It owns the socket, so no other task can read its bytes.
 
+#[cfg(feature = "http")]
+pub(crate) mod asleep;
 pub(crate) mod closer;
-// The lot is built and tested on its own; lariat::http's hibernation does not park in it yet.
-#[cfg_attr(not(test), allow(dead_code))]
+// Used by `lariat::http`'s hibernation only, so far.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) mod lot;
 pub(crate) mod meta;
 pub(crate) mod split;
