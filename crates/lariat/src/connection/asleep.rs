@@ -101,8 +101,8 @@ impl Asleep {
 /// A sleeping connection with what it needs to go on: the lot resumes it (on the lot's task; it
 /// spawns its own).
 pub(crate) trait Sleeper: Send {
-    /// Called once, when it leaves the lot.
-    fn resume(self: Box<Self>, why: Wake);
+    /// Called once: when it leaves the lot (`from_lot`), or at once when the lot refused it.
+    fn resume(self: Box<Self>, why: Wake, from_lot: bool);
 }
 
 /// A server's parking lot (see [`lot`](super::lot)).
@@ -117,7 +117,7 @@ impl ServerState {
             .get_or_init(|| {
                 let signals = vec![self.drain.draining.clone(), self.handover.offer_token()];
                 ParkingLot::new(
-                    |sleeper: Box<dyn Sleeper>, why| sleeper.resume(why),
+                    |sleeper: Box<dyn Sleeper>, why| sleeper.resume(why, true),
                     signals,
                 )
                 .map_err(|error| tracing::warn!(%error, "no parking lot for idle connections"))

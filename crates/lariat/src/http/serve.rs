@@ -290,10 +290,13 @@ where
         _body: PhantomData,
     });
     match lot.park(fd, sleeping, idle_limit.map(|l| since + l)) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            HttpStats::add(&http.stats.slept);
+            Ok(())
+        }
         // Refused (a signal fired): wake it at once in this task.
         Err(sleeping) => {
-            sleeping.resume(Wake::Signal);
+            sleeping.resume(Wake::Signal, false);
             Ok(())
         }
     }
@@ -308,7 +311,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    fn resume(self: Box<Self>, why: Wake) {
+    fn resume(self: Box<Self>, why: Wake, from_lot: bool) {
         let Sleeping {
             asleep,
             service,
@@ -317,6 +320,9 @@ where
             since,
             _body,
         } = *self;
+        if from_lot {
+            HttpStats::add(&http.stats.woken);
+        }
         tokio::spawn(async move {
             tracing::trace!(?why, "http: woken in the parking lot");
             let conn = match asleep.wake() {

@@ -302,7 +302,7 @@ async fn a_sleeping_connection_is_listed_and_closes_by_force() {
     c.write_all(request).await.unwrap();
     let a = read_answer(&mut c, &mut Vec::new()).await;
     assert!(a.ends_with("got 0"), "{a}");
-    assert!(eventually(Duration::from_secs(10), || http.stats().hibernated == 1).await);
+    assert!(eventually(Duration::from_secs(10), || http.stats().slept == 1).await);
     let listed = handle.connections();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].bytes_in, request.len() as u64, "{listed:?}");
@@ -317,5 +317,6 @@ async fn a_sleeping_connection_is_listed_and_closes_by_force() {
         closed_at.elapsed()
     );
     assert!(eventually(Duration::from_secs(10), || handle.stats().active == 0).await);
+    assert_eq!(http.stats().woken, 1, "{:?}", http.stats());
     server.handle().stop();
 }
