@@ -3,11 +3,10 @@
 //!
 //! Each connection sends one request, reads the answer and then stays open, as a browser's or a load
 //! balancer's keep-alive connection does. Once it has been quiet for `HttpOptions::hibernate_after`, the
-//! connection hibernates: hyper's connection (its read and write buffers, the dispatcher, the service's
-//! clone, the header timer) is dropped and the task waits for readability holding only the lariat
-//! `Connection`. What is left is what an idle raw echo connection holds (tokio's task cell, the socket's
-//! registration, the registry entry) plus the serving task's own state (its future, the counters it shares
-//! with the service).
+//! connection hibernates: hyper's connection (its read and write buffers, the dispatcher, the header
+//! timer) is dropped, and the connection sleeps in the server's parking lot: its task ends and its
+//! socket leaves tokio's reactor (one epoll instance of the lot watches it), so what is left is its
+//! registry entry, its slot in the lot and the small state its next hyper connection is rebuilt from.
 #![cfg(feature = "http")]
 
 #[path = "it/common/mod.rs"]
@@ -66,15 +65,15 @@ static ALLOCATOR: Counting = Counting;
 
 const WARM_UP: usize = 100;
 const IDLE: usize = 1_000;
-/// A raw echo connection's 700 (task cell, registration, registry entry) and the serving task's own
-/// state: its future (boxed by the handler; [`FUTURE_BUDGET`]), the counters it shares with the service
-/// (48), the hand-over offer's waiter (72), and the wake flags that let the drain and the offer be polled
-/// only when they fired (two small `Arc`s, about 90: one atomic load per request instead of two locks every
-/// connection shares). Awake, a connection holds about 20 KiB.
-const BUDGET_PER_CONNECTION: isize = 1_500;
-/// The serving future, whose size is that of its largest state: every wait with a timer or hyper's
-/// connection is boxed, so the largest is hibernation (the connection, the drain watch, the timer).
-const FUTURE_BUDGET: usize = 700;
+/// A hibernated connection sleeps in the server's parking lot: no task, no tokio registration, no
+/// timer. What is left (about 490 B): its registry entry, its place in the lot (a slab slot and a
+/// deadline in a sorted set, shared structures that grow in steps), the boxed state its next hyper
+/// connection needs (the socket, the guard, the service's clone) and the counters it shares with the
+/// service (48). Awake, a connection holds about 20 KiB.
+const BUDGET_PER_CONNECTION: isize = 600;
+/// The handler's future: the wait for the first bytes; serving (every hyper connection and the
+/// hibernation in the task of a connection that cannot sleep in the lot) is boxed.
+const FUTURE_BUDGET: usize = 300;
 /// How long a connection must be quiet before it hibernates, in these tests.
 const HIBERNATE_AFTER: Duration = Duration::from_millis(100);
 

@@ -1,6 +1,11 @@
 //! [`Connection`]: what a handler receives. It owns the socket, so no other task can read its bytes.
 
+#[cfg(feature = "http")]
+pub(crate) mod asleep;
 pub(crate) mod closer;
+// Used by `lariat::http`'s hibernation only, so far.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) mod lot;
 pub(crate) mod meta;
 pub(crate) mod split;
 

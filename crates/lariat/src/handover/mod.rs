@@ -148,6 +148,12 @@ impl std::fmt::Debug for HandOverState {
 }
 
 impl HandOverState {
+    /// The offer's token, for the parking lot to wake sleeping connections with.
+    #[cfg(feature = "http")]
+    pub(crate) fn offer_token(&self) -> CancellationToken {
+        self.offer.clone()
+    }
+
     /// Offers the live connections to the successor at the other end of `channel`.
     pub(crate) fn offer(&self, channel: Arc<Outgoing>) {
         *self.outgoing.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel);

@@ -27,8 +27,11 @@
 //! hyper's HTTP/1 connection holds about 20 KiB of heap (read and write buffers, the dispatcher, the
 //! service's clone, the header timer) for as long as it lives. Once a plain HTTP/1.1 connection has been
 //! quiet between requests for [`HttpOptions::hibernate_after`] (default 50 ms) with nothing read ahead,
-//! lariat ends hyper's connection without a shutdown and waits for readability holding only the socket
-//! (about 1.4 KiB in all); its next bytes are served by a new hyper connection. The keep-alive timeout,
+//! lariat ends hyper's connection without a shutdown, ends the connection's task and lets it sleep in
+//! the server's parking lot (one epoll instance and one task for all of them): it keeps its socket,
+//! its registry entry and its slot under the cap, and about 0.5 KiB of heap in all. Its next bytes
+//! wake it and a new hyper connection serves them. A TLS connection (whose session lives in user
+//! space) hibernates in its task instead, holding only the `Connection`. The keep-alive timeout,
 //! the drain (idle connections closed after the quiet period, answers with `Connection: close`) and a
 //! restart's hand-over treat it as the idle connection it is; bytes hyper read ahead (pipelined
 //! requests) are served at once, never hibernated. A connection busy with requests never hibernates.

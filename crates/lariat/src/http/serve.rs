@@ -4,6 +4,7 @@
 //! its keep-alive timeout.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,6 +22,8 @@ use super::service::{ConnState, Tracked};
 use super::stats::HttpStats;
 use super::wake::OnWake;
 use super::Shared;
+use crate::connection::asleep::{Asleep, Sleeper};
+use crate::connection::lot::Wake;
 use crate::handover::Offer;
 use crate::{BoxError, Connection};
 
@@ -56,9 +59,6 @@ where
     let stats = &http.stats;
     let options = &http.options;
     HttpStats::add(&stats.connections);
-    let entry = conn.entry().clone();
-    let drain = OnWake::new(entry.shared.drain.draining.clone().cancelled_owned());
-    tokio::pin!(drain);
     let movable = conn.movable();
     let mut offer = movable.then(|| OnWake::new(conn.hand_over_signal()));
     let mut kind = match conn.tls().and_then(|t| t.alpn).as_deref() {
@@ -75,14 +75,7 @@ where
             }
             // Boxed, as every wait with a timer: the serving future stays as small as a hibernated
             // connection needs.
-            _ => match Box::pin(first(
-                &conn,
-                drain.as_mut(),
-                &mut offer,
-                options.keep_alive_timeout,
-            ))
-            .await
-            {
+            _ => match Box::pin(first(&conn, &mut offer, options.keep_alive_timeout)).await {
                 First::Bytes(FirstBytes::Http1) => kind = Kind::H1,
                 First::Bytes(FirstBytes::Undecided) | First::Draining | First::Failed => {}
                 First::Offered => {
@@ -105,12 +98,41 @@ where
             },
         }
     }
-    let fd = raw_fd(conn.stream());
     let state = Arc::new(ConnState::new(stats.clone()));
-    let mut service = Tracked {
+    let service = Tracked {
         inner: Box::new(service),
-        state: state.clone(),
+        state,
     };
+    // Boxed: the handler's future keeps only the wait for the first bytes, and a woken connection's
+    // task (spawned by the parking lot) runs the same future.
+    Box::pin(serve_on(conn, service, http, kind, prefix, offer, None)).await;
+}
+
+/// Serves a connection with hyper connections one after the other, from its first (`asleep_since`:
+/// `None`) or from a wake-up in the server's parking lot (`Some(when it fell quiet)`).
+async fn serve_on<S, B>(
+    mut conn: Connection,
+    mut service: Tracked<Box<S>>,
+    http: Arc<Shared>,
+    kind: Kind,
+    mut prefix: Bytes,
+    mut offer: Option<OnWake<Offer>>,
+    mut asleep_since: Option<Instant>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stats = &http.stats;
+    let options = &http.options;
+    let entry = conn.entry().clone();
+    let drain = OnWake::new(entry.shared.drain.draining.clone().cancelled_owned());
+    tokio::pin!(drain);
+    let fd = raw_fd(conn.stream());
+    let state = service.state.clone();
     // The limit of a hibernated connection's quiet: the keep-alive timeout, or else the header timeout
     // (which hyper counts from the end of an answer, and a hibernated connection has no hyper timer).
     let idle_limit = options.keep_alive_timeout.or(options.header_timeout);
@@ -119,45 +141,61 @@ where
     // serves its next bytes; a move the successor refused gives the connection back, and a new HTTP/1
     // connection serves it on, its read-ahead first.
     loop {
-        let ctx = Ctx {
-            http: &http,
-            state: &state,
-            entry: &entry,
-            fd,
-            kind,
-            may_hibernate: prefix.is_empty(),
-        };
-        // Boxed: the timers and hyper's connection are not part of what a hibernated connection keeps.
-        let ended = Box::pin(awake::run(
-            ctx,
-            conn,
-            std::mem::take(&mut prefix),
-            service,
-            &mut draining,
-            &mut offer,
-            drain.as_mut(),
-        ))
-        .await;
-        let since = match ended {
-            Ended::Done => return,
-            Ended::Again {
-                conn: c,
-                service: s,
-                prefix: p,
-            } => {
-                (conn, service, prefix) = (c, s, p);
-                continue;
-            }
-            Ended::Quiet {
-                conn: c,
-                service: s,
-                since,
-            } => {
-                (conn, service) = (c, s);
+        let since = if let Some(since) = asleep_since.take() {
+            // Woken in the lot: the hibernation below tells by what, at once.
+            since
+        } else {
+            let ctx = Ctx {
+                http: &http,
+                state: &state,
+                entry: &entry,
+                fd,
+                kind,
+                may_hibernate: prefix.is_empty(),
+            };
+            // Boxed: the timers and hyper's connection are not part of what a hibernated connection keeps.
+            let ended = Box::pin(awake::run(
+                ctx,
+                conn,
+                std::mem::take(&mut prefix),
+                service,
+                &mut draining,
+                &mut offer,
+                drain.as_mut(),
+            ))
+            .await;
+            let since = match ended {
+                Ended::Done => return,
+                Ended::Again {
+                    conn: c,
+                    service: s,
+                    prefix: p,
+                } => {
+                    (conn, service, prefix) = (c, s, p);
+                    continue;
+                }
+                Ended::Quiet {
+                    conn: c,
+                    service: s,
+                    since,
+                } => {
+                    (conn, service) = (c, s);
+                    since
+                }
+            };
+            HttpStats::add(&stats.hibernated);
+            if draining {
+                since
+            } else {
+                let listening = offer.is_some();
+                match fall_asleep::<S, B>(conn, service, &http, listening, since, idle_limit) {
+                    Ok(()) => return,
+                    Err(Some((c, s))) => (conn, service) = (c, s),
+                    Err(None) => return,
+                }
                 since
             }
         };
-        HttpStats::add(&stats.hibernated);
         let limit = idle_limit.map(|l| since + l);
         let woken = loop {
             let quiet = options.drain_quiet;
@@ -197,6 +235,115 @@ where
                 return;
             }
         }
+    }
+}
+
+/// A hibernated HTTP/1 connection asleep in the server's parking lot: no task, no tokio registration,
+/// no timer; what its next hyper connection needs.
+struct Sleeping<S, B> {
+    asleep: Asleep,
+    service: Tracked<Box<S>>,
+    http: Arc<Shared>,
+    /// Whether it listens for a restart's hand-over offer.
+    listening: bool,
+    since: Instant,
+    _body: PhantomData<fn() -> B>,
+}
+
+/// Puts a quiet HTTP/1 connection to sleep in its server's parking lot until its next bytes, the
+/// drain, a hand-over offer or the end of its quiet limit (`since + idle_limit`). `Ok`: asleep (the
+/// task ends); `Err(Some(..))`: not here (TLS, no lot, a signal already fired), hibernate in the task;
+/// `Err(None)`: the connection was lost on the way.
+#[allow(clippy::type_complexity)]
+fn fall_asleep<S, B>(
+    conn: Connection,
+    service: Tracked<Box<S>>,
+    http: &Arc<Shared>,
+    listening: bool,
+    since: Instant,
+    idle_limit: Option<Duration>,
+) -> Result<(), Option<(Connection, Tracked<Box<S>>)>>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let server = conn.entry().shared.clone();
+    let Some(lot) = server.lot() else {
+        return Err(Some((conn, service)));
+    };
+    let asleep = match conn.fall_asleep() {
+        Ok(Some(asleep)) => asleep,
+        Ok(None) => return Err(None),
+        Err(conn) => return Err(Some((conn, service))),
+    };
+    let fd = asleep.fd();
+    let sleeping: Box<dyn Sleeper> = Box::new(Sleeping::<S, B> {
+        asleep,
+        service,
+        http: http.clone(),
+        listening,
+        since,
+        _body: PhantomData,
+    });
+    match lot.park(fd, sleeping, idle_limit.map(|l| since + l)) {
+        Ok(()) => {
+            HttpStats::add(&http.stats.slept);
+            Ok(())
+        }
+        // Refused (a signal fired): wake it at once in this task.
+        Err(sleeping) => {
+            sleeping.resume(Wake::Signal, false);
+            Ok(())
+        }
+    }
+}
+
+impl<S, B> Sleeper for Sleeping<S, B>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn resume(self: Box<Self>, why: Wake, from_lot: bool) {
+        let Sleeping {
+            asleep,
+            service,
+            http,
+            listening,
+            since,
+            _body,
+        } = *self;
+        if from_lot {
+            HttpStats::add(&http.stats.woken);
+        }
+        tokio::spawn(async move {
+            tracing::trace!(?why, "http: woken in the parking lot");
+            let conn = match asleep.wake() {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::debug!(%error, "http: could not wake a sleeping connection; closed");
+                    return;
+                }
+            };
+            let offer = listening.then(|| OnWake::new(conn.hand_over_signal()));
+            serve_on::<S, B>(
+                conn,
+                service,
+                http,
+                Kind::H1,
+                Bytes::new(),
+                offer,
+                Some(since),
+            )
+            .await;
+        });
     }
 }
 
@@ -292,10 +439,10 @@ enum First {
 /// Waits for a new connection's first bytes, the drain, the hand-over offer or the keep-alive timeout.
 async fn first(
     conn: &Connection,
-    drain: Pin<&mut DrainWatch>,
     offer: &mut Option<OnWake<Offer>>,
     keep_alive: Option<Duration>,
 ) -> First {
+    let drain = conn.entry().shared.drain.draining.cancelled();
     let quiet = async {
         match keep_alive {
             Some(t) => tokio::time::sleep(t).await,

@@ -16,6 +16,8 @@ pub(crate) struct HttpStats {
     pub(crate) linger_timeouts: AtomicU64,
     pub(crate) handed_over: AtomicU64,
     pub(crate) hibernated: AtomicU64,
+    pub(crate) slept: AtomicU64,
+    pub(crate) woken: AtomicU64,
 }
 
 impl HttpStats {
@@ -36,6 +38,8 @@ impl HttpStats {
             linger_timeouts: self.linger_timeouts.load(Relaxed),
             handed_over: self.handed_over.load(Relaxed),
             hibernated: self.hibernated.load(Relaxed),
+            slept: self.slept.load(Relaxed),
+            woken: self.woken.load(Relaxed),
         }
     }
 }
@@ -71,4 +75,9 @@ pub struct HttpStatsSnapshot {
     /// Times an idle HTTP/1 connection hibernated (hyper's connection dropped until its next bytes; see
     /// [`HttpOptions::hibernate_after`](super::HttpOptions::hibernate_after)).
     pub hibernated: u64,
+    /// Of those, times the connection slept in the server's parking lot (no task, no tokio
+    /// registration) rather than in its task (TLS connections, or during a drain or a restart).
+    pub slept: u64,
+    /// Times a sleeping connection woke (bytes, its deadline, a forced close, the drain, a restart).
+    pub woken: u64,
 }

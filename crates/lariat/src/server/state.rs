@@ -42,6 +42,9 @@ pub(crate) struct ServerState {
     pub(crate) forced_closes: tokio::sync::Notify,
     /// Connection hand-over at a restart: the channel to the successor, and how to resume here.
     pub(crate) handover: crate::handover::HandOverState,
+    /// Where idle connections sleep without a task (opened by the first, see `ServerState::lot`).
+    #[cfg(feature = "http")]
+    pub(crate) lot: std::sync::OnceLock<Option<crate::connection::asleep::Lot>>,
 }
 
 impl ServerState {
@@ -63,6 +66,8 @@ impl ServerState {
             handshake_log: LogLimit::default(),
             forced_closes: tokio::sync::Notify::new(),
             handover: Default::default(),
+            #[cfg(feature = "http")]
+            lot: Default::default(),
         }
     }
 }

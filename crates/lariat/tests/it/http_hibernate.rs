@@ -287,3 +287,36 @@ async fn a_head_in_two_parts_is_answered_without_closing() {
     assert!(eventually(PATIENCE, || http.stats().hibernated == 1).await);
     server.handle().stop();
 }
+
+/// A hibernated connection sleeps without a task: it is still listed with its bytes, a forced close
+/// ends it at once, and the cap slot it held comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_connection_is_listed_and_closes_by_force() {
+    let (listener, addr) = bind_loopback();
+    let http = Http::with_options(body_length(), options());
+    let server = Server::builder().serve([listener], http.clone()).unwrap();
+    let handle = server.handle().clone();
+
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    c.write_all(request).await.unwrap();
+    let a = read_answer(&mut c, &mut Vec::new()).await;
+    assert!(a.ends_with("got 0"), "{a}");
+    assert!(eventually(Duration::from_secs(10), || http.stats().slept == 1).await);
+    let listed = handle.connections();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].bytes_in, request.len() as u64, "{listed:?}");
+    assert!(listed[0].bytes_out > 0, "{listed:?}");
+
+    handle.close_connection(listed[0].id).unwrap();
+    let closed_at = Instant::now();
+    read_eof(&mut c).await;
+    assert!(
+        closed_at.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        closed_at.elapsed()
+    );
+    assert!(eventually(Duration::from_secs(10), || handle.stats().active == 0).await);
+    assert_eq!(http.stats().woken, 1, "{:?}", http.stats());
+    server.handle().stop();
+}

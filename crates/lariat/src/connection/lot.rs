@@ -1,0 +1,499 @@
+//! A server-wide parking lot for idle connections (Erlang's `hibernate`, one step further than
+//! keeping a task that waits): a parked connection keeps no task and no tokio registration, only its
+//! descriptor, lariat's registry entry and a small resume state. One epoll instance, watched by one
+//! tokio task through [`AsyncFd`], holds every parked descriptor (`EPOLLIN | EPOLLRDHUP |
+//! EPOLLONESHOT`); one sorted set holds their deadlines, so no connection has a timer of its own.
+//!
+//! A connection leaves the lot when bytes (or an end of stream, or a forced close's `shutdown(2)`,
+//! which makes the socket readable) arrive, when its deadline passes, or when the server wakes every
+//! parked connection at once (a drain, a restart's hand-over offer); the lot then gives its state to
+//! the `resume` function it was built with, which spawns a task to serve it on.
+//!
+//! Plain TCP and Unix sockets only: a TLS session's state lives in user space and keeps its task.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use slab::Slab;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why a parked connection left the lot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Its socket became readable: bytes, an end of stream, an error or a forced close.
+    Readable,
+    /// Its deadline passed (a keep-alive or header timeout).
+    Deadline,
+    /// The server woke every parked connection (a drain, a hand-over offer).
+    Signal,
+}
+
+/// Counters of the lot, for the server's statistics.
+#[derive(Debug, Default)]
+pub(crate) struct LotStats {
+    /// Connections parked now.
+    pub(crate) parked: AtomicU64,
+    /// Connections parked since the lot began.
+    pub(crate) parks: AtomicU64,
+    /// Connections resumed since the lot began.
+    pub(crate) resumed: AtomicU64,
+}
+
+/// Events taken from the epoll instance per system call.
+const BATCH: usize = 64;
+
+/// One parked connection.
+struct Slot<T> {
+    /// Tells a stale event (of an earlier connection in the same slot) from this one's.
+    generation: u32,
+    fd: RawFd,
+    deadline: Option<Instant>,
+    item: T,
+}
+
+struct Parked<T> {
+    slots: Slab<Slot<T>>,
+    /// `(deadline, key)` of every parked connection with a deadline.
+    deadlines: BTreeSet<(Instant, usize)>,
+    generation: u32,
+}
+
+struct Inner<T> {
+    epoll: AsyncFd<OwnedFd>,
+    parked: Mutex<Parked<T>>,
+    /// Wakes the lot's task: an earlier deadline than it sleeps towards, or a server-wide wake.
+    changed: Notify,
+    /// Set by [`ParkingLot::wake_all`]; taken by the lot's task.
+    wake_all: std::sync::atomic::AtomicBool,
+    /// Server-wide signals that resume every parked connection (the drain, the hand-over offer);
+    /// once one fired, nothing parks.
+    signals: Vec<CancellationToken>,
+    stats: LotStats,
+}
+
+/// The lot: park connections, and a task that resumes them. Dropping it stops the task and drops
+/// (closes) whatever is still parked.
+///
+/// The task owns the parked connections; the handle reaches them weakly, so a parked connection that
+/// holds its server's state (which holds this handle) makes no reference cycle: like a connection's
+/// task, the lot's task lives until the runtime ends, and what is parked closes with it.
+pub(crate) struct ParkingLot<T: Send + 'static> {
+    inner: Weak<Inner<T>>,
+    task: AbortHandle,
+}
+
+impl<T: Send + 'static> std::fmt::Debug for ParkingLot<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkingLot")
+            .field(
+                "parked",
+                &self.inner.upgrade().map(|i| i.stats.parked.load(Relaxed)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> Drop for ParkingLot<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<T: Send + 'static> ParkingLot<T> {
+    /// Opens the epoll instance and spawns the lot's task on the current tokio runtime; `resume` is
+    /// called (on that task) with each connection that leaves the lot, and should spawn its task.
+    /// Each of `signals`, when cancelled, resumes every parked connection.
+    pub(crate) fn new<F>(resume: F, signals: Vec<CancellationToken>) -> io::Result<Self>
+    where
+        F: Fn(T, Wake) + Send + Sync + 'static,
+    {
+        // SAFETY: plain system call; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns; the `OwnedFd` keeps it open (and the
+        // same) for the `AsyncFd`'s life.
+        let epoll = unsafe {
+            AsyncFd::register_with_interest(OwnedFd::from_raw_fd(fd), Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        let inner = Arc::new(Inner {
+            epoll,
+            parked: Mutex::new(Parked {
+                slots: Slab::new(),
+                deadlines: BTreeSet::new(),
+                generation: 0,
+            }),
+            changed: Notify::new(),
+            wake_all: std::sync::atomic::AtomicBool::new(false),
+            signals,
+            stats: LotStats::default(),
+        });
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(drive(inner, resume)).abort_handle();
+        Ok(ParkingLot { inner: weak, task })
+    }
+
+    /// The lot's counters: `(parked now, parked in all, resumed in all)`.
+    #[cfg(test)]
+    fn counts(&self) -> (u64, u64, u64) {
+        self.inner.upgrade().map_or((0, 0, 0), |i| {
+            let s = &i.stats;
+            (
+                s.parked.load(Relaxed),
+                s.parks.load(Relaxed),
+                s.resumed.load(Relaxed),
+            )
+        })
+    }
+
+    /// Parks `item`, whose socket is `fd`, until `fd` is readable, `deadline` passes or
+    /// [`wake_all`](Self::wake_all). `item` must keep `fd` open while parked (it owns the socket).
+    /// On an error, or once one of the lot's signals fired, the item is given back: serve it on as if
+    /// it had woken.
+    pub(crate) fn park(&self, fd: RawFd, item: T, deadline: Option<Instant>) -> Result<(), T> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Err(item);
+        };
+        // Under the lock the lot's task also takes to resume everything: a signal either fired before
+        // this look (nothing parks) or the task's sweep, which follows it, finds this connection.
+        let mut parked = inner.lock();
+        if inner.signals.iter().any(CancellationToken::is_cancelled) {
+            return Err(item);
+        }
+        parked.generation = parked.generation.wrapping_add(1);
+        let generation = parked.generation;
+        let entry = parked.slots.vacant_entry();
+        let key = entry.key();
+        let Ok(key32) = u32::try_from(key) else {
+            return Err(item);
+        };
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+            u64: (u64::from(generation) << 32) | u64::from(key32),
+        };
+        // SAFETY: both descriptors are open (the caller's item owns `fd`), `event` is valid.
+        let r = unsafe {
+            libc::epoll_ctl(inner.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        };
+        if r < 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "parking lot: not parked");
+            return Err(item);
+        }
+        entry.insert(Slot {
+            generation,
+            fd,
+            deadline,
+            item,
+        });
+        let earliest = parked.deadlines.first().map(|&(at, _)| at);
+        if let Some(at) = deadline {
+            parked.deadlines.insert((at, key));
+        }
+        inner.stats.parked.fetch_add(1, Relaxed);
+        inner.stats.parks.fetch_add(1, Relaxed);
+        drop(parked);
+        if deadline.is_some_and(|at| earliest.is_none_or(|e| at < e)) {
+            inner.changed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Resumes every parked connection (with [`Wake::Signal`]), on the lot's task.
+    #[cfg(test)]
+    fn wake_all(&self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.wake_all.store(true, Relaxed);
+            inner.changed.notify_one();
+        }
+    }
+}
+
+impl<T> Inner<T> {
+    fn lock(&self) -> MutexGuard<'_, Parked<T>> {
+        // A panic while holding the lock leaves the slab consistent (no step spans an await).
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the connection in `key` out of the lot (its descriptor out of the epoll instance, its
+    /// deadline out of the set).
+    fn take(&self, parked: &mut Parked<T>, key: usize) -> T {
+        let slot = parked.slots.remove(key);
+        if let Some(at) = slot.deadline {
+            parked.deadlines.remove(&(at, key));
+        }
+        // SAFETY: the item still owns `slot.fd`, so the descriptor is open and is the one registered.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                slot.fd,
+                std::ptr::null_mut(),
+            );
+        }
+        self.stats.parked.fetch_sub(1, Relaxed);
+        self.stats.resumed.fetch_add(1, Relaxed);
+        slot.item
+    }
+}
+
+/// The lot's task: waits for readiness of the epoll instance, the next deadline or a change, and
+/// resumes what is due.
+async fn drive<T, F>(inner: Arc<Inner<T>>, resume: F)
+where
+    F: Fn(T, Wake),
+{
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
+    let mut due: Vec<(T, Wake)> = Vec::new();
+    let mut signals = inner.signals.clone();
+    loop {
+        let mut signalled = false;
+        let next = inner.lock().deadlines.first().map(|&(at, _)| at);
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ready = inner.epoll.readable() => match ready {
+                Ok(mut guard) => {
+                    // SAFETY: the buffer holds `BATCH` events; a zero timeout never blocks.
+                    let n = unsafe {
+                        libc::epoll_wait(
+                            inner.epoll.as_raw_fd(),
+                            events.as_mut_ptr(),
+                            BATCH as libc::c_int,
+                            0,
+                        )
+                    };
+                    if n <= 0 {
+                        guard.clear_ready();
+                    } else {
+                        let mut parked = inner.lock();
+                        for event in &events[..n as usize] {
+                            let data = event.u64;
+                            let key = (data & u64::from(u32::MAX)) as usize;
+                            let generation = (data >> 32) as u32;
+                            if parked.slots.get(key).is_some_and(|s| s.generation == generation) {
+                                due.push((inner.take(&mut parked, key), Wake::Readable));
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "parking lot: epoll failed; waking every parked connection");
+                    inner.wake_all.store(true, Relaxed);
+                }
+            },
+            () = sleep => {}
+            () = inner.changed.notified() => {}
+            () = any_cancelled(&signals) => signalled = true,
+        }
+        if signalled {
+            signals.retain(|s| !s.is_cancelled());
+            inner.wake_all.store(true, Relaxed);
+        }
+        {
+            let mut parked = inner.lock();
+            if inner.wake_all.swap(false, Relaxed) {
+                let keys: Vec<usize> = parked.slots.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    due.push((inner.take(&mut parked, key), Wake::Signal));
+                }
+            }
+            let now = Instant::now();
+            while let Some(&(at, key)) = parked.deadlines.first() {
+                if at > now {
+                    break;
+                }
+                due.push((inner.take(&mut parked, key), Wake::Deadline));
+            }
+        }
+        for (item, why) in due.drain(..) {
+            resume(item, why);
+        }
+    }
+}
+
+/// Resolves when one of `signals` is cancelled; never if there are none.
+async fn any_cancelled(signals: &[CancellationToken]) {
+    if signals.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    futures_util::future::select_all(signals.iter().map(|s| Box::pin(s.cancelled()))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    /// A lot whose resumed connections arrive on a channel: `(name, why)`.
+    type Resumed = mpsc::UnboundedReceiver<(u32, Wake)>;
+
+    fn lot() -> (ParkingLot<(u32, UnixStream)>, Resumed) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lot = ParkingLot::new(
+            move |(name, _socket): (u32, UnixStream), why| {
+                let _ = tx.send((name, why));
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        (lot, rx)
+    }
+
+    async fn next(rx: &mut Resumed) -> (u32, Wake) {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("resumed in time")
+            .expect("lot alive")
+    }
+
+    fn park(lot: &ParkingLot<(u32, UnixStream)>, name: u32, s: UnixStream, at: Option<Instant>) {
+        let fd = s.as_raw_fd();
+        assert!(lot.park(fd, (name, s), at).is_ok());
+    }
+
+    #[tokio::test]
+    async fn bytes_resume_only_their_connection() {
+        let (lot, mut rx) = lot();
+        let (a, mut a_peer) = UnixStream::pair().unwrap();
+        let (b, _b_peer) = UnixStream::pair().unwrap();
+        park(&lot, 1, a, None);
+        park(&lot, 2, b, None);
+        assert_eq!(lot.counts().0, 2);
+        a_peer.write_all(b"x").unwrap();
+        assert_eq!(next(&mut rx).await, (1, Wake::Readable));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "the quiet one stays parked");
+        assert_eq!(lot.counts().0, 1);
+        assert_eq!(lot.counts().2, 1);
+    }
+
+    #[tokio::test]
+    async fn wake_all_resumes_every_connection() {
+        let (lot, mut rx) = lot();
+        let mut peers = Vec::new();
+        for name in 0..3 {
+            let (s, peer) = UnixStream::pair().unwrap();
+            peers.push(peer);
+            park(&lot, name, s, None);
+        }
+        lot.wake_all();
+        let mut names = Vec::new();
+        for _ in 0..3 {
+            let (name, why) = next(&mut rx).await;
+            assert_eq!(why, Wake::Signal);
+            names.push(name);
+        }
+        names.sort_unstable();
+        assert_eq!(names, [0, 1, 2]);
+        assert_eq!(lot.counts().0, 0);
+    }
+
+    #[tokio::test]
+    async fn a_signal_resumes_every_connection_and_nothing_parks_after_it() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let drain = CancellationToken::new();
+        let lot = ParkingLot::new(
+            move |(name, _socket): (u32, UnixStream), why| {
+                let _ = tx.send((name, why));
+            },
+            vec![drain.clone()],
+        )
+        .unwrap();
+        let (a, _pa) = UnixStream::pair().unwrap();
+        park(&lot, 1, a, None);
+        drain.cancel();
+        assert_eq!(next(&mut rx).await, (1, Wake::Signal));
+        let (b, _pb) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        assert!(lot.park(fd, (2, b), None).is_err(), "refused once draining");
+        assert_eq!(lot.counts(), (0, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn deadlines_resume_in_order_without_a_timer_each() {
+        let (lot, mut rx) = lot();
+        let (late, _p1) = UnixStream::pair().unwrap();
+        let (soon, _p2) = UnixStream::pair().unwrap();
+        let (never, _p3) = UnixStream::pair().unwrap();
+        let now = Instant::now();
+        park(&lot, 1, late, Some(now + Duration::from_millis(300)));
+        park(&lot, 2, soon, Some(now + Duration::from_millis(50)));
+        park(&lot, 3, never, None);
+        assert_eq!(next(&mut rx).await, (2, Wake::Deadline));
+        assert_eq!(next(&mut rx).await, (1, Wake::Deadline));
+        assert!(Instant::now() >= now + Duration::from_millis(300));
+        assert_eq!(lot.counts().0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_forced_close_resumes_the_connection() {
+        let (lot, mut rx) = lot();
+        let (s, _peer) = UnixStream::pair().unwrap();
+        let fd = s.as_raw_fd();
+        park(&lot, 7, s, None);
+        // What the registry's closer does to a connection closed by force.
+        // SAFETY: the parked item keeps `fd` open.
+        assert_eq!(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) }, 0);
+        assert_eq!(next(&mut rx).await, (7, Wake::Readable));
+    }
+
+    #[tokio::test]
+    async fn a_peer_closing_resumes_the_connection() {
+        let (lot, mut rx) = lot();
+        let (s, peer) = UnixStream::pair().unwrap();
+        park(&lot, 9, s, None);
+        drop(peer);
+        assert_eq!(next(&mut rx).await, (9, Wake::Readable));
+    }
+
+    #[tokio::test]
+    async fn a_tcp_connection_parks_without_its_tokio_registration() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let lot = ParkingLot::new(
+            move |s: std::net::TcpStream, why| {
+                let _ = tx.send((tokio::net::TcpStream::from_std(s), why));
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let server = server.into_std().unwrap();
+        let fd = server.as_raw_fd();
+        assert!(lot.park(fd, server, None).is_ok());
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"ping")
+            .await
+            .unwrap();
+        let (server, why) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(why, Wake::Readable);
+        let mut server = server.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+}
