@@ -15,53 +15,21 @@
 
 #[path = "it/common/mod.rs"]
 mod common;
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{bind_loopback, eventually};
+use counting::{COUNTING, LIVE};
 use lariat::{Connection, Server, ServerHandle};
 use tokio::io::AsyncWriteExt;
 
-/// Counts the bytes live in allocations made while `COUNTING` is on.
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded to `System` unchanged; the counters only observe.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if COUNTING.load(Relaxed) {
-            LIVE.fetch_sub(layout.size() as isize, Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 /// An echo handler shaped like `lariat serve --handler echo`: between bursts it waits for readiness
 /// holding no buffer. A `fn` returning `async move` because an `async fn` stores its argument twice.
@@ -174,7 +142,7 @@ async fn metrics_on_cost_an_idle_connection_within_5_percent_of_off() {
     let off = per_idle_connection(None).await;
 
     let prometheus = PrometheusBuilder::new().install_recorder().unwrap();
-    let rendered = Arc::new(AtomicIsize::new(0));
+    let rendered = Arc::new(std::sync::atomic::AtomicIsize::new(0));
     let scrape: Scrape = Arc::new({
         let rendered = rendered.clone();
         move |handle: &ServerHandle| {
