@@ -6,7 +6,7 @@
 use anyhow::bail;
 use lariat::Endpoint;
 
-use crate::cli::{HandlerKind, ListenSpec, ProxyArg, RouteProtocol, ServeArgs, TrustedProxy};
+use crate::cli::{HandlerKind, ListenSpec, ProxyArg, ServeArgs, TrustedProxy};
 
 /// Refuses what `args` cannot mean.
 pub fn serve_args(args: &ServeArgs) -> anyhow::Result<()> {
@@ -72,11 +72,7 @@ pub fn serve_args(args: &ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let tls_route = args
-        .routes
-        .route
-        .iter()
-        .any(|r| r.protocol == RouteProtocol::Tls);
+    let tls_route = args.routes.has_tls_route();
     if tls_route && !args.tls.tls_on.is_empty() {
         bail!(
             "--tls-on cannot be combined with --route tls=…: the tls route picks TLS per connection by its \

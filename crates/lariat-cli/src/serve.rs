@@ -171,11 +171,7 @@ fn front_per_listener(
         }
     }
     let proxy = proxy_config(args);
-    let tls_route = args
-        .routes
-        .route
-        .iter()
-        .any(|r| r.protocol == RouteProtocol::Tls);
+    let tls_route = args.routes.has_tls_route();
     let tls = tls.filter(|_| !tls_route);
     if args.proxy.proxy_on.is_empty() && args.tls.tls_on.is_empty() {
         handshake.proxy = proxy;

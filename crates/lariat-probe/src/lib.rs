@@ -8,6 +8,9 @@
 //! `lariat` command reaches it as `lariat probe` ([`ProbeArgs`], [`main`]).
 
 mod duration;
+
+/// Durations as `lariat serve` and the probe take them (`30s`, `500ms`, `2m`, `1.5`).
+pub use duration::parse_duration;
 mod protocol;
 mod report;
 mod rlimit;

@@ -9,7 +9,7 @@ use lariat::Endpoint;
 
 use super::values::{
     parse_delivery, parse_duration, parse_mode, parse_route, parse_uid, AdminAddr, Exhaustion,
-    HandlerKind, ListenSpec, LogFormat, ProxyArg, RouteSpec, TrustedProxy,
+    HandlerKind, ListenSpec, LogFormat, ProxyArg, RouteProtocol, RouteSpec, TrustedProxy,
 };
 
 /// `lariat serve` arguments.
@@ -115,6 +115,13 @@ pub struct RouteArgs {
     /// --handler.
     #[arg(long, value_name = "PROTOCOL=HANDLER", value_parser = parse_route)]
     pub route: Vec<RouteSpec>,
+}
+
+impl RouteArgs {
+    /// Whether a route takes TLS connections (`--route tls=…`): TLS then belongs to that route.
+    pub fn has_tls_route(&self) -> bool {
+        self.route.iter().any(|r| r.protocol == RouteProtocol::Tls)
+    }
 }
 
 /// The handshake's admission: who may connect, and how many connections each may hold.

@@ -1,8 +1,6 @@
 //! The values `lariat serve` flags take, and their parsers: listen and admin addresses, routes, trusted
 //! proxies, durations, delivery modes, file modes, user ids.
 
-use std::time::Duration;
-
 use clap::ValueEnum;
 use lariat::Endpoint;
 
@@ -208,24 +206,9 @@ pub fn parse_delivery(text: &str) -> Result<lariat::delivery::Mode, String> {
     }
 }
 
-/// `30s`, `500ms`, `2m`, or a bare number of seconds (`1.5`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 30s, 500ms, 2m)"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
-}
+/// `30s`, `500ms`, `2m`, or a bare number of seconds (`1.5`): the probe's parser, so both commands
+/// read a duration the same way.
+pub use lariat_probe::parse_duration;
 
 /// A user id, or `self` for the effective user of this process.
 pub fn parse_uid(text: &str) -> Result<u32, String> {
@@ -249,6 +232,7 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn listen_specs() {

@@ -42,13 +42,9 @@ impl Connection {
         if matches!(self.stream, Stream::Tls(_)) {
             return Err(self);
         }
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, and each field is read out exactly once.
-        let (stream, guard) =
-            unsafe { (std::ptr::read(&this.stream), std::ptr::read(&this.guard)) };
+        // Withdrawn (by `into_parts`) while tokio lets go, which closes the socket if it fails.
+        let (stream, guard) = self.into_parts();
         let fd = stream.raw_fd();
-        // Withdrawn while tokio lets go, which closes the socket if it fails.
-        guard.meta.0.closer.withdraw();
         let socket = match stream {
             Stream::Tcp(s) => s.into_std().map(StdSocket::Tcp),
             Stream::Unix(s) => s.into_std().map(StdSocket::Unix),
@@ -78,23 +74,17 @@ impl Asleep {
 
     /// Rebuilds the connection (its socket registered with tokio again). Must run inside the runtime.
     pub(crate) fn wake(self) -> io::Result<Connection> {
-        let fd = self.fd();
         self.guard.meta.0.closer.withdraw();
         let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: as in `fall_asleep`.
+        // SAFETY: `this` is never used or dropped again (its `Drop`, withdrawing, was done above), and
+        // each field is read out exactly once.
         let (socket, guard) =
             unsafe { (std::ptr::read(&this.socket), std::ptr::read(&this.guard)) };
         let stream = match socket {
             StdSocket::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
             StdSocket::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
         };
-        match stream {
-            Ok(stream) => {
-                guard.meta.0.closer.register(fd);
-                Ok(Connection { stream, guard })
-            }
-            Err(error) => Err(error),
-        }
+        stream.map(|stream| Connection::from_parts(stream, guard))
     }
 }
 

@@ -149,10 +149,8 @@ pub(crate) async fn bounded<T>(
     let shared = &entry.shared;
     let accepted = tokio::time::Instant::now() - shared.registry.age(entry);
     let deadline = crate::deadline::after(accepted, shared.handshake_timeout);
-    let grace_ends = crate::deadline::after(
-        accepted,
-        shared.handshake_grace.min(shared.handshake_timeout),
-    );
+    // The grace is at most the timeout: the settings are validated before the server starts.
+    let grace_ends = crate::deadline::after(accepted, shared.handshake_grace);
     tokio::select! {
         biased;
         done = step => Ok(done),

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::time::Instant;
 
-use super::io::{linger, pending, Linger, Returned};
+use super::io::{close, pending, Returned};
 use super::serve::{offered, DrainWatch, Kind, H1_STATE};
 use super::service::{ConnState, Tracked};
 use super::stats::HttpStats;
@@ -60,7 +60,7 @@ pub(super) struct Ctx<'a> {
     pub(super) state: &'a Arc<ConnState>,
     pub(super) entry: &'a Entry,
     /// The socket, for the look at what waits unread in it.
-    pub(super) fd: Option<RawFd>,
+    pub(super) fd: RawFd,
     pub(super) kind: Kind,
     /// False when this hyper connection starts with bytes read ahead (part of a request head, maybe):
     /// it does not hibernate before its next answer.
@@ -113,8 +113,8 @@ where
             }
         }
     };
-    let keep_open = Arc::new(AtomicBool::new(false));
-    let (io, back) = Returned::new(conn, prefix, keep_open.clone());
+    state.keep_open.store(false, Relaxed);
+    let (io, back) = Returned::new(conn, prefix, state.clone());
     let io = TokioIo::new(io);
     let mut served = match kind {
         Kind::H1 => Served::H1(Box::new(http.http1.serve_connection(io, svc)), PhantomData),
@@ -214,7 +214,7 @@ where
                         break Ok(());
                     }
                     // Between requests: hyper stops (reading nothing more) and keeps the socket open.
-                    keep_open.store(true, Relaxed);
+                    state.keep_open.store(true, Relaxed);
                     served.graceful_shutdown();
                     ended = true;
                     moving = true;
@@ -227,7 +227,7 @@ where
                 let h2 = state.h2.load(Relaxed);
                 let idle = state.in_flight.load(Relaxed) == 0 && now == seen;
                 // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it first.
-                let quiet = idle && (h2 || !fd.is_some_and(pending));
+                let quiet = idle && (h2 || !pending(fd));
                 let expired = *draining
                     || options.keep_alive_timeout.is_some_and(|k| quiet_since.elapsed() >= k);
                 // hyper holds no part of a next request: nothing was read since the last answer.
@@ -239,7 +239,7 @@ where
                     }
                     // Between requests: hyper stops and gives the socket back with what it read
                     // ahead, if anything arrived meanwhile.
-                    keep_open.store(true, Relaxed);
+                    state.keep_open.store(true, Relaxed);
                     served.graceful_shutdown();
                     ended = true;
                     hibernating = true;
@@ -312,9 +312,7 @@ where
         count_error(stats, &*e);
     }
     if let Ok(conn) = back.await {
-        if linger(conn, options.linger).await == Linger::TimedOut {
-            HttpStats::add(&stats.linger_timeouts);
-        }
+        close(conn, http).await;
     }
     Ended::Done
 }

@@ -2,9 +2,9 @@
 //! reset (the lingering close), and a non-blocking look at what waits in the socket.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,33 +13,35 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
+use super::service::ConnState;
 use crate::{Connection, Stream};
 
 /// Owns the [`Connection`] while hyper serves it; when hyper drops its transport, the connection goes
 /// back through `back` instead of being closed.
 ///
 /// Reads give `prefix` first (bytes a previous process or a previous hyper connection read and did
-/// not consume). Once `keep_open` is set (the connection is about to move to a successor), hyper's
+/// not consume). Once the connection state's `keep_open` is set (the connection is about to move to a
+/// successor or to hibernate), hyper's
 /// shutdown at the end only flushes: the socket stays open for [`Returned::into_parts`].
 pub(crate) struct Returned {
     conn: Option<Connection>,
     back: Option<oneshot::Sender<Connection>>,
     prefix: Bytes,
-    keep_open: Arc<AtomicBool>,
+    state: Arc<ConnState>,
 }
 
 impl Returned {
     pub(crate) fn new(
         conn: Connection,
         prefix: Bytes,
-        keep_open: Arc<AtomicBool>,
+        state: Arc<ConnState>,
     ) -> (Returned, oneshot::Receiver<Connection>) {
         let (tx, rx) = oneshot::channel();
         let io = Returned {
             conn: Some(conn),
             back: Some(tx),
             prefix,
-            keep_open,
+            state,
         };
         (io, rx)
     }
@@ -121,22 +123,12 @@ impl AsyncWrite for Returned {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let keep_open = self.keep_open.load(Relaxed);
+        let keep_open = self.state.keep_open.load(Relaxed);
         match self.get_mut().conn() {
             Ok(c) if keep_open => c.poll_flush(cx),
             Ok(c) => c.poll_shutdown(cx),
             Err(e) => Poll::Ready(Err(e)),
         }
-    }
-}
-
-/// The socket under a connection, for [`pending`]. Under TLS this is the raw socket: waiting records
-/// count as waiting bytes.
-pub(crate) fn raw_fd(stream: &Stream) -> Option<RawFd> {
-    match stream {
-        Stream::Tcp(s) => Some(s.as_raw_fd()),
-        Stream::Unix(s) => Some(s.as_raw_fd()),
-        Stream::Tls(s) => raw_fd(s.get_ref()),
     }
 }
 
@@ -162,6 +154,13 @@ pub(crate) enum Linger {
     Clean,
     /// The peer kept the connection open or kept sending past the linger time.
     TimedOut,
+}
+
+/// [`linger`] with the options' bound, a timeout counted: how every HTTP connection ends.
+pub(crate) async fn close(conn: Connection, http: &super::Shared) {
+    if linger(conn, http.options.linger).await == Linger::TimedOut {
+        super::stats::HttpStats::add(&http.stats.linger_timeouts);
+    }
 }
 
 /// Closes the way that loses no answer: sends our end of stream (FIN, or TLS `close_notify` then FIN),

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::awake::{self, Ctx, Ended};
-use super::io::{first_bytes, linger, raw_fd, FirstBytes, Linger};
+use super::io::{close, first_bytes, FirstBytes};
 use super::service::{ConnState, Tracked};
 use super::stats::HttpStats;
 use super::wake::OnWake;
@@ -61,7 +61,8 @@ where
     HttpStats::add(&stats.connections);
     let movable = conn.movable();
     let mut offer = movable.then(|| OnWake::new(conn.hand_over_signal()));
-    let mut kind = match conn.tls().and_then(|t| t.alpn).as_deref() {
+    // Read in place: `Connection::tls` would copy the whole `TlsInfo` for one field.
+    let mut kind = match conn.meta().tls().and_then(|t| t.alpn.as_deref()) {
         Some(b"h2") => Kind::AlpnH2,
         Some(b"http/1.1") => Kind::AlpnH1,
         _ => Kind::Auto,
@@ -90,9 +91,7 @@ where
                 }
                 First::Quiet => {
                     HttpStats::add(&stats.idle_closed);
-                    if Box::pin(linger(conn, options.linger)).await == Linger::TimedOut {
-                        HttpStats::add(&stats.linger_timeouts);
-                    }
+                    Box::pin(close(conn, &http)).await;
                     return;
                 }
             },
@@ -131,7 +130,7 @@ async fn serve_on<S, B>(
     let entry = conn.entry().clone();
     let drain = OnWake::new(entry.shared.drain.draining.clone().cancelled_owned());
     tokio::pin!(drain);
-    let fd = raw_fd(conn.stream());
+    let fd = conn.stream().raw_fd();
     let state = service.state.clone();
     // The limit of a hibernated connection's quiet: the keep-alive timeout, or else the header timeout
     // (which hyper counts from the end of an answer, and a hibernated connection has no hyper timer).
@@ -229,9 +228,7 @@ async fn serve_on<S, B>(
                     &stats.header_timeouts
                 };
                 HttpStats::add(counter);
-                if Box::pin(linger(conn, options.linger)).await == Linger::TimedOut {
-                    HttpStats::add(&stats.linger_timeouts);
-                }
+                Box::pin(close(conn, &http)).await;
                 return;
             }
         }

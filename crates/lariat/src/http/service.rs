@@ -26,6 +26,9 @@ pub(crate) struct ConnState {
     pub(crate) closing: AtomicBool,
     /// Set on the first HTTP/2 request.
     pub(crate) h2: AtomicBool,
+    /// Set when the current hyper connection is ended to move or hibernate: its shutdown then only
+    /// flushes and the socket stays open (see `io::Returned`).
+    pub(crate) keep_open: AtomicBool,
 }
 
 impl ConnState {
@@ -35,6 +38,7 @@ impl ConnState {
             in_flight: AtomicU32::new(0),
             closing: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            keep_open: AtomicBool::new(false),
         }
     }
 }

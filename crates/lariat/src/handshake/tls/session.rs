@@ -92,19 +92,6 @@ impl Session {
         &self.conn
     }
 
-    /// Gives rustls' connection up (for the kernel's TLS), with the plaintext not yet read; `Err`
-    /// (the session back) unless every buffer but `plaintext` is empty.
-    #[allow(dead_code)] // the kernel TLS hand-off; see `docs/performance.md`
-    pub(crate) fn into_parts(
-        self: Box<Self>,
-    ) -> Result<(UnbufferedServerConnection, Vec<u8>), Box<Session>> {
-        if !self.incoming.is_empty() || self.wants_write() || self.error.is_some() {
-            return Err(self);
-        }
-        let plain = self.plaintext[self.plain_at..].to_vec();
-        Ok((self.conn, plain))
-    }
-
     pub(crate) fn server_name(&self) -> Option<&str> {
         self.server_name.as_deref()
     }
@@ -127,11 +114,12 @@ impl Session {
         self.peer_closed || self.eof || self.error.is_some()
     }
 
-    /// Moves up to `buf.len()` decrypted bytes out; the buffer is freed once it is read to its end.
-    pub(crate) fn read_plaintext(&mut self, buf: &mut [u8]) -> usize {
+    /// Hands up to `max` decrypted bytes to `put` and consumes them; the buffer is freed once it is read
+    /// to its end.
+    pub(crate) fn read_plaintext(&mut self, max: usize, put: impl FnOnce(&[u8])) -> usize {
         let waiting = &self.plaintext[self.plain_at..];
-        let n = waiting.len().min(buf.len());
-        buf[..n].copy_from_slice(&waiting[..n]);
+        let n = waiting.len().min(max);
+        put(&waiting[..n]);
         self.plain_at += n;
         if self.plain_at == self.plaintext.len() {
             self.plaintext = Vec::new();

@@ -29,9 +29,9 @@ const LINGER: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct TlsStream {
     io: Stream,
-    /// Boxed: the handshake's future (in the connection's task cell, kept for the connection's life)
-    /// then holds a pointer rather than the session's 1.2 KiB.
-    session: Mutex<Box<Session>>,
+    /// Inline: the stream itself is boxed in `Stream::Tls` (the handshake boxes the session only while
+    /// it runs, so its future holds a pointer).
+    session: Mutex<Session>,
 }
 
 /// What a peek found.
@@ -47,7 +47,7 @@ impl TlsStream {
     pub(crate) fn new(io: Stream, session: Box<Session>) -> TlsStream {
         TlsStream {
             io,
-            session: Mutex::new(session),
+            session: Mutex::new(*session),
         }
     }
 
@@ -73,7 +73,7 @@ impl TlsStream {
         f(self.session().conn())
     }
 
-    fn session(&self) -> MutexGuard<'_, Box<Session>> {
+    fn session(&self) -> MutexGuard<'_, Session> {
         // The lock is never held across an await or a user callback; a poisoned one means a panic inside
         // rustls, after which the session is still a value and will report its own errors.
         self.session.lock().unwrap_or_else(|p| p.into_inner())
@@ -84,13 +84,20 @@ impl TlsStream {
     /// cleanly (close_notify); a close without it is `UnexpectedEof`. A TLS error is returned again on
     /// every later read, as a socket error would be.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
+        let max = buf.len();
+        self.read_with(max, |plain| buf[..plain.len()].copy_from_slice(plain))
+    }
+
+    /// The reads' one loop: hands up to `max` decrypted bytes to `put` (straight from the session's
+    /// buffer: no intermediate copy, nothing zeroed).
+    fn read_with(&self, max: usize, put: impl FnOnce(&[u8])) -> io::Result<usize> {
+        if max == 0 {
             return Ok(0);
         }
         let mut session = self.session();
         loop {
             if !session.plaintext().is_empty() {
-                return Ok(session.read_plaintext(buf));
+                return Ok(session.read_plaintext(max, put));
             }
             if let Some(end) = session.read_end() {
                 return end;
@@ -103,11 +110,8 @@ impl TlsStream {
     /// Like [`try_read`](Self::try_read), into the spare capacity of `buf` (one record's worth, 16 KiB,
     /// at most per call).
     pub fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
-        let room = buf.remaining_mut().min(chunk.len());
-        let n = self.try_read(&mut chunk[..room])?;
-        buf.put_slice(&chunk[..n]);
-        Ok(n)
+        let room = buf.remaining_mut().min(16 * 1024);
+        self.read_with(room, |plain| buf.put_slice(plain))
     }
 
     /// Ready when decrypted bytes (or the end of the stream, or an error) are waiting in the session,
@@ -162,11 +166,9 @@ impl TlsStream {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            match self.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
+            let room = buf.remaining();
+            match self.read_with(room, |plain| buf.put_slice(plain)) {
+                Ok(_) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.poll_read_ready(cx))?;
                 }
