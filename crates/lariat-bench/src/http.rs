@@ -26,7 +26,6 @@ mod runs;
 mod servers;
 mod table;
 
-use nginx::nginx_installed;
 use runs::{measure, measure_restarts};
 use servers::hyper_hello;
 pub use table::markdown;
@@ -154,7 +153,7 @@ pub struct HttpResults {
 /// Runs the whole measurement: `rounds` rounds of every server and protocol, then the restarts.
 pub async fn run(binaries: &Binaries, load: Load, rounds: usize) -> HttpResults {
     let mut results = HttpResults::default();
-    let servers: Vec<HttpServer> = if nginx_installed() {
+    let servers: Vec<HttpServer> = if crate::nginx::installed() {
         HttpServer::ALL.to_vec()
     } else {
         results.notes.push(

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::client;
+use crate::nginx;
 use crate::proc;
 use crate::server::{Binaries, Kind, Server, SERVER_CPU};
 
@@ -136,42 +137,21 @@ impl Nginx {
         let dir =
             std::env::temp_dir().join(format!("lariat-bench-idle-nginx-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-            l.local_addr()?.port()
-        };
+        let port = nginx::free_port()?;
         let conf = format!(
             "worker_processes 1;\nmaster_process on;\ndaemon off;\nerror_log stderr;\n\
              worker_rlimit_nofile 65536;\npid {dir}/nginx.pid;\nevents {{ worker_connections 20000; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  \
-             fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
+             http {{\n  access_log off;\n  {temp_paths}\n  \
              keepalive_timeout 120s;\n  default_type text/plain;\n  server {{\n    \
              listen 127.0.0.1:{port};\n    location / {{ return 200 \"Hello, world!\"; }}\n  }}\n}}\n",
-            dir = dir.display()
+            dir = dir.display(),
+            temp_paths = nginx::temp_paths(&dir),
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
-        let child = std::process::Command::new("taskset")
-            .arg("-c")
-            .arg(cpu.to_string())
-            .arg("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting nginx")?;
+        let child = nginx::spawn(&dir, &conf_path, cpu)?;
         let nginx = Nginx { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nginx did not listen within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        nginx::wait_listening(&[port])?;
         Ok(nginx)
     }
 }
@@ -210,13 +190,7 @@ struct Reading {
 
 /// Runs the rounds and prints the table (Markdown) on stdout; progress on stderr.
 pub async fn run(binaries: &Binaries, load: Load) -> anyhow::Result<()> {
-    let nginx = std::process::Command::new("nginx")
-        .arg("-v")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !nginx {
+    if !nginx::installed() {
         bail!("nginx is not installed (apt-get install nginx-light)");
     }
     eprintln!(

@@ -35,6 +35,7 @@ mod idle;
 mod idle_http;
 mod measure;
 mod metrics;
+mod nginx;
 mod notes;
 mod plan;
 mod plot;

@@ -14,7 +14,6 @@
 //! reports medians of the rounds and the median of the per-round ratios.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -168,12 +167,7 @@ pub async fn run(binaries: &Binaries, parts: &[Part], load: Load, rounds: usize)
         }
     };
     let mut servers = vec![TlsServer::Lariat, TlsServer::Nginx];
-    if Command::new("nginx")
-        .arg("-v")
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
+    if !crate::nginx::installed() {
         results.notes.push(
             "nginx is not installed: its columns are empty (apt-get install nginx-light)".into(),
         );

@@ -1,11 +1,10 @@
 //! The servers under test: `lariat serve` with TLS, or nginx with OpenSSL; each stopped on drop.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
+use crate::nginx;
 use crate::server::{Binaries, Kind, Server, SERVER_CPU};
 
 use super::certs::Pair;
@@ -19,46 +18,26 @@ pub(super) struct Nginx {
 
 impl Nginx {
     fn start(dir: &Path, pair: &Pair) -> anyhow::Result<Nginx> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = nginx::free_port()?;
         let conf = format!(
             "worker_processes 1;\nmaster_process off;\ndaemon off;\nerror_log stderr crit;\n\
              worker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\n\
              events {{ worker_connections 16000; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  \
-             fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
+             http {{\n  access_log off;\n  {temp_paths}\n  \
              keepalive_requests 1000000;\n  keepalive_timeout 600s;\n  default_type text/plain;\n  \
              server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    \
              ssl_certificate_key {key};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    \
              location / {{ return 200 \"Hello, world!\"; }}\n  }}\n}}\n",
             dir = dir.display(),
+            temp_paths = nginx::temp_paths(dir),
             cert = pair.cert.display(),
             key = pair.key.display(),
         );
         let conf_path = dir.join("nginx-tls.conf");
         std::fs::write(&conf_path, conf).context("writing nginx-tls.conf")?;
-        let child = Command::new("taskset")
-            .arg("-c")
-            .arg(SERVER_CPU.to_string())
-            .arg("nginx")
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx")?;
+        let child = nginx::spawn(dir, &conf_path, SERVER_CPU)?;
         let nginx = Nginx { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nginx did not listen within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        nginx::wait_listening(&[port])?;
         Ok(nginx)
     }
 }
