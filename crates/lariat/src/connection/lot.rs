@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
@@ -254,16 +255,20 @@ where
 {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
     let mut due: Vec<(T, Wake)> = Vec::new();
-    let mut signals = inner.signals.clone();
+    // Built once (not per pass: each build allocates and registers a waiter with every token). After
+    // the first signal nothing parks any more (`park` refuses), so it is not armed again.
+    let signal = any_cancelled(inner.signals.clone());
+    tokio::pin!(signal);
+    let mut signal_seen = false;
+    // One timer, moved to the earliest deadline on each pass.
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
     loop {
         let mut signalled = false;
         let next = inner.lock().deadlines.first().map(|&(at, _)| at);
-        let sleep = async {
-            match next {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        if let Some(at) = next {
+            sleep.as_mut().reset(at);
+        }
         tokio::select! {
             ready = inner.epoll.readable() => match ready {
                 Ok(mut guard) => {
@@ -295,12 +300,12 @@ where
                     inner.wake_all.store(true, Relaxed);
                 }
             },
-            () = sleep => {}
+            () = &mut sleep, if next.is_some() => {}
             () = inner.changed.notified() => {}
-            () = any_cancelled(&signals) => signalled = true,
+            () = &mut signal, if !signal_seen => signalled = true,
         }
         if signalled {
-            signals.retain(|s| !s.is_cancelled());
+            signal_seen = true;
             inner.wake_all.store(true, Relaxed);
         }
         {
@@ -326,11 +331,12 @@ where
 }
 
 /// Resolves when one of `signals` is cancelled; never if there are none.
-async fn any_cancelled(signals: &[CancellationToken]) {
+async fn any_cancelled(signals: Vec<CancellationToken>) {
     if signals.is_empty() {
         std::future::pending::<()>().await;
     }
-    futures_util::future::select_all(signals.iter().map(|s| Box::pin(s.cancelled()))).await;
+    futures_util::future::select_all(signals.into_iter().map(|s| Box::pin(s.cancelled_owned())))
+        .await;
 }
 
 #[cfg(test)]
