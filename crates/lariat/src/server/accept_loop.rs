@@ -96,12 +96,17 @@ pub(super) async fn drain_queue<S: AcceptSource>(
     let mut quiet_since = Instant::now();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Created once, as in the accept loop: not a waiter and a timer per connection taken from the queue.
+    let stopped = stop.cancelled();
+    let forced = control.force.cancelled();
+    let deadline = tokio::time::sleep_until(deadline);
+    tokio::pin!(stopped, forced, deadline);
     let ended = loop {
         tokio::select! {
             biased;
-            _ = stop.cancelled() => break "stopped",
-            _ = control.force.cancelled() => break "forced",
-            _ = tokio::time::sleep_until(deadline) => break "deadline",
+            _ = &mut stopped => break "stopped",
+            _ = &mut forced => break "forced",
+            _ = &mut deadline => break "deadline",
             accepted = acceptor.accept() => match accepted {
                 Ok(conn) => {
                     control.accepted_one_from_queue();
