@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::io::{close, pending, Returned};
 use super::serve::{offered, DrainWatch, Kind, H1_STATE};
-use super::service::{ConnState, Tracked};
+use super::service::{ConnState, HttpService, ResponseBody, Tracked};
 use super::stats::HttpStats;
 use super::wake::OnWake;
 use super::Shared;
@@ -79,12 +79,8 @@ pub(super) async fn run<S, B>(
     mut drain: Pin<&mut DrainWatch>,
 ) -> Ended<S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let Ctx {
         http,
@@ -336,12 +332,8 @@ where
 
 impl<S, B> Served<'_, S, B>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     fn graceful_shutdown(&mut self) {
         match self {
@@ -353,12 +345,8 @@ where
 
 impl<S, B> Future for Served<'_, S, B>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     type Output = Result<(), BoxError>;
 

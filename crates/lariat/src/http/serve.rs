@@ -11,21 +11,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::awake::{self, Ctx, Ended};
 use super::io::{close, first_bytes, FirstBytes};
-use super::service::{ConnState, Tracked};
+use super::service::{ConnState, HttpService, ResponseBody, Tracked};
 use super::stats::HttpStats;
 use super::wake::OnWake;
 use super::Shared;
 use crate::connection::asleep::{Asleep, Sleeper};
 use crate::connection::lot::Wake;
 use crate::handover::Offer;
-use crate::{BoxError, Connection};
+use crate::Connection;
 
 /// The state an HTTP/1 connection moves with: the successor serves it as HTTP/1 at once, the bytes
 /// hyper had read (part of a next request) first.
@@ -49,12 +47,8 @@ pub(super) enum Kind {
 
 pub(super) async fn serve<S, B>(mut conn: Connection, service: S, http: Arc<Shared>)
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let stats = &http.stats;
     let options = &http.options;
@@ -118,12 +112,8 @@ async fn serve_on<S, B>(
     mut offer: Option<OnWake<Offer>>,
     mut asleep_since: Option<Instant>,
 ) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let stats = &http.stats;
     let options = &http.options;
@@ -261,12 +251,8 @@ fn fall_asleep<S, B>(
     idle_limit: Option<Duration>,
 ) -> Result<(), Option<(Connection, Tracked<Box<S>>)>>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let server = conn.entry().shared.clone();
     let Some(lot) = server.lot() else {
@@ -301,12 +287,8 @@ where
 
 impl<S, B> Sleeper for Sleeping<S, B>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     fn resume(self: Box<Self>, why: Wake, from_lot: bool) {
         let Sleeping {

@@ -15,6 +15,41 @@ use hyper::body::Incoming;
 
 use super::stats::HttpStats;
 
+/// A service `lariat::http` serves on a connection's loop (named once: every function of the loop
+/// needs the same bounds).
+pub(crate) trait HttpService<B>:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<crate::BoxError>,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<crate::BoxError>,
+{
+}
+
+/// An answer's body such a service gives.
+pub(crate) trait ResponseBody:
+    Body<Data: Send, Error: Into<crate::BoxError>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<crate::BoxError>,
+{
+}
+
 /// What the connection's loop and its service share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
