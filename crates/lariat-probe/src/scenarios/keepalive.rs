@@ -84,15 +84,14 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
         Some(_) => ctx.scale(5, 2) as u32,
         None => 0,
     };
-    let every = duration / (restarts + 1);
-    let started = Instant::now();
-    for i in 1..=restarts {
-        tokio::time::sleep_until((started + every * i).into()).await;
-        if let Some(signal) = ctx.restart_signal {
-            server.signal_group(signal)?;
-        }
-    }
-    tokio::time::sleep_until((started + duration).into()).await;
+    super::restarts_spread(
+        &server,
+        ctx.restart_signal,
+        restarts,
+        Instant::now(),
+        duration,
+    )
+    .await?;
     let answered_before_stop = tally.answered.load(Relaxed);
 
     // After restarts the server is a successor, and older processes may still be draining: the stop

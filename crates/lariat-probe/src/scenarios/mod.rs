@@ -15,7 +15,30 @@ mod restart;
 mod sessions;
 mod slowloris;
 
+use std::time::{Duration, Instant};
+
+use super::target::Target;
 use super::{Context, Outcome, ScenarioName};
+
+/// Sends `restarts` of `signal` to the server's process group, evenly spaced over `duration` from
+/// `started`, then waits out the rest of it (`None`: no signal, only the wait).
+async fn restarts_spread(
+    server: &Target,
+    signal: Option<i32>,
+    restarts: u32,
+    started: Instant,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let every = duration / (restarts + 1);
+    for i in 1..=restarts {
+        tokio::time::sleep_until((started + every * i).into()).await;
+        if let Some(signal) = signal {
+            server.signal_group(signal)?;
+        }
+    }
+    tokio::time::sleep_until((started + duration).into()).await;
+    Ok(())
+}
 
 pub async fn run(name: ScenarioName, ctx: &Context) -> anyhow::Result<Outcome> {
     let outcome = Outcome::new(name);

@@ -51,14 +51,9 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
 
     let duration = ctx.time(Duration::from_secs(10), Duration::from_secs(4));
     let restarts = ctx.scale(10, 3) as u32;
-    let every = duration / (restarts + 1);
     let started = Instant::now();
     let load = Load::start(ctx.protocol, addr, CONCURRENCY);
-    for i in 1..=restarts {
-        tokio::time::sleep_until((started + every * i).into()).await;
-        server.signal_group(signal)?;
-    }
-    tokio::time::sleep_until((started + duration).into()).await;
+    super::restarts_spread(&server, Some(signal), restarts, started, duration).await?;
     let (tally, elapsed) = load.stop().await;
 
     // Still serving: a fresh client is answered.

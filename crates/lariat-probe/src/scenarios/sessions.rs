@@ -58,13 +58,7 @@ pub async fn run(ctx: &Context, outcome: Outcome) -> anyhow::Result<Outcome> {
 
     let duration = ctx.time(Duration::from_secs(10), Duration::from_secs(4));
     let restarts = ctx.scale(5, 3) as u32;
-    let every = duration / (restarts + 1);
-    let started = Instant::now();
-    for i in 1..=restarts {
-        tokio::time::sleep_until((started + every * i).into()).await;
-        server.signal_group(signal)?;
-    }
-    tokio::time::sleep_until((started + duration).into()).await;
+    super::restarts_spread(&server, Some(signal), restarts, Instant::now(), duration).await?;
     stop.store(true, Relaxed);
     for s in sessions {
         let _ = s.await;
