@@ -222,20 +222,44 @@ fn with_route<H: Handler>(
     tls: &Option<TlsConfig>,
     handler: H,
 ) -> anyhow::Result<Router> {
+    let name = route_name(&spec.protocol);
     Ok(match &spec.protocol {
         RouteProtocol::Tls => {
             let tls = tls
                 .clone()
                 .context("--route tls=… needs --tls-cert and --tls-key")?;
-            router.tls("tls", tls, handler)
+            router.tls(name, tls, handler)
         }
-        RouteProtocol::Http => router.route("http", Matcher::Http1, handler),
-        RouteProtocol::H2 => router.route("h2", Matcher::Http2, handler),
+        RouteProtocol::Http => router.route(name, Matcher::Http1, handler),
+        RouteProtocol::H2 => router.route(name, Matcher::Http2, handler),
         RouteProtocol::Prefix(p) => {
-            router.route(p, Matcher::Prefix(Arc::from(p.as_bytes())), handler)
+            router.route(name, Matcher::Prefix(Arc::from(p.as_bytes())), handler)
         }
         RouteProtocol::Default => router.fallback(handler),
     })
+}
+
+/// The name a `--route` has in the router (its logs and the `--metrics` connection list).
+fn route_name(protocol: &RouteProtocol) -> &str {
+    match protocol {
+        RouteProtocol::Tls => "tls",
+        RouteProtocol::Http => "http",
+        RouteProtocol::H2 => "h2",
+        RouteProtocol::Prefix(p) => p,
+        RouteProtocol::Default => lariat::route::FALLBACK,
+    }
+}
+
+/// What the `--metrics` connection list names as each connection's handler.
+fn handler_names(args: &ServeArgs) -> admin::HandlerNames {
+    if args.routes.route.is_empty() {
+        return admin::HandlerNames::single(handler_name(args.handler.handler));
+    }
+    args.routes.route.iter().fold(
+        // A connection whose first bytes the router has not matched yet.
+        admin::HandlerNames::single("router"),
+        |names, spec| names.route(route_name(&spec.protocol), handler_name(spec.handler)),
+    )
 }
 
 fn proxy_config(args: &ServeArgs) -> Option<ProxyConfig> {
@@ -332,7 +356,7 @@ async fn serve<H: Handler>(
                 l,
                 Some(running.handle.clone()),
                 readiness,
-                handler_name(args.handler.handler),
+                handler_names(args),
                 admin::Access::new(
                     args.admin.admin_token_file.as_deref(),
                     &args.admin.admin_host,

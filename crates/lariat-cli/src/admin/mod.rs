@@ -5,7 +5,7 @@
 //! | `GET /metrics` | Prometheus text: the server's counters ([`lariat::metrics`]), published at scrape time, plus `lariat_ready` and `lariat_lame_duck` |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while it takes traffic; 503 from the first SIGTERM/SIGINT (lame duck, then drain) and after a restart handed over |
-//! | `GET /connections` | the live connections as JSON: id, peer, age_ms, bytes_in, bytes_out, handler (token) |
+//! | `GET /connections` | the live connections as JSON: id, peer, age_ms, bytes_in, bytes_out, handler, route (token) |
 //! | `DELETE /connections/ID` or `POST /connections/ID/close` | closes one (404 if no live connection has that id) (token) |
 //!
 //! Who may ask for what is `access.rs`: health for everyone, the rest not from web pages, the
@@ -106,19 +106,51 @@ pub(super) struct State {
     pub(super) server: Option<ServerHandle>,
     pub(super) prometheus: PrometheusHandle,
     pub(super) readiness: Readiness,
-    pub(super) handler: &'static str,
+    pub(super) handlers: HandlerNames,
     pub(super) access: Access,
 }
 
+/// The handler serving each connection, as `/connections` names it: one for the whole server, or
+/// one per `--route`, found by the route's name.
+#[derive(Debug, Clone)]
+pub struct HandlerNames {
+    /// Without routes, every connection's; with routes, the name of a connection still being routed.
+    unrouted: &'static str,
+    routes: Vec<(String, &'static str)>,
+}
+
+impl HandlerNames {
+    /// Every connection runs `handler`.
+    pub fn single(handler: &'static str) -> HandlerNames {
+        HandlerNames {
+            unrouted: handler,
+            routes: Vec::new(),
+        }
+    }
+
+    /// Connections the route named `route` took run `handler`.
+    pub fn route(mut self, route: &str, handler: &'static str) -> HandlerNames {
+        self.routes.push((route.to_owned(), handler));
+        self
+    }
+
+    /// The handler of a connection on `route` (`None`: not routed, or not yet).
+    pub(super) fn of(&self, route: Option<&str>) -> &'static str {
+        route
+            .and_then(|route| self.routes.iter().find(|(name, _)| name == route))
+            .map_or(self.unrouted, |(_, handler)| handler)
+    }
+}
+
 /// Installs the Prometheus recorder as the process's `metrics` recorder and serves the endpoint on
-/// `listener` for `server`, whose connections all run `handler`, under the `access` rules. Without a
+/// `listener` for `server`, whose connections run `handlers`, under the `access` rules. Without a
 /// server (a `--workers` supervisor), it answers `/healthz`, `/readyz` and the process's own series;
 /// `/connections` is 404.
 pub fn start(
     listener: Listener,
     server: Option<ServerHandle>,
     readiness: Readiness,
-    handler: &'static str,
+    handlers: HandlerNames,
     access: Access,
 ) -> anyhow::Result<Admin> {
     let prometheus = PrometheusBuilder::new()
@@ -139,7 +171,7 @@ pub fn start(
         server,
         prometheus,
         readiness,
-        handler,
+        handlers,
         access,
     });
     let mut http = hyper::server::conn::http1::Builder::new();

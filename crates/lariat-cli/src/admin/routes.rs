@@ -93,7 +93,8 @@ fn connections(state: &State) -> Answer {
                 "age_ms": c.age.as_millis() as u64,
                 "bytes_in": c.bytes_in,
                 "bytes_out": c.bytes_out,
-                "handler": state.handler,
+                "handler": state.handlers.of(c.route.as_deref()),
+                "route": c.route.as_deref(),
             })
         })
         .collect();

@@ -95,7 +95,7 @@ pub async fn supervise(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 listener,
                 None,
                 readiness.clone(),
-                "workers",
+                admin::HandlerNames::single("workers"),
                 access,
             )?)
         }

@@ -366,6 +366,60 @@ fn a_second_signal_skips_the_lame_duck_and_a_third_forces_the_drain() {
     assert!(closed_by_server(&mut idle));
 }
 
+/// With `--route`, each connection is listed with the handler of the route that took it (and the
+/// route's name), not the server's `--handler`.
+#[test]
+fn the_connection_list_names_the_handler_of_each_connections_route() {
+    let token = token_file("routes");
+    let server = Lariat::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        "http=http-hello",
+        "--route",
+        "default=echo",
+        "--metrics",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ]);
+    let addr = server.tcp_addr();
+    let admin = admin_addr(&server);
+
+    let mut web = client(addr);
+    web.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !String::from_utf8_lossy(&answer).contains("Hello, world!") {
+        let n = web.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let mut plain = client(addr);
+    round_trip(&mut plain, b"hello");
+
+    let (status, body) = authed(admin, "GET", "/connections");
+    assert_eq!(status, 200, "{body}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let find = |stream: &TcpStream| {
+        let peer = stream.local_addr().unwrap().to_string();
+        list.iter()
+            .find(|c| c["peer"] == peer.as_str())
+            .unwrap_or_else(|| panic!("{peer} not in {body}"))
+            .clone()
+    };
+    let web = find(&web);
+    assert_eq!(web["handler"], "http-hello", "{web}");
+    assert_eq!(web["route"], "http", "{web}");
+    let plain = find(&plain);
+    assert_eq!(plain["handler"], "echo", "{plain}");
+    assert_eq!(plain["route"], lariat::route::FALLBACK, "{plain}");
+}
+
 #[test]
 fn the_connection_list_shows_a_live_client_and_closing_it_by_id_closes_its_socket() {
     let token = token_file("list");

@@ -143,11 +143,15 @@ fn any_prefix(seen: &[u8], wants: &[&[u8]]) -> Verdict {
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 type BoxHandler = Arc<dyn Fn(Connection) -> BoxFuture + Send + Sync>;
 
-fn boxed<H: Handler>(handler: H) -> BoxHandler {
+/// The name [`ConnectionInfo::route`](crate::ConnectionInfo::route) gives the
+/// [`fallback`](Router::fallback) route.
+pub const FALLBACK: &str = "fallback";
+
+fn boxed<H: Handler>(name: Arc<str>, handler: H) -> BoxHandler {
     Arc::new(move |conn: Connection| {
         // A route's connection stays here at a restart: the successor's router would wait for a
-        // first message to sniff again.
-        let _ = conn.entry().extras().routed.set(());
+        // first message to sniff again. The name is what the connection list reports.
+        let _ = conn.entry().extras().routed.set(name.clone());
         let serve = handler.call(conn);
         Box::pin(async move { serve.await.failure().map_or(Ok(()), Err) })
     })
@@ -187,32 +191,35 @@ impl Router {
         Router::default()
     }
 
-    /// Sends connections whose first bytes `matcher` recognises to `handler`. `name` is for logs.
+    /// Sends connections whose first bytes `matcher` recognises to `handler`. `name` is for logs and
+    /// the connection list ([`ConnectionInfo::route`](crate::ConnectionInfo::route)).
     pub fn route(self, name: &str, matcher: Matcher, handler: impl Handler) -> Router {
+        let name: Arc<str> = name.into();
         self.push(Route {
-            name: name.into(),
+            name: name.clone(),
             matcher,
             tls: None,
-            handler: boxed(handler),
+            handler: boxed(name, handler),
         })
     }
 
     /// Sends connections that open with a TLS ClientHello through a handshake with `tls`, then to
     /// `handler`, which reads and writes plaintext.
     pub fn tls(self, name: &str, tls: TlsConfig, handler: impl Handler) -> Router {
+        let name: Arc<str> = name.into();
         self.push(Route {
-            name: name.into(),
+            name: name.clone(),
             matcher: Matcher::TlsClientHello,
             tls: Some(tls),
-            handler: boxed(handler),
+            handler: boxed(name, handler),
         })
     }
 
     /// Where connections that match no route go (including clients that wait for the server to speak,
     /// once [`sniff_timeout`](Self::sniff_timeout) passes). Without one they are closed and counted
-    /// (`sniff_failed`).
+    /// (`sniff_failed`). The connection list names this route [`FALLBACK`].
     pub fn fallback(mut self, handler: impl Handler) -> Router {
-        self.fallback = Some(boxed(handler));
+        self.fallback = Some(boxed(FALLBACK.into(), handler));
         self
     }
 

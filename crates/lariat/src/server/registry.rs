@@ -48,8 +48,9 @@ pub(crate) struct Extras {
     pub(crate) tls: OnceLock<crate::tls::TlsInfo>,
     /// What a connection handed over by a restart's predecessor brought with it.
     pub(crate) resumed: OnceLock<crate::handover::Resumed>,
-    /// Served by a route of a `Router`: not handed over at a restart.
-    pub(crate) routed: OnceLock<()>,
+    /// The name of the `Router` route serving it. A routed connection is not handed over at a
+    /// restart (the successor's router would wait to sniff it again).
+    pub(crate) routed: OnceLock<Arc<str>>,
 }
 
 /// A connection's PROXY header and the peer it reports.
@@ -108,6 +109,10 @@ pub struct ConnectionInfo {
     pub bytes_in: u64,
     /// Bytes written to the peer so far.
     pub bytes_out: u64,
+    /// The name of the [`Router`](crate::route::Router) route serving it: `None` without a router
+    /// and while the router is still looking at the first bytes; the fallback route is named
+    /// [`FALLBACK`](crate::route::FALLBACK).
+    pub route: Option<Arc<str>>,
 }
 
 /// Why [`ServerHandle::close_connection`](crate::ServerHandle::close_connection) did not close a connection.
@@ -234,6 +239,7 @@ impl Registry {
                 age: self.age(e.value()),
                 bytes_in: e.bytes_in.load(Relaxed),
                 bytes_out: e.bytes_out.load(Relaxed),
+                route: e.extras.get().and_then(|x| x.routed.get().cloned()),
             })
             .collect();
         list.sort_unstable_by_key(|c| c.id);
