@@ -14,8 +14,11 @@ use super::wire::{self, Message};
 use super::Refusal;
 
 /// How long the successor may go without answering while connections wait for it; past it the
-/// successor is taken to have stopped, and every connection not yet taken stays here.
-pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// successor is taken to have stopped, and every connection not yet taken stays here. Generous: a
+/// successor taking thousands of connections on a loaded machine can be silent for a few seconds
+/// (2 s was seen to pass under load), and giving up too early costs more than waiting (the waiting
+/// connections are only paused, never lost, either way).
+pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The channel to a successor that takes connections, while the hand-over window is open.
 #[derive(Debug)]
