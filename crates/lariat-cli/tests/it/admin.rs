@@ -36,6 +36,42 @@ fn authed(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
     )
 }
 
+/// `lariat serve` with `--metrics` and the token configured, and `extra` flags: the server, its
+/// address and the endpoint's.
+fn with_token(tag: &str, extra: &[&str]) -> (Lariat, SocketAddr, SocketAddr) {
+    let token = token_file(tag);
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let server = Lariat::start(&args);
+    // Read at start-up: nothing is left behind.
+    let _ = std::fs::remove_file(&token);
+    let (addr, admin) = (server.tcp_addr(), admin_addr(&server));
+    (server, addr, admin)
+}
+
+/// `GET /connections`, parsed (and the body, for messages).
+fn listed(admin: SocketAddr) -> (Vec<serde_json::Value>, String) {
+    let (status, body) = authed(admin, "GET", "/connections");
+    assert_eq!(status, 200, "{body}");
+    (serde_json::from_str(&body).unwrap(), body)
+}
+
+/// The entry of `list` for the client end `stream`.
+fn entry_of(list: &[serde_json::Value], stream: &TcpStream) -> serde_json::Value {
+    let peer = stream.local_addr().unwrap().to_string();
+    list.iter()
+        .find(|c| c["peer"] == peer.as_str())
+        .unwrap_or_else(|| panic!("{peer} not in {list:?}"))
+        .clone()
+}
+
 /// The `--metrics` address, from the `metrics on tcp://…` line printed after the `listening on` ones.
 fn scrape(addr: SocketAddr) -> String {
     let (status, body) = http(addr, "GET", "/metrics");
@@ -209,21 +245,8 @@ fn metrics_move_with_a_scripted_workload() {
 
 #[test]
 fn proxy_refusals_and_idle_closes_are_counted() {
-    let token = token_file("proxy");
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-        "--proxy-protocol",
-        "v1",
-        "--idle-timeout",
-        "2s",
-    ]);
-    let addr = server.tcp_addr();
-    let admin = admin_addr(&server);
+    let (_server, addr, admin) =
+        with_token("proxy", &["--proxy-protocol", "v1", "--idle-timeout", "2s"]);
 
     // Not a PROXY header: refused before the handler, a handshake failure.
     let mut garbage = client(addr);
@@ -370,21 +393,10 @@ fn a_second_signal_skips_the_lame_duck_and_a_third_forces_the_drain() {
 /// route's name), not the server's `--handler`.
 #[test]
 fn the_connection_list_names_the_handler_of_each_connections_route() {
-    let token = token_file("routes");
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--route",
-        "http=http-hello",
-        "--route",
-        "default=echo",
-        "--metrics",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ]);
-    let addr = server.tcp_addr();
-    let admin = admin_addr(&server);
+    let (_server, addr, admin) = with_token(
+        "routes",
+        &["--route", "http=http-hello", "--route", "default=echo"],
+    );
 
     let mut web = client(addr);
     web.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -402,37 +414,18 @@ fn the_connection_list_names_the_handler_of_each_connections_route() {
     let mut plain = client(addr);
     round_trip(&mut plain, b"hello");
 
-    let (status, body) = authed(admin, "GET", "/connections");
-    assert_eq!(status, 200, "{body}");
-    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    let find = |stream: &TcpStream| {
-        let peer = stream.local_addr().unwrap().to_string();
-        list.iter()
-            .find(|c| c["peer"] == peer.as_str())
-            .unwrap_or_else(|| panic!("{peer} not in {body}"))
-            .clone()
-    };
-    let web = find(&web);
+    let (list, _) = listed(admin);
+    let web = entry_of(&list, &web);
     assert_eq!(web["handler"], "http-hello", "{web}");
     assert_eq!(web["route"], "http", "{web}");
-    let plain = find(&plain);
+    let plain = entry_of(&list, &plain);
     assert_eq!(plain["handler"], "echo", "{plain}");
     assert_eq!(plain["route"], lariat::route::FALLBACK, "{plain}");
 }
 
 #[test]
 fn the_connection_list_shows_a_live_client_and_closing_it_by_id_closes_its_socket() {
-    let token = token_file("list");
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ]);
-    let addr = server.tcp_addr();
-    let admin = admin_addr(&server);
+    let (_server, addr, admin) = with_token("list", &[]);
     assert_eq!(authed(admin, "GET", "/connections"), (200, "[]\n".into()));
 
     let mut first = client(addr);
@@ -442,17 +435,9 @@ fn the_connection_list_shows_a_live_client_and_closing_it_by_id_closes_its_socke
     // Writes are counted when the write call returns, which can be after the client read them.
     wait_for(admin, "lariat_bytes_out_total", 7.0);
 
-    let (status, body) = authed(admin, "GET", "/connections");
-    assert_eq!(status, 200);
-    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let (list, body) = listed(admin);
     assert_eq!(list.len(), 2, "{body}");
-    let find = |stream: &TcpStream| {
-        let peer = stream.local_addr().unwrap().to_string();
-        list.iter()
-            .find(|c| c["peer"] == peer.as_str())
-            .unwrap_or_else(|| panic!("{peer} not in {body}"))
-            .clone()
-    };
+    let find = |stream: &TcpStream| entry_of(&list, stream);
     let one = find(&first);
     assert_eq!(one["bytes_in"], 5);
     assert_eq!(one["bytes_out"], 5);
@@ -682,23 +667,10 @@ fn bodies_are_read_and_dropped_and_bad_requests_get_an_answer() {
 /// client is closed. Without a configured token they are disabled.
 #[test]
 fn closing_a_connection_needs_the_token() {
-    let token = token_file("close");
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ]);
-    let addr = server.tcp_addr();
-    let admin = admin_addr(&server);
+    let (_server, addr, admin) = with_token("close", &[]);
     let mut victim = client(addr);
     round_trip(&mut victim, b"hello");
-    let (status, body) = authed(admin, "GET", "/connections");
-    assert_eq!(status, 200, "{body}");
-    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    let id = list[0]["id"].as_u64().unwrap();
+    let id = listed(admin).0[0]["id"].as_u64().unwrap();
 
     let host = format!("Host: {admin}\r\n");
     let wrong = format!("{host}Authorization: Bearer {TOKEN}x\r\n");
@@ -723,7 +695,6 @@ fn closing_a_connection_needs_the_token() {
         200
     );
     assert!(closed_by_server(&mut victim));
-    let _ = std::fs::remove_file(token);
 
     // No token configured: the routes are disabled, even for a request that offers one.
     let plain = Lariat::start(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
@@ -741,19 +712,7 @@ fn closing_a_connection_needs_the_token() {
 /// answered whatever they carry; a name given with `--admin-host` is accepted.
 #[test]
 fn cross_site_requests_and_foreign_hosts_are_refused() {
-    let token = token_file("origin");
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-        "--admin-host",
-        "metrics.internal",
-    ]);
-    let addr = server.tcp_addr();
-    let admin = admin_addr(&server);
+    let (_server, addr, admin) = with_token("origin", &["--admin-host", "metrics.internal"]);
     let mut victim = client(addr);
     round_trip(&mut victim, b"hello");
     let auth = format!("Authorization: Bearer {TOKEN}\r\n");
@@ -776,7 +735,6 @@ fn cross_site_requests_and_foreign_hosts_are_refused() {
     assert_eq!(http_with(admin, "GET", "/metrics", &localhost).0, 200);
     // No Host at all (an HTTP/1.0 health checker or script): not a browser.
     assert_eq!(http_with(admin, "GET", "/metrics", "").0, 200);
-    let _ = std::fs::remove_file(token);
 }
 
 /// The endpoint's options where they would do nothing, or a token too weak to protect anything, stop
