@@ -35,6 +35,20 @@ fn write_cert(dir: &Path) -> Cert {
     }
 }
 
+/// `lariat serve` on a loopback port with `cert`, and `extra` flags.
+fn serve_tls(cert: &Cert, extra: &[&str]) -> Lariat {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Lariat::start(&args)
+}
+
 fn dir(tag: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{tag}-{}", std::process::id()))
 }
@@ -86,16 +100,7 @@ impl<T: Read + Write> ReadWrite for T {}
 fn tls_echo_with_alpn_and_a_certificate_reload_on_sigusr1() {
     let dir = dir("echo");
     let old = write_cert(&dir);
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        old.cert.to_str().unwrap(),
-        "--tls-key",
-        old.key.to_str().unwrap(),
-        "--alpn",
-        "x-lariat",
-    ]);
+    let server = serve_tls(&old, &["--alpn", "x-lariat"]);
     let addr = server.tcp_addr();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut client = tls_connect(addr, &old, &["x-lariat"]).unwrap();
@@ -125,24 +130,21 @@ fn tls_echo_with_alpn_and_a_certificate_reload_on_sigusr1() {
 fn one_port_routes_tls_http_and_a_custom_protocol() {
     let dir = dir("route");
     let cert = write_cert(&dir);
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.cert.to_str().unwrap(),
-        "--tls-key",
-        cert.key.to_str().unwrap(),
-        "--route",
-        "tls=echo",
-        "--route",
-        "http=http-hello",
-        "--route",
-        "prefix:WHO=whoami",
-        "--route",
-        "default=echo",
-        "--handshake-timeout",
-        "500ms",
-    ]);
+    let server = serve_tls(
+        &cert,
+        &[
+            "--route",
+            "tls=echo",
+            "--route",
+            "http=http-hello",
+            "--route",
+            "prefix:WHO=whoami",
+            "--route",
+            "default=echo",
+            "--handshake-timeout",
+            "500ms",
+        ],
+    );
     let addr = server.tcp_addr();
     for round in 0..5 {
         // TLS → echo.
@@ -283,16 +285,7 @@ fn proxy_on_names_one_listener() {
 fn sigusr1_to_a_workers_supervisor_reloads_the_certificate_in_every_worker() {
     let dir = dir("workers");
     let old = write_cert(&dir);
-    let mut server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-        "--tls-cert",
-        old.cert.to_str().unwrap(),
-        "--tls-key",
-        old.key.to_str().unwrap(),
-    ]);
+    let mut server = serve_tls(&old, &["--workers", "2"]);
     let addr = server.tcp_addr();
     let reloads = |server: &Lariat| {
         server
@@ -338,20 +331,17 @@ fn sigusr1_to_a_workers_supervisor_reloads_the_certificate_in_every_worker() {
 fn tls_with_only_plain_routes_runs_tls_first_then_routes_the_plaintext() {
     let dir = dir("tls-then-route");
     let cert = write_cert(&dir);
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.cert.to_str().unwrap(),
-        "--tls-key",
-        cert.key.to_str().unwrap(),
-        "--route",
-        "http=http-hello",
-        "--route",
-        "default=echo",
-    ]);
+    let server = serve_tls(
+        &cert,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            "http=http-hello",
+            "--route",
+            "default=echo",
+        ],
+    );
     let addr = server.tcp_addr();
     // TLS, then the default route's echo on the plaintext.
     let mut tls = tls_connect(addr, &cert, &[]).expect("the listener must speak TLS");
@@ -379,20 +369,17 @@ fn tls_with_only_plain_routes_runs_tls_first_then_routes_the_plaintext() {
 fn tls_on_one_listener_holds_with_routes() {
     let dir = dir("tls-on-route");
     let cert = write_cert(&dir);
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--listen",
-        "[::1]:0",
-        "--tls-cert",
-        cert.cert.to_str().unwrap(),
-        "--tls-key",
-        cert.key.to_str().unwrap(),
-        "--tls-on",
-        "127.0.0.1:0",
-        "--route",
-        "default=echo",
-    ]);
+    let server = serve_tls(
+        &cert,
+        &[
+            "--listen",
+            "[::1]:0",
+            "--tls-on",
+            "127.0.0.1:0",
+            "--route",
+            "default=echo",
+        ],
+    );
     let v4 = server.tcp_addr();
     let v6: SocketAddr = server.listening[1]
         .strip_prefix("tcp://")
@@ -410,20 +397,17 @@ fn tls_on_one_listener_holds_with_routes() {
 fn a_greeting_with_a_tls_route_is_written_inside_tls() {
     let dir = dir("tls-route-greeting");
     let cert = write_cert(&dir);
-    let server = Lariat::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.cert.to_str().unwrap(),
-        "--tls-key",
-        cert.key.to_str().unwrap(),
-        "--route",
-        "tls=echo",
-        "--route",
-        "default=echo",
-        "--greeting",
-        "+OK\\r\\n",
-    ]);
+    let server = serve_tls(
+        &cert,
+        &[
+            "--route",
+            "tls=echo",
+            "--route",
+            "default=echo",
+            "--greeting",
+            "+OK\\r\\n",
+        ],
+    );
     let addr = server.tcp_addr();
     let mut tls = tls_connect(addr, &cert, &[]).expect("the handshake must not meet the greeting");
     let mut hello = [0u8; 5];
