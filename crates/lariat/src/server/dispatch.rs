@@ -2,6 +2,7 @@
 //! the handler, with panics caught and counted.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -44,19 +45,34 @@ impl<H: Handler> Dispatch<H> {
 /// (counted by cause); the handler never runs.
 fn spawn_after_handshake<H: Handler>(conn: Connection, handler: Arc<H>, handshake: Arc<Handshake>) {
     let entry = conn.entry().clone();
-    let done = entry.clone();
-    let serve = async move {
+    spawn_caught(&entry, async move {
         let conn = handshake.open(conn).await?;
         Some(handler.call(conn).await)
-    };
+    });
+}
+
+/// Spawns a connection's task: `serve` ends with the handler's outcome (`None`: the handler never
+/// ran), counted by [`account`] with a panic caught, so it harms no other connection. The task is
+/// recorded in the entry, for a forced close to abort.
+///
+/// Built from combinators rather than an `async move` block: a block that awaits a future stores it
+/// twice (once captured, once moved into the await), which doubles the task's size for every idle
+/// connection.
+fn spawn_caught<O: Outcome>(
+    entry: &Arc<Entry>,
+    serve: impl Future<Output = Option<O>> + Send + 'static,
+) {
+    // The wrapper keeps one pointer (the entry) so the task of an idle connection stays small.
+    let done = entry.clone();
     let serve = AssertUnwindSafe(serve)
         .catch_unwind()
         .map(move |result| match result {
             Ok(Some(outcome)) => account(&done, Ok(outcome)),
             Ok(None) => {}
-            Err(panic) => account::<()>(&done, Err(panic)),
+            Err(panic) => account::<O>(&done, Err(panic)),
         });
     let task = tokio::spawn(serve);
+    // If the task already finished, the entry is gone from the registry and this is harmless.
     let _ = entry.task.set(task.abort_handle());
 }
 
@@ -80,11 +96,7 @@ fn account<O: Outcome>(entry: &Entry, result: std::thread::Result<O>) {
     }
 }
 
-/// Runs the handler in a task of its own, with panics caught and counted so they harm no other connection.
-///
-/// Built from combinators rather than an `async move` block: a block that awaits the handler's future
-/// stores it twice (once captured, once moved into the await), which doubles the task's size for every
-/// idle connection.
+/// Runs the handler in a task of its own (see [`spawn_caught`]).
 pub(super) fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
     let entry = conn.entry().clone();
     // `call` runs here, on the accept loop: a panic in it must not end the loop either.
@@ -100,14 +112,7 @@ pub(super) fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
             return;
         }
     };
-    // The wrapper keeps one pointer (the entry) so the task of an idle connection stays small.
-    let done = entry.clone();
-    let serve = AssertUnwindSafe(serve)
-        .catch_unwind()
-        .map(move |result| account(&done, result));
-    let task = tokio::spawn(serve);
-    // If the task already finished, the entry is gone from the registry and this is harmless.
-    let _ = entry.task.set(task.abort_handle());
+    spawn_caught(&entry, serve.map(Some));
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {
