@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{admin_addr, eventually, http, http_with, Lariat};
+use common::{admin_addr, eventually, http, http_with, successor_pids, Lariat};
 use socket2::{Domain, Socket, Type};
 
 const FORCED_EXIT: i32 = 3;
@@ -470,14 +470,6 @@ fn the_connection_list_shows_a_live_client_and_closing_it_by_id_closes_its_socke
     .1 == "[]\n"));
     let m = scrape(admin);
     assert_eq!(get(&m, "lariat_closed_total"), 2.0);
-}
-
-/// The pids of the successors that took over, from the old processes' logs, in order.
-fn successor_pids(log: &str) -> Vec<u32> {
-    log.lines()
-        .filter_map(|l| l.split("successor_pid=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Lariat};
+use common::{eventually, successor_pids, Lariat};
 
 /// The longest any one client step may take before the test calls it a failure.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -91,14 +91,6 @@ impl Drop for Tool {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The pids of the successors that took over, from the old processes' logs, in order.
-fn successor_pids(log: &str) -> Vec<u32> {
-    log.lines()
-        .filter_map(|l| l.split("successor_pid=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
 }
 
 fn hup(pid: u32) {

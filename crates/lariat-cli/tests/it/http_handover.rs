@@ -9,16 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, is_alive, signal, Lariat};
-
-/// The pids of the successors that took over, from the old processes' logs, in order.
-fn successor_pids(log: &str) -> Vec<u32> {
-    log.lines()
-        .filter(|l| l.contains("successor ready"))
-        .filter_map(|l| l.split("successor_pid=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
-}
+use common::{eventually, is_alive, signal, successor_pids, Lariat};
 
 /// One keep-alive client: its connection, and how many it had to open.
 struct Client {

@@ -9,19 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{churn_once, eventually, is_alive, Lariat};
+use common::{churn_once, eventually, is_alive, successor_pids, Lariat};
 
 const CLIENTS: usize = 32;
 const RESTARTS: usize = 10;
 const LOAD: Duration = Duration::from_secs(10);
-
-/// The pids of the successors that took over, from the old processes' logs, in order.
-fn successor_pids(log: &str) -> Vec<u32> {
-    log.lines()
-        .filter_map(|l| l.split("successor_pid=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
-}
 
 fn kill(pid: u32) {
     // SAFETY: kill(2) on a process this test started (directly or through restarts).

@@ -304,3 +304,13 @@ pub fn signal(pid: u32, sig: i32) {
         libc::kill(pid as libc::pid_t, sig);
     }
 }
+
+/// The pids of the successors that took over, in order, from the old processes' logs (each writes
+/// `restart: successor ready … successor_pid=N` once).
+pub fn successor_pids(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|l| l.contains("successor ready"))
+        .filter_map(|l| l.split("successor_pid=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
