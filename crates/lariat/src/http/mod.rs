@@ -234,12 +234,10 @@ impl HttpOptions {
 
 /// What every connection of one [`Http`] handler shares.
 struct Shared {
-    /// HTTP/1 told by the first bytes (not HTTP/2's preface), on a connection that may move.
+    /// HTTP/1 told by the first bytes (not HTTP/2's preface) or by ALPN (`http/1.1`).
     http1: hyper::server::conn::http1::Builder,
     /// HTTP/1 or HTTP/2 by the first bytes.
     auto: auto::Builder<TokioExecutor>,
-    /// ALPN said `http/1.1`.
-    h1: auto::Builder<TokioExecutor>,
     /// ALPN said `h2`.
     h2: auto::Builder<TokioExecutor>,
     options: HttpOptions,
@@ -284,7 +282,6 @@ impl<S> Http<S> {
             service,
             shared: Arc::new(Shared {
                 http1: options.http1(),
-                h1: auto.clone().http1_only(),
                 h2: auto.clone().http2_only(),
                 auto,
                 options,

@@ -34,13 +34,12 @@ const NEW_STATE: &[u8] = b"http";
 /// Which hyper connection serves a connection.
 #[derive(Clone, Copy)]
 pub(super) enum Kind {
-    /// HTTP/1 by its first bytes (or resumed as HTTP/1): hyper's own HTTP/1 connection, which gives
-    /// the socket back between requests, so it can move at a restart.
+    /// HTTP/1 by its first bytes, by ALPN (`http/1.1`), or resumed as HTTP/1: hyper's own HTTP/1
+    /// connection, which gives the socket back between requests, so it can hibernate and move at a
+    /// restart.
     H1,
     /// HTTP/1 or HTTP/2 as hyper-util tells from the first bytes (h2c prior knowledge, TLS without ALPN).
     Auto,
-    /// ALPN said `http/1.1`.
-    AlpnH1,
     /// ALPN said `h2`.
     AlpnH2,
 }
@@ -58,7 +57,7 @@ where
     // Read in place: `Connection::tls` would copy the whole `TlsInfo` for one field.
     let mut kind = match conn.meta().tls().and_then(|t| t.alpn.as_deref()) {
         Some(b"h2") => Kind::AlpnH2,
-        Some(b"http/1.1") => Kind::AlpnH1,
+        Some(b"http/1.1") => Kind::H1,
         _ => Kind::Auto,
     };
     let mut prefix = Bytes::new();
