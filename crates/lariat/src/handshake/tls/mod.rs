@@ -50,6 +50,7 @@ pub(crate) use handshake::handshake;
 pub use kernel::{kernel_tls_available, kernel_tls_fallbacks};
 #[doc(hidden)]
 pub use records::fuzzing as records_fuzzing;
+#[cfg(feature = "http")]
 pub(crate) use records::Records;
 pub use stream::TlsStream;
 

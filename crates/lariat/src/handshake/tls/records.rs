@@ -235,6 +235,7 @@ impl Records {
 
     /// For a connection going to sleep in the parking lot: drops every AEAD object that can be built
     /// again (an aws-lc-rs sealer is, with a KeyUpdate on the first write after the wake-up).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
     pub(crate) fn sleep(&mut self) {
         self.tx.rest();
         self.rx.rest();

@@ -102,6 +102,7 @@ impl Session {
     }
 
     /// A session resumed from its record layer alone (a connection waking from the parking lot).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
     pub(crate) fn from_records(records: Records) -> Session {
         Session {
             engine: Engine::Records(records),
@@ -121,6 +122,7 @@ impl Session {
 
     /// The record layer alone, for a connection going to sleep: only a healthy session on lariat's
     /// record layer with nothing buffered either way; otherwise the session is given back.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
     pub(crate) fn into_records(self) -> Result<Records, Session> {
         let idle = self.incoming.is_empty()
             && self.plaintext.is_empty()

@@ -57,6 +57,7 @@ impl TlsStream {
     }
 
     /// A stream over a session's record layer alone (a connection waking from the parking lot).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
     pub(crate) fn from_records(io: Stream, records: Records, info: Arc<TlsInfo>) -> TlsStream {
         TlsStream::new(io, Box::new(Session::from_records(records)), info)
     }
@@ -65,6 +66,7 @@ impl TlsStream {
     /// and the negotiated info, when the session is on lariat's record layer with nothing buffered
     /// either way; otherwise the stream is given back. Nothing is sent (no close_notify: the
     /// connection goes on).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
     pub(crate) fn into_records(self) -> Result<(Stream, Records, Arc<TlsInfo>), TlsStream> {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again (its `Drop` would send a close_notify), and
