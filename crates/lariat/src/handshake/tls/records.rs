@@ -73,12 +73,20 @@ const SEALER_STARTS_AT_ZERO: bool = cfg!(feature = "aws-lc-rs");
 /// One direction: its sequence number, and its AEAD object (built when first used) or the bytes to
 /// build it from (kept while idle).
 struct Keys<T: ?Sized> {
-    /// `None` for a 16-byte key, which rustls' public API cannot rebuild: once built, it stays.
-    bytes: Option<KeyBytes>,
-    /// A 16-byte key, until its object is built.
-    once: Option<(AeadKey, Iv)>,
+    material: Material,
     built: Option<Box<T>>,
     seq: u64,
+}
+
+/// What a direction's AEAD object is built from.
+enum Material {
+    /// A 32-byte key and its IV, kept: the object can be dropped and built again.
+    Bytes(KeyBytes),
+    /// A 16-byte key, which rustls' public API cannot rebuild from bytes: used once, and the object
+    /// it builds stays.
+    Once(AeadKey, Iv),
+    /// The 16-byte key was used.
+    Used,
 }
 
 type Sealer = Keys<dyn MessageEncrypter>;
@@ -96,24 +104,22 @@ impl<T: ?Sized> Keys<T> {
                 ))
             }
         };
-        let mut keys = Keys {
-            bytes: None,
-            once: None,
-            built: None,
-            seq,
-        };
-        if key.as_ref().len() == 32 && iv.as_ref().len() == 12 {
+        let material = if key.as_ref().len() == 32 && iv.as_ref().len() == 12 {
             let mut bytes = KeyBytes {
                 key: [0; 32],
                 iv: [0; 12],
             };
             bytes.key.copy_from_slice(key.as_ref());
             bytes.iv.copy_from_slice(iv.as_ref());
-            keys.bytes = Some(bytes);
+            Material::Bytes(bytes)
         } else {
-            keys.once = Some((key, iv));
-        }
-        Ok(keys)
+            Material::Once(key, iv)
+        };
+        Ok(Keys {
+            material,
+            built: None,
+            seq,
+        })
     }
 
     /// The AEAD object, built if it was not (from the key bytes, or the 16-byte key kept for it).
@@ -123,12 +129,14 @@ impl<T: ?Sized> Keys<T> {
         build: fn(&dyn Tls13AeadAlgorithm, AeadKey, Iv) -> Box<T>,
     ) -> &mut T {
         if self.built.is_none() {
-            let made = match (&self.bytes, self.once.take()) {
-                (_, Some((key, iv))) => build(aead, key, iv),
-                (Some(b), None) => build(aead, AeadKey::from(b.key), Iv::from(b.iv)),
-                (None, None) => {
-                    unreachable!("a direction's keys are kept until its object is built")
+            let made = match std::mem::replace(&mut self.material, Material::Used) {
+                Material::Once(key, iv) => build(aead, key, iv),
+                Material::Bytes(b) => {
+                    let made = build(aead, AeadKey::from(b.key), Iv::from(b.iv));
+                    self.material = Material::Bytes(b);
+                    made
                 }
+                Material::Used => unreachable!("a used 16-byte key's object is never dropped"),
             };
             self.built = Some(made);
         }
@@ -140,7 +148,7 @@ impl<T: ?Sized> Keys<T> {
 
     /// Drops the AEAD object if it can be built again.
     fn rest(&mut self) {
-        if self.bytes.is_some() {
+        if matches!(self.material, Material::Bytes(_)) {
             self.built = None;
         }
     }
