@@ -30,8 +30,9 @@
 //! lariat ends hyper's connection without a shutdown, ends the connection's task and lets it sleep in
 //! the server's parking lot (one epoll instance and one task for all of them): it keeps its socket,
 //! its registry entry and its slot under the cap, and about 0.5 KiB of heap in all. Its next bytes
-//! wake it and a new hyper connection serves them. A TLS connection (whose session lives in user
-//! space) hibernates in its task instead, holding only the `Connection`. The keep-alive timeout,
+//! wake it and a new hyper connection serves them. A TLS 1.3 connection (ALPN `http/1.1`) sleeps there
+//! too, with its session's record layer at rest (keys, IVs and sequence numbers); a TLS 1.2 one, or a
+//! session kept in rustls, hibernates in its task instead, holding only the `Connection`. The keep-alive timeout,
 //! the drain (idle connections closed after the quiet period, answers with `Connection: close`) and a
 //! restart's hand-over treat it as the idle connection it is; bytes hyper read ahead (pipelined
 //! requests) are served at once, never hibernated. A connection busy with requests never hibernates.

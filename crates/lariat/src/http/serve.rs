@@ -238,8 +238,8 @@ struct Sleeping<S, B> {
 
 /// Puts a quiet HTTP/1 connection to sleep in its server's parking lot until its next bytes, the
 /// drain, a hand-over offer or the end of its quiet limit (`since + idle_limit`). `Ok`: asleep (the
-/// task ends); `Err(Some(..))`: not here (TLS, no lot, a signal already fired), hibernate in the task;
-/// `Err(None)`: the connection was lost on the way.
+/// task ends); `Err(Some(..))`: not here (a TLS session in rustls or with bytes buffered, no lot, a
+/// signal already fired), hibernate in the task; `Err(None)`: the connection was lost on the way.
 #[allow(clippy::type_complexity)]
 fn fall_asleep<S, B>(
     conn: Connection,
