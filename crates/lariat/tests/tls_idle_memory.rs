@@ -132,6 +132,7 @@ enum Exchange {
     /// An echoed line.
     Echo,
     /// One HTTP/1.1 request and its whole answer (ending with `hi`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     Http,
 }
 

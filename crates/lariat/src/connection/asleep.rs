@@ -57,7 +57,7 @@ impl Connection {
         let (stream, tls) = match stream {
             Stream::Tls(tls) => match tls.into_records() {
                 Ok((io, records, info)) => (io, Some(Box::new(TlsAsleep { records, info }))),
-                Err(tls) => return Err(Connection::from_parts(Stream::Tls(Box::new(tls)), guard)),
+                Err(tls) => return Err(Connection::from_parts(Stream::Tls(tls), guard)),
             },
             stream => (stream, None),
         };

@@ -331,45 +331,40 @@ impl Records {
         }
     }
 
-    /// The handshake messages of one record: KeyUpdate only, whole, and last in its record.
-    fn handshake(&mut self, mut messages: &[u8], out: &mut Out<'_>) -> Result<(), Error> {
-        if messages.is_empty() {
-            return Err(InvalidMessage::InvalidEmptyPayload.into());
+    /// The handshake message of one record: a KeyUpdate, whole and alone (a key change may not share
+    /// its record with what follows it; any other message is refused).
+    fn handshake(&mut self, message: &[u8], out: &mut Out<'_>) -> Result<(), Error> {
+        let [typ, a, b, c, rest @ ..] = message else {
+            // Empty, or split across records: only the client's KeyUpdate may come, and it is 5 bytes.
+            return Err(InvalidMessage::MessageTooShort.into());
+        };
+        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+        if rest.len() < len {
+            return Err(InvalidMessage::MessageTooShort.into());
         }
-        while let [typ, a, b, c, rest @ ..] = messages {
-            let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
-            if rest.len() < len {
-                // Split across records: only the client's KeyUpdate may come, and it is 5 bytes.
-                return Err(InvalidMessage::MessageTooShort.into());
+        let (body, after) = rest.split_at(len);
+        match HandshakeType::from(*typ) {
+            HandshakeType::KeyUpdate if !after.is_empty() => {
+                Err(PeerMisbehaved::KeyEpochWithPendingFragment.into())
             }
-            let (body, rest) = rest.split_at(len);
-            messages = rest;
-            match HandshakeType::from(*typ) {
-                HandshakeType::KeyUpdate => {
-                    if !messages.is_empty() {
-                        return Err(PeerMisbehaved::KeyEpochWithPendingFragment.into());
-                    }
-                    let requested = match body {
-                        [0] => false,
-                        [1] => true,
-                        _ => return Err(InvalidMessage::InvalidKeyUpdate.into()),
-                    };
-                    let (seq, secrets) = self.kernel()?.update_rx_secret()?;
-                    self.rx = Keys::new((seq, secrets))?;
-                    if requested {
-                        self.update_tx(out)?;
-                    }
-                    return Ok(());
+            HandshakeType::KeyUpdate => {
+                let requested = match body {
+                    [0] => false,
+                    [1] => true,
+                    _ => return Err(InvalidMessage::InvalidKeyUpdate.into()),
+                };
+                let (seq, secrets) = self.kernel()?.update_rx_secret()?;
+                self.rx = Keys::new((seq, secrets))?;
+                if requested {
+                    self.update_tx(out)?;
                 }
-                got_type => {
-                    return Err(Error::InappropriateHandshakeMessage {
-                        expect_types: vec![HandshakeType::KeyUpdate],
-                        got_type,
-                    })
-                }
+                Ok(())
             }
+            got_type => Err(Error::InappropriateHandshakeMessage {
+                expect_types: vec![HandshakeType::KeyUpdate],
+                got_type,
+            }),
         }
-        Err(InvalidMessage::MessageTooShort.into())
     }
 
     fn kernel(&mut self) -> Result<&mut KernelConnection<ServerConnectionData>, Error> {

@@ -66,6 +66,7 @@ impl std::fmt::Debug for Session {
 }
 
 /// Who makes and opens the records.
+#[allow(clippy::large_enum_variant)] // the record layer is inline on purpose: it is the session's state for its life
 enum Engine {
     /// rustls: the handshake, and sessions that stay in rustls (TLS 1.2, or asked for). Boxed: after
     /// a TLS 1.3 handshake its place goes to the much smaller record layer.
@@ -123,19 +124,30 @@ impl Session {
     /// The record layer alone, for a connection going to sleep: only a healthy session on lariat's
     /// record layer with nothing buffered either way; otherwise the session is given back.
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
-    pub(crate) fn into_records(self) -> Result<Records, Session> {
-        let idle = self.incoming.is_empty()
-            && self.plaintext.is_empty()
-            && !self.wants_write()
-            && !self.read_ended()
-            && !self.sent_close;
+    pub(crate) fn into_records(self) -> Result<Records, Box<Session>> {
         match self.engine {
-            Engine::Records(mut records) if idle => {
+            Engine::Records(mut records) if self.can_sleep_idle() => {
                 records.sleep();
                 Ok(records)
             }
-            engine => Err(Session { engine, ..self }),
+            engine => Err(Box::new(Session { engine, ..self })),
         }
+    }
+
+    /// Whether [`into_records`](Self::into_records) would take the record layer: a healthy session on
+    /// lariat's record layer with nothing buffered either way.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    pub(crate) fn can_sleep(&self) -> bool {
+        matches!(self.engine, Engine::Records(_)) && self.can_sleep_idle()
+    }
+
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    fn can_sleep_idle(&self) -> bool {
+        self.incoming.is_empty()
+            && self.plaintext.is_empty()
+            && !self.wants_write()
+            && !self.read_ended()
+            && !self.sent_close
     }
 
     /// rustls' connection (negotiated parameters, peer certificates) while the session is in rustls.

@@ -67,8 +67,13 @@ impl TlsStream {
     /// either way; otherwise the stream is given back. Nothing is sent (no close_notify: the
     /// connection goes on).
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
-    pub(crate) fn into_records(self) -> Result<(Stream, Records, Arc<TlsInfo>), TlsStream> {
-        let this = std::mem::ManuallyDrop::new(self);
+    pub(crate) fn into_records(
+        self: Box<Self>,
+    ) -> Result<(Stream, Records, Arc<TlsInfo>), Box<TlsStream>> {
+        if !self.session().can_sleep() {
+            return Err(self);
+        }
+        let this = std::mem::ManuallyDrop::new(*self);
         // SAFETY: `this` is never used or dropped again (its `Drop` would send a close_notify), and
         // each field is read out exactly once; whatever is not returned is put back in a new stream.
         let (io, session, info) = unsafe {
@@ -81,7 +86,7 @@ impl TlsStream {
         let session = session.into_inner().unwrap_or_else(|p| p.into_inner());
         match session.into_records() {
             Ok(records) => Ok((io, records, info)),
-            Err(session) => Err(TlsStream::new(io, Box::new(session), info)),
+            Err(session) => Err(Box::new(TlsStream::new(io, session, info))),
         }
     }
 
