@@ -6,7 +6,7 @@
 //! [`ServerBuilder::serve`](crate::ServerBuilder::serve). On a plain connection, first bytes that cannot
 //! begin HTTP/2's preface are served by hyper's HTTP/1 connection, anything else by hyper-util's auto
 //! builder (h2c with prior knowledge on the same port); under lariat's TLS the ALPN result (`h2`,
-//! `http/1.1`) decides.
+//! `http/1.1`) decides, and without one the first plaintext bytes do.
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -30,7 +30,7 @@
 //! lariat ends hyper's connection without a shutdown, ends the connection's task and lets it sleep in
 //! the server's parking lot (one epoll instance and one task for all of them): it keeps its socket,
 //! its registry entry and its slot under the cap, and about 0.5 KiB of heap in all. Its next bytes
-//! wake it and a new hyper connection serves them. A TLS 1.3 connection (ALPN `http/1.1`) sleeps there
+//! wake it and a new hyper connection serves them. A TLS 1.3 HTTP/1.1 connection sleeps there
 //! too, with its session's record layer at rest (keys, IVs and sequence numbers); a TLS 1.2 one, or a
 //! session kept in rustls, hibernates in its task instead, holding only the `Connection`. The keep-alive timeout,
 //! the drain (idle connections closed after the quiet period, answers with `Connection: close`) and a

@@ -38,7 +38,8 @@ pub(super) enum Kind {
     /// connection, which gives the socket back between requests, so it can hibernate and move at a
     /// restart.
     H1,
-    /// HTTP/1 or HTTP/2 as hyper-util tells from the first bytes (h2c prior knowledge, TLS without ALPN).
+    /// HTTP/1 or HTTP/2 as hyper-util tells from the first bytes (h2c prior knowledge, or the preface
+    /// under TLS without ALPN).
     Auto,
     /// ALPN said `h2`.
     AlpnH2,
@@ -61,6 +62,23 @@ where
         _ => Kind::Auto,
     };
     let mut prefix = Bytes::new();
+    if !movable && matches!(kind, Kind::Auto) && matches!(conn.stream(), crate::Stream::Tls(_)) {
+        // TLS without ALPN: the first plaintext bytes tell HTTP/1 (whose idle connections hibernate)
+        // from HTTP/2's preface, as a plain connection's do.
+        match Box::pin(first(&conn, &mut offer, options.keep_alive_timeout)).await {
+            First::Bytes(FirstBytes::Http1) => kind = Kind::H1,
+            First::Quiet => {
+                HttpStats::add(&stats.idle_closed);
+                Box::pin(close(conn, &http)).await;
+                return;
+            }
+            // (No offer: a TLS connection does not move.)
+            First::Bytes(FirstBytes::Undecided)
+            | First::Draining
+            | First::Failed
+            | First::Offered => {}
+        }
+    }
     if movable {
         match conn.resumed_state() {
             Some(state) if state[..] == *H1_STATE => {

@@ -73,10 +73,20 @@ fn serve(
     handler: impl Handler,
     in_rustls: bool,
 ) -> (Server, TestCert, std::net::SocketAddr) {
+    serve_with(tag, handler, in_rustls, &["http/1.1"])
+}
+
+/// As [`serve`], offering `alpn`.
+fn serve_with(
+    tag: &str,
+    handler: impl Handler,
+    in_rustls: bool,
+    alpn: &[&str],
+) -> (Server, TestCert, std::net::SocketAddr) {
     let cert = TestCert::write(&temp_dir(tag));
     let config = TlsConfig::from_pem_files(&cert.cert_path, &cert.key_path)
         .unwrap()
-        .with_alpn(["http/1.1"])
+        .with_alpn(alpn.iter().copied())
         .with_session_in_rustls(in_rustls);
     let (listener, addr) = bind_loopback();
     let server = Server::builder()
@@ -192,5 +202,32 @@ async fn sessions_kept_in_rustls_hibernate_in_their_task() {
         assert!(eventually(PATIENCE, || http.stats().hibernated > round).await);
     }
     assert_eq!(http.stats().slept, 0, "{:?}", http.stats());
+    server.handle().stop();
+}
+
+/// Without ALPN (the server offers none, as `lariat serve` without `--alpn`), the first plaintext bytes
+/// tell HTTP/1, whose idle connections sleep too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_alpn_the_first_bytes_tell_http1_and_it_sleeps() {
+    let http = Http::with_options(
+        hello(),
+        HttpOptions::default().hibernate_after(Some(HIBERNATE_AFTER)),
+    );
+    let (server, cert, addr) = serve_with("tls-sleep-no-alpn", http.clone(), false, &[]);
+    let mut c = connect(&cert.client(&[]), addr).await.unwrap();
+    assert_eq!(c.get_ref().1.alpn_protocol(), None);
+    let mut rest = Vec::new();
+    for round in 0..2u64 {
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let a = read_answer(&mut c, &mut rest).await;
+        assert!(a.ends_with("hello /x"), "{a}");
+        assert!(
+            eventually(PATIENCE, || http.stats().slept > round).await,
+            "never slept: {:?}",
+            http.stats()
+        );
+    }
     server.handle().stop();
 }
