@@ -83,6 +83,14 @@ impl Running {
                 .map(|s| s.to_string())
                 .chain([pair.cert.display().to_string(), "--tls-key".into()])
                 .chain([pair.key.display().to_string()])
+                // As nginx does on a TLS listener: ALPN `http/1.1`, so the client's ALPN lands on
+                // HTTP/1 (whose idle connections hibernate) rather than on the HTTP/1-or-2 sniffer.
+                .chain(
+                    (server == TlsServer::Lariat)
+                        .then(|| ["--alpn".to_string(), "http/1.1".to_string()])
+                        .into_iter()
+                        .flatten(),
+                )
                 .collect();
                 Running::Lariat(Server::spawn(
                     binaries.path(Kind::Lariat),

@@ -422,3 +422,96 @@ fn a_greeting_with_a_tls_route_is_written_inside_tls() {
     plain.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"+OK\r\nx");
 }
+
+/// A child process killed (and reaped) when the test ends, passing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real OpenSSL client on one TLS 1.3 connection to `http-hello`: requests with quiet gaps longer than
+/// the hibernation delay, so between them the connection sleeps in the server's parking lot with its
+/// session on lariat's record layer, and each request wakes it.
+#[test]
+fn openssl_requests_wake_a_tls13_connection_asleep_between_them() {
+    use std::process::{Command, Stdio};
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: no openssl on this machine");
+        return;
+    }
+    let dir = dir("openssl");
+    let cert = write_cert(&dir);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lariat"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--handler",
+        "http-hello",
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+        "--alpn",
+        "http/1.1",
+        "--http-hibernate-after",
+        "20ms",
+    ])
+    .env("RUST_LOG", "info,lariat::http=trace");
+    let server = Lariat::from_command(cmd, 1);
+    let addr = server.tcp_addr();
+
+    let mut client = KillOnDrop(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string()])
+            .args([
+                "-tls1_3",
+                "-alpn",
+                "http/1.1",
+                "-servername",
+                "localhost",
+                "-quiet",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = common::collect(client.0.stdout.take().unwrap());
+    let err = common::collect(client.0.stderr.take().unwrap());
+    let mut stdin = client.0.stdin.take().unwrap();
+    let answers = || out.lock().unwrap().matches("HTTP/1.1 200 OK").count();
+    const REQUESTS: usize = 4;
+    for n in 1..=REQUESTS {
+        stdin
+            .write_all(format!("GET /{n} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .unwrap();
+        stdin.flush().unwrap();
+        assert!(
+            eventually(PATIENCE, || answers() == n),
+            "answer {n} missing: {:?} (openssl: {:?})",
+            out.lock().unwrap(),
+            err.lock().unwrap()
+        );
+        // Quiet for ten hibernation delays: the connection falls asleep.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let woken = || server.stderr().matches("woken in the parking lot").count();
+    assert!(
+        eventually(PATIENCE, || woken() >= REQUESTS - 1),
+        "woken {} times: {}",
+        woken(),
+        server.stderr()
+    );
+    assert!(
+        !server.stderr().contains("ERROR") && !server.stderr().contains("WARN"),
+        "{}",
+        server.stderr()
+    );
+    drop(stdin);
+}

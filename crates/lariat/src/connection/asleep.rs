@@ -1,15 +1,18 @@
-//! A plain connection taken apart to wait in the server's [parking lot](super::lot): its socket as a
-//! std stream (no tokio registration: tokio's `ScheduledIo` and the task that would poll it are gone)
-//! and its guard (registry entry, cap slot). The socket's descriptor number never changes, so the
+//! A connection taken apart to wait in the server's [parking lot](super::lot): its socket as a std
+//! stream (no tokio registration: tokio's `ScheduledIo` and the task that would poll it are gone), its
+//! guard (registry entry, cap slot) and, for a TLS 1.3 connection on lariat's record layer, that layer
+//! at rest (keys, IVs, sequence numbers and rustls' key schedule: no AEAD object, no buffer). The socket's descriptor number never changes, so the
 //! registry's closer can still shut it down by force while it sleeps; that makes it readable, which
 //! wakes it.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use super::lot::{ParkingLot, Wake};
 use super::{Connection, ConnectionGuard};
 use crate::server::state::ServerState;
+use crate::tls::{Records, TlsInfo, TlsStream};
 use crate::Stream;
 
 /// The socket of a sleeping connection.
@@ -26,6 +29,15 @@ pub(crate) struct Asleep {
     // Field order: the socket closes before the guard releases the slot.
     socket: StdSocket,
     guard: ConnectionGuard,
+    /// A TLS connection's record layer (boxed: plain sleepers carry a pointer's worth).
+    tls: Option<Box<TlsAsleep>>,
+}
+
+/// The TLS session of a sleeping connection.
+#[derive(Debug)]
+struct TlsAsleep {
+    records: Records,
+    info: Arc<TlsInfo>,
 }
 
 impl Drop for Asleep {
@@ -35,25 +47,30 @@ impl Drop for Asleep {
 }
 
 impl Connection {
-    /// Takes a plain connection apart to sleep (`Ok(None)`: tokio could not let go of the socket, which
-    /// is closed); a TLS one (whose session lives in user space) is given back. The descriptor does
-    /// not change, so the closer keeps it.
+    /// Takes a connection apart to sleep (`Ok(None)`: tokio could not let go of the socket, which is
+    /// closed); a TLS one is given back unless its session is on lariat's record layer with nothing
+    /// buffered (a TLS 1.2 session, or one kept in rustls, waits in its task). The descriptor does not
+    /// change, so the closer keeps it.
     pub(crate) fn fall_asleep(self) -> Result<Option<Asleep>, Connection> {
-        if matches!(self.stream, Stream::Tls(_)) {
-            return Err(self);
-        }
         // Withdrawn (by `into_parts`) while tokio lets go, which closes the socket if it fails.
         let (stream, guard) = self.into_parts();
+        let (stream, tls) = match stream {
+            Stream::Tls(tls) => match tls.into_records() {
+                Ok((io, records, info)) => (io, Some(Box::new(TlsAsleep { records, info }))),
+                Err(tls) => return Err(Connection::from_parts(Stream::Tls(tls), guard)),
+            },
+            stream => (stream, None),
+        };
         let fd = stream.raw_fd();
         let socket = match stream {
             Stream::Tcp(s) => s.into_std().map(StdSocket::Tcp),
             Stream::Unix(s) => s.into_std().map(StdSocket::Unix),
-            Stream::Tls(_) => unreachable!("TLS connections were given back above"),
+            Stream::Tls(_) => Err(io::Error::other("TLS over TLS")),
         };
         match socket {
             Ok(socket) => {
                 guard.meta.0.closer.register(fd);
-                Ok(Some(Asleep { socket, guard }))
+                Ok(Some(Asleep { socket, guard, tls }))
             }
             Err(error) => {
                 tracing::debug!(%error, "connection: could not fall asleep; closed");
@@ -78,11 +95,25 @@ impl Asleep {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again (its `Drop`, withdrawing, was done above), and
         // each field is read out exactly once.
-        let (socket, guard) =
-            unsafe { (std::ptr::read(&this.socket), std::ptr::read(&this.guard)) };
+        let (socket, guard, tls) = unsafe {
+            (
+                std::ptr::read(&this.socket),
+                std::ptr::read(&this.guard),
+                std::ptr::read(&this.tls),
+            )
+        };
         let stream = match socket {
             StdSocket::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
             StdSocket::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
+        };
+        let stream = match (stream, tls) {
+            (Ok(io), Some(tls)) => {
+                let TlsAsleep { records, info } = *tls;
+                Ok(Stream::Tls(Box::new(TlsStream::from_records(
+                    io, records, info,
+                ))))
+            }
+            (stream, _) => stream,
         };
         stream.map(|stream| Connection::from_parts(stream, guard))
     }

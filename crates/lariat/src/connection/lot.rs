@@ -9,7 +9,8 @@
 //! parked connection at once (a drain, a restart's hand-over offer); the lot then gives its state to
 //! the `resume` function it was built with, which spawns a task to serve it on.
 //!
-//! Plain TCP and Unix sockets only: a TLS session's state lives in user space and keeps its task.
+//! The lot sees descriptors only: what a connection keeps besides (a TLS 1.3 session's record layer at
+//! rest) is its item's business, and the bytes that wake it are read by the task the item spawns.
 
 use std::collections::BTreeSet;
 use std::io;

@@ -162,8 +162,8 @@ pub(crate) async fn bounded<T>(
 /// Runs a TLS handshake over a plain connection and returns it reading and writing plaintext.
 pub(crate) async fn start_tls(conn: Connection, tls: &TlsConfig) -> Result<Connection, TlsError> {
     let (stream, guard) = conn.into_parts();
-    let session = crate::tls::handshake(stream, tls.server_config().clone()).await?;
-    let _ = guard.entry().extras().tls.set(session.info());
+    let session = crate::tls::handshake(stream, tls).await?;
+    let _ = guard.entry().extras().tls.set(session.shared_info());
     Ok(Connection::from_parts(
         Stream::Tls(Box::new(session)),
         guard,

@@ -115,7 +115,6 @@ where
     let mut served = match kind {
         Kind::H1 => Served::H1(Box::new(http.http1.serve_connection(io, svc)), PhantomData),
         Kind::Auto => Served::Auto(Box::pin(http.auto.serve_connection(io, svc))),
-        Kind::AlpnH1 => Served::Auto(Box::pin(http.h1.serve_connection(io, svc))),
         Kind::AlpnH2 => Served::Auto(Box::pin(http.h2.serve_connection(io, svc))),
     };
     if *draining {

@@ -190,17 +190,38 @@ pub(crate) async fn linger(mut conn: Connection, within: Duration) -> Linger {
 /// HTTP/2's connection preface, which a client with prior knowledge (h2c) sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What the first bytes of a plain connection say.
+/// What the first bytes of a connection say.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FirstBytes {
     /// They cannot begin HTTP/2's preface: HTTP/1.
     Http1,
-    /// HTTP/2's preface, the beginning of it, an end of stream or a TLS stream: let hyper-util tell.
+    /// HTTP/2's preface, the beginning of it or an end of stream: let hyper-util tell.
     Undecided,
 }
 
-/// Waits until the connection is readable, then looks at what waits without reading it (`MSG_PEEK`).
+/// Tells HTTP/1 from HTTP/2's preface by the plaintext seen (under TLS).
+fn first_bytes_say(seen: &[u8]) -> FirstBytes {
+    if seen.iter().zip(H2_PREFACE).any(|(b, p)| b != p) {
+        FirstBytes::Http1
+    } else {
+        FirstBytes::Undecided
+    }
+}
+
+/// Waits until the connection is readable, then looks at what waits without reading it (`MSG_PEEK`;
+/// under TLS, the plaintext, which the session keeps for the reads).
 pub(crate) async fn first_bytes(stream: &Stream) -> io::Result<FirstBytes> {
+    if let Stream::Tls(tls) = stream {
+        let mut head = [0u8; H2_PREFACE.len()];
+        loop {
+            let peek = tls.peek(&mut head)?;
+            if peek.seen > 0 || peek.closed {
+                return Ok(first_bytes_say(&head[..peek.seen]));
+            }
+            // The peek read the socket until it would block: this waits for new records.
+            tls.get_ref().readable().await?;
+        }
+    }
     loop {
         let mut head = [std::mem::MaybeUninit::<u8>::uninit(); H2_PREFACE.len()];
         let peeked = match stream {
@@ -216,7 +237,7 @@ pub(crate) async fn first_bytes(stream: &Stream) -> io::Result<FirstBytes> {
                     socket2::SockRef::from(s).peek(&mut head)
                 })
             }
-            Stream::Tls(_) => return Ok(FirstBytes::Undecided),
+            Stream::Tls(_) => unreachable!("TLS streams are peeked above"),
         };
         let n = match peeked {
             Ok(n) => n.min(head.len()),

@@ -6,7 +6,7 @@
 //! [`ServerBuilder::serve`](crate::ServerBuilder::serve). On a plain connection, first bytes that cannot
 //! begin HTTP/2's preface are served by hyper's HTTP/1 connection, anything else by hyper-util's auto
 //! builder (h2c with prior knowledge on the same port); under lariat's TLS the ALPN result (`h2`,
-//! `http/1.1`) decides.
+//! `http/1.1`) decides, and without one the first plaintext bytes do.
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -30,8 +30,9 @@
 //! lariat ends hyper's connection without a shutdown, ends the connection's task and lets it sleep in
 //! the server's parking lot (one epoll instance and one task for all of them): it keeps its socket,
 //! its registry entry and its slot under the cap, and about 0.5 KiB of heap in all. Its next bytes
-//! wake it and a new hyper connection serves them. A TLS connection (whose session lives in user
-//! space) hibernates in its task instead, holding only the `Connection`. The keep-alive timeout,
+//! wake it and a new hyper connection serves them. A TLS 1.3 HTTP/1.1 connection sleeps there
+//! too, with its session's record layer at rest (keys, IVs and sequence numbers); a TLS 1.2 one, or a
+//! session kept in rustls, hibernates in its task instead, holding only the `Connection`. The keep-alive timeout,
 //! the drain (idle connections closed after the quiet period, answers with `Connection: close`) and a
 //! restart's hand-over treat it as the idle connection it is; bytes hyper read ahead (pipelined
 //! requests) are served at once, never hibernated. A connection busy with requests never hibernates.
@@ -234,12 +235,10 @@ impl HttpOptions {
 
 /// What every connection of one [`Http`] handler shares.
 struct Shared {
-    /// HTTP/1 told by the first bytes (not HTTP/2's preface), on a connection that may move.
+    /// HTTP/1 told by the first bytes (not HTTP/2's preface) or by ALPN (`http/1.1`).
     http1: hyper::server::conn::http1::Builder,
     /// HTTP/1 or HTTP/2 by the first bytes.
     auto: auto::Builder<TokioExecutor>,
-    /// ALPN said `http/1.1`.
-    h1: auto::Builder<TokioExecutor>,
     /// ALPN said `h2`.
     h2: auto::Builder<TokioExecutor>,
     options: HttpOptions,
@@ -284,7 +283,6 @@ impl<S> Http<S> {
             service,
             shared: Arc::new(Shared {
                 http1: options.http1(),
-                h1: auto.clone().http1_only(),
                 h2: auto.clone().http2_only(),
                 auto,
                 options,

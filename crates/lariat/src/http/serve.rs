@@ -34,13 +34,13 @@ const NEW_STATE: &[u8] = b"http";
 /// Which hyper connection serves a connection.
 #[derive(Clone, Copy)]
 pub(super) enum Kind {
-    /// HTTP/1 by its first bytes (or resumed as HTTP/1): hyper's own HTTP/1 connection, which gives
-    /// the socket back between requests, so it can move at a restart.
+    /// HTTP/1 by its first bytes, by ALPN (`http/1.1`), or resumed as HTTP/1: hyper's own HTTP/1
+    /// connection, which gives the socket back between requests, so it can hibernate and move at a
+    /// restart.
     H1,
-    /// HTTP/1 or HTTP/2 as hyper-util tells from the first bytes (h2c prior knowledge, TLS without ALPN).
+    /// HTTP/1 or HTTP/2 as hyper-util tells from the first bytes (h2c prior knowledge, or the preface
+    /// under TLS without ALPN).
     Auto,
-    /// ALPN said `http/1.1`.
-    AlpnH1,
     /// ALPN said `h2`.
     AlpnH2,
 }
@@ -58,10 +58,27 @@ where
     // Read in place: `Connection::tls` would copy the whole `TlsInfo` for one field.
     let mut kind = match conn.meta().tls().and_then(|t| t.alpn.as_deref()) {
         Some(b"h2") => Kind::AlpnH2,
-        Some(b"http/1.1") => Kind::AlpnH1,
+        Some(b"http/1.1") => Kind::H1,
         _ => Kind::Auto,
     };
     let mut prefix = Bytes::new();
+    if !movable && matches!(kind, Kind::Auto) && matches!(conn.stream(), crate::Stream::Tls(_)) {
+        // TLS without ALPN: the first plaintext bytes tell HTTP/1 (whose idle connections hibernate)
+        // from HTTP/2's preface, as a plain connection's do.
+        match Box::pin(first(&conn, &mut offer, options.keep_alive_timeout)).await {
+            First::Bytes(FirstBytes::Http1) => kind = Kind::H1,
+            First::Quiet => {
+                HttpStats::add(&stats.idle_closed);
+                Box::pin(close(conn, &http)).await;
+                return;
+            }
+            // (No offer: a TLS connection does not move.)
+            First::Bytes(FirstBytes::Undecided)
+            | First::Draining
+            | First::Failed
+            | First::Offered => {}
+        }
+    }
     if movable {
         match conn.resumed_state() {
             Some(state) if state[..] == *H1_STATE => {
@@ -239,8 +256,8 @@ struct Sleeping<S, B> {
 
 /// Puts a quiet HTTP/1 connection to sleep in its server's parking lot until its next bytes, the
 /// drain, a hand-over offer or the end of its quiet limit (`since + idle_limit`). `Ok`: asleep (the
-/// task ends); `Err(Some(..))`: not here (TLS, no lot, a signal already fired), hibernate in the task;
-/// `Err(None)`: the connection was lost on the way.
+/// task ends); `Err(Some(..))`: not here (a TLS session in rustls or with bytes buffered, no lot, a
+/// signal already fired), hibernate in the task; `Err(None)`: the connection was lost on the way.
 #[allow(clippy::type_complexity)]
 fn fall_asleep<S, B>(
     conn: Connection,

@@ -44,8 +44,8 @@ pub(crate) struct Entry {
 pub(crate) struct Extras {
     pub(crate) proxy: OnceLock<ProxyInfo>,
     /// What the TLS handshake negotiated (kept here so every view of the connection, split or not,
-    /// can report it).
-    pub(crate) tls: OnceLock<crate::tls::TlsInfo>,
+    /// can report it; one copy, shared with the `TlsStream`).
+    pub(crate) tls: OnceLock<std::sync::Arc<crate::tls::TlsInfo>>,
     /// What a connection handed over by a restart's predecessor brought with it.
     pub(crate) resumed: OnceLock<crate::handover::Resumed>,
     /// The name of the `Router` route serving it. A routed connection is not handed over at a
@@ -88,7 +88,7 @@ impl Entry {
     }
 
     pub(crate) fn tls(&self) -> Option<&crate::tls::TlsInfo> {
-        self.extras.get()?.tls.get()
+        self.extras.get()?.tls.get().map(|info| &**info)
     }
 
     pub(crate) fn extras(&self) -> &Extras {

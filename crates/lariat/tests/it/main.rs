@@ -31,3 +31,4 @@ mod route;
 mod tls;
 mod tls_edges;
 mod tls_options;
+mod tls_sleep;

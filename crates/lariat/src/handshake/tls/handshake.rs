@@ -3,10 +3,8 @@
 use std::io::ErrorKind::WouldBlock;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
-
 use super::session::Session;
-use super::{TlsError, TlsStream};
+use super::{TlsConfig, TlsError, TlsInfo, TlsStream};
 use crate::Stream;
 
 /// Runs the handshake on `io` (a plain socket) and returns the session over it. No deadline here: the
@@ -15,12 +13,12 @@ use crate::Stream;
 /// Records that arrive with the client's last flight are decrypted into the session's plaintext and
 /// read first by the connection. On a protocol error the client is told why (rustls' alert), if the
 /// socket takes it now.
-pub(crate) async fn handshake(
-    io: Stream,
-    config: Arc<ServerConfig>,
-) -> Result<TlsStream, TlsError> {
-    let kernel_tls = config.enable_secret_extraction;
-    let mut session = Box::new(Session::new(config)?);
+///
+/// Once the last flight (session tickets included) is on the wire, a TLS 1.3 session's record layer
+/// moves to lariat's (unless the configuration keeps sessions in rustls), and what the handshake
+/// negotiated is kept once, in the returned [`TlsInfo`] (shared by the stream and the registry).
+pub(crate) async fn handshake(io: Stream, tls: &TlsConfig) -> Result<TlsStream, TlsError> {
+    let mut session = Box::new(Session::new(tls.server_config().clone())?);
     loop {
         loop {
             match session.send(&io) {
@@ -50,8 +48,22 @@ pub(crate) async fn handshake(
             Err(e) => return Err(e.into()),
         }
     }
-    if kernel_tls {
+    let info = {
+        let server_name = session.take_server_name();
+        let conn = session.conn();
+        TlsInfo {
+            server_name,
+            alpn: conn.and_then(|c| c.alpn_protocol()).map(<[u8]>::to_vec),
+            version: conn
+                .and_then(|c| c.protocol_version())
+                .map(|v| format!("{v:?}")),
+        }
+    };
+    if tls.own_records() {
+        session.take_over_records()?;
+    }
+    if tls.kernel_tls() {
         super::kernel::fall_back();
     }
-    Ok(TlsStream::new(io, session))
+    Ok(TlsStream::new(io, session, Arc::new(info)))
 }

@@ -8,6 +8,10 @@
 //! where the kernel lacks the `tls` module (`/proc/sys/net/ipv4/tcp_available_ulp`), and, until the
 //! kernel record path is built (see `docs/performance.md`), everywhere. Each such connection is
 //! counted ([`kernel_tls_fallbacks`]) and the first one logged once.
+//!
+//! The hand-off would plug into lariat's own record layer ([`records`](super::records)), which already
+//! takes the session's keys, IVs and sequence numbers out of rustls after a TLS 1.3 handshake and keeps
+//! rustls' key schedule for key updates: exactly what `TLS_TX`/`TLS_RX` take.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Once, OnceLock};

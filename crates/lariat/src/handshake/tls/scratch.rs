@@ -47,6 +47,16 @@ impl<'a> Out<'a> {
         &self.buf[..self.len]
     }
 
+    /// Appends `bytes` (records sealed elsewhere).
+    pub(super) fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
     /// Appends what `f` writes, with room for `guess` bytes, or for what `f` says it needs once.
     pub(super) fn fill(
         &mut self,

@@ -1,5 +1,7 @@
 //! [`Session`]: rustls' unbuffered server connection with the buffers lariat owns, and frees whenever
-//! they drain, so that an idle TLS connection holds no buffer at all.
+//! they drain, so that an idle TLS connection holds no buffer at all. After a TLS 1.3 handshake the
+//! record layer moves out of rustls into lariat's own ([`records`](super::records)), which keeps only
+//! the keys while idle; TLS 1.2 sessions (and all sessions when asked) stay in rustls.
 //!
 //! rustls' buffered `ServerConnection` keeps a read buffer of at least 4 KiB for the whole life of the
 //! connection, and queues of its own; with the unbuffered API the session is only its state machine
@@ -16,6 +18,7 @@ use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use rustls::ServerConfig;
 
 use super::hello;
+use super::records::{self, Records};
 use super::scratch::{encoded, encrypted, with_scratch, Out, Scratch};
 use crate::Stream;
 
@@ -29,7 +32,7 @@ pub(super) const WRITE_LIMIT: usize = 64 * 1024;
 
 /// A TLS server session and its buffers (see the module's documentation).
 pub(crate) struct Session {
-    conn: UnbufferedServerConnection,
+    engine: Engine,
     incoming: Vec<u8>,
     plaintext: Vec<u8>,
     /// How much of `plaintext` has been read.
@@ -62,6 +65,18 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Who makes and opens the records.
+#[allow(clippy::large_enum_variant)] // the record layer is inline on purpose: it is the session's state for its life
+enum Engine {
+    /// rustls: the handshake, and sessions that stay in rustls (TLS 1.2, or asked for). Boxed: after
+    /// a TLS 1.3 handshake its place goes to the much smaller record layer.
+    Rustls(Box<UnbufferedServerConnection>),
+    /// lariat's record layer, after a TLS 1.3 handshake.
+    Records(Records),
+    /// Consumed by a take-over that failed; the session has its error.
+    Spent,
+}
+
 /// What a call into rustls should do once the session can send application data.
 enum Write<'a> {
     Nothing,
@@ -72,7 +87,7 @@ enum Write<'a> {
 impl Session {
     pub(crate) fn new(config: std::sync::Arc<ServerConfig>) -> Result<Session, rustls::Error> {
         Ok(Session {
-            conn: UnbufferedServerConnection::new(config)?,
+            engine: Engine::Rustls(Box::new(UnbufferedServerConnection::new(config)?)),
             incoming: Vec::new(),
             plaintext: Vec::new(),
             plain_at: 0,
@@ -87,17 +102,103 @@ impl Session {
         })
     }
 
-    /// rustls' connection: negotiated parameters, peer certificates.
-    pub(crate) fn conn(&self) -> &UnbufferedServerConnection {
-        &self.conn
+    /// A session resumed from its record layer alone (a connection waking from the parking lot).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    pub(crate) fn from_records(records: Records) -> Session {
+        Session {
+            engine: Engine::Records(records),
+            incoming: Vec::new(),
+            plaintext: Vec::new(),
+            plain_at: 0,
+            outgoing: Vec::new(),
+            out_at: 0,
+            server_name: None,
+            hello_seen: true,
+            peer_closed: false,
+            eof: false,
+            sent_close: false,
+            error: None,
+        }
     }
 
-    pub(crate) fn server_name(&self) -> Option<&str> {
-        self.server_name.as_deref()
+    /// The record layer alone, for a connection going to sleep: only a healthy session on lariat's
+    /// record layer with nothing buffered either way; otherwise the session is given back.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    pub(crate) fn into_records(self) -> Result<Records, Box<Session>> {
+        match self.engine {
+            Engine::Records(mut records) if self.can_sleep_idle() => {
+                records.sleep();
+                Ok(records)
+            }
+            engine => Err(Box::new(Session { engine, ..self })),
+        }
+    }
+
+    /// Whether [`into_records`](Self::into_records) would take the record layer: a healthy session on
+    /// lariat's record layer with nothing buffered either way.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    pub(crate) fn can_sleep(&self) -> bool {
+        matches!(self.engine, Engine::Records(_)) && self.can_sleep_idle()
+    }
+
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    fn can_sleep_idle(&self) -> bool {
+        self.incoming.is_empty()
+            && self.plaintext.is_empty()
+            && !self.wants_write()
+            && !self.read_ended()
+            && !self.sent_close
+    }
+
+    /// rustls' connection (negotiated parameters, peer certificates) while the session is in rustls.
+    pub(crate) fn conn(&self) -> Option<&UnbufferedServerConnection> {
+        match &self.engine {
+            Engine::Rustls(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// The server name read from the ClientHello, taken out (it is kept once, in the connection's
+    /// [`TlsInfo`](super::TlsInfo)).
+    pub(crate) fn take_server_name(&mut self) -> Option<String> {
+        self.server_name.take()
     }
 
     pub(crate) fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        match &self.engine {
+            Engine::Rustls(conn) => conn.is_handshaking(),
+            _ => false,
+        }
+    }
+
+    /// After the handshake, with its last flight sent: moves a TLS 1.3 session's record layer out of
+    /// rustls. `Ok(false)`: it stays in rustls (TLS 1.2). An error fails the session.
+    pub(crate) fn take_over_records(&mut self) -> Result<bool, rustls::Error> {
+        match &self.engine {
+            Engine::Rustls(conn) if records::can_take_over(conn) && !self.wants_write() => {}
+            Engine::Records(_) => return Ok(true),
+            _ => return Ok(false),
+        }
+        let Engine::Rustls(conn) = std::mem::replace(&mut self.engine, Engine::Spent) else {
+            unreachable!("matched above")
+        };
+        match Records::take_over(*conn) {
+            Ok(records) => {
+                self.engine = Engine::Records(records);
+                Ok(true)
+            }
+            Err(e) => {
+                self.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the record layer's AEAD objects while the connection waits (rebuilt on use).
+    pub(crate) fn rest(&mut self) {
+        if let Engine::Records(records) = &mut self.engine {
+            records.rest();
+        }
     }
 
     pub(crate) fn error(&self) -> Option<&rustls::Error> {
@@ -311,6 +412,35 @@ impl Session {
         write: Write<'_>,
         out: &mut Out<'_>,
     ) -> (usize, Result<bool, rustls::Error>) {
+        let records = match &mut self.engine {
+            Engine::Rustls(_) => None,
+            Engine::Records(records) => Some(records),
+            Engine::Spent => {
+                let e = self
+                    .error
+                    .clone()
+                    .unwrap_or(rustls::Error::HandshakeNotComplete);
+                return (0, Err(e));
+            }
+        };
+        if let Some(records) = records {
+            let (consumed, result) = match records.read(input, &mut self.plaintext, out) {
+                Ok(read) => {
+                    self.peer_closed |= read.closed;
+                    (read.consumed, Ok(()))
+                }
+                Err((consumed, e)) => (consumed, Err(e)),
+            };
+            let result = result.and_then(|()| match write {
+                Write::Nothing => Ok(false),
+                Write::Data(data) => records.write(data, out).map(|()| true),
+                Write::CloseNotify => records.close_notify(out).map(|()| true),
+            });
+            return match result {
+                Ok(wrote) => (consumed, Ok(wrote)),
+                Err(e) => (consumed.min(input.len()), Err(self.fail(e, out))),
+            };
+        }
         if !self.hello_seen {
             self.look_at_hello(input);
         }
@@ -341,10 +471,12 @@ impl Session {
         mut write: Write<'_>,
         out: &mut Out<'_>,
     ) -> Result<(usize, bool), (usize, rustls::Error)> {
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return Err((0, rustls::Error::HandshakeNotComplete));
+        };
         let mut at = 0;
         loop {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut input[at..]);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut input[at..]);
             let state = match state {
                 Ok(state) => state,
                 Err(e) => return Err((at + discard, e)),
@@ -426,8 +558,16 @@ impl Session {
         if self.error.is_none() {
             self.error = Some(e.clone());
         }
+        let conn = match &mut self.engine {
+            Engine::Rustls(conn) => conn,
+            Engine::Records(records) => {
+                records.alert(&e, out);
+                return e;
+            }
+            Engine::Spent => return e,
+        };
         for _ in 0..4 {
-            match self.conn.process_tls_records(&mut []).state {
+            match conn.process_tls_records(&mut []).state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     let _ = out.fill(64, |buf| encoded(encode.encode(buf)));
                 }

@@ -2,12 +2,13 @@
 //! halves of a split connection can share it, and waiting for readiness needs no buffer).
 
 use std::io;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use rustls::server::UnbufferedServerConnection;
 
+use super::records::Records;
 use super::session::Session;
 use super::TlsInfo;
 use crate::Stream;
@@ -25,13 +26,16 @@ const LINGER: Duration = Duration::from_secs(5);
 /// (see `Drop`) rather than losing them.
 ///
 /// An idle TLS connection holds no buffer: lariat drives rustls' unbuffered API and frees its
-/// ciphertext and plaintext buffers whenever they drain, so what stays is the session's state and keys.
+/// ciphertext and plaintext buffers whenever they drain, so what stays is the session's state and keys;
+/// a TLS 1.3 session on lariat's record layer keeps only the keys while it waits for readiness.
 #[derive(Debug)]
 pub struct TlsStream {
     io: Stream,
     /// Inline: the stream itself is boxed in `Stream::Tls` (the handshake boxes the session only while
     /// it runs, so its future holds a pointer).
     session: Mutex<Session>,
+    /// What the handshake negotiated: one copy, shared with the connection's registry entry.
+    info: Arc<TlsInfo>,
 }
 
 /// What a peek found.
@@ -44,11 +48,51 @@ pub(crate) struct Peek {
 }
 
 impl TlsStream {
-    pub(crate) fn new(io: Stream, session: Box<Session>) -> TlsStream {
+    pub(crate) fn new(io: Stream, session: Box<Session>, info: Arc<TlsInfo>) -> TlsStream {
         TlsStream {
             io,
             session: Mutex::new(*session),
+            info,
         }
+    }
+
+    /// A stream over a session's record layer alone (a connection waking from the parking lot).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    pub(crate) fn from_records(io: Stream, records: Records, info: Arc<TlsInfo>) -> TlsStream {
+        TlsStream::new(io, Box::new(Session::from_records(records)), info)
+    }
+
+    /// Takes the stream apart for a connection going to sleep: the socket, the record layer at rest
+    /// and the negotiated info, when the session is on lariat's record layer with nothing buffered
+    /// either way; otherwise the stream is given back. Nothing is sent (no close_notify: the
+    /// connection goes on).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    pub(crate) fn into_records(
+        self: Box<Self>,
+    ) -> Result<(Stream, Records, Arc<TlsInfo>), Box<TlsStream>> {
+        if !self.session().can_sleep() {
+            return Err(self);
+        }
+        let this = std::mem::ManuallyDrop::new(*self);
+        // SAFETY: `this` is never used or dropped again (its `Drop` would send a close_notify), and
+        // each field is read out exactly once; whatever is not returned is put back in a new stream.
+        let (io, session, info) = unsafe {
+            (
+                std::ptr::read(&this.io),
+                std::ptr::read(&this.session),
+                std::ptr::read(&this.info),
+            )
+        };
+        let session = session.into_inner().unwrap_or_else(|p| p.into_inner());
+        match session.into_records() {
+            Ok(records) => Ok((io, records, info)),
+            Err(session) => Err(Box::new(TlsStream::new(io, session, info))),
+        }
+    }
+
+    /// What the handshake negotiated, shared.
+    pub(crate) fn shared_info(&self) -> Arc<TlsInfo> {
+        self.info.clone()
     }
 
     /// The socket under the session. Reading or writing it directly corrupts the session.
@@ -58,19 +102,16 @@ impl TlsStream {
 
     /// What the handshake negotiated.
     pub fn info(&self) -> TlsInfo {
-        let session = self.session();
-        let conn = session.conn();
-        TlsInfo {
-            server_name: session.server_name().map(str::to_owned),
-            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-            version: conn.protocol_version().map(|v| format!("{v:?}")),
-        }
+        (*self.info).clone()
     }
 
-    /// Runs `f` on the rustls session: client certificates (`peer_certificates`), the cipher suite,
-    /// the key exchange. `f` must not block: the session's lock is held.
-    pub fn with_session<R>(&self, f: impl FnOnce(&UnbufferedServerConnection) -> R) -> R {
-        f(self.session().conn())
+    /// Runs `f` on the rustls session (client certificates (`peer_certificates`), the cipher suite,
+    /// the key exchange) while the session is in rustls: `None` once a TLS 1.3 session's record layer
+    /// moved to lariat after the handshake (the default; see
+    /// [`TlsConfig::with_session_in_rustls`](super::TlsConfig::with_session_in_rustls) to keep it).
+    /// `f` must not block: the session's lock is held.
+    pub fn with_session<R>(&self, f: impl FnOnce(&UnbufferedServerConnection) -> R) -> Option<R> {
+        self.session().conn().map(f)
     }
 
     fn session(&self) -> MutexGuard<'_, Session> {
@@ -115,8 +156,18 @@ impl TlsStream {
     }
 
     /// Ready when decrypted bytes (or the end of the stream, or an error) are waiting in the session,
-    /// or the socket is readable.
+    /// or the socket is readable. A connection that waits here is idle: its record layer drops its
+    /// AEAD objects until the next bytes (rebuilt then).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let ready = self.poll_session_ready(cx);
+        if ready.is_pending() {
+            self.session().rest();
+        }
+        ready
+    }
+
+    /// [`poll_read_ready`](Self::poll_read_ready) within a read (no rest: more records are expected).
+    fn poll_session_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         {
             let session = self.session();
             if !session.plaintext().is_empty() || session.read_ended() {
@@ -170,7 +221,7 @@ impl TlsStream {
             match self.read_with(room, |plain| buf.put_slice(plain)) {
                 Ok(_) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.poll_read_ready(cx))?;
+                    ready!(self.poll_session_ready(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
