@@ -23,10 +23,10 @@ use hyper_util::server::conn::auto;
 use tokio::time::Instant;
 
 use super::io::{close, pending, Returned};
-use super::serve::{offered, DrainWatch, Kind, H1_STATE};
+use super::serve::{DrainWatch, Kind, H1_STATE};
 use super::service::{ConnState, HttpService, ResponseBody, Tracked};
 use super::stats::HttpStats;
-use super::wake::OnWake;
+use super::wake::{Gate, OnWake};
 use super::Shared;
 use crate::handover::Offer;
 use crate::server::registry::Entry;
@@ -122,6 +122,7 @@ where
     }
     let timer = OnWake::new(tokio::time::sleep(period(*draining).unwrap_or_default()));
     tokio::pin!(timer);
+    let mut gate = Gate::new();
     let tick = tokio::time::sleep(MOVE_TICK);
     tokio::pin!(tick);
     let mut seen = moved();
@@ -170,28 +171,83 @@ where
                 sample();
                 Poll::<()>::Pending
             }), if hibernate_after.is_some() => {}
-            () = offered(offer), if h1 && !ended => {
-                *offer = None;
-                pending_move = true;
-                tick.as_mut().reset(Instant::now());
-            }
-            () = drain.as_mut(), if !*draining => {
-                *draining = true;
-                if pending_move {
-                    // The move comes first; if it cannot happen, the drain goes on from there.
-                    continue;
-                }
-                state.closing.store(true, Relaxed);
-                if state.h2.load(Relaxed) {
-                    served.graceful_shutdown();
-                    HttpStats::add(&stats.goaway_sent);
-                    ended = true;
+            // The hand-over offer, the drain and the timer, through one gate: each polled only when
+            // it woke. (The timer and the move's tick are never watched together.)
+            w = watched(
+                &mut gate,
+                if h1 && !ended { offer.as_mut() } else { None },
+                if !*draining { Some(drain.as_mut()) } else { None },
+                if !ended && !pending_move && period(*draining).is_some() {
+                    Some(timer.as_mut())
                 } else {
-                    seen = moved();
-                    quiet_since = Instant::now();
-                    timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
+                    None
+                },
+            ) => match w {
+                Watched::Offered => {
+                    *offer = None;
+                    pending_move = true;
+                    tick.as_mut().reset(Instant::now());
                 }
-            }
+                Watched::Drain => {
+                    *draining = true;
+                    if pending_move {
+                        // The move comes first; if it cannot happen, the drain goes on from there.
+                        continue;
+                    }
+                    state.closing.store(true, Relaxed);
+                    if state.h2.load(Relaxed) {
+                        served.graceful_shutdown();
+                        HttpStats::add(&stats.goaway_sent);
+                        ended = true;
+                    } else {
+                        seen = moved();
+                        quiet_since = Instant::now();
+                        timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
+                    }
+                }
+                Watched::Timer => {
+                    let now = moved();
+                    let h2 = state.h2.load(Relaxed);
+                    let idle = state.in_flight.load(Relaxed) == 0 && now == seen;
+                    // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it first.
+                    let quiet = idle && (h2 || !pending(fd));
+                    let expired = *draining
+                        || options.keep_alive_timeout.is_some_and(|k| quiet_since.elapsed() >= k);
+                    // hyper holds no part of a next request: nothing was read since the last answer.
+                    let clean = in_at_answer.load(Relaxed) == entry.bytes_in.load(Relaxed);
+                    if quiet && !expired && clean && hibernate_after.is_some() {
+                        if fresh() {
+                            hibernating = true;
+                            break Ok(());
+                        }
+                        // Between requests: hyper stops and gives the socket back with what it read
+                        // ahead, if anything arrived meanwhile.
+                        state.keep_open.store(true, Relaxed);
+                        served.graceful_shutdown();
+                        ended = true;
+                        hibernating = true;
+                    } else if (*draining && h2) || (quiet && expired) {
+                        served.graceful_shutdown();
+                        ended = true;
+                        if h2 {
+                            HttpStats::add(&stats.goaway_sent);
+                        }
+                        if !*draining {
+                            HttpStats::add(&stats.idle_closed);
+                        } else if !h2 {
+                            HttpStats::add(&stats.drain_closed_idle);
+                        }
+                    } else {
+                        if !quiet {
+                            seen = now;
+                            quiet_since = Instant::now();
+                        }
+                        if let Some(p) = period(*draining) {
+                            timer.as_mut().inner_mut().reset(Instant::now() + p);
+                        }
+                    }
+                }
+            },
             () = tick.as_mut(), if pending_move && !ended => {
                 if !entry.shared.handover.taking() {
                     // The window closed (or the successor went): serve on, drain if draining.
@@ -215,48 +271,6 @@ where
                     moving = true;
                 } else {
                     tick.as_mut().reset(Instant::now() + MOVE_TICK);
-                }
-            }
-            () = timer.as_mut(), if !ended && !pending_move && period(*draining).is_some() => {
-                let now = moved();
-                let h2 = state.h2.load(Relaxed);
-                let idle = state.in_flight.load(Relaxed) == 0 && now == seen;
-                // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it first.
-                let quiet = idle && (h2 || !pending(fd));
-                let expired = *draining
-                    || options.keep_alive_timeout.is_some_and(|k| quiet_since.elapsed() >= k);
-                // hyper holds no part of a next request: nothing was read since the last answer.
-                let clean = in_at_answer.load(Relaxed) == entry.bytes_in.load(Relaxed);
-                if quiet && !expired && clean && hibernate_after.is_some() {
-                    if fresh() {
-                        hibernating = true;
-                        break Ok(());
-                    }
-                    // Between requests: hyper stops and gives the socket back with what it read
-                    // ahead, if anything arrived meanwhile.
-                    state.keep_open.store(true, Relaxed);
-                    served.graceful_shutdown();
-                    ended = true;
-                    hibernating = true;
-                } else if (*draining && h2) || (quiet && expired) {
-                    served.graceful_shutdown();
-                    ended = true;
-                    if h2 {
-                        HttpStats::add(&stats.goaway_sent);
-                    }
-                    if !*draining {
-                        HttpStats::add(&stats.idle_closed);
-                    } else if !h2 {
-                        HttpStats::add(&stats.drain_closed_idle);
-                    }
-                } else {
-                    if !quiet {
-                        seen = now;
-                        quiet_since = Instant::now();
-                    }
-                    if let Some(p) = period(*draining) {
-                        timer.as_mut().inner_mut().reset(Instant::now() + p);
-                    }
                 }
             }
         }
@@ -355,6 +369,50 @@ where
             Served::Auto(c) => c.as_mut().poll(cx),
         }
     }
+}
+
+/// What one of the futures a hyper connection's loop watches beside it said.
+enum Watched {
+    Offered,
+    Drain,
+    Timer,
+}
+
+/// The hand-over offer, the drain and the timer, those given, polled through `gate`: a wake-up of the
+/// task for hyper costs one atomic load here, not one per watched future. The first poll polls all
+/// of them (what is watched, or the timer, may have changed since the last).
+fn watched<'a>(
+    gate: &'a mut Gate,
+    mut offer: Option<&'a mut OnWake<Offer>>,
+    mut drain: Option<Pin<&'a mut DrainWatch>>,
+    mut timer: Option<Pin<&'a mut OnWake<tokio::time::Sleep>>>,
+) -> impl Future<Output = Watched> + 'a {
+    let mut fresh = true;
+    std::future::poll_fn(move |cx| {
+        let Some(waker) = gate.opened(cx, std::mem::take(&mut fresh)) else {
+            return Poll::Pending;
+        };
+        let cx = &mut Context::from_waker(&waker);
+        if offer
+            .as_mut()
+            .is_some_and(|o| Pin::new(&mut **o).poll(cx).is_ready())
+        {
+            return Poll::Ready(Watched::Offered);
+        }
+        if drain
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+        {
+            return Poll::Ready(Watched::Drain);
+        }
+        if timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        {
+            return Poll::Ready(Watched::Timer);
+        }
+        Poll::Pending
+    })
 }
 
 /// Counts the errors that say something about the peer; resets and early closes are its right.

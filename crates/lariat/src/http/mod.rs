@@ -212,6 +212,12 @@ impl HttpOptions {
             .max_headers(self.max_headers)
             .auto_date_header(self.date_header)
             .keep_alive(true);
+        // Head and body copied into one buffer, one write: for the small answers most requests
+        // get, about 4 % fewer instructions per request than queueing the body beside the head
+        // for a vectored write (what hyper picks for a socket). The price: each body frame is
+        // copied, and the buffer keeps the size of the largest frame written until hyper's
+        // connection ends (at the latest when the connection hibernates).
+        b.writev(false);
         b
     }
 

@@ -141,16 +141,22 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut res = ready!(this.inner.poll(cx))?;
+        // Taken apart at once: the parts move once into the new answer (`Response::map` moved them
+        // through more copies).
+        let (mut parts, inner) = match ready!(this.inner.poll(cx)) {
+            Ok(res) => res.into_parts(),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         let done = this.done.take();
         if let Some(done) = &done {
             if done.h1 && done.state.closing.load(Relaxed) {
-                res.headers_mut()
+                parts
+                    .headers
                     .insert(CONNECTION, HeaderValue::from_static("close"));
                 HttpStats::add(&done.state.stats.drain_closed_after_answer);
             }
         }
-        Poll::Ready(Ok(res.map(|inner| TrackedBody { inner, done })))
+        Poll::Ready(Ok(Response::from_parts(parts, TrackedBody { inner, done })))
     }
 }
 

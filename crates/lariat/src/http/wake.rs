@@ -28,7 +28,7 @@ impl Wake for Flag {
 
 pin_project_lite::pin_project! {
     /// A future polled only after its own waker fired (or the task's waker changed, or the caller
-    /// touched it through [`inner_mut`](Self::inner_mut)); otherwise a poll is one atomic load.
+    /// touched it through [`inner_mut`](Self::inner_mut)); otherwise a poll is one atomic load (no write).
     pub(crate) struct OnWake<F> {
         #[pin]
         inner: F,
@@ -61,7 +61,10 @@ impl<F: Future> Future for OnWake<F> {
         let this = self.project();
         let flag = match this.flag {
             Some(flag) if flag.task.will_wake(cx.waker()) => {
-                if !std::mem::take(this.touched) && !flag.woken.swap(false, Ordering::Acquire) {
+                // A load first: most polls find nothing, and a swap is a locked write every time.
+                let woken =
+                    flag.woken.load(Ordering::Relaxed) && flag.woken.swap(false, Ordering::Acquire);
+                if !std::mem::take(this.touched) && !woken {
                     return Poll::Pending;
                 }
                 flag.clone()
@@ -78,6 +81,39 @@ impl<F: Future> Future for OnWake<F> {
         };
         let waker = Waker::from(flag);
         this.inner.poll(&mut Context::from_waker(&waker))
+    }
+}
+
+/// One waker for several [`OnWake`] futures a loop watches together: polled through the gate, they
+/// cost one atomic load per wake-up of the task between them, not one each.
+pub(crate) struct Gate {
+    flag: Option<Arc<Flag>>,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        Gate { flag: None }
+    }
+
+    /// The waker to poll the watched futures with, when one of them may have something to say: one
+    /// woke since the last call, the task's waker changed, or `fresh` (the caller changed what it
+    /// watches). `None`: nothing to poll.
+    pub(crate) fn opened(&mut self, cx: &Context<'_>, fresh: bool) -> Option<Waker> {
+        match &self.flag {
+            Some(flag) if flag.task.will_wake(cx.waker()) => {
+                let woken =
+                    flag.woken.load(Ordering::Relaxed) && flag.woken.swap(false, Ordering::Acquire);
+                (woken || fresh).then(|| Waker::from(flag.clone()))
+            }
+            _ => {
+                let flag = Arc::new(Flag {
+                    woken: AtomicBool::new(false),
+                    task: cx.waker().clone(),
+                });
+                self.flag = Some(flag.clone());
+                Some(Waker::from(flag))
+            }
+        }
     }
 }
 
@@ -105,6 +141,36 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), timer.as_mut())
             .await
             .expect("the reset timer fires");
+    }
+
+    #[tokio::test]
+    async fn a_gate_opens_when_a_watched_future_woke() {
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut watch = Box::pin(OnWake::new(token.clone().cancelled_owned()));
+        let mut gate = Gate::new();
+        // The first poll registers; after it, nothing woke: the gate stays shut unless told.
+        assert_eq!(through(&mut gate, watch.as_mut(), false).await, Some(false));
+        assert_eq!(through(&mut gate, watch.as_mut(), false).await, None);
+        assert_eq!(through(&mut gate, watch.as_mut(), true).await, Some(false));
+        token.cancel();
+        assert_eq!(through(&mut gate, watch.as_mut(), false).await, Some(true));
+    }
+
+    /// Polls `watch` once through `gate`: `None` if the gate stayed shut, else whether it was ready.
+    async fn through<F: Future>(
+        gate: &mut Gate,
+        mut watch: Pin<&mut F>,
+        fresh: bool,
+    ) -> Option<bool> {
+        std::future::poll_fn(|cx| {
+            Poll::Ready(gate.opened(cx, fresh).map(|waker| {
+                watch
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_ready()
+            }))
+        })
+        .await
     }
 
     /// Polls once.

@@ -21,6 +21,7 @@ mod front;
 mod grpc;
 mod handoff;
 mod http;
+mod http_answers;
 mod http_hibernate;
 mod lifecycle;
 mod lifecycle_signals;
