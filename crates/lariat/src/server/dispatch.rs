@@ -57,7 +57,7 @@ fn spawn_after_handshake<H: Handler>(conn: Connection, handler: Arc<H>, handshak
             Err(panic) => account::<()>(&done, Err(panic)),
         });
     let task = tokio::spawn(serve);
-    let _ = entry.task.set(task.abort_handle());
+    entry.set_task(task.abort_handle());
 }
 
 /// Counts and logs how a handler ended.
@@ -107,7 +107,7 @@ pub(super) fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
         .map(move |result| account(&done, result));
     let task = tokio::spawn(serve);
     // If the task already finished, the entry is gone from the registry and this is harmless.
-    let _ = entry.task.set(task.abort_handle());
+    entry.set_task(task.abort_handle());
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {
