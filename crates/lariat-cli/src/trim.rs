@@ -126,6 +126,12 @@ mod tests {
         }
         after_hibernation(|| 3);
         after_hibernation(|| 4);
+        // A thread names itself once it runs: wait for the first, then give a second time to show.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while threads_named("lariat-trim") == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
         assert_eq!(threads_named("lariat-trim"), 1);
         assert_eq!(total(), 7);
     }
