@@ -1,6 +1,8 @@
 //! The `lariat` command.
 
 mod admin;
+#[cfg(feature = "jemalloc")]
+mod allocator;
 mod checks;
 mod cli;
 mod handlers;

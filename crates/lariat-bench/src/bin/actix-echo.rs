@@ -21,6 +21,10 @@
 //!
 //! Usage: `actix-echo [ADDR]` (default `127.0.0.1:0`). Prints `listening on tcp://ADDR` once bound.
 
+// The global allocator `lariat` ships with, so the comparison stays like for like.
+#[path = "../../../lariat-cli/src/allocator.rs"]
+mod allocator;
+
 use std::io::{self, IsTerminal as _, Write};
 use std::net::{SocketAddr, TcpListener};
 

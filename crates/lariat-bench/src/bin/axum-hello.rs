@@ -3,6 +3,10 @@
 //!
 //! Usage: `axum-hello ADDR`. Prints `listening on tcp://ADDR` once bound.
 
+// The global allocator `lariat` ships with, so the comparison stays like for like.
+#[path = "../../../lariat-cli/src/allocator.rs"]
+mod allocator;
+
 use std::io::Write;
 
 use axum::routing::get;

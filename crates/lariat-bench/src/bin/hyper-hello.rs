@@ -2,6 +2,10 @@
 //! `TcpListener` and hyper-util's auto builder (HTTP/1.1 and h2c), with no drain and no cap: what
 //! `lariat::http` is measured against.
 
+// The global allocator `lariat` ships with, so the comparison stays like for like.
+#[path = "../../../lariat-cli/src/allocator.rs"]
+mod allocator;
+
 use std::convert::Infallible;
 
 use bytes::Bytes;

@@ -19,6 +19,10 @@
 //! lariat probe --spawn 'target/debug/naive-echo 127.0.0.1:{port}' --short
 //! ```
 
+// The global allocator `lariat` ships with, so the comparison stays like for like.
+#[path = "../../../lariat-cli/src/allocator.rs"]
+mod allocator;
+
 use std::io::Write;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -70,6 +70,8 @@ impl Connection {
         match socket {
             Ok(socket) => {
                 guard.meta.0.closer.register(fd);
+                // Its task ends: a handle kept on it would keep the task's memory while it sleeps.
+                guard.meta.0.forget_task();
                 Ok(Some(Asleep { socket, guard, tls }))
             }
             Err(error) => {
@@ -87,6 +89,11 @@ impl Asleep {
             StdSocket::Tcp(s) => s.as_raw_fd(),
             StdSocket::Unix(s) => s.as_raw_fd(),
         }
+    }
+
+    /// The connection's registry entry (the task that wakes it records itself there).
+    pub(crate) fn entry(&self) -> &std::sync::Arc<crate::server::registry::Entry> {
+        &self.guard.meta.0
     }
 
     /// Rebuilds the connection (its socket registered with tokio again). Must run inside the runtime.

@@ -319,7 +319,8 @@ where
         if from_lot {
             HttpStats::add(&http.stats.woken);
         }
-        tokio::spawn(async move {
+        let entry = asleep.entry().clone();
+        let task = tokio::spawn(async move {
             tracing::trace!(?why, "http: woken in the parking lot");
             let conn = match asleep.wake() {
                 Ok(conn) => conn,
@@ -340,6 +341,7 @@ where
             )
             .await;
         });
+        entry.set_task(task.abort_handle());
     }
 }
 

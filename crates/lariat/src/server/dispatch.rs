@@ -73,7 +73,7 @@ fn spawn_caught<O: Outcome>(
         });
     let task = tokio::spawn(serve);
     // If the task already finished, the entry is gone from the registry and this is harmless.
-    let _ = entry.task.set(task.abort_handle());
+    entry.set_task(task.abort_handle());
 }
 
 /// Counts and logs how a handler ended.

@@ -2,7 +2,7 @@
 //! sent, and a way to close one by id.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -27,7 +27,9 @@ pub(crate) struct Entry {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     /// The task serving the connection, when lariat spawned it; closing aborts it, which drops the socket.
-    pub(crate) task: OnceLock<AbortHandle>,
+    /// Emptied when the connection falls asleep in the parking lot: a handle keeps its task's memory
+    /// allocated after the task ends (no larger than the `OnceLock` it replaced).
+    task: Mutex<Option<AbortHandle>>,
     /// Kept by the idle sweep only (see `idle.rs`): bytes in + out at the last sweep, and since when
     /// they have not moved (ms from the registry's epoch).
     pub(crate) swept_bytes: AtomicU64,
@@ -85,6 +87,23 @@ impl Entry {
             }
             notified.await;
         }
+    }
+
+    /// Records the task lariat spawned to serve the connection (a forced close aborts it).
+    pub(crate) fn set_task(&self, task: AbortHandle) {
+        *self
+            .task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
+    }
+
+    /// Forgets the task: it ends, and the connection sleeps with no task (its socket shut down by a
+    /// forced close wakes it).
+    pub(crate) fn forget_task(&self) {
+        self.task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
     }
 
     pub(crate) fn tls(&self) -> Option<&crate::tls::TlsInfo> {
@@ -165,7 +184,7 @@ impl Registry {
             started_ms: now,
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
-            task: OnceLock::new(),
+            task: Mutex::new(None),
             swept_bytes: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(now),
             extras: OnceLock::new(),
@@ -277,14 +296,17 @@ impl Registry {
     }
 
     fn close_entry(entry: &Entry) -> Result<bool, CloseError> {
-        let task = entry.task.get();
+        let task = entry
+            .task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let first = match entry.closer.shut_down(task.is_some()) {
             Shutdown::Done => true,
             Shutdown::Already => false,
             Shutdown::NoSocket if task.is_none() => return Err(CloseError::NotOwned(entry.id)),
             Shutdown::NoSocket => true,
         };
-        if let Some(task) = task {
+        if let Some(task) = &*task {
             task.abort();
         }
         Ok(first)
