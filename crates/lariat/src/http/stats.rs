@@ -142,3 +142,53 @@ pub struct HttpStatsSnapshot {
     /// Times a sleeping connection woke (bytes, its deadline, a forced close, the drain, a restart).
     pub woken: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_of_live_and_ended_connections_count_once() {
+        let stats = Arc::new(HttpStats::default());
+        let a = Requests::new(stats.clone());
+        let b = Requests::new(stats.clone());
+        a.add_one();
+        a.add_one();
+        b.add_one();
+        assert_eq!(stats.snapshot().requests, 3);
+        drop(a);
+        assert_eq!(stats.snapshot().requests, 3);
+        b.add_one();
+        drop(b);
+        assert_eq!(stats.snapshot().requests, 4);
+        assert!(stats.live().is_empty());
+    }
+
+    #[test]
+    fn a_read_while_connections_end_never_loses_or_doubles_a_request() {
+        let stats = Arc::new(HttpStats::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        let conn = Requests::new(stats.clone());
+                        for _ in 0..3 {
+                            conn.add_one();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut last = 0;
+        while !threads.iter().all(|t| t.is_finished()) {
+            let now = stats.snapshot().requests;
+            assert!(now >= last, "the count went back from {last} to {now}");
+            last = now;
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(stats.snapshot().requests, 4 * 500 * 3);
+    }
+}
