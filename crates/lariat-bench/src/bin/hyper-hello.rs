@@ -1,6 +1,8 @@
 //! The baseline for `lariat serve --handler http-hello`: the same hyper service on a plain tokio
 //! `TcpListener` and hyper-util's auto builder (HTTP/1.1 and h2c), with no drain and no cap: what
-//! `lariat::http` is measured against.
+//! `lariat::http` is measured against. Its hyper settings mirror `lariat::http`'s (the header timer,
+//! the header read timeout, the head and header-count limits, no `Date` header, and HTTP/1 answers
+//! written flattened: head and body in one buffer, one write), so the comparison is like for like.
 
 // The global allocator `lariat` ships with, so the comparison stays like for like.
 #[path = "../../../lariat-cli/src/allocator.rs"]
@@ -46,7 +48,8 @@ async fn main() -> anyhow::Result<()> {
         .header_read_timeout(std::time::Duration::from_secs(10))
         .max_buf_size(64 * 1024)
         .max_headers(100)
-        .auto_date_header(false);
+        .auto_date_header(false)
+        .writev(false);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -343,6 +343,15 @@ impl Connection {
     }
 }
 
+/// Adds `n` to one of the connection's byte counters from a path that holds the connection
+/// exclusively (`&mut`): nothing else can write that counter meanwhile (the `&self` readers, such as
+/// `try_read`, need a shared borrow; a split connection has no `&mut` path), so a plain load and
+/// store replace a locked read-modify-write on every read and write. Readers elsewhere (the registry,
+/// the idle checks, the metrics) only load.
+fn count_exclusive(counter: &std::sync::atomic::AtomicU64, n: usize) {
+    counter.store(counter.load(Relaxed).wrapping_add(n as u64), Relaxed);
+}
+
 impl AsyncRead for Connection {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -353,7 +362,7 @@ impl AsyncRead for Connection {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         let n = buf.filled().len() - before;
-        this.guard.meta.0.bytes_in.fetch_add(n as u64, Relaxed);
+        count_exclusive(&this.guard.meta.0.bytes_in, n);
         Poll::Ready(Ok(()))
     }
 }
@@ -366,7 +375,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
-        this.guard.meta.0.bytes_out.fetch_add(n as u64, Relaxed);
+        count_exclusive(&this.guard.meta.0.bytes_out, n);
         Poll::Ready(Ok(n))
     }
 
@@ -377,7 +386,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
-        this.guard.meta.0.bytes_out.fetch_add(n as u64, Relaxed);
+        count_exclusive(&this.guard.meta.0.bytes_out, n);
         Poll::Ready(Ok(n))
     }
 

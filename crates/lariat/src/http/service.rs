@@ -13,7 +13,7 @@ use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::stats::HttpStats;
+use super::stats::{HttpStats, Requests};
 
 /// A service `lariat::http` serves on a connection's loop (named once: every function of the loop
 /// needs the same bounds).
@@ -53,9 +53,12 @@ where
 /// What the connection's loop and its service share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    /// The handler's counters (reached through here so a request clones one `Arc`, not two).
-    pub(crate) stats: Arc<HttpStats>,
-    /// Requests handed to the service whose answer's body is not finished yet.
+    /// The handler's counters, and this connection's count of requests in them (reached through
+    /// here so a request clones one `Arc`, not two).
+    pub(crate) requests: Requests,
+    /// Requests handed to the service whose answer's body is not finished yet. On HTTP/1 its one
+    /// writer is the connection's task (hyper calls the service and drops the answer there), so it
+    /// moves with a plain load and store; HTTP/2 answers finish in their streams' tasks.
     pub(crate) in_flight: AtomicU32,
     /// Set when the drain begins: HTTP/1 answers from now on carry `Connection: close`.
     pub(crate) closing: AtomicBool,
@@ -69,11 +72,38 @@ pub(crate) struct ConnState {
 impl ConnState {
     pub(crate) fn new(stats: Arc<HttpStats>) -> ConnState {
         ConnState {
-            stats,
+            requests: Requests::new(stats),
             in_flight: AtomicU32::new(0),
             closing: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             keep_open: AtomicBool::new(false),
+        }
+    }
+
+    /// The handler's counters.
+    pub(crate) fn stats(&self) -> &HttpStats {
+        self.requests.stats()
+    }
+
+    /// A request handed to the service.
+    #[inline]
+    fn begin(&self, h1: bool) {
+        if h1 {
+            self.in_flight
+                .store(self.in_flight.load(Relaxed).wrapping_add(1), Relaxed);
+        } else {
+            self.in_flight.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Its answer finished (or it failed, or the connection went away).
+    #[inline]
+    fn end(&self, h1: bool) {
+        if h1 {
+            self.in_flight
+                .store(self.in_flight.load(Relaxed).wrapping_sub(1), Relaxed);
+        } else {
+            self.in_flight.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -94,12 +124,12 @@ where
     type Future = TrackedFuture<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        HttpStats::add(&self.state.stats.requests);
+        self.state.requests.add_one();
         let h1 = req.version() < Version::HTTP_2;
         if !h1 {
             self.state.h2.store(true, Relaxed);
         }
-        self.state.in_flight.fetch_add(1, Relaxed);
+        self.state.begin(h1);
         TrackedFuture {
             inner: self.inner.call(req),
             done: Some(Done {
@@ -120,7 +150,7 @@ pub(crate) struct Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Relaxed);
+        self.state.end(self.h1);
     }
 }
 
@@ -153,7 +183,7 @@ where
                 parts
                     .headers
                     .insert(CONNECTION, HeaderValue::from_static("close"));
-                HttpStats::add(&done.state.stats.drain_closed_after_answer);
+                HttpStats::add(&done.state.stats().drain_closed_after_answer);
             }
         }
         Poll::Ready(Ok(Response::from_parts(parts, TrackedBody { inner, done })))

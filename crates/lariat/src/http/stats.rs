@@ -1,12 +1,17 @@
 //! What the HTTP layer counts: requests, and why connections ended early.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Counters shared by every connection one [`Http`](super::Http) handler serves.
 #[derive(Debug, Default)]
 pub(crate) struct HttpStats {
     pub(crate) connections: AtomicU64,
-    pub(crate) requests: AtomicU64,
+    /// Requests of the connections that ended; those of live connections are in `live`.
+    requests: AtomicU64,
+    /// Each live connection's request counter ([`Requests`]), summed when read: a request then
+    /// costs no locked instruction on a counter every connection shares.
+    live: Mutex<slab::Slab<Arc<AtomicU64>>>,
     pub(crate) header_timeouts: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
     pub(crate) drain_closed_idle: AtomicU64,
@@ -25,10 +30,24 @@ impl HttpStats {
         counter.fetch_add(1, Relaxed);
     }
 
+    fn live(&self) -> MutexGuard<'_, slab::Slab<Arc<AtomicU64>>> {
+        // A panic while the lock was held left the slab whole (each change is one call).
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn snapshot(&self) -> HttpStatsSnapshot {
+        let requests = {
+            // Under the lock: a connection that ends adds its count to `requests` under it too, so
+            // each request is counted once.
+            let live = self.live();
+            live.iter()
+                .fold(self.requests.load(Relaxed), |sum, (_, n)| {
+                    sum.wrapping_add(n.load(Relaxed))
+                })
+        };
         HttpStatsSnapshot {
             connections: self.connections.load(Relaxed),
-            requests: self.requests.load(Relaxed),
+            requests,
             header_timeouts: self.header_timeouts.load(Relaxed),
             idle_closed: self.idle_closed.load(Relaxed),
             drain_closed_idle: self.drain_closed_idle.load(Relaxed),
@@ -41,6 +60,48 @@ impl HttpStats {
             slept: self.slept.load(Relaxed),
             woken: self.woken.load(Relaxed),
         }
+    }
+}
+
+/// One connection's request counter, registered with its handler's [`HttpStats`] while it lives.
+///
+/// Its one writer is the connection's hyper connection, which calls the service one request at a
+/// time from its own task (HTTP/1 and HTTP/2 alike: hyper spawns an HTTP/2 stream's future, not the
+/// call), so a request adds with a plain load and store.
+#[derive(Debug)]
+pub(crate) struct Requests {
+    stats: Arc<HttpStats>,
+    count: Arc<AtomicU64>,
+    key: usize,
+}
+
+impl Requests {
+    pub(crate) fn new(stats: Arc<HttpStats>) -> Requests {
+        let count = Arc::new(AtomicU64::new(0));
+        let key = stats.live().insert(count.clone());
+        Requests { stats, count, key }
+    }
+
+    /// The handler's counters.
+    pub(crate) fn stats(&self) -> &Arc<HttpStats> {
+        &self.stats
+    }
+
+    /// One more request handed to the service (called only by the connection's hyper connection).
+    #[inline]
+    pub(crate) fn add_one(&self) {
+        self.count
+            .store(self.count.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        let mut live = self.stats.live();
+        live.try_remove(self.key);
+        self.stats
+            .requests
+            .fetch_add(self.count.load(Relaxed), Relaxed);
     }
 }
 
@@ -80,4 +141,54 @@ pub struct HttpStatsSnapshot {
     pub slept: u64,
     /// Times a sleeping connection woke (bytes, its deadline, a forced close, the drain, a restart).
     pub woken: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_of_live_and_ended_connections_count_once() {
+        let stats = Arc::new(HttpStats::default());
+        let a = Requests::new(stats.clone());
+        let b = Requests::new(stats.clone());
+        a.add_one();
+        a.add_one();
+        b.add_one();
+        assert_eq!(stats.snapshot().requests, 3);
+        drop(a);
+        assert_eq!(stats.snapshot().requests, 3);
+        b.add_one();
+        drop(b);
+        assert_eq!(stats.snapshot().requests, 4);
+        assert!(stats.live().is_empty());
+    }
+
+    #[test]
+    fn a_read_while_connections_end_never_loses_or_doubles_a_request() {
+        let stats = Arc::new(HttpStats::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        let conn = Requests::new(stats.clone());
+                        for _ in 0..3 {
+                            conn.add_one();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut last = 0;
+        while !threads.iter().all(|t| t.is_finished()) {
+            let now = stats.snapshot().requests;
+            assert!(now >= last, "the count went back from {last} to {now}");
+            last = now;
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(stats.snapshot().requests, 4 * 500 * 3);
+    }
 }
