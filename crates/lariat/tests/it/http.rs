@@ -4,6 +4,7 @@
 #![cfg(feature = "http")]
 
 use crate::common;
+use common::http::read_answer;
 
 use common::http::refused_unprocessed;
 
@@ -64,33 +65,6 @@ impl hyper::service::Service<Request<Incoming>> for Hello {
             }
             Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
         })
-    }
-}
-
-/// Reads one HTTP/1.1 answer with a `content-length` from `c` (whatever follows stays in `rest`).
-async fn read_answer(c: &mut TcpStream, rest: &mut Vec<u8>) -> std::io::Result<String> {
-    loop {
-        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&rest[..end + 4]).to_string();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if rest.len() >= end + 4 + len {
-                let whole = String::from_utf8_lossy(&rest[..end + 4 + len]).to_string();
-                rest.drain(..end + 4 + len);
-                return Ok(whole);
-            }
-        }
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(PATIENCE, c.read(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        rest.extend_from_slice(&buf[..n]);
     }
 }
 

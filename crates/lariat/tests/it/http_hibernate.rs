@@ -5,6 +5,7 @@
 #![cfg(feature = "http")]
 
 use crate::common;
+use common::http::read_answer;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -45,32 +46,6 @@ fn options() -> HttpOptions {
     HttpOptions::default().hibernate_after(Some(HIBERNATE_AFTER))
 }
 
-/// Reads one HTTP/1.1 answer with a `content-length` from `c` (whatever follows stays in `rest`).
-async fn read_answer(c: &mut TcpStream, rest: &mut Vec<u8>) -> String {
-    loop {
-        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&rest[..end + 4]).to_string();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if rest.len() >= end + 4 + len {
-                let whole = String::from_utf8_lossy(&rest[..end + 4 + len]).to_string();
-                rest.drain(..end + 4 + len);
-                return whole;
-            }
-        }
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(PATIENCE, c.read(&mut buf))
-            .await
-            .expect("no answer in time")
-            .expect("read failed");
-        assert!(n > 0, "closed before the answer");
-        rest.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// Waits for the server's end of stream (a reset fails the test); returns how long it took.
 async fn read_eof(c: &mut TcpStream) -> Duration {
     let started = Instant::now();
@@ -95,7 +70,7 @@ async fn hibernated_connections_serve_pipelined_requests_and_bodies() {
         c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        let a = read_answer(&mut c, &mut rest).await;
+        let a = read_answer(&mut c, &mut rest).await.expect("an answer");
         assert!(a.ends_with("got 0"), "{a}");
         // Quiet: the connection hibernates.
         let want = round + 1;
@@ -113,7 +88,7 @@ async fn hibernated_connections_serve_pipelined_requests_and_bodies() {
         .await
         .unwrap();
         for want in ["got 0", "got 5", "got 0"] {
-            let a = read_answer(&mut c, &mut rest).await;
+            let a = read_answer(&mut c, &mut rest).await.expect("an answer");
             assert!(
                 a.starts_with("HTTP/1.1 200 OK\r\n") && a.ends_with(want),
                 "{a}"
@@ -124,7 +99,7 @@ async fn hibernated_connections_serve_pipelined_requests_and_bodies() {
             .unwrap();
         tokio::time::sleep(HIBERNATE_AFTER * 4).await;
         c.write_all(b"cdef").await.unwrap();
-        let a = read_answer(&mut c, &mut rest).await;
+        let a = read_answer(&mut c, &mut rest).await.expect("an answer");
         assert!(a.ends_with("got 6"), "{a}");
         assert!(rest.is_empty());
     }
@@ -148,7 +123,9 @@ async fn the_keep_alive_timeout_closes_a_hibernated_connection() {
     c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    let a = read_answer(&mut c, &mut Vec::new()).await;
+    let a = read_answer(&mut c, &mut Vec::new())
+        .await
+        .expect("an answer");
     assert!(a.ends_with("got 0"), "{a}");
     let answered = Instant::now();
     read_eof(&mut c).await;
@@ -176,7 +153,9 @@ async fn without_a_keep_alive_timeout_the_header_timeout_closes_a_hibernated_con
     c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    read_answer(&mut c, &mut Vec::new()).await;
+    read_answer(&mut c, &mut Vec::new())
+        .await
+        .expect("an answer");
     let answered = Instant::now();
     read_eof(&mut c).await;
     assert!(
@@ -203,7 +182,7 @@ async fn a_drain_closes_hibernated_connections_and_answers_a_late_request() {
         c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        read_answer(c, &mut Vec::new()).await;
+        read_answer(c, &mut Vec::new()).await.expect("an answer");
     }
     assert!(eventually(PATIENCE, || http.stats().hibernated == 2).await);
 
@@ -221,7 +200,9 @@ async fn a_drain_closes_hibernated_connections_and_answers_a_late_request() {
     late.write_all(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    let a = read_answer(&mut late, &mut Vec::new()).await;
+    let a = read_answer(&mut late, &mut Vec::new())
+        .await
+        .expect("an answer");
     assert!(
         a.ends_with("got 0") && a.contains("connection: close"),
         "{a}"
@@ -250,7 +231,9 @@ async fn half_a_request_head_is_still_closed_at_the_header_timeout() {
     c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    read_answer(&mut c, &mut Vec::new()).await;
+    read_answer(&mut c, &mut Vec::new())
+        .await
+        .expect("an answer");
     c.write_all(b"GET /2 HTTP/1.1\r\nHo").await.unwrap();
     let waited = read_eof(&mut c).await;
     assert!(
@@ -275,12 +258,12 @@ async fn a_head_in_two_parts_is_answered_without_closing() {
     c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    read_answer(&mut c, &mut rest).await;
+    read_answer(&mut c, &mut rest).await.expect("an answer");
     c.write_all(b"GET /2 HTTP/1.1\r\nHo").await.unwrap();
     tokio::time::sleep(HIBERNATE_AFTER * 10).await;
     assert_eq!(http.stats().hibernated, 0, "{:?}", http.stats());
     c.write_all(b"st: a\r\n\r\n").await.unwrap();
-    let a = read_answer(&mut c, &mut rest).await;
+    let a = read_answer(&mut c, &mut rest).await.expect("an answer");
     assert!(a.ends_with("got 0"), "{a}");
     assert!(!a.contains("connection: close"), "{a}");
     // Quiet after the answer: now it hibernates.
@@ -300,7 +283,9 @@ async fn a_sleeping_connection_is_listed_and_closes_by_force() {
     let mut c = TcpStream::connect(addr).await.unwrap();
     let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
     c.write_all(request).await.unwrap();
-    let a = read_answer(&mut c, &mut Vec::new()).await;
+    let a = read_answer(&mut c, &mut Vec::new())
+        .await
+        .expect("an answer");
     assert!(a.ends_with("got 0"), "{a}");
     assert!(eventually(Duration::from_secs(10), || http.stats().slept == 1).await);
     let listed = handle.connections();

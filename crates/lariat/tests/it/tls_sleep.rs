@@ -6,6 +6,7 @@
 #![cfg(feature = "http")]
 
 use crate::common;
+use common::http::read_answer;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use hyper::body::Incoming;
 use lariat::http::{Http, HttpOptions};
 use lariat::tls::TlsConfig;
 use lariat::{Handler, Server};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 const HIBERNATE_AFTER: Duration = Duration::from_millis(30);
@@ -39,32 +40,6 @@ fn hello() -> impl hyper::service::Service<
             "hello {path}"
         )))))
     })
-}
-
-/// Reads one HTTP/1.1 answer with a `content-length` (whatever follows stays in `rest`).
-async fn read_answer<S: AsyncRead + Unpin>(c: &mut S, rest: &mut Vec<u8>) -> String {
-    loop {
-        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&rest[..end + 4]).to_string();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if rest.len() >= end + 4 + len {
-                let whole = String::from_utf8_lossy(&rest[..end + 4 + len]).to_string();
-                rest.drain(..end + 4 + len);
-                return whole;
-            }
-        }
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(PATIENCE, c.read(&mut buf))
-            .await
-            .expect("no answer in time")
-            .expect("read failed");
-        assert!(n > 0, "closed before the answer");
-        rest.extend_from_slice(&buf[..n]);
-    }
 }
 
 /// A TLS server (ALPN `http/1.1`) running `handler`; sessions kept in rustls if `in_rustls`.
@@ -115,7 +90,7 @@ async fn an_idle_tls_connection_sleeps_in_the_lot_and_wakes_for_each_request() {
         c.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
             .await
             .unwrap();
-        let a = read_answer(&mut c, &mut rest).await;
+        let a = read_answer(&mut c, &mut rest).await.expect("an answer");
         assert!(
             a.starts_with("HTTP/1.1 200 OK\r\n") && a.ends_with(&format!("hello {path}")),
             "{a}"
@@ -133,7 +108,7 @@ async fn an_idle_tls_connection_sleeps_in_the_lot_and_wakes_for_each_request() {
         .await
         .unwrap();
     for want in ["hello /a", "hello /b"] {
-        let a = read_answer(&mut c, &mut rest).await;
+        let a = read_answer(&mut c, &mut rest).await.expect("an answer");
         assert!(a.ends_with(want), "{a}");
     }
     let stats = http.stats();
@@ -159,7 +134,9 @@ async fn a_sleeping_tls_connection_closes_by_force_and_at_its_keep_alive_timeout
     c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    read_answer(&mut c, &mut Vec::new()).await;
+    read_answer(&mut c, &mut Vec::new())
+        .await
+        .expect("an answer");
     assert!(eventually(PATIENCE, || http.stats().slept == 1).await);
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(PATIENCE, c.read(&mut buf))
@@ -173,7 +150,9 @@ async fn a_sleeping_tls_connection_closes_by_force_and_at_its_keep_alive_timeout
     c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    read_answer(&mut c, &mut Vec::new()).await;
+    read_answer(&mut c, &mut Vec::new())
+        .await
+        .expect("an answer");
     assert!(eventually(PATIENCE, || http.stats().slept == 2).await);
     let listed = handle.connections();
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -197,7 +176,7 @@ async fn sessions_kept_in_rustls_hibernate_in_their_task() {
         c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        let a = read_answer(&mut c, &mut rest).await;
+        let a = read_answer(&mut c, &mut rest).await.expect("an answer");
         assert!(a.ends_with("hello /"), "{a}");
         assert!(eventually(PATIENCE, || http.stats().hibernated > round).await);
     }
@@ -221,7 +200,7 @@ async fn without_alpn_the_first_bytes_tell_http1_and_it_sleeps() {
         c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        let a = read_answer(&mut c, &mut rest).await;
+        let a = read_answer(&mut c, &mut rest).await.expect("an answer");
         assert!(a.ends_with("hello /x"), "{a}");
         assert!(
             eventually(PATIENCE, || http.stats().slept > round).await,
