@@ -99,6 +99,7 @@ impl Entry {
 
     /// Forgets the task: it ends, and the connection sleeps with no task (its socket shut down by a
     /// forced close wakes it).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
     pub(crate) fn forget_task(&self) {
         self.task
             .lock()

@@ -86,39 +86,32 @@ enum Write<'a> {
 
 impl Session {
     pub(crate) fn new(config: std::sync::Arc<ServerConfig>) -> Result<Session, rustls::Error> {
-        Ok(Session {
-            engine: Engine::Rustls(Box::new(UnbufferedServerConnection::new(config)?)),
-            incoming: Vec::new(),
-            plaintext: Vec::new(),
-            plain_at: 0,
-            outgoing: Vec::new(),
-            out_at: 0,
-            server_name: None,
-            hello_seen: false,
-            peer_closed: false,
-            eof: false,
-            sent_close: false,
-            error: None,
-        })
+        let conn = UnbufferedServerConnection::new(config)?;
+        Ok(Session::with_engine(Engine::Rustls(Box::new(conn)), false))
     }
 
-    /// A session resumed from its record layer alone (a connection waking from the parking lot).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
-    pub(crate) fn from_records(records: Records) -> Session {
+    /// A session on `engine` with empty buffers; `hello_seen` once the ClientHello is behind it.
+    fn with_engine(engine: Engine, hello_seen: bool) -> Session {
         Session {
-            engine: Engine::Records(records),
+            engine,
             incoming: Vec::new(),
             plaintext: Vec::new(),
             plain_at: 0,
             outgoing: Vec::new(),
             out_at: 0,
             server_name: None,
-            hello_seen: true,
+            hello_seen,
             peer_closed: false,
             eof: false,
             sent_close: false,
             error: None,
         }
+    }
+
+    /// A session resumed from its record layer alone (a connection waking from the parking lot).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // for the parking lot (`lariat::http`)
+    pub(crate) fn from_records(records: Records) -> Session {
+        Session::with_engine(Engine::Records(records), true)
     }
 
     /// The record layer alone, for a connection going to sleep: only a healthy session on lariat's
