@@ -8,7 +8,9 @@
 //! connections, each sending one request and reading its answer, then leaves them all open and idle
 //! for [`IDLE`] and reads the resident memory of the server's processes (nginx: master + worker).
 //! The figure is the growth over the reading before the first connection, divided by the connections
-//! open. The rounds rotate the servers' order; the table reports each server's median and the median
+//! open. Before that reading each server serves one warm-up connection (one request, idle past
+//! hibernation, closed): what any server pays once (its code paged in on first use, structures made
+//! on the first connection or the first hibernation) is not a cost per connection. The rounds rotate the servers' order; the table reports each server's median and the median
 //! of the per-round ratios against nginx.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,9 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// Wait with every connection open and idle before the reading: well past lariat's hibernation and
 /// the heap trim after it (every 500 ms).
 const IDLE: Duration = Duration::from_secs(2);
+/// How long the warm-up connection stays open and idle: past lariat's hibernation (50 ms), so the
+/// code and structures of sleeping are in place before the first reading.
+const WARM_UP_IDLE: Duration = Duration::from_millis(300);
 /// Longest opening one connection (connect, request, answer) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The answer's body, the same from every server.
@@ -234,8 +239,17 @@ pub async fn run(binaries: &Binaries, load: Load) -> anyhow::Result<()> {
 async fn measure(binaries: &Binaries, subject: Subject, load: Load) -> anyhow::Result<Reading> {
     let server = Running::start(binaries, subject)?;
     tokio::time::sleep(SETTLE).await;
-    let before = server.rss()?;
     let addr = server.addr();
+    // One connection first, the same for every server: what is paid once is not counted.
+    let warm = tokio::time::timeout(OPEN_TIMEOUT, one_request(addr, 0))
+        .await
+        .context("warm-up connection timed out")?
+        .context("warm-up connection")?;
+    tokio::time::sleep(WARM_UP_IDLE).await;
+    drop(warm);
+    // The trim after hibernations runs every 500 ms; the closed connection's memory goes with it.
+    tokio::time::sleep(SETTLE + Duration::from_millis(500)).await;
+    let before = server.rss()?;
     let next = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..load.concurrency)
         .map(|_| {
