@@ -58,6 +58,7 @@ mod handler;
 pub mod handover;
 mod handshake;
 pub mod lifecycle;
+pub mod memory;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod net;

@@ -129,8 +129,9 @@ impl Asleep {
 /// A sleeping connection with what it needs to go on: the lot resumes it (on the lot's task; it
 /// spawns its own).
 pub(crate) trait Sleeper: Send {
-    /// Called once: when it leaves the lot (`from_lot`), or at once when the lot refused it.
-    fn resume(self: Box<Self>, why: Wake, from_lot: bool);
+    /// Called once: when it leaves the lot (`from_lot`), or at once when the lot refused it; with
+    /// the deadline it was parked with.
+    fn resume(self: Box<Self>, why: Wake, from_lot: bool, deadline: Option<tokio::time::Instant>);
 }
 
 /// A server's parking lot (see [`lot`](super::lot)).
@@ -145,7 +146,7 @@ impl ServerState {
             .get_or_init(|| {
                 let signals = vec![self.drain.draining.clone(), self.handover.offer_token()];
                 ParkingLot::new(
-                    |sleeper: Box<dyn Sleeper>, why| sleeper.resume(why, true),
+                    |sleeper: Box<dyn Sleeper>, why, deadline| sleeper.resume(why, true, deadline),
                     signals,
                 )
                 .map_err(|error| tracing::warn!(%error, "no parking lot for idle connections"))

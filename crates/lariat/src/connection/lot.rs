@@ -111,11 +111,12 @@ impl<T: Send + 'static> Drop for ParkingLot<T> {
 
 impl<T: Send + 'static> ParkingLot<T> {
     /// Opens the epoll instance and spawns the lot's task on the current tokio runtime; `resume` is
-    /// called (on that task) with each connection that leaves the lot, and should spawn its task.
+    /// called (on that task) with each connection that leaves the lot, why, and the deadline it was
+    /// parked with (so the item need not keep it too), and should spawn its task.
     /// Each of `signals`, when cancelled, resumes every parked connection.
     pub(crate) fn new<F>(resume: F, signals: Vec<CancellationToken>) -> io::Result<Self>
     where
-        F: Fn(T, Wake) + Send + Sync + 'static,
+        F: Fn(T, Wake, Option<Instant>) + Send + Sync + 'static,
     {
         // SAFETY: plain system call; the result is checked before use.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -227,8 +228,8 @@ impl<T> Inner<T> {
     }
 
     /// Takes the connection in `key` out of the lot (its descriptor out of the epoll instance, its
-    /// deadline out of the set).
-    fn take(&self, parked: &mut Parked<T>, key: usize) -> T {
+    /// deadline out of the set), with its deadline.
+    fn take(&self, parked: &mut Parked<T>, key: usize) -> (T, Option<Instant>) {
         let slot = parked.slots.remove(key);
         if let Some(at) = slot.deadline {
             parked.deadlines.remove(&(at, key));
@@ -244,7 +245,7 @@ impl<T> Inner<T> {
         }
         self.stats.parked.fetch_sub(1, Relaxed);
         self.stats.resumed.fetch_add(1, Relaxed);
-        slot.item
+        (slot.item, slot.deadline)
     }
 }
 
@@ -252,10 +253,10 @@ impl<T> Inner<T> {
 /// resumes what is due.
 async fn drive<T, F>(inner: Arc<Inner<T>>, resume: F)
 where
-    F: Fn(T, Wake),
+    F: Fn(T, Wake, Option<Instant>),
 {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
-    let mut due: Vec<(T, Wake)> = Vec::new();
+    let mut due: Vec<((T, Option<Instant>), Wake)> = Vec::new();
     // Built once (not per pass: each build allocates and registers a waiter with every token). After
     // the first signal nothing parks any more (`park` refuses), so it is not armed again.
     let signal = any_cancelled(inner.signals.clone());
@@ -325,8 +326,8 @@ where
                 due.push((inner.take(&mut parked, key), Wake::Deadline));
             }
         }
-        for (item, why) in due.drain(..) {
-            resume(item, why);
+        for ((item, deadline), why) in due.drain(..) {
+            resume(item, why, deadline);
         }
     }
 }
@@ -348,14 +349,14 @@ mod tests {
     use std::time::Duration;
     use tokio::sync::mpsc;
 
-    /// A lot whose resumed connections arrive on a channel: `(name, why)`.
-    type Resumed = mpsc::UnboundedReceiver<(u32, Wake)>;
+    /// A lot whose resumed connections arrive on a channel: `(name, why, deadline)`.
+    type Resumed = mpsc::UnboundedReceiver<(u32, Wake, Option<Instant>)>;
 
     fn lot() -> (ParkingLot<(u32, UnixStream)>, Resumed) {
         let (tx, rx) = mpsc::unbounded_channel();
         let lot = ParkingLot::new(
-            move |(name, _socket): (u32, UnixStream), why| {
-                let _ = tx.send((name, why));
+            move |(name, _socket): (u32, UnixStream), why, deadline| {
+                let _ = tx.send((name, why, deadline));
             },
             Vec::new(),
         )
@@ -364,6 +365,11 @@ mod tests {
     }
 
     async fn next(rx: &mut Resumed) -> (u32, Wake) {
+        let (name, why, _) = next_with_deadline(rx).await;
+        (name, why)
+    }
+
+    async fn next_with_deadline(rx: &mut Resumed) -> (u32, Wake, Option<Instant>) {
         tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("resumed in time")
@@ -417,8 +423,8 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let drain = CancellationToken::new();
         let lot = ParkingLot::new(
-            move |(name, _socket): (u32, UnixStream), why| {
-                let _ = tx.send((name, why));
+            move |(name, _socket): (u32, UnixStream), why, deadline| {
+                let _ = tx.send((name, why, deadline));
             },
             vec![drain.clone()],
         )
@@ -449,6 +455,24 @@ mod tests {
         assert_eq!(lot.counts().0, 1);
     }
 
+    /// The item need not keep its deadline: the lot gives it back on resume, whatever woke it.
+    #[tokio::test]
+    async fn a_resumed_connection_gets_its_deadline_back() {
+        let (lot, mut rx) = lot();
+        let (s, mut peer) = UnixStream::pair().unwrap();
+        let at = Instant::now() + Duration::from_secs(60);
+        park(&lot, 4, s, Some(at));
+        peer.write_all(b"x").unwrap();
+        assert_eq!(
+            next_with_deadline(&mut rx).await,
+            (4, Wake::Readable, Some(at))
+        );
+        let (t, mut peer2) = UnixStream::pair().unwrap();
+        park(&lot, 5, t, None);
+        peer2.write_all(b"x").unwrap();
+        assert_eq!(next_with_deadline(&mut rx).await, (5, Wake::Readable, None));
+    }
+
     #[tokio::test]
     async fn a_forced_close_resumes_the_connection() {
         let (lot, mut rx) = lot();
@@ -474,7 +498,7 @@ mod tests {
     async fn a_tcp_connection_parks_without_its_tokio_registration() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let lot = ParkingLot::new(
-            move |s: std::net::TcpStream, why| {
+            move |s: std::net::TcpStream, why, _deadline| {
                 let _ = tx.send((tokio::net::TcpStream::from_std(s), why));
             },
             Vec::new(),

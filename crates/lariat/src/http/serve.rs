@@ -108,11 +108,11 @@ where
             },
         }
     }
-    let state = Arc::new(ConnState::new(stats.clone()));
-    let service = Tracked {
+    // Kept for the connection's life, asleep too (see `crate::memory`).
+    let service = crate::memory::keep(|| Tracked {
         inner: Box::new(service),
-        state,
-    };
+        state: Arc::new(ConnState::new(stats.clone())),
+    });
     // Boxed: the handler's future keeps only the wait for the first bytes, and a woken connection's
     // task (spawned by the parking lot) runs the same future.
     Box::pin(serve_on(conn, service, http, kind, prefix, offer, None)).await;
@@ -139,9 +139,7 @@ async fn serve_on<S, B>(
     tokio::pin!(drain);
     let fd = conn.stream().raw_fd();
     let state = service.state.clone();
-    // The limit of a hibernated connection's quiet: the keep-alive timeout, or else the header timeout
-    // (which hyper counts from the end of an answer, and a hibernated connection has no hyper timer).
-    let idle_limit = options.keep_alive_timeout.or(options.header_timeout);
+    let idle_limit = idle_limit(options);
     let mut draining = false;
     // Once per hyper connection: one ends quiet (HTTP/1), the connection hibernates and a new one
     // serves its next bytes; a move the successor refused gives the connection back, and a new HTTP/1
@@ -250,7 +248,9 @@ struct Sleeping<S, B> {
     http: Arc<Shared>,
     /// Whether it listens for a restart's hand-over offer.
     listening: bool,
-    since: Instant,
+    // When it fell quiet is not kept: the lot keeps its deadline (that time + the idle limit) and
+    // gives it back on resume. 16 bytes fewer put every sleeping connection's box in the 64-byte size
+    // class instead of the 80-byte one.
     _body: PhantomData<fn() -> B>,
 }
 
@@ -275,28 +275,33 @@ where
     let Some(lot) = server.lot() else {
         return Err(Some((conn, service)));
     };
-    let asleep = match conn.fall_asleep() {
-        Ok(Some(asleep)) => asleep,
-        Ok(None) => return Err(None),
-        Err(conn) => return Err(Some((conn, service))),
-    };
-    let fd = asleep.fd();
-    let sleeping: Box<dyn Sleeper> = Box::new(Sleeping::<S, B> {
-        asleep,
-        service,
-        http: http.clone(),
-        listening,
-        since,
-        _body: PhantomData,
-    });
-    match lot.park(fd, sleeping, idle_limit.map(|l| since + l)) {
+    // What the connection sleeps with, and its place in the lot, live as long as its sleep (see
+    // `crate::memory`); a refused park drops them at once.
+    let parked = crate::memory::keep(|| {
+        let asleep = match conn.fall_asleep() {
+            Ok(Some(asleep)) => asleep,
+            Ok(None) => return Err(None),
+            Err(conn) => return Err(Some((conn, service))),
+        };
+        let fd = asleep.fd();
+        let sleeping: Box<dyn Sleeper> = Box::new(Sleeping::<S, B> {
+            asleep,
+            service,
+            http: http.clone(),
+            listening,
+            _body: PhantomData,
+        });
+        let deadline = idle_limit.map(|l| since + l);
+        Ok(lot.park(fd, sleeping, deadline).map_err(|s| (s, deadline)))
+    })?;
+    match parked {
         Ok(()) => {
             HttpStats::add(&http.stats.slept);
             Ok(())
         }
         // Refused (a signal fired): wake it at once in this task.
-        Err(sleeping) => {
-            sleeping.resume(Wake::Signal, false);
+        Err((sleeping, deadline)) => {
+            sleeping.resume(Wake::Signal, false, deadline);
             Ok(())
         }
     }
@@ -307,15 +312,20 @@ where
     S: HttpService<B>,
     B: ResponseBody,
 {
-    fn resume(self: Box<Self>, why: Wake, from_lot: bool) {
+    fn resume(self: Box<Self>, why: Wake, from_lot: bool, deadline: Option<Instant>) {
         let Sleeping {
             asleep,
             service,
             http,
             listening,
-            since,
             _body,
         } = *self;
+        // When it fell quiet: its deadline less the idle limit that made it (none without a limit,
+        // when it does not matter).
+        let since = deadline
+            .zip(idle_limit(&http.options))
+            .and_then(|(at, limit)| at.checked_sub(limit))
+            .unwrap_or_else(Instant::now);
         if from_lot {
             HttpStats::add(&http.stats.woken);
         }
@@ -343,6 +353,12 @@ where
         });
         entry.set_task(task.abort_handle());
     }
+}
+
+/// The limit of a hibernated connection's quiet: the keep-alive timeout, or else the header timeout
+/// (which hyper counts from the end of an answer, and a hibernated connection has no hyper timer).
+fn idle_limit(options: &super::HttpOptions) -> Option<Duration> {
+    options.keep_alive_timeout.or(options.header_timeout)
 }
 
 /// What woke a hibernated HTTP/1 connection.
@@ -467,3 +483,15 @@ pub(super) fn offered(offer: &mut Option<OnWake<Offer>>) -> impl Future<Output =
 /// The drain signal, polled only when it woke (see [`OnWake`]): the loop wakes once or twice per
 /// request, and the token's own check takes a lock every connection of the server shares.
 pub(super) type DrainWatch = OnWake<WaitForCancellationFutureOwned>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every plain HTTP/1 connection asleep in the lot keeps one of these boxed: it must stay in the
+    /// 64-byte size class (a field more moves it to the 80-byte one).
+    #[test]
+    fn a_sleeping_connection_fits_64_bytes() {
+        assert!(std::mem::size_of::<Sleeping<[u8; 100], ()>>() <= 64);
+    }
+}

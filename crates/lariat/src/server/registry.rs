@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use once_cell::race::OnceBox;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -30,13 +32,13 @@ pub(crate) struct Entry {
     /// Emptied when the connection falls asleep in the parking lot: a handle keeps its task's memory
     /// allocated after the task ends (no larger than the `OnceLock` it replaced).
     task: Mutex<Option<AbortHandle>>,
-    /// Kept by the idle sweep only (see `idle.rs`): bytes in + out at the last sweep, and since when
-    /// they have not moved (ms from the registry's epoch).
-    pub(crate) swept_bytes: AtomicU64,
-    pub(crate) quiet_since_ms: AtomicU64,
+    /// Kept by the idle sweep only (see `idle.rs`), packed in one word (see [`Sweep`]): what bytes
+    /// in + out were at the last sweep, and since when they have not moved.
+    sweep: AtomicU64,
     /// The PROXY header and the TLS handshake's outcome, when there were any (boxed: most connections
-    /// have neither, and every idle connection carries an entry).
-    pub(crate) extras: OnceLock<Box<Extras>>,
+    /// have neither, and every idle connection carries an entry; a pointer-sized once-cell, where
+    /// `OnceLock` would add a word and move the entry up a size class).
+    pub(crate) extras: OnceBox<Extras>,
     /// The socket, as a forced close reaches it (see `closer.rs`).
     pub(crate) closer: Closer,
 }
@@ -112,7 +114,34 @@ impl Entry {
     }
 
     pub(crate) fn extras(&self) -> &Extras {
-        self.extras.get_or_init(Box::default)
+        self.extras
+            .get_or_init(|| crate::memory::keep(Box::default))
+    }
+}
+
+/// The idle sweep's record of a connection, in one word so the registry entry stays in jemalloc's
+/// 128-byte size class: the low 32 bits of bytes in + out at the last sweep that saw them move, and
+/// the low 32 bits of when that was (ms from the registry's epoch).
+///
+/// Both wrap. Bytes that moved by an exact multiple of 4 GiB between two sweeps look unmoved: for a
+/// busy connection one chance in 2^32 per sweep of being taken for quiet since the last time it was
+/// seen to move. The quiet time is computed modulo 2^32 ms (49.7 days), far beyond any idle timeout: a
+/// connection is closed long before its quiet time could wrap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sweep(u64);
+
+impl Sweep {
+    fn new(bytes: u64, now_ms: u64) -> Sweep {
+        Sweep(((bytes as u32 as u64) << 32) | (now_ms as u32 as u64))
+    }
+
+    fn same_bytes(self, bytes: u64) -> bool {
+        (self.0 >> 32) as u32 == bytes as u32
+    }
+
+    /// Milliseconds since the bytes last moved.
+    fn quiet_for(self, now_ms: u64) -> u64 {
+        u64::from((now_ms as u32).wrapping_sub(self.0 as u32))
     }
 }
 
@@ -178,21 +207,23 @@ impl Registry {
     ) -> Arc<Entry> {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let now = self.now_ms();
-        let entry = Arc::new(Entry {
-            id,
-            shared,
-            peer,
-            started_ms: now,
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            task: Mutex::new(None),
-            swept_bytes: AtomicU64::new(0),
-            quiet_since_ms: AtomicU64::new(now),
-            extras: OnceLock::new(),
-            closer: Closer::new(fd),
-        });
-        self.map.insert(id, entry.clone());
-        entry
+        // The entry and its map slot live as long as the connection (see `memory`).
+        crate::memory::keep(|| {
+            let entry = Arc::new(Entry {
+                id,
+                shared,
+                peer,
+                started_ms: now,
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+                task: Mutex::new(None),
+                sweep: AtomicU64::new(Sweep::new(0, now).0),
+                extras: OnceBox::new(),
+                closer: Closer::new(fd),
+            });
+            self.map.insert(id, entry.clone());
+            entry
+        })
     }
 
     /// The connections whose byte counters have not moved for more than `timeout_ms` (by the sweeps'
@@ -205,9 +236,11 @@ impl Registry {
                 continue;
             }
             let bytes = e.bytes_in.load(Relaxed) + e.bytes_out.load(Relaxed);
-            if e.swept_bytes.swap(bytes, Relaxed) != bytes {
-                e.quiet_since_ms.store(now_ms, Relaxed);
-            } else if now_ms.saturating_sub(e.quiet_since_ms.load(Relaxed)) > timeout_ms {
+            // One sweep task writes it: a load and a store.
+            let last = Sweep(e.sweep.load(Relaxed));
+            if !last.same_bytes(bytes) {
+                e.sweep.store(Sweep::new(bytes, now_ms).0, Relaxed);
+            } else if last.quiet_for(now_ms) > timeout_ms {
                 idle.push(*e.key());
             }
         }
@@ -317,6 +350,33 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every connection, idle ones included, keeps an entry: with `Arc`'s two counts it must fit
+    /// jemalloc's (and most allocators') 128-byte size class, not the 160-byte one.
+    #[test]
+    fn an_entry_fits_128_bytes_with_its_counts() {
+        assert!(
+            std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>() <= 128,
+            "Entry is {} bytes",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
+    #[test]
+    fn the_sweep_record_tells_moved_bytes_and_quiet_time() {
+        let s = Sweep::new(1_000, 5_000);
+        assert!(s.same_bytes(1_000));
+        assert!(!s.same_bytes(1_001));
+        assert_eq!(s.quiet_for(5_000), 0);
+        assert_eq!(s.quiet_for(65_000), 60_000);
+        // The clock past 2^32 ms since the epoch: the difference still comes out right.
+        let late = Sweep::new(7, (1u64 << 32) - 10);
+        assert_eq!(late.quiet_for((1u64 << 32) + 90), 100);
+        // Bytes past 4 GiB: the low bits still change when bytes move.
+        let big = Sweep::new((5u64 << 32) + 3, 0);
+        assert!(big.same_bytes((5u64 << 32) + 3));
+        assert!(!big.same_bytes((5u64 << 32) + 4));
+    }
 
     #[test]
     fn lists_and_removes() {
