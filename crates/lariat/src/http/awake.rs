@@ -10,7 +10,6 @@ use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -126,34 +125,7 @@ where
     let tick = tokio::time::sleep(MOVE_TICK);
     tokio::pin!(tick);
     let mut seen = moved();
-    // The bytes read when the last answer went out (sampled at each wake-up of this task): while
-    // more have been read since, hyper may hold part of a request head, and stopping it would turn
-    // keep-alive off (or, rebuilt, start its header timeout over).
-    // Atomics only to share them between the select's branches (the future must be `Send`); one
-    // task touches them. `NONE`: no answer yet on a connection that began with bytes read ahead.
-    const NONE: u64 = u64::MAX;
-    let out_seen = AtomicU64::new(entry.bytes_out.load(Relaxed));
-    let in_at_answer = AtomicU64::new(if may_hibernate {
-        entry.bytes_in.load(Relaxed)
-    } else {
-        NONE
-    });
-    // Whether this hyper connection has begun a request: until it has answered one, hyper's
-    // graceful shutdown waits for a request (its keep-alive state is not idle yet), so a move or a
-    // hibernation takes its parts at once instead; it has written nothing that could wait unflushed.
-    let out_at_start = entry.bytes_out.load(Relaxed);
-    let began = AtomicBool::new(false);
-    let fresh = || !began.load(Relaxed) && entry.bytes_out.load(Relaxed) == out_at_start;
-    let sample = || {
-        if state.in_flight.load(Relaxed) > 0 {
-            began.store(true, Relaxed);
-        }
-        let out = entry.bytes_out.load(Relaxed);
-        if out != out_seen.load(Relaxed) {
-            out_seen.store(out, Relaxed);
-            in_at_answer.store(entry.bytes_in.load(Relaxed), Relaxed);
-        }
-    };
+    let mut marks = Marks::new(entry, may_hibernate);
     let mut quiet_since = Instant::now();
     let mut ended = false;
     // Offered, waiting for the connection to be idle between requests.
@@ -163,92 +135,118 @@ where
     // Ended by us to hibernate: likewise.
     let mut hibernating = false;
     let result = loop {
-        tokio::select! {
-            biased;
-            r = &mut served => break r,
-            // Never ready: notes what was read when an answer went out, after each poll of hyper.
-            () = std::future::poll_fn(|_| {
-                sample();
-                Poll::<()>::Pending
-            }), if hibernate_after.is_some() => {}
+        // One hand-written poll rather than a `select!`: it runs at every wake-up of the task (once or
+        // twice per request), and a `select!`'s branch bookkeeping cost about as much as the rest of
+        // this loop. What it watches changes only below, between two polls.
+        let watch_offer = h1 && !ended;
+        let watch_drain = !*draining;
+        let watch_timer = !ended && !pending_move && period(*draining).is_some();
+        let watch_tick = pending_move && !ended;
+        // The first poll polls every watched future: what is watched, or the timer, may have changed.
+        let mut fresh = true;
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = Pin::new(&mut served).poll(cx) {
+                return Poll::Ready(Event::Served(r));
+            }
+            if hibernate_after.is_some() {
+                marks.sample(state, entry);
+            }
             // The hand-over offer, the drain and the timer, through one gate: each polled only when
             // it woke. (The timer and the move's tick are never watched together.)
-            w = watched(
-                &mut gate,
-                if h1 && !ended { offer.as_mut() } else { None },
-                if !*draining { Some(drain.as_mut()) } else { None },
-                if !ended && !pending_move && period(*draining).is_some() {
-                    Some(timer.as_mut())
+            if let Some(waker) = gate.opened(cx, std::mem::take(&mut fresh)) {
+                let cx = &mut Context::from_waker(&waker);
+                if watch_offer
+                    && offer
+                        .as_mut()
+                        .is_some_and(|o| Pin::new(o).poll(cx).is_ready())
+                {
+                    return Poll::Ready(Event::Offered);
+                }
+                if watch_drain && drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Drain);
+                }
+                if watch_timer && timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+            }
+            if watch_tick && tick.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Served(r) => break r,
+            Event::Offered => {
+                *offer = None;
+                pending_move = true;
+                tick.as_mut().reset(Instant::now());
+            }
+            Event::Drain => {
+                *draining = true;
+                if pending_move {
+                    // The move comes first; if it cannot happen, the drain goes on from there.
+                    continue;
+                }
+                state.closing.store(true, Relaxed);
+                if state.h2.load(Relaxed) {
+                    served.graceful_shutdown();
+                    HttpStats::add(&stats.goaway_sent);
+                    ended = true;
                 } else {
-                    None
-                },
-            ) => match w {
-                Watched::Offered => {
-                    *offer = None;
-                    pending_move = true;
-                    tick.as_mut().reset(Instant::now());
+                    seen = moved();
+                    quiet_since = Instant::now();
+                    timer
+                        .as_mut()
+                        .inner_mut()
+                        .reset(Instant::now() + options.drain_quiet);
                 }
-                Watched::Drain => {
-                    *draining = true;
-                    if pending_move {
-                        // The move comes first; if it cannot happen, the drain goes on from there.
-                        continue;
-                    }
-                    state.closing.store(true, Relaxed);
-                    if state.h2.load(Relaxed) {
-                        served.graceful_shutdown();
-                        HttpStats::add(&stats.goaway_sent);
-                        ended = true;
-                    } else {
-                        seen = moved();
-                        quiet_since = Instant::now();
-                        timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
-                    }
-                }
-                Watched::Timer => {
-                    let now = moved();
-                    let h2 = state.h2.load(Relaxed);
-                    let idle = state.in_flight.load(Relaxed) == 0 && now == seen;
-                    // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it first.
-                    let quiet = idle && (h2 || !pending(fd));
-                    let expired = *draining
-                        || options.keep_alive_timeout.is_some_and(|k| quiet_since.elapsed() >= k);
-                    // hyper holds no part of a next request: nothing was read since the last answer.
-                    let clean = in_at_answer.load(Relaxed) == entry.bytes_in.load(Relaxed);
-                    if quiet && !expired && clean && hibernate_after.is_some() {
-                        if fresh() {
-                            hibernating = true;
-                            break Ok(());
-                        }
-                        // Between requests: hyper stops and gives the socket back with what it read
-                        // ahead, if anything arrived meanwhile.
-                        state.keep_open.store(true, Relaxed);
-                        served.graceful_shutdown();
-                        ended = true;
+            }
+            Event::Timer => {
+                let now = moved();
+                let h2 = state.h2.load(Relaxed);
+                let idle = state.in_flight.load(Relaxed) == 0 && now == seen;
+                // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it first.
+                let quiet = idle && (h2 || !pending(fd));
+                let expired = *draining
+                    || options
+                        .keep_alive_timeout
+                        .is_some_and(|k| quiet_since.elapsed() >= k);
+                // hyper holds no part of a next request: nothing was read since the last answer.
+                let clean = marks.in_at_answer == entry.bytes_in.load(Relaxed);
+                if quiet && !expired && clean && hibernate_after.is_some() {
+                    if marks.fresh(entry) {
                         hibernating = true;
-                    } else if (*draining && h2) || (quiet && expired) {
-                        served.graceful_shutdown();
-                        ended = true;
-                        if h2 {
-                            HttpStats::add(&stats.goaway_sent);
-                        }
-                        if !*draining {
-                            HttpStats::add(&stats.idle_closed);
-                        } else if !h2 {
-                            HttpStats::add(&stats.drain_closed_idle);
-                        }
-                    } else {
-                        if !quiet {
-                            seen = now;
-                            quiet_since = Instant::now();
-                        }
-                        if let Some(p) = period(*draining) {
-                            timer.as_mut().inner_mut().reset(Instant::now() + p);
-                        }
+                        break Ok(());
+                    }
+                    // Between requests: hyper stops and gives the socket back with what it read
+                    // ahead, if anything arrived meanwhile.
+                    state.keep_open.store(true, Relaxed);
+                    served.graceful_shutdown();
+                    ended = true;
+                    hibernating = true;
+                } else if (*draining && h2) || (quiet && expired) {
+                    served.graceful_shutdown();
+                    ended = true;
+                    if h2 {
+                        HttpStats::add(&stats.goaway_sent);
+                    }
+                    if !*draining {
+                        HttpStats::add(&stats.idle_closed);
+                    } else if !h2 {
+                        HttpStats::add(&stats.drain_closed_idle);
+                    }
+                } else {
+                    if !quiet {
+                        seen = now;
+                        quiet_since = Instant::now();
+                    }
+                    if let Some(p) = period(*draining) {
+                        timer.as_mut().inner_mut().reset(Instant::now() + p);
                     }
                 }
-            },
-            () = tick.as_mut(), if pending_move && !ended => {
+            }
+            Event::Tick => {
                 if !entry.shared.handover.taking() {
                     // The window closed (or the successor went): serve on, drain if draining.
                     pending_move = false;
@@ -256,10 +254,13 @@ where
                         state.closing.store(true, Relaxed);
                         seen = moved();
                         quiet_since = Instant::now();
-                        timer.as_mut().inner_mut().reset(Instant::now() + options.drain_quiet);
+                        timer
+                            .as_mut()
+                            .inner_mut()
+                            .reset(Instant::now() + options.drain_quiet);
                     }
                 } else if state.in_flight.load(Relaxed) == 0 {
-                    if fresh() {
+                    if marks.fresh(entry) {
                         // Nothing answered yet, perhaps part of a head read: take it as it is.
                         moving = true;
                         break Ok(());
@@ -371,48 +372,72 @@ where
     }
 }
 
-/// What one of the futures a hyper connection's loop watches beside it said.
-enum Watched {
+/// What woke a hyper connection's loop with something to do.
+enum Event {
+    /// hyper's connection ended.
+    Served(Result<(), BoxError>),
+    /// The hand-over offer.
     Offered,
+    /// The drain began.
     Drain,
+    /// The timer fired: the keep-alive timeout, the drain's quiet period or the look for idleness.
     Timer,
+    /// The move's tick: look whether the connection is idle between requests.
+    Tick,
 }
 
-/// The hand-over offer, the drain and the timer, those given, polled through `gate`: a wake-up of the
-/// task for hyper costs one atomic load here, not one per watched future. The first poll polls all
-/// of them (what is watched, or the timer, may have changed since the last).
-fn watched<'a>(
-    gate: &'a mut Gate,
-    mut offer: Option<&'a mut OnWake<Offer>>,
-    mut drain: Option<Pin<&'a mut DrainWatch>>,
-    mut timer: Option<Pin<&'a mut OnWake<tokio::time::Sleep>>>,
-) -> impl Future<Output = Watched> + 'a {
-    let mut fresh = true;
-    std::future::poll_fn(move |cx| {
-        let Some(waker) = gate.opened(cx, std::mem::take(&mut fresh)) else {
-            return Poll::Pending;
-        };
-        let cx = &mut Context::from_waker(&waker);
-        if offer
-            .as_mut()
-            .is_some_and(|o| Pin::new(&mut **o).poll(cx).is_ready())
-        {
-            return Poll::Ready(Watched::Offered);
+/// What one hyper connection read and wrote as its answers went out, noted at each wake-up of its
+/// task.
+struct Marks {
+    /// The bytes written when last noted.
+    out_seen: u64,
+    /// The bytes read when the last answer went out: while more have been read since, hyper may hold
+    /// part of a request head, and stopping it would turn keep-alive off (or, rebuilt, start its
+    /// header timeout over). [`Marks::NONE`]: no answer yet on a connection that began with bytes
+    /// read ahead.
+    in_at_answer: u64,
+    /// The bytes written when this hyper connection began.
+    out_at_start: u64,
+    /// Whether it has begun a request: until it has answered one, hyper's graceful shutdown waits
+    /// for a request (its keep-alive state is not idle yet), so a move or a hibernation takes its
+    /// parts at once instead; it has written nothing that could wait unflushed.
+    began: bool,
+}
+
+impl Marks {
+    const NONE: u64 = u64::MAX;
+
+    fn new(entry: &Entry, may_hibernate: bool) -> Marks {
+        let out = entry.bytes_out.load(Relaxed);
+        Marks {
+            out_seen: out,
+            in_at_answer: if may_hibernate {
+                entry.bytes_in.load(Relaxed)
+            } else {
+                Marks::NONE
+            },
+            out_at_start: out,
+            began: false,
         }
-        if drain
-            .as_mut()
-            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-        {
-            return Poll::Ready(Watched::Drain);
+    }
+
+    /// Notes what was read when an answer went out (after each poll of hyper).
+    #[inline]
+    fn sample(&mut self, state: &ConnState, entry: &Entry) {
+        if state.in_flight.load(Relaxed) > 0 {
+            self.began = true;
         }
-        if timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
-        {
-            return Poll::Ready(Watched::Timer);
+        let out = entry.bytes_out.load(Relaxed);
+        if out != self.out_seen {
+            self.out_seen = out;
+            self.in_at_answer = entry.bytes_in.load(Relaxed);
         }
-        Poll::Pending
-    })
+    }
+
+    /// Nothing begun or written yet by this hyper connection.
+    fn fresh(&self, entry: &Entry) -> bool {
+        !self.began && entry.bytes_out.load(Relaxed) == self.out_at_start
+    }
 }
 
 /// Counts the errors that say something about the peer; resets and early closes are its right.
