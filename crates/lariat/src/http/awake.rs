@@ -192,18 +192,17 @@ where
     /// Serves until hyper's connection ends, or this loop ends it to move or hibernate it before
     /// its first answer: then [`finish`](Self::finish) with the result.
     pub(super) fn poll_turns(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         draining: &mut bool,
         offer: &mut Option<OnWake<Offer>>,
         mut drain: Pin<&mut DrainWatch>,
     ) -> Poll<Result<(), BoxError>> {
-        let mut this = self.project();
-        let http = *this.http;
-        let (stats, options) = (&http.stats, &http.options);
-        let (state, entry) = (*this.state, *this.entry);
-        let hibernate_after = *this.hibernate_after;
         loop {
+            let mut this = self.as_mut().project();
+            let http = *this.http;
+            let (state, entry) = (*this.state, *this.entry);
+            let hibernate_after = *this.hibernate_after;
             if let Poll::Ready(r) = Pin::new(&mut *this.served).poll(cx) {
                 return Poll::Ready(r);
             }
@@ -241,26 +240,106 @@ where
             let Some(event) = event else {
                 return Poll::Pending;
             };
-            // What is watched may change: the next turn polls all of it.
-            *this.fresh = true;
-            match event {
-                Event::Offered => {
-                    *offer = None;
-                    *this.pending_move = true;
-                    this.tick.as_mut().reset(Instant::now());
+            if self.as_mut().on_event(event, draining, offer) {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Acts on what woke the loop beside hyper; `true`: the loop ended hyper's connection before its
+    /// first answer, to move or hibernate it. Out of line: it runs a few times in a connection's
+    /// life, and kept out of [`poll_turns`](Self::poll_turns), which runs once or twice per request.
+    #[inline(never)]
+    fn on_event(
+        self: Pin<&mut Self>,
+        event: Event,
+        draining: &mut bool,
+        offer: &mut Option<OnWake<Offer>>,
+    ) -> bool {
+        let mut this = self.project();
+        let http = *this.http;
+        let (stats, options) = (&http.stats, &http.options);
+        let (state, entry) = (*this.state, *this.entry);
+        let hibernate_after = *this.hibernate_after;
+        let pending_move = *this.pending_move;
+        // What is watched may change: the next turn polls all of it.
+        *this.fresh = true;
+        match event {
+            Event::Offered => {
+                *offer = None;
+                *this.pending_move = true;
+                this.tick.as_mut().reset(Instant::now());
+            }
+            Event::Drain => {
+                *draining = true;
+                if pending_move {
+                    // The move comes first; if it cannot happen, the drain goes on from there.
+                    return false;
                 }
-                Event::Drain => {
-                    *draining = true;
-                    if pending_move {
-                        // The move comes first; if it cannot happen, the drain goes on from there.
-                        continue;
+                state.closing.store(true, Relaxed);
+                if state.h2.load(Relaxed) {
+                    this.served.graceful_shutdown();
+                    HttpStats::add(&stats.goaway_sent);
+                    *this.ended = true;
+                } else {
+                    *this.seen = moved(entry);
+                    *this.quiet_since = Instant::now();
+                    this.timer
+                        .as_mut()
+                        .inner_mut()
+                        .reset(Instant::now() + options.drain_quiet);
+                }
+            }
+            Event::Timer => {
+                let now = moved(entry);
+                let h2 = state.h2.load(Relaxed);
+                let idle = state.in_flight.load(Relaxed) == 0 && now == *this.seen;
+                // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it
+                // first.
+                let quiet = idle && (h2 || !pending(*this.fd));
+                let expired = *draining
+                    || options
+                        .keep_alive_timeout
+                        .is_some_and(|k| this.quiet_since.elapsed() >= k);
+                // hyper holds no part of a next request: nothing was read since the last answer.
+                let clean = this.marks.in_at_answer == entry.bytes_in.load(Relaxed);
+                if quiet && !expired && clean && hibernate_after.is_some() {
+                    *this.hibernating = true;
+                    if this.marks.fresh(entry) {
+                        return true;
                     }
-                    state.closing.store(true, Relaxed);
-                    if state.h2.load(Relaxed) {
-                        this.served.graceful_shutdown();
+                    // Between requests: hyper stops and gives the socket back with what it read
+                    // ahead, if anything arrived meanwhile.
+                    state.keep_open.store(true, Relaxed);
+                    this.served.graceful_shutdown();
+                    *this.ended = true;
+                } else if (*draining && h2) || (quiet && expired) {
+                    this.served.graceful_shutdown();
+                    *this.ended = true;
+                    if h2 {
                         HttpStats::add(&stats.goaway_sent);
-                        *this.ended = true;
-                    } else {
+                    }
+                    if !*draining {
+                        HttpStats::add(&stats.idle_closed);
+                    } else if !h2 {
+                        HttpStats::add(&stats.drain_closed_idle);
+                    }
+                } else {
+                    if !quiet {
+                        *this.seen = now;
+                        *this.quiet_since = Instant::now();
+                    }
+                    if let Some(p) = period(http, hibernate_after, *draining) {
+                        this.timer.as_mut().inner_mut().reset(Instant::now() + p);
+                    }
+                }
+            }
+            Event::Tick => {
+                if !entry.shared.handover.taking() {
+                    // The window closed (or the successor went): serve on, drain if draining.
+                    *this.pending_move = false;
+                    if *draining {
+                        state.closing.store(true, Relaxed);
                         *this.seen = moved(entry);
                         *this.quiet_since = Instant::now();
                         this.timer
@@ -268,81 +347,23 @@ where
                             .inner_mut()
                             .reset(Instant::now() + options.drain_quiet);
                     }
-                }
-                Event::Timer => {
-                    let now = moved(entry);
-                    let h2 = state.h2.load(Relaxed);
-                    let idle = state.in_flight.load(Relaxed) == 0 && now == *this.seen;
-                    // HTTP/1: nothing may wait in the socket, or a request is arriving: answer it
-                    // first.
-                    let quiet = idle && (h2 || !pending(*this.fd));
-                    let expired = *draining
-                        || options
-                            .keep_alive_timeout
-                            .is_some_and(|k| this.quiet_since.elapsed() >= k);
-                    // hyper holds no part of a next request: nothing was read since the last answer.
-                    let clean = this.marks.in_at_answer == entry.bytes_in.load(Relaxed);
-                    if quiet && !expired && clean && hibernate_after.is_some() {
-                        *this.hibernating = true;
-                        if this.marks.fresh(entry) {
-                            return Poll::Ready(Ok(()));
-                        }
-                        // Between requests: hyper stops and gives the socket back with what it read
-                        // ahead, if anything arrived meanwhile.
-                        state.keep_open.store(true, Relaxed);
-                        this.served.graceful_shutdown();
-                        *this.ended = true;
-                    } else if (*draining && h2) || (quiet && expired) {
-                        this.served.graceful_shutdown();
-                        *this.ended = true;
-                        if h2 {
-                            HttpStats::add(&stats.goaway_sent);
-                        }
-                        if !*draining {
-                            HttpStats::add(&stats.idle_closed);
-                        } else if !h2 {
-                            HttpStats::add(&stats.drain_closed_idle);
-                        }
-                    } else {
-                        if !quiet {
-                            *this.seen = now;
-                            *this.quiet_since = Instant::now();
-                        }
-                        if let Some(p) = period(http, hibernate_after, *draining) {
-                            this.timer.as_mut().inner_mut().reset(Instant::now() + p);
-                        }
+                } else if state.in_flight.load(Relaxed) == 0 {
+                    *this.moving = true;
+                    if this.marks.fresh(entry) {
+                        // Nothing answered yet, perhaps part of a head read: take it as it is.
+                        return true;
                     }
-                }
-                Event::Tick => {
-                    if !entry.shared.handover.taking() {
-                        // The window closed (or the successor went): serve on, drain if draining.
-                        *this.pending_move = false;
-                        if *draining {
-                            state.closing.store(true, Relaxed);
-                            *this.seen = moved(entry);
-                            *this.quiet_since = Instant::now();
-                            this.timer
-                                .as_mut()
-                                .inner_mut()
-                                .reset(Instant::now() + options.drain_quiet);
-                        }
-                    } else if state.in_flight.load(Relaxed) == 0 {
-                        *this.moving = true;
-                        if this.marks.fresh(entry) {
-                            // Nothing answered yet, perhaps part of a head read: take it as it is.
-                            return Poll::Ready(Ok(()));
-                        }
-                        // Between requests: hyper stops (reading nothing more) and keeps the socket
-                        // open.
-                        state.keep_open.store(true, Relaxed);
-                        this.served.graceful_shutdown();
-                        *this.ended = true;
-                    } else {
-                        this.tick.as_mut().reset(Instant::now() + MOVE_TICK);
-                    }
+                    // Between requests: hyper stops (reading nothing more) and keeps the socket
+                    // open.
+                    state.keep_open.store(true, Relaxed);
+                    this.served.graceful_shutdown();
+                    *this.ended = true;
+                } else {
+                    this.tick.as_mut().reset(Instant::now() + MOVE_TICK);
                 }
             }
         }
+        false
     }
 
     /// What the end of hyper's connection (`result`, from [`poll_turns`](Self::poll_turns)) leaves
