@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::awake::{self, Ctx, Ended};
+use super::awake::{self, Awake, Ctx, Ended, Finish};
 use super::io::{close, first_bytes, FirstBytes};
 use super::service::{ConnState, HttpService, ResponseBody, Tracked};
 use super::stats::HttpStats;
@@ -157,17 +157,37 @@ async fn serve_on<S, B>(
                 kind,
                 may_hibernate: prefix.is_empty(),
             };
-            // Boxed: the timers and hyper's connection are not part of what a hibernated connection keeps.
-            let ended = Box::pin(awake::run(
-                ctx,
-                conn,
-                std::mem::take(&mut prefix),
-                service,
-                &mut draining,
-                &mut offer,
-                drain.as_mut(),
-            ))
-            .await;
+            let ended = {
+                // Boxed: the timers and hyper's connection are not part of what a hibernated
+                // connection keeps (the box is gone before it hibernates).
+                let mut awake = Box::pin(Awake::new(
+                    ctx,
+                    conn,
+                    std::mem::take(&mut prefix),
+                    service,
+                    draining,
+                ));
+                let result = std::future::poll_fn(|cx| {
+                    awake
+                        .as_mut()
+                        .poll_turns(cx, &mut draining, &mut offer, drain.as_mut())
+                })
+                .await;
+                let finish = awake.as_mut().finish(result);
+                drop(awake);
+                match finish {
+                    Finish::Ended(ended) => ended,
+                    Finish::HandOver {
+                        conn,
+                        service,
+                        ahead,
+                    } => Box::pin(awake::hand_over(conn, service, ahead, stats)).await,
+                    Finish::Close(back) => {
+                        Box::pin(awake::close_back(back, &http)).await;
+                        Ended::Done
+                    }
+                }
+            };
             let since = match ended {
                 Ended::Done => return,
                 Ended::Again {

@@ -97,7 +97,9 @@ impl Gate {
 
     /// The waker to poll the watched futures with, when one of them may have something to say: one
     /// woke since the last call, the task's waker changed, or `fresh` (the caller changed what it
-    /// watches). `None`: nothing to poll.
+    /// watches). `None`: nothing to poll. Inlined: it runs at every wake-up of a connection's task,
+    /// in code generic over the service (compiled in the crate that names it).
+    #[inline]
     pub(crate) fn opened(&mut self, cx: &Context<'_>, fresh: bool) -> Option<Waker> {
         match &self.flag {
             Some(flag) if flag.task.will_wake(cx.waker()) => {

@@ -4,9 +4,9 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-
-use futures_util::FutureExt;
+use std::task::{Context, Poll};
 
 use super::registry::Entry;
 use super::stats::Stats;
@@ -54,26 +54,69 @@ fn spawn_after_handshake<H: Handler>(conn: Connection, handler: Arc<H>, handshak
 /// Spawns a connection's task: `serve` ends with the handler's outcome (`None`: the handler never
 /// ran), counted by [`account`] with a panic caught, so it harms no other connection. The task is
 /// recorded in the entry, for a forced close to abort.
-///
-/// Built from combinators rather than an `async move` block: a block that awaits a future stores it
-/// twice (once captured, once moved into the await), which doubles the task's size for every idle
-/// connection.
 fn spawn_caught<O: Outcome>(
     entry: &Arc<Entry>,
     serve: impl Future<Output = Option<O>> + Send + 'static,
 ) {
-    // The wrapper keeps one pointer (the entry) so the task of an idle connection stays small.
-    let done = entry.clone();
-    let serve = AssertUnwindSafe(serve)
-        .catch_unwind()
-        .map(move |result| match result {
-            Ok(Some(outcome)) => account(&done, Ok(outcome)),
-            Ok(None) => {}
-            Err(panic) => account::<O>(&done, Err(panic)),
-        });
-    let task = tokio::spawn(serve);
+    spawn_task(entry, serve, std::convert::identity);
+}
+
+/// [`spawn_caught`] for a future whose output `outcome` turns into the handler's outcome.
+fn spawn_task<F, O, M>(entry: &Arc<Entry>, serve: F, outcome: M)
+where
+    F: Future + Send + 'static,
+    O: Outcome,
+    M: Fn(F::Output) -> Option<O> + Send + 'static,
+{
+    let task = tokio::spawn(Caught {
+        serve,
+        entry: entry.clone(),
+        outcome,
+    });
     // If the task already finished, the entry is gone from the registry and this is harmless.
     entry.set_task(task.abort_handle());
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: the handler's future, each poll under `catch_unwind`, and its outcome
+    /// counted when it ends. One future written out rather than combinators (`catch_unwind`, `map`):
+    /// it is polled at every wake-up of every connection, and each combinator added a level of
+    /// polls; the task of an idle connection keeps only the handler's future and one pointer (the
+    /// entry).
+    struct Caught<F, M> {
+        #[pin]
+        serve: F,
+        entry: Arc<Entry>,
+        // A function item (no bytes): the handler's output as its outcome.
+        outcome: M,
+    }
+}
+
+impl<F, O, M> Future for Caught<F, M>
+where
+    F: Future,
+    O: Outcome,
+    M: Fn(F::Output) -> Option<O>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let serve = this.serve;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| serve.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                if let Some(outcome) = (this.outcome)(output) {
+                    account(this.entry, Ok(outcome));
+                }
+                Poll::Ready(())
+            }
+            Err(panic) => {
+                account::<O>(this.entry, Err(panic));
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// Counts and logs how a handler ended.
@@ -112,7 +155,7 @@ pub(super) fn spawn_connection<H: Handler>(conn: Connection, handler: &H) {
             return;
         }
     };
-    spawn_caught(&entry, serve.map(Some));
+    spawn_task(&entry, serve, Some);
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {
