@@ -97,7 +97,7 @@ pub use net::stream::{LocalAddr, PeerAddr, Stream};
 pub use server::registry::{CloseError, ConnectionInfo};
 pub use server::settings::{
     HandshakeSettings, Limits, SettingsError, DEFAULT_HANDSHAKE_GRACE, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS, MAX_IDLE_TIMEOUT,
 };
 pub use server::stats::StatsSnapshot;
 pub use server::{Running, Server, ServerBuilder, ServerError, ServerHandle};

@@ -101,7 +101,18 @@ fn ten_restarts_under_churn_lose_no_connection() {
     assert!(is_alive(last));
     kill(last);
 
-    assert_eq!(failed, 0, "first error: {:?}", first_error.lock().unwrap());
+    let log = server.stderr();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("hand-over"))
+        .collect();
+    assert_eq!(
+        failed,
+        0,
+        "first error: {:?}; the servers' warnings and hand-overs:\n{}",
+        first_error.lock().unwrap(),
+        warnings.join("\n")
+    );
     assert!(served > 0);
     assert_eq!(pids.len(), RESTARTS);
     assert!(!pids.contains(&first_pid));

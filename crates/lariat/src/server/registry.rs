@@ -125,8 +125,9 @@ impl Entry {
 ///
 /// Both wrap. Bytes that moved by an exact multiple of 4 GiB between two sweeps look unmoved: for a
 /// busy connection one chance in 2^32 per sweep of being taken for quiet since the last time it was
-/// seen to move. The quiet time is computed modulo 2^32 ms (49.7 days), far beyond any idle timeout: a
-/// connection is closed long before its quiet time could wrap.
+/// seen to move. The quiet time is computed modulo 2^32 ms and read as signed (up to 24.8 days), far
+/// beyond any idle timeout the sweep serves (`Limits` refuses longer ones): a connection is closed long
+/// before its quiet time could wrap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Sweep(u64);
 
@@ -139,9 +140,14 @@ impl Sweep {
         (self.0 >> 32) as u32 == bytes as u32
     }
 
-    /// Milliseconds since the bytes last moved.
+    /// Milliseconds since the bytes last moved; 0 for a record newer than `now_ms` (a connection
+    /// registered after the sweep read its clock, while the sweep walks the registry).
+    ///
+    /// The difference is taken modulo 2^32 ms and read as signed: a record up to 24.8 days old comes out
+    /// right across the wrap, and one "from the future" is never taken for one 49 days old.
     fn quiet_for(self, now_ms: u64) -> u64 {
-        u64::from((now_ms as u32).wrapping_sub(self.0 as u32))
+        let elapsed = (now_ms as u32).wrapping_sub(self.0 as u32) as i32;
+        u64::try_from(elapsed).unwrap_or(0)
     }
 }
 
@@ -372,6 +378,12 @@ mod tests {
         // The clock past 2^32 ms since the epoch: the difference still comes out right.
         let late = Sweep::new(7, (1u64 << 32) - 10);
         assert_eq!(late.quiet_for((1u64 << 32) + 90), 100);
+        // A connection registered while the sweep walks the registry (its record is newer than the
+        // sweep's clock reading) has been quiet for no time, not for 49 days.
+        let newer = Sweep::new(0, 5_010);
+        assert_eq!(newer.quiet_for(5_000), 0);
+        let newer_across_the_wrap = Sweep::new(0, 3);
+        assert_eq!(newer_across_the_wrap.quiet_for((1u64 << 32) - 2), 0);
         // Bytes past 4 GiB: the low bits still change when bytes move.
         let big = Sweep::new((5u64 << 32) + 3, 0);
         assert!(big.same_bytes((5u64 << 32) + 3));

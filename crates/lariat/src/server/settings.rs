@@ -111,6 +111,9 @@ pub enum SettingsError {
     /// An idle timeout of zero would close every connection at once.
     #[error("idle_timeout is zero: every connection would be closed at once; use None for no idle timeout")]
     ZeroIdleTimeout,
+    /// The idle sweep keeps quiet times to the millisecond in 31 bits (see [`MAX_IDLE_TIMEOUT`]).
+    #[error("idle_timeout {0:?} is over the longest the idle sweep keeps ({MAX_IDLE_TIMEOUT:?}); use None for no idle timeout")]
+    IdleTimeoutTooLong(Duration),
     /// The backoff would start above its own ceiling.
     #[error("backoff starts at {initial:?}, above its maximum {max:?}")]
     BackoffInverted {
@@ -132,6 +135,11 @@ pub enum SettingsError {
     },
 }
 
+/// The longest [`Limits::idle_timeout`]: 24 days. The sweep packs each connection's quiet time in a
+/// word it shares with the byte count (it sits in every connection's registry entry), which holds
+/// about 24.8 days; a connection silent for longer than that is not a case any service needs a timer for.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 60 * 60);
+
 impl Limits {
     /// Refuses values that could never work.
     pub fn validate(&self) -> Result<(), SettingsError> {
@@ -143,6 +151,9 @@ impl Limits {
         }
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err(SettingsError::ZeroIdleTimeout);
+        }
+        if let Some(timeout) = self.idle_timeout.filter(|t| *t > MAX_IDLE_TIMEOUT) {
+            return Err(SettingsError::IdleTimeoutTooLong(timeout));
         }
         if self.backoff.initial > self.backoff.max {
             return Err(SettingsError::BackoffInverted {
@@ -195,6 +206,10 @@ mod tests {
         assert_eq!(
             refused(|l| l.idle_timeout = Some(Duration::ZERO)),
             SettingsError::ZeroIdleTimeout
+        );
+        assert_eq!(
+            refused(|l| l.idle_timeout = Some(MAX_IDLE_TIMEOUT + Duration::from_secs(1))),
+            SettingsError::IdleTimeoutTooLong(MAX_IDLE_TIMEOUT + Duration::from_secs(1))
         );
         assert_eq!(
             refused(|l| l.backoff.initial = l.backoff.max + Duration::from_millis(1)),
