@@ -47,7 +47,33 @@ pub(crate) fn connect_from_env(shared: &Arc<ServerState>) -> io::Result<bool> {
     Ok(true)
 }
 
-pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<ServerState>) {
+/// Takes connections until the predecessor closes the channel.
+///
+/// When this server's own drain begins (it is being stopped, or replaced in turn) it takes no more:
+/// connections received and not yet answered are left to the predecessor (our copies closed), our
+/// end is shut for writing, and the predecessor, reading that end of stream after our last `Taken`,
+/// commits those and keeps every other one. The channel then ends; the drain waits for that
+/// ([`HandOverState::incoming_opened`](super::HandOverState::incoming_opened)), so the process does
+/// not exit between a `Taken` and its `Commit`, when neither process would serve the connection.
+///
+/// The channel counts as open from this call, not from the future's first poll: a drain that begins
+/// in between waits for it too.
+pub(super) fn take_connections(
+    sock: AsyncFd<OwnedFd>,
+    shared: Arc<ServerState>,
+) -> impl std::future::Future<Output = ()> {
+    let ended = shared.handover.incoming_opened().drop_guard();
+    async move {
+        let _ended = ended;
+        take_until_closed(sock, shared).await
+    }
+}
+
+async fn take_until_closed(sock: AsyncFd<OwnedFd>, shared: Arc<ServerState>) {
+    let draining = shared.drain.draining.clone();
+    let draining = draining.cancelled();
+    tokio::pin!(draining);
+    let mut winding_down = false;
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut held: HashMap<u64, Held> = HashMap::new();
     // `Taken`s not written yet. Reading never waits for writing: the predecessor may be blocked
@@ -56,6 +82,18 @@ pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<ServerS
     let mut resumed = 0u64;
     let why = 'channel: loop {
         tokio::select! {
+            _ = &mut draining, if !winding_down => {
+                winding_down = true;
+                for id in answers.drain(..) {
+                    held.remove(&id);
+                }
+                let shut = socket2::SockRef::from(sock.get_ref()).shutdown(std::net::Shutdown::Write);
+                tracing::debug!(waiting_for_commit = held.len(), "draining: taking no more connections from the predecessor");
+                if let Err(e) = shut {
+                    tracing::warn!(error = %e, "hand-over: closing the channel");
+                    break 'channel "the channel failed";
+                }
+            }
             ready = sock.readable() => {
                 let mut guard = match ready {
                     Ok(guard) => guard,
@@ -72,6 +110,8 @@ pub(super) async fn take_connections(sock: AsyncFd<OwnedFd>, shared: Arc<ServerS
                     match received {
                         Ok((0, _)) => break 'channel "the predecessor closed the channel",
                         Ok((n, fd)) => match (Message::decode(&buf[..n]), fd) {
+                            // Draining: not taken. Our copy closes; the predecessor keeps it.
+                            (Some(Message::Conn { .. }), Some(_)) if winding_down => {}
                             (Some(Message::Conn { id, state, read_ahead }), Some(fd)) => {
                                 held.insert(
                                     id,

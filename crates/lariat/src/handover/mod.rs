@@ -136,6 +136,10 @@ pub(crate) struct HandOverState {
     /// Kept here rather than in each registry entry, so connections whose handlers never ask cost
     /// nothing; an entry leaves with its connection.
     parked: dashmap::DashMap<u64, std::task::Waker>,
+    /// Cancelled when the channel from a predecessor has ended (set while one is open): a drain waits
+    /// for it, so this process never exits between telling its predecessor it took a connection and
+    /// reading the predecessor's go-ahead to serve it (the predecessor has let go by then).
+    incoming: OnceLock<CancellationToken>,
 }
 
 impl std::fmt::Debug for HandOverState {
@@ -162,6 +166,16 @@ impl HandOverState {
         for parked in self.parked.iter() {
             parked.value().wake_by_ref();
         }
+    }
+
+    /// Notes that a channel from a predecessor is open; the token is cancelled when it ends.
+    pub(crate) fn incoming_opened(&self) -> CancellationToken {
+        self.incoming.get_or_init(CancellationToken::new).clone()
+    }
+
+    /// True while the channel from a predecessor is open: connections may still arrive.
+    pub(crate) fn incoming_open(&self) -> Option<CancellationToken> {
+        self.incoming.get().filter(|t| !t.is_cancelled()).cloned()
     }
 
     /// Forgets a closed connection's waker.

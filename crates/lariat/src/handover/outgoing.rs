@@ -125,11 +125,16 @@ impl Outgoing {
             n
         };
         let _ = socket2::SockRef::from(self.sock.get_ref()).shutdown(std::net::Shutdown::Both);
-        tracing::warn!(
-            why,
-            waiting,
-            "connection hand-over stopped: the remaining connections stay here and drain"
-        );
+        if waiting == 0 {
+            // Nothing was in flight (a successor that began its own drain closes its end so).
+            tracing::info!(why, "connection hand-over ended");
+        } else {
+            tracing::warn!(
+                why,
+                waiting,
+                "connection hand-over stopped: the remaining connections stay here and drain"
+            );
+        }
     }
 }
 

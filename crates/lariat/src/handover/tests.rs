@@ -184,3 +184,129 @@ async fn a_channel_that_closes_leaves_the_connection_where_it_was() {
     assert_eq!(&back, b"after!");
     assert_eq!(old.handle().stats().active, 1);
 }
+
+/// An echo handler that hands its connection over at the offer; records where each byte was echoed.
+fn echo_moving(
+    name: char,
+    tx: mpsc::UnboundedSender<(char, Seen)>,
+) -> impl Fn(Connection) -> tokio::task::JoinHandle<()> + Send + Sync + 'static {
+    move |mut conn| {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if conn.resumed_state().is_some() {
+                tx.send((name, Seen::Resumed(conn.resumed_state())))
+                    .unwrap();
+            }
+            let mut listening = true;
+            loop {
+                if conn.readable_or_offer(&mut listening).await.unwrap() == super::Wake::HandOver {
+                    match conn.hand_over(b"").await {
+                        Ok(()) => {
+                            tx.send((name, Seen::HandedOver)).unwrap();
+                            return;
+                        }
+                        Err(refused) => conn = refused.connection,
+                    }
+                    continue;
+                }
+                let mut buf = [0u8; 64];
+                match conn.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        conn.write_all(&buf[..n]).await.unwrap();
+                        let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        tx.send((name, Seen::Data(data))).unwrap();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+    }
+}
+
+/// A successor that begins its own drain (stopped, or replaced in turn) while its predecessor still
+/// hands connections over takes no more: a connection reaching its safe point later stays with the
+/// predecessor and is served there, and the successor's drain ends only once the channel has (a
+/// process that exited while its predecessor committed a connection to it would lose that connection).
+#[tokio::test]
+async fn a_successor_that_begins_its_drain_takes_no_more_and_its_drain_waits_for_the_channel() {
+    let (tx, mut seen) = mpsc::unbounded_channel::<(char, Seen)>();
+    let (old, addr) = server(echo_moving('A', tx.clone()));
+    let (new, _) = server(echo_moving('B', tx));
+
+    // A first client moves while the successor serves normally.
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(b"one").await.unwrap();
+    assert_eq!(seen.recv().await.unwrap(), ('A', Seen::Data("one".into())));
+    let mut back = [0u8; 3];
+    first.read_exact(&mut back).await.unwrap();
+    let (a, b) =
+        socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+    b.set_nonblocking(true).unwrap();
+    tokio::spawn(incoming::take_connections(
+        wire::register(b).unwrap(),
+        new.handle().shared.clone(),
+    ));
+    assert!(new.handle().shared.handover.incoming_open().is_some());
+    let out = Outgoing::start(a, Duration::from_secs(5)).unwrap();
+    // The second client is connected, and waits in its handler, before the offer.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(b"two").await.unwrap();
+    assert_eq!(seen.recv().await.unwrap(), ('A', Seen::Data("two".into())));
+    let mut back = [0u8; 3];
+    second.read_exact(&mut back).await.unwrap();
+
+    // The successor begins its drain before the offer reaches the handlers.
+    let drain = tokio::spawn({
+        let handle = new.handle().clone();
+        async move {
+            handle
+                .drain(crate::drain::DrainOptions {
+                    timeout: Duration::from_secs(5),
+                    settle: Duration::from_millis(10),
+                })
+                .await
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while new.handle().shared.handover.incoming_open().is_some() {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the successor's end of the channel closes once its drain begins");
+    let report = tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("the successor's drain ends with its channel")
+        .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+
+    // Offered now, every connection stays with the old server and is served there.
+    old.handle().shared.handover.offer(out);
+    for (client, word) in [(&mut first, "three"), (&mut second, "four")] {
+        client.write_all(word.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; word.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut back))
+            .await
+            .expect("echoed")
+            .unwrap();
+        assert_eq!(back, word.as_bytes());
+    }
+    let mut served_by_old = Vec::new();
+    while let Ok(event) = seen.try_recv() {
+        served_by_old.push(event);
+    }
+    assert!(
+        served_by_old.contains(&('A', Seen::Data("three".into())))
+            && served_by_old.contains(&('A', Seen::Data("four".into()))),
+        "{served_by_old:?}"
+    );
+    assert!(
+        !served_by_old.iter().any(|(who, _)| *who == 'B'),
+        "{served_by_old:?}"
+    );
+    assert_eq!(old.handle().stats().active, 2);
+    assert_eq!(new.handle().stats().active, 0);
+}

@@ -87,7 +87,8 @@ impl ServerBuilder {
     /// Closes a connection when no byte has moved either way for this long (slowloris, peers that
     /// vanished without a FIN; [`Limits::idle_timeout`]). Checked by one sweep per server, a tenth of
     /// the timeout apart (100 ms to 1 s), so it costs nothing per read or write. Reaches connections
-    /// served by tasks lariat spawned.
+    /// served by tasks lariat spawned. Above [`MAX_IDLE_TIMEOUT`](crate::MAX_IDLE_TIMEOUT) (24 days) it
+    /// acts as 24 days.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.limits.idle_timeout = timeout;
         self

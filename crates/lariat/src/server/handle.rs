@@ -150,11 +150,21 @@ impl ServerHandle {
             tokio::pin!(closed);
             // Registered before the check, so a close between the two is not missed.
             closed.as_mut().enable();
-            if self.shared.registry.is_empty() {
+            // A predecessor still handing connections over may yet commit one here: wait for its
+            // channel to end too (the channel winds down as the drain begins; see `handover`).
+            let incoming = self.shared.handover.incoming_open();
+            if self.shared.registry.is_empty() && incoming.is_none() {
                 return;
             }
+            let incoming_ended = async {
+                match &incoming {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut closed => {}
+                _ = incoming_ended => {}
                 _ = &mut give_up => return,
             }
         }

@@ -23,8 +23,9 @@ pub(crate) fn sweep_interval(timeout: Duration) -> Duration {
 pub(crate) async fn reap(shared: Weak<ServerState>, timeout: Duration) {
     let mut tick = tokio::time::interval(sweep_interval(timeout));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Saturating: a huge timeout must not wrap around to a short one.
-    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    // At most what the sweep's record holds (see `MAX_IDLE_TIMEOUT`); a huge timeout must not wrap
+    // around to a short one.
+    let timeout_ms = timeout.min(crate::MAX_IDLE_TIMEOUT).as_millis() as u64;
     loop {
         tick.tick().await;
         let Some(shared) = shared.upgrade() else {

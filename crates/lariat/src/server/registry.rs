@@ -126,7 +126,7 @@ impl Entry {
 /// Both wrap. Bytes that moved by an exact multiple of 4 GiB between two sweeps look unmoved: for a
 /// busy connection one chance in 2^32 per sweep of being taken for quiet since the last time it was
 /// seen to move. The quiet time is computed modulo 2^32 ms and read as signed (up to 24.8 days), far
-/// beyond any idle timeout the sweep serves (`Limits` refuses longer ones): a connection is closed long
+/// beyond any idle timeout the sweep serves (it caps them at `MAX_IDLE_TIMEOUT`): a connection is closed long
 /// before its quiet time could wrap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Sweep(u64);

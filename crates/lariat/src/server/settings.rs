@@ -40,7 +40,8 @@ pub struct Limits {
     pub on_exhaustion: OnExhaustion,
     /// The delays between accept retries while short of resources; `initial` at most `max`.
     pub backoff: BackoffPolicy,
-    /// Closes a connection when no byte has moved either way for this long; `None`: never. Not zero.
+    /// Closes a connection when no byte has moved either way for this long; `None`: never. Not zero;
+    /// above [`MAX_IDLE_TIMEOUT`] (24 days) it acts as 24 days.
     pub idle_timeout: Option<Duration>,
 }
 
@@ -111,9 +112,6 @@ pub enum SettingsError {
     /// An idle timeout of zero would close every connection at once.
     #[error("idle_timeout is zero: every connection would be closed at once; use None for no idle timeout")]
     ZeroIdleTimeout,
-    /// The idle sweep keeps quiet times to the millisecond in 31 bits (see [`MAX_IDLE_TIMEOUT`]).
-    #[error("idle_timeout {0:?} is over the longest the idle sweep keeps ({MAX_IDLE_TIMEOUT:?}); use None for no idle timeout")]
-    IdleTimeoutTooLong(Duration),
     /// The backoff would start above its own ceiling.
     #[error("backoff starts at {initial:?}, above its maximum {max:?}")]
     BackoffInverted {
@@ -135,9 +133,9 @@ pub enum SettingsError {
     },
 }
 
-/// The longest [`Limits::idle_timeout`]: 24 days. The sweep packs each connection's quiet time in a
-/// word it shares with the byte count (it sits in every connection's registry entry), which holds
-/// about 24.8 days; a connection silent for longer than that is not a case any service needs a timer for.
+/// The longest [`Limits::idle_timeout`] the idle sweep keeps: 24 days; a longer one acts as 24 days.
+/// The sweep packs each connection's quiet time in a word it shares with the byte count (it sits in
+/// every connection's registry entry), which holds about 24.8 days.
 pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 60 * 60);
 
 impl Limits {
@@ -151,9 +149,6 @@ impl Limits {
         }
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err(SettingsError::ZeroIdleTimeout);
-        }
-        if let Some(timeout) = self.idle_timeout.filter(|t| *t > MAX_IDLE_TIMEOUT) {
-            return Err(SettingsError::IdleTimeoutTooLong(timeout));
         }
         if self.backoff.initial > self.backoff.max {
             return Err(SettingsError::BackoffInverted {
@@ -206,10 +201,6 @@ mod tests {
         assert_eq!(
             refused(|l| l.idle_timeout = Some(Duration::ZERO)),
             SettingsError::ZeroIdleTimeout
-        );
-        assert_eq!(
-            refused(|l| l.idle_timeout = Some(MAX_IDLE_TIMEOUT + Duration::from_secs(1))),
-            SettingsError::IdleTimeoutTooLong(MAX_IDLE_TIMEOUT + Duration::from_secs(1))
         );
         assert_eq!(
             refused(|l| l.backoff.initial = l.backoff.max + Duration::from_millis(1)),
