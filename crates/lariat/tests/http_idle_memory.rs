@@ -34,11 +34,12 @@ static ALLOCATOR: counting::Counting = counting::Counting;
 const WARM_UP: usize = 100;
 const IDLE: usize = 1_000;
 /// A hibernated connection sleeps in the server's parking lot: no task (nor a handle that would keep
-/// the ended task's memory), no tokio registration, no timer. What is left (about 360 B): its registry
-/// entry, its place in the lot (a slab slot and a deadline in a sorted set, shared structures that grow
-/// in steps), the boxed state its next hyper connection needs (the socket, the guard, the service's
-/// clone) and the counters it shares with the service (48). Awake, a connection holds about 20 KiB.
-const BUDGET_PER_CONNECTION: isize = 420;
+/// the ended task's memory), no tokio registration, no timer. What is left (about 300 B): its registry
+/// entry (128) and its slot in the registry's map, its place in the lot (a 32-byte slab slot and an
+/// 8-byte deadline in a sorted set, shared structures that grow in steps), the boxed state its next
+/// hyper connection needs (the socket, the guard, the service's clone) and the state it shares with the
+/// service. Awake, a connection holds about 20 KiB.
+const BUDGET_PER_CONNECTION: isize = 340;
 /// The handler's future: the wait for the first bytes; serving (every hyper connection and the
 /// hibernation in the task of a connection that cannot sleep in the lot) is boxed.
 const FUTURE_BUDGET: usize = 300;

@@ -52,24 +52,71 @@ pub(crate) struct LotStats {
 /// Events taken from the epoll instance per system call.
 const BATCH: usize = 64;
 
-/// One parked connection.
+/// One parked connection: 24 bytes besides the item (a slab slot of 32 with a boxed item), one per
+/// idle connection.
 struct Slot<T> {
     /// Tells a stale event (of an earlier connection in the same slot) from this one's.
     generation: u32,
     fd: RawFd,
-    deadline: Option<Instant>,
+    /// Its deadline in [`Clock`] ticks, [`NO_DEADLINE`] for none.
+    deadline: u64,
     item: T,
+}
+
+/// A slot's deadline when it has none.
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// Bits of a slot's key in a [`Parked::deadlines`] entry; the lot parks at most 2^24 (16.7 million)
+/// connections at once, and a connection beyond that waits in its task instead.
+const KEY_BITS: u32 = 24;
+const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
+
+/// Deadlines as whole milliseconds since the lot began, rounded up (a connection never resumes
+/// early), so that one fits in 40 bits beside a slot's key: 34 years of uptime.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    const MAX_TICKS: u64 = (1 << (64 - KEY_BITS)) - 1;
+
+    fn ticks(self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        let ms = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 != 0);
+        u64::try_from(ms).unwrap_or(u64::MAX).min(Self::MAX_TICKS)
+    }
+
+    /// The ticks that have wholly passed at `now` (rounded down): a deadline of at most this many
+    /// ticks is due.
+    fn passed(self, now: Instant) -> u64 {
+        let ms = now.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
+    fn instant(self, ticks: u64) -> Instant {
+        self.epoch + Duration::from_millis(ticks)
+    }
 }
 
 struct Parked<T> {
     slots: Slab<Slot<T>>,
-    /// `(deadline, key)` of every parked connection with a deadline.
-    deadlines: BTreeSet<(Instant, usize)>,
+    /// Every parked connection with a deadline, as `ticks << KEY_BITS | key`: one word each, in
+    /// deadline order (8 bytes in the B-tree, not the 24 of an `(Instant, usize)` pair).
+    deadlines: BTreeSet<u64>,
     generation: u32,
+}
+
+impl<T> Parked<T> {
+    /// The earliest deadline, in ticks.
+    fn earliest(&self) -> Option<u64> {
+        self.deadlines.first().map(|&d| d >> KEY_BITS)
+    }
 }
 
 struct Inner<T> {
     epoll: AsyncFd<OwnedFd>,
+    clock: Clock,
     parked: Mutex<Parked<T>>,
     /// Wakes the lot's task: an earlier deadline than it sleeps towards, or a server-wide wake.
     changed: Notify,
@@ -131,6 +178,9 @@ impl<T: Send + 'static> ParkingLot<T> {
         .map_err(|e| e.into_parts().1)?;
         let inner = Arc::new(Inner {
             epoll,
+            clock: Clock {
+                epoch: Instant::now(),
+            },
             parked: Mutex::new(Parked {
                 slots: Slab::new(),
                 deadlines: BTreeSet::new(),
@@ -180,6 +230,9 @@ impl<T: Send + 'static> ParkingLot<T> {
         let Ok(key32) = u32::try_from(key) else {
             return Err(item);
         };
+        if u64::from(key32) > KEY_MASK {
+            return Err(item);
+        }
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
             u64: (u64::from(generation) << 32) | u64::from(key32),
@@ -192,20 +245,21 @@ impl<T: Send + 'static> ParkingLot<T> {
             tracing::debug!(error = %io::Error::last_os_error(), "parking lot: not parked");
             return Err(item);
         }
+        let ticks = deadline.map(|at| inner.clock.ticks(at));
         entry.insert(Slot {
             generation,
             fd,
-            deadline,
+            deadline: ticks.unwrap_or(NO_DEADLINE),
             item,
         });
-        let earliest = parked.deadlines.first().map(|&(at, _)| at);
-        if let Some(at) = deadline {
-            parked.deadlines.insert((at, key));
+        let earliest = parked.earliest();
+        if let Some(ticks) = ticks {
+            parked.deadlines.insert(ticks << KEY_BITS | key as u64);
         }
         inner.stats.parked.fetch_add(1, Relaxed);
         inner.stats.parks.fetch_add(1, Relaxed);
         drop(parked);
-        if deadline.is_some_and(|at| earliest.is_none_or(|e| at < e)) {
+        if ticks.is_some_and(|at| earliest.is_none_or(|e| at < e)) {
             inner.changed.notify_one();
         }
         Ok(())
@@ -231,9 +285,12 @@ impl<T> Inner<T> {
     /// deadline out of the set), with its deadline.
     fn take(&self, parked: &mut Parked<T>, key: usize) -> (T, Option<Instant>) {
         let slot = parked.slots.remove(key);
-        if let Some(at) = slot.deadline {
-            parked.deadlines.remove(&(at, key));
-        }
+        let deadline = (slot.deadline != NO_DEADLINE).then(|| {
+            parked
+                .deadlines
+                .remove(&(slot.deadline << KEY_BITS | key as u64));
+            self.clock.instant(slot.deadline)
+        });
         // SAFETY: the item still owns `slot.fd`, so the descriptor is open and is the one registered.
         unsafe {
             libc::epoll_ctl(
@@ -245,7 +302,7 @@ impl<T> Inner<T> {
         }
         self.stats.parked.fetch_sub(1, Relaxed);
         self.stats.resumed.fetch_add(1, Relaxed);
-        (slot.item, slot.deadline)
+        (slot.item, deadline)
     }
 }
 
@@ -267,7 +324,7 @@ where
     tokio::pin!(sleep);
     loop {
         let mut signalled = false;
-        let next = inner.lock().deadlines.first().map(|&(at, _)| at);
+        let next = inner.lock().earliest().map(|t| inner.clock.instant(t));
         if let Some(at) = next {
             sleep.as_mut().reset(at);
         }
@@ -318,11 +375,12 @@ where
                     due.push((inner.take(&mut parked, key), Wake::Signal));
                 }
             }
-            let now = Instant::now();
-            while let Some(&(at, key)) = parked.deadlines.first() {
-                if at > now {
+            let now = inner.clock.passed(Instant::now());
+            while let Some(&first) = parked.deadlines.first() {
+                if first >> KEY_BITS > now {
                     break;
                 }
+                let key = (first & KEY_MASK) as usize;
                 due.push((inner.take(&mut parked, key), Wake::Deadline));
             }
         }
@@ -379,6 +437,28 @@ mod tests {
     fn park(lot: &ParkingLot<(u32, UnixStream)>, name: u32, s: UnixStream, at: Option<Instant>) {
         let fd = s.as_raw_fd();
         assert!(lot.park(fd, (name, s), at).is_ok());
+    }
+
+    #[test]
+    fn deadlines_round_up_to_the_millisecond_and_sort_with_their_keys() {
+        let clock = Clock {
+            epoch: Instant::now(),
+        };
+        let at = clock.epoch + Duration::from_micros(2_500);
+        assert_eq!(clock.ticks(at), 3, "rounded up: never resumed early");
+        assert_eq!(clock.ticks(clock.epoch + Duration::from_millis(7)), 7);
+        assert_eq!(clock.passed(at), 2, "only whole milliseconds have passed");
+        assert_eq!(clock.ticks(clock.epoch), 0);
+        assert!(clock.instant(clock.ticks(at)) >= at);
+        // Far deadlines stay the latest, whatever their key.
+        let far = clock.ticks(clock.epoch + Duration::from_secs(u64::from(u32::MAX) * 1_000));
+        assert_eq!(far, Clock::MAX_TICKS);
+        let mut set = BTreeSet::new();
+        for (ticks, key) in [(far, 0u64), (5, KEY_MASK), (5, 1), (4, 9)] {
+            set.insert(ticks << KEY_BITS | key);
+        }
+        let order: Vec<(u64, u64)> = set.iter().map(|d| (d >> KEY_BITS, d & KEY_MASK)).collect();
+        assert_eq!(order, [(4, 9), (5, 1), (5, KEY_MASK), (far, 0)]);
     }
 
     #[tokio::test]
@@ -463,9 +543,13 @@ mod tests {
         let at = Instant::now() + Duration::from_secs(60);
         park(&lot, 4, s, Some(at));
         peer.write_all(b"x").unwrap();
-        assert_eq!(
-            next_with_deadline(&mut rx).await,
-            (4, Wake::Readable, Some(at))
+        let (name, why, back) = next_with_deadline(&mut rx).await;
+        assert_eq!((name, why), (4, Wake::Readable));
+        // Kept to the millisecond, rounded up: never earlier than asked.
+        let back = back.expect("its deadline");
+        assert!(
+            back >= at && back - at < Duration::from_millis(1),
+            "{at:?} came back as {back:?}"
         );
         let (t, mut peer2) = UnixStream::pair().unwrap();
         park(&lot, 5, t, None);
