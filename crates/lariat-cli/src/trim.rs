@@ -2,7 +2,8 @@
 //!
 //! An HTTP/1.1 keep-alive connection that hibernates frees hyper's buffers (about 20 KiB of heap), but
 //! an allocator keeps freed memory resident for its next allocations: after a burst of connections the
-//! process would stay as large as at the burst's peak. So once connections hibernated, one thread for
+//! process would stay as large as at the burst's peak. So once connections hibernated (or were closed
+//! at a deadline, which frees what their wake-up touched; `http-hello` counts both), one thread for
 //! the whole process asks the allocator to hand its free pages back, at most once per [`PERIOD`]: under
 //! jemalloc (the `jemalloc` feature, the default) it purges every arena's unused pages; under glibc's
 //! malloc, `malloc_trim(0)` hands back the whole free pages inside the heap. A busy server whose

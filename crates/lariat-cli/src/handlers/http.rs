@@ -44,7 +44,13 @@ pub fn http_hello(
     );
     if !hibernate_after.is_zero() {
         let counted = http.clone();
-        crate::trim::after_hibernation(move || counted.stats().hibernated);
+        // Hibernations free hyper's state; closes at the keep-alive or header deadline, and the ends of
+        // lingering closes the peer never answered, free what the wake-up and the close touched: each
+        // is purged once its period ends.
+        crate::trim::after_hibernation(move || {
+            let stats = counted.stats();
+            stats.hibernated + stats.idle_closed + stats.header_timeouts + stats.linger_timeouts
+        });
     }
     http
 }
