@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
 use super::service::ConnState;
@@ -171,12 +171,23 @@ pub(crate) async fn linger(mut conn: Connection, within: Duration) -> Linger {
     if within.is_zero() {
         return Linger::TimedOut;
     }
-    let mut buf = vec![0u8; 4096];
+    // No buffer while waiting: a wave of connections closed at their keep-alive timeout lingers
+    // together, and a peer that never answers keeps each for the whole `within`. Bytes that do come
+    // are read into a buffer of the moment.
     let drained = tokio::time::timeout(within, async {
         loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            if conn.readable().await.is_err() {
+                return;
+            }
+            let mut buf = Vec::with_capacity(4096);
+            loop {
+                buf.clear();
+                match conn.try_read_buf(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return,
+                }
             }
         }
     })
