@@ -107,6 +107,11 @@ struct Parked<T> {
     generation: u32,
 }
 
+/// A [`Parked::deadlines`] entry: `ticks` in the high bits, so entries sort by deadline.
+fn deadline_entry(ticks: u64, key: usize) -> u64 {
+    ticks << KEY_BITS | key as u64
+}
+
 impl<T> Parked<T> {
     /// The earliest deadline, in ticks.
     fn earliest(&self) -> Option<u64> {
@@ -227,15 +232,12 @@ impl<T: Send + 'static> ParkingLot<T> {
         let generation = parked.generation;
         let entry = parked.slots.vacant_entry();
         let key = entry.key();
-        let Ok(key32) = u32::try_from(key) else {
-            return Err(item);
-        };
-        if u64::from(key32) > KEY_MASK {
+        if key as u64 > KEY_MASK {
             return Err(item);
         }
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
-            u64: (u64::from(generation) << 32) | u64::from(key32),
+            u64: (u64::from(generation) << 32) | key as u64,
         };
         // SAFETY: both descriptors are open (the caller's item owns `fd`), `event` is valid.
         let r = unsafe {
@@ -254,7 +256,7 @@ impl<T: Send + 'static> ParkingLot<T> {
         });
         let earliest = parked.earliest();
         if let Some(ticks) = ticks {
-            parked.deadlines.insert(ticks << KEY_BITS | key as u64);
+            parked.deadlines.insert(deadline_entry(ticks, key));
         }
         inner.stats.parked.fetch_add(1, Relaxed);
         inner.stats.parks.fetch_add(1, Relaxed);
@@ -286,9 +288,7 @@ impl<T> Inner<T> {
     fn take(&self, parked: &mut Parked<T>, key: usize) -> (T, Option<Instant>) {
         let slot = parked.slots.remove(key);
         let deadline = (slot.deadline != NO_DEADLINE).then(|| {
-            parked
-                .deadlines
-                .remove(&(slot.deadline << KEY_BITS | key as u64));
+            parked.deadlines.remove(&deadline_entry(slot.deadline, key));
             self.clock.instant(slot.deadline)
         });
         // SAFETY: the item still owns `slot.fd`, so the descriptor is open and is the one registered.
@@ -454,8 +454,8 @@ mod tests {
         let far = clock.ticks(clock.epoch + Duration::from_secs(u64::from(u32::MAX) * 1_000));
         assert_eq!(far, Clock::MAX_TICKS);
         let mut set = BTreeSet::new();
-        for (ticks, key) in [(far, 0u64), (5, KEY_MASK), (5, 1), (4, 9)] {
-            set.insert(ticks << KEY_BITS | key);
+        for (ticks, key) in [(far, 0), (5, KEY_MASK as usize), (5, 1), (4, 9)] {
+            set.insert(deadline_entry(ticks, key));
         }
         let order: Vec<(u64, u64)> = set.iter().map(|d| (d >> KEY_BITS, d & KEY_MASK)).collect();
         assert_eq!(order, [(4, 9), (5, 1), (5, KEY_MASK), (far, 0)]);

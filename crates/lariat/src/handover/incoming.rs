@@ -70,8 +70,7 @@ pub(super) fn take_connections(
 }
 
 async fn take_until_closed(sock: AsyncFd<OwnedFd>, shared: Arc<ServerState>) {
-    let draining = shared.drain.draining.clone();
-    let draining = draining.cancelled();
+    let draining = shared.drain.draining.clone().cancelled_owned();
     tokio::pin!(draining);
     let mut winding_down = false;
     let mut buf = vec![0u8; MAX_MESSAGE];

@@ -41,8 +41,9 @@ fn server(
     (server, addr)
 }
 
-/// Old and new joined: connections the old one's handlers hand over start in the new one's.
-fn join(old: &Server, new: &Server) {
+/// A hand-over channel into `new`, as a restart opens one: `new` takes connections from it; offer the
+/// returned end to the old server.
+fn channel_into(new: &Server) -> std::sync::Arc<Outgoing> {
     let (a, b) =
         socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
     b.set_nonblocking(true).unwrap();
@@ -50,8 +51,12 @@ fn join(old: &Server, new: &Server) {
         wire::register(b).unwrap(),
         new.handle().shared.clone(),
     ));
-    let out = Outgoing::start(a, Duration::from_secs(5)).unwrap();
-    old.handle().shared.handover.offer(out);
+    Outgoing::start(a, Duration::from_secs(5)).unwrap()
+}
+
+/// Old and new joined: connections the old one's handlers hand over start in the new one's.
+fn join(old: &Server, new: &Server) {
+    old.handle().shared.handover.offer(channel_into(new));
 }
 
 #[tokio::test]
@@ -193,9 +198,8 @@ fn echo_moving(
     move |mut conn| {
         let tx = tx.clone();
         tokio::spawn(async move {
-            if conn.resumed_state().is_some() {
-                tx.send((name, Seen::Resumed(conn.resumed_state())))
-                    .unwrap();
+            if let Some(state) = conn.resumed_state() {
+                tx.send((name, Seen::Resumed(Some(state)))).unwrap();
             }
             let mut listening = true;
             loop {
@@ -241,15 +245,8 @@ async fn a_successor_that_begins_its_drain_takes_no_more_and_its_drain_waits_for
     assert_eq!(seen.recv().await.unwrap(), ('A', Seen::Data("one".into())));
     let mut back = [0u8; 3];
     first.read_exact(&mut back).await.unwrap();
-    let (a, b) =
-        socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
-    b.set_nonblocking(true).unwrap();
-    tokio::spawn(incoming::take_connections(
-        wire::register(b).unwrap(),
-        new.handle().shared.clone(),
-    ));
+    let out = channel_into(&new);
     assert!(new.handle().shared.handover.incoming_open().is_some());
-    let out = Outgoing::start(a, Duration::from_secs(5)).unwrap();
     // The second client is connected, and waits in its handler, before the offer.
     let mut second = TcpStream::connect(addr).await.unwrap();
     second.write_all(b"two").await.unwrap();
