@@ -16,7 +16,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::awake::{self, Awake, Ctx, Ended, Finish};
 use super::io::{close, first_bytes, FirstBytes};
-use super::service::{ConnState, HttpService, ResponseBody, Tracked};
+use super::service::{HttpService, ResponseBody, Tracked};
 use super::stats::HttpStats;
 use super::wake::OnWake;
 use super::Shared;
@@ -109,10 +109,7 @@ where
         }
     }
     // Kept for the connection's life, asleep too (see `crate::memory`).
-    let service = crate::memory::keep(|| Tracked {
-        inner: Box::new(service),
-        state: Arc::new(ConnState::new(stats.clone())),
-    });
+    let service = crate::memory::keep(|| Tracked::new(service, stats.clone()));
     // Boxed: the handler's future keeps only the wait for the first bytes, and a woken connection's
     // task (spawned by the parking lot) runs the same future.
     Box::pin(serve_on(conn, service, http, kind, prefix, offer, None)).await;
@@ -264,7 +261,9 @@ async fn serve_on<S, B>(
 /// no timer; what its next hyper connection needs.
 struct Sleeping<S, B> {
     asleep: Asleep,
-    service: Tracked<Box<S>>,
+    /// Unboxed, without its per-connection state (see [`Tracked::into_service`]): one allocation per
+    /// sleeper, not three.
+    service: S,
     http: Arc<Shared>,
     /// Whether it listens for a restart's hand-over offer.
     listening: bool,
@@ -306,7 +305,7 @@ where
         let fd = asleep.fd();
         let sleeping: Box<dyn Sleeper> = Box::new(Sleeping::<S, B> {
             asleep,
-            service,
+            service: service.into_service(),
             http: http.clone(),
             listening,
             _body: PhantomData,
@@ -349,6 +348,8 @@ where
         if from_lot {
             HttpStats::add(&http.stats.woken);
         }
+        // Lives as long as the connection, or until its next sleep (see `crate::memory`).
+        let service = crate::memory::keep(|| Tracked::new(service, http.stats.clone()));
         let entry = asleep.entry().clone();
         let task = tokio::spawn(async move {
             tracing::trace!(?why, "http: woken in the parking lot");
@@ -508,10 +509,11 @@ pub(super) type DrainWatch = OnWake<WaitForCancellationFutureOwned>;
 mod tests {
     use super::*;
 
-    /// Every plain HTTP/1 connection asleep in the lot keeps one of these boxed: it must stay in the
-    /// 64-byte size class (a field more moves it to the 80-byte one).
+    /// Every plain HTTP/1 connection asleep in the lot keeps one of these boxed, its service inside:
+    /// with a service of two words (a `service_fn` closure holding an `Arc` and a setting, say) it
+    /// must stay in the 64-byte size class (a field more moves it to the 80-byte one).
     #[test]
     fn a_sleeping_connection_fits_64_bytes() {
-        assert!(std::mem::size_of::<Sleeping<[u8; 100], ()>>() <= 64);
+        assert!(std::mem::size_of::<Sleeping<[usize; 2], ()>>() <= 64);
     }
 }

@@ -115,6 +115,25 @@ pub(crate) struct Tracked<S> {
     pub(crate) state: Arc<ConnState>,
 }
 
+impl<S> Tracked<Box<S>> {
+    /// Wraps a connection's service, with a fresh state (nothing in flight) that counts into `stats`.
+    /// The service is boxed: the connection's loop carries a pointer.
+    pub(crate) fn new(service: S, stats: Arc<HttpStats>) -> Self {
+        Tracked {
+            inner: Box::new(service),
+            state: Arc::new(ConnState::new(stats)),
+        }
+    }
+
+    /// The service alone, for a connection that falls asleep: its state holds nothing a quiet
+    /// connection needs (nothing is in flight, the flags are set anew by the next hyper connection),
+    /// so a sleeper keeps the service unboxed in its one allocation and its next wake-up wraps it
+    /// again ([`Tracked::new`]).
+    pub(crate) fn into_service(self) -> S {
+        *self.inner
+    }
+}
+
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
