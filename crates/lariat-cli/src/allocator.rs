@@ -28,13 +28,14 @@ static GLOBAL: Placed = Placed;
 /// - `tcache:false`, no thread cache: blocks come straight from their size class's fullest page, so
 ///   the few that a sleeping connection keeps are packed together instead of scattered over the pages
 ///   of blocks freed at hibernation.
-/// - `slab_sizes:4097-14336:8`: blocks of 4 to 14 KiB (hyper's 8 KiB read and write buffers, one pair
-///   per awake connection) come four to a 32 KiB slab instead of one to a slab of their own. jemalloc
-///   keeps a descriptor per slab and never gives its metadata back, so each burst of connections left
-///   metadata for its peak of slabs behind: about 200 KiB less for 3,000 connections opened 256 at a
-///   time, 60 to 120 bytes per idle connection (docs/performance.md).
+/// - `slab_sizes:4097-14336:16`: blocks of 4 to 14 KiB (hyper's 8 KiB read and write buffers, a few
+///   per awake connection) come eight to a 64 KiB slab instead of one to a slab of their own. jemalloc
+///   keeps a descriptor per slab (and per free range between them) and never gives its metadata back,
+///   so each burst of connections left metadata for its peak of slabs behind: one slab per 8 KiB
+///   block left about 200 KiB more for 3,000 connections opened 256 at a time than four to a slab,
+///   and eight to a slab about 90 KiB less again (docs/performance.md).
 #[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: &[u8; 37] = b"tcache:false,slab_sizes:4097-14336:8\0";
+pub static MALLOC_CONF: &[u8; 38] = b"tcache:false,slab_sizes:4097-14336:16\0";
 
 /// The long-lived arena's index + 1; [`UNSET`] before its creation, [`FAILED`] if it could not be
 /// created (every block then comes from the default arenas, as without the mark).
