@@ -29,7 +29,7 @@
 //! quiet between requests for [`HttpOptions::hibernate_after`] (default 50 ms) with nothing read ahead,
 //! lariat ends hyper's connection without a shutdown, ends the connection's task and lets it sleep in
 //! the server's parking lot (one epoll instance and one task for all of them): it keeps its socket,
-//! its registry entry and its slot under the cap, and about 0.5 KiB of heap in all. Its next bytes
+//! its registry entry and its slot under the cap, and about 250 bytes of heap in all. Its next bytes
 //! wake it and a new hyper connection serves them. A TLS 1.3 HTTP/1.1 connection sleeps there
 //! too, with its session's record layer at rest (keys, IVs and sequence numbers); a TLS 1.2 one, or a
 //! session kept in rustls, hibernates in its task instead, holding only the `Connection`. The keep-alive timeout,

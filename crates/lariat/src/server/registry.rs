@@ -239,7 +239,7 @@ impl Registry {
     ) -> Arc<Entry> {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let now = self.now_ms();
-        // The entry and its map slot live as long as the connection (see `memory`).
+        // The entry and its slot in the set live as long as the connection (see `memory`).
         crate::memory::keep(|| {
             let entry = Arc::new(Entry {
                 id,
