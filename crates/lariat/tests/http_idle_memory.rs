@@ -35,7 +35,7 @@ const WARM_UP: usize = 100;
 const IDLE: usize = 1_000;
 /// A hibernated connection sleeps in the server's parking lot: no task (nor a handle that would keep
 /// the ended task's memory), no tokio registration, no timer. What is left (about 250 B): its registry
-/// entry (128) and its slot in the registry's map, its place in the lot (a 32-byte slab slot and an
+/// entry (128) and its slot in the registry's set, its place in the lot (a 32-byte slab slot and an
 /// 8-byte deadline in a sorted set, shared structures that grow in steps) and one boxed state its next
 /// hyper connection is rebuilt from (the socket, the guard, the service itself). Awake, a connection
 /// holds about 20 KiB.
